@@ -1,0 +1,88 @@
+"""The `speechpipe` command. Each subcommand imports its stage only when it runs, so that
+`speechpipe --help` answers without loading TensorFlow or Beam."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Dict, List, Optional
+
+from speechpipe.config import DEMO_CORPUS, CorpusConfig
+
+
+def _corpus_synth(args: argparse.Namespace) -> int:
+    from speechpipe.corpus.synth import synthesize_corpus
+
+    config = CorpusConfig(
+        speakers=args.speakers,
+        utterances=args.utterances,
+        sessions=args.sessions,
+        seed=args.seed,
+        sample_rate=args.sample_rate,
+        sentences=args.sentences,
+        workers=args.workers,
+    )
+    summary = synthesize_corpus(config, args.out, progress=not args.no_progress, overwrite=args.overwrite)
+    print(json.dumps({k: summary[k] for k in ("utterances", "speakers", "seconds")}, indent=1))
+    print(f"corpus written to {args.out}")
+    return 0
+
+
+def _phones(args: argparse.Namespace) -> int:
+    from speechpipe.phones import load_inventory
+
+    inventory = load_inventory(args.inventory)
+    if args.ipa:
+        print(" ".join(inventory.tokenize(args.ipa)))
+    else:
+        print(f"{inventory.name}: {inventory.size} phones + CTC blank (id {inventory.blank_id})")
+        print(" ".join(inventory.phones))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speechpipe",
+        description="Speech data and training pipeline: corpora, features, pairs, training, registry.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    corpus = commands.add_parser("corpus", help="demo corpus tools")
+    corpus_commands = corpus.add_subparsers(dest="corpus_command", metavar="ACTION")
+    corpus_commands.required = True
+    synth = corpus_commands.add_parser(
+        "synth", help="synthesise the German demo corpus (VoxCeleb layout, IPA transcripts)"
+    )
+    d = DEMO_CORPUS
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--speakers", type=int, default=d.speakers, help=f"default {d.speakers}")
+    synth.add_argument("--utterances", type=int, default=d.utterances, help=f"per speaker, default {d.utterances}")
+    synth.add_argument("--sessions", type=int, default=d.sessions, help=f"per speaker, default {d.sessions}")
+    synth.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+    synth.add_argument("--sample-rate", type=int, default=d.sample_rate, help=f"default {d.sample_rate}")
+    synth.add_argument("--sentences", default=None, help="sentence file (default: packaged German set)")
+    synth.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing corpus")
+    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
+    synth.set_defaults(handler=_corpus_synth)
+
+    phones = commands.add_parser("phones", help="show the phone inventory, or tokenize an IPA string")
+    phones.add_argument("ipa", nargs="?", help="IPA string to split into phones")
+    phones.add_argument("--inventory", default="phones_de.json")
+    phones.set_defaults(handler=_phones)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f"speechpipe: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Speaker design for the demo corpus: each speaker is an espeak-ng variant plus prosody and a
+vocal-tract scaling, drawn so that no two speakers of one corpus share a variant-and-pitch cell.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Dict, List
+
+import numpy as np
+
+from speechpipe.corpus.espeak import EspeakVoice
+
+# espeak-ng variants that sound like people. Left out: whisper/whisperf (unvoiced), croak,
+# Demonic, the robot variants and the novelty voices, which no real corpus has.
+HUMAN_VARIANTS = (
+    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5",
+    "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6",
+    "Alex", "Alicia", "Andrea", "Andy", "Annie", "Denis", "Diogo", "Gene", "Gene2", "Henrique",
+    "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "Reed", "Storm",
+    "adam", "anika", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "david", "ed",
+    "edward", "edward2", "gustave", "ian", "iven", "iven2", "iven3", "iven4", "john", "linda",
+    "max", "michel", "miguel", "mike2", "norbert", "pablo", "paul", "pedro", "quincy", "rob",
+    "robert", "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "zac",
+    "grandma", "grandpa", "marcelo", "announcer",
+)
+# Pitch bands: a variant is used at most once per band, so two speakers that share a variant
+# differ by at least one band in pitch.
+PITCH_BANDS = ((15, 35), (38, 58), (61, 81))
+MAX_SPEAKERS = len(HUMAN_VARIANTS) * len(PITCH_BANDS)
+FIRST_SPEAKER_NUMBER = 10001  # VoxCeleb numbers its speakers id10001, id10002, ...
+
+
+@dataclass(frozen=True)
+class SpeakerVoice:
+    """Everything that makes one synthetic speaker sound like themself."""
+
+    speaker: str
+    variant: str
+    pitch: int
+    pitch_range: int
+    rate_wpm: int
+    # Vocal-tract length factor: > 1 raises formants (shorter tract), < 1 lowers them. Applied
+    # by reinterpreting the synthesiser's sample rate before resampling.
+    vtl_factor: float
+    word_gap_10ms: int
+
+    def espeak_voice(self, language: str = "de") -> EspeakVoice:
+        return EspeakVoice(
+            language=language,
+            variant=self.variant,
+            rate_wpm=self.rate_wpm,
+            pitch=self.pitch,
+            pitch_range=self.pitch_range,
+            word_gap_10ms=self.word_gap_10ms,
+        )
+
+    def to_json(self) -> Dict[str, object]:
+        return asdict(self)
+
+
+def speaker_id(index: int) -> str:
+    return f"id{FIRST_SPEAKER_NUMBER + index}"
+
+
+def design_speakers(count: int, seed: int) -> List[SpeakerVoice]:
+    """`count` distinct speakers; the same (count, seed) always gives the same voices and ids,
+    and a smaller count gives a prefix of a larger one."""
+    if not 1 <= count <= MAX_SPEAKERS:
+        raise ValueError(f"speakers must be between 1 and {MAX_SPEAKERS}, got {count}")
+    rng = np.random.default_rng([seed, 0x5EEC])
+    # Every (variant, band) cell once, in a seeded order that visits all variants before
+    # reusing one.
+    order = []
+    for band in rng.permutation(len(PITCH_BANDS)):
+        order += [(int(v), int(band)) for v in rng.permutation(len(HUMAN_VARIANTS))]
+    voices = []
+    for index in range(count):
+        variant_index, band = order[index]
+        # An independent stream per speaker keeps voice i fixed whatever `count` is.
+        srng = np.random.default_rng([seed, 0x5EEC, index])
+        low, high = PITCH_BANDS[band]
+        voices.append(
+            SpeakerVoice(
+                speaker=speaker_id(index),
+                variant=HUMAN_VARIANTS[variant_index],
+                pitch=int(srng.integers(low, high + 1)),
+                pitch_range=int(srng.integers(20, 91)),
+                rate_wpm=int(srng.integers(140, 196)),
+                vtl_factor=round(float(srng.uniform(0.9, 1.1)), 3),
+                word_gap_10ms=int(srng.integers(0, 3)),
+            )
+        )
+    return voices
