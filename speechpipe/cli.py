@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Dict, List, Optional
 
@@ -40,6 +41,23 @@ def _phones(args: argparse.Namespace) -> int:
     return 0
 
 
+# Beam jobs parse their own arguments (Beam's parse_known_args style), so that runner options
+# such as --runner or --direct_running_mode pass straight through to PipelineOptions.
+BEAM_JOBS: Dict[str, str] = {
+    "features": "speechpipe.pipeline.features_job",
+    "pairs": "speechpipe.pipeline.pairs_job",
+}
+
+
+def _beam_job(module: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(module).run(args.job_args)
+
+    return handler
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speechpipe",
@@ -67,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.set_defaults(handler=_corpus_synth)
 
+    job_help = {
+        "features": "Beam: audio to normalised spectrogram TFRecords, with a dead letter",
+        "pairs": "Beam: same/different-speaker pairs and VoxCeleb trial lists",
+    }
+    for name, module in BEAM_JOBS.items():
+        job = commands.add_parser(name, help=job_help[name], add_help=False)
+        job.add_argument("job_args", nargs=argparse.REMAINDER, help="see `speechpipe %(prog)s --help`")
+        job.set_defaults(handler=_beam_job(module))
+
     phones = commands.add_parser("phones", help="show the phone inventory, or tokenize an IPA string")
     phones.add_argument("ipa", nargs="?", help="IPA string to split into phones")
     phones.add_argument("--inventory", default="phones_de.json")
@@ -75,7 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in BEAM_JOBS:
+        # argparse's REMAINDER does not take leading --options: hand the job its argv directly.
+        args = argparse.Namespace(handler=_beam_job(BEAM_JOBS[argv[0]]), job_args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

@@ -48,3 +48,39 @@ def speaker_split_counts(config: CorpusConfig) -> SplitCounts:
     test = max(1, round(n * config.test_fraction))
     return SplitCounts(train=n - validation - test, validation=validation, test=test)
 
+
+
+NORMALISATIONS: Tuple[str, ...] = ("minmax", "cmvn", "global", "none")
+FEATURE_KINDS: Tuple[str, ...] = ("logmel", "stft")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Spectrogram features. The same values drive the Beam job and the in-graph serving
+    features, and are saved in summary.json so that every later stage reproduces them.
+
+    Frames are not centred (no padding): frame t covers samples [t * hop, t * hop + n_fft), which
+    is what tf.signal.stft computes too, and audio shorter than n_fft samples has no frame.
+    """
+
+    sample_rate: int = 16000
+    kind: str = "logmel"  # "logmel", or "stft" (log power of the linear STFT, as in seed 000)
+    n_fft: int = 400  # 25 ms window at 16 kHz
+    hop_length: int = 160  # 10 ms
+    n_mels: int = 80
+    fmin: float = 20.0
+    fmax: float = 7600.0
+    log_floor: float = 1e-6  # log(power + floor): finite on digital zeros
+    normalization: str = "cmvn"
+    max_seconds: float = 30.0  # longer audio is dead-lettered as too_long, never cut
+
+    @property
+    def n_bins(self) -> int:
+        return self.n_mels if self.kind == "logmel" else self.n_fft // 2 + 1
+
+    def to_json(self) -> Dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, object]) -> "FeatureConfig":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})

@@ -106,6 +106,7 @@ def _phone_ids(inventory: PhoneInventory) -> Dict[str, int]:
     return {p: i for i, p in enumerate(inventory.phones)}
 
 
+@lru_cache(maxsize=16)
 def load_inventory(name: str = DEFAULT_INVENTORY) -> PhoneInventory:
     """Loads an inventory from a path, or by file name from the packaged schemas."""
     import os
@@ -119,6 +120,5 @@ def load_inventory(name: str = DEFAULT_INVENTORY) -> PhoneInventory:
     return PhoneInventory(name=spec["name"], phones=phones, ignored=frozenset(spec.get("ignored", {})))
 
 
-@lru_cache(maxsize=None)
 def default_inventory() -> PhoneInventory:
     return load_inventory(DEFAULT_INVENTORY)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from speechpipe.config import CorpusConfig, speaker_split_counts
+from speechpipe.config import FEATURE_KINDS, NORMALISATIONS, CorpusConfig, FeatureConfig, speaker_split_counts
 
 
 class ConfigError(ValueError):
@@ -35,4 +35,27 @@ def validate_corpus_config(config: CorpusConfig) -> CorpusConfig:
         raise ConfigError(f"sentences={config.sentences!r}: no such file")
     if config.workers is not None and config.workers < 1:
         raise ConfigError(f"workers={config.workers}: need at least 1")
+    return config
+
+
+def validate_feature_config(config: FeatureConfig) -> FeatureConfig:
+    if config.kind not in FEATURE_KINDS:
+        raise ConfigError(f"kind={config.kind!r}: expected one of {FEATURE_KINDS}")
+    if config.normalization not in NORMALISATIONS:
+        raise ConfigError(f"normalization={config.normalization!r}: expected one of {NORMALISATIONS}")
+    if config.sample_rate < 4000:
+        raise ConfigError(f"sample_rate={config.sample_rate}: below 4 kHz")
+    if not 16 <= config.n_fft <= 8192:
+        raise ConfigError(f"n_fft={config.n_fft}: need 16..8192 samples")
+    if not 1 <= config.hop_length <= config.n_fft:
+        raise ConfigError(f"hop_length={config.hop_length}: need 1..n_fft ({config.n_fft})")
+    if config.kind == "logmel":
+        if not 1 <= config.n_mels <= config.n_fft // 2 + 1:
+            raise ConfigError(f"n_mels={config.n_mels}: need 1..n_fft/2+1 ({config.n_fft // 2 + 1})")
+        if not 0 <= config.fmin < config.fmax <= config.sample_rate / 2:
+            raise ConfigError(f"fmin={config.fmin}, fmax={config.fmax}: need 0 <= fmin < fmax <= {config.sample_rate / 2:g}")
+    if config.max_seconds <= config.n_fft / config.sample_rate:
+        raise ConfigError(f"max_seconds={config.max_seconds}: shorter than one window")
+    if config.log_floor <= 0:
+        raise ConfigError(f"log_floor={config.log_floor}: must be positive")
     return config

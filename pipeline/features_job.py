@@ -1,0 +1,389 @@
+"""`speechpipe features`: audio to normalised spectrogram TFRecords, with a dead letter.
+
+    speechpipe features --input PATH --out DIR [--normalization cmvn] [--max-seconds 30]
+                        [Beam options: --runner, --direct_running_mode, --direct_num_workers, ...]
+
+Reads a VoxCeleb-layout root, a JSON Lines manifest or a Kaldi data directory; decodes,
+downmixes and resamples; computes librosa features; normalises; writes sharded GZIP TFRecords per
+split (TFX's `Split-<name>/` layout), an index of the good utterances, the dead letter, the
+training split's global statistics and `summary.json`. Bad inputs go to the dead letter with a
+reason, the job completes, good + dead-lettered = inputs, and every shard is read back and counted
+before the job reports success.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import replace
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, SetupOptions
+
+from speechpipe import records
+from speechpipe.audio import AudioRejected, check_usable, decode
+from speechpipe.config import FEATURE_KINDS, NORMALISATIONS, SPLITS, FeatureConfig
+from speechpipe.features import GlobalStats, compute_features, normalise
+from speechpipe.sources import (
+    UNKNOWN_PHONE,
+    DeadLetter,
+    InputSpec,
+    RawInput,
+    SourceRecord,
+    count_ignored_files,
+    expand_input,
+    keep_first,
+    make_spec,
+    parse_input,
+)
+
+# Tagged outputs.
+DEAD_LETTER = "dead_letter"
+GOOD = "good"
+
+SUMMARY_FILE = "summary.json"
+GLOBAL_STATS_FILE = "global_stats.json"
+COUNTS_PREFIX = "counts/counts"
+INDEX_PREFIX = "index/utterances"
+DEAD_LETTER_PREFIX = "dead_letter/dead_letter"
+METRICS_NAMESPACE = "speechpipe.features"
+
+
+class ReadBackError(RuntimeError):
+    """The records on disk do not match what the job counted."""
+
+
+# ---------------------------------------------------------------------------------- DoFns
+
+class ParseInputFn(beam.DoFn):
+    """RawInput -> SourceRecord (main) or DeadLetter (tagged); transcripts tokenized here so a
+    bad phone costs no decoding."""
+
+    def __init__(self, spec: InputSpec, inventory_name: str) -> None:
+        self._spec = spec
+        self._inventory_name = inventory_name
+        self._inventory = None
+
+    def setup(self) -> None:
+        from speechpipe.phones import load_inventory
+
+        self._inventory = load_inventory(self._inventory_name)
+
+    def process(self, item: RawInput):
+        result = parse_input(item, self._spec)
+        if isinstance(result, SourceRecord) and result.phones is not None:
+            from speechpipe.phones import UnknownPhoneError
+
+            try:
+                result = replace(result, phones=" ".join(self._inventory.tokenize(result.phones)))
+            except UnknownPhoneError as error:
+                result = DeadLetter(source=item.source, stage="transcript", reason=UNKNOWN_PHONE,
+                                    detail=str(error), utterance=result.utterance)
+        if isinstance(result, DeadLetter):
+            Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{result.reason}").inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, result)
+        else:
+            yield result
+
+
+class KeepFirstFn(beam.DoFn):
+    def process(self, keyed: Tuple[str, Iterable[SourceRecord]]):
+        utterance, group = keyed
+        kept, duplicates = keep_first(utterance, list(group))
+        yield kept
+        for dead in duplicates:
+            Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{dead.reason}").inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead)
+
+
+class ComputeFeaturesFn(beam.DoFn):
+    """SourceRecord -> (record, unnormalised features, seconds), or a DeadLetter."""
+
+    def __init__(self, config: FeatureConfig) -> None:
+        self._config = config
+
+    def setup(self) -> None:
+        import numpy as np
+
+        # Pays librosa's import and the mel filterbank once per worker, not on the first record.
+        compute_features(np.zeros(self._config.n_fft, np.float32) + 1e-3, self._config)
+
+    def process(self, record: SourceRecord):
+        try:
+            audio = decode(record.audio_path, self._config.sample_rate, self._config.max_seconds)
+            check_usable(audio, self._config.n_fft, self._config.max_seconds)
+        except AudioRejected as rejected:
+            Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{rejected.reason}").inc()
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER,
+                DeadLetter(source=record.source, stage="audio", reason=rejected.reason,
+                           detail=rejected.detail, utterance=record.utterance),
+            )
+            return
+        features = compute_features(audio.samples, self._config)
+        Metrics.counter(METRICS_NAMESPACE, f"good_{record.split}").inc()
+        yield record, features, audio.samples.shape[0] / audio.sample_rate
+
+
+class GlobalStatsFn(beam.CombineFn):
+    """Per-bin frame count, sum and sum of squares over the training split (float64)."""
+
+    def __init__(self, bins: int) -> None:
+        self._bins = bins
+
+    def create_accumulator(self) -> GlobalStats:
+        return GlobalStats.empty(self._bins)
+
+    def add_input(self, accumulator: GlobalStats, features) -> GlobalStats:
+        return accumulator.merge(GlobalStats.of(features))
+
+    def merge_accumulators(self, accumulators: Iterable[GlobalStats]) -> GlobalStats:
+        merged = GlobalStats.empty(self._bins)
+        for accumulator in accumulators:
+            merged = merged.merge(accumulator)
+        return merged
+
+    def extract_output(self, accumulator: GlobalStats) -> Optional[Dict[str, object]]:
+        return accumulator.to_json() if accumulator.count else None
+
+
+class OutcomeCountsFn(beam.CombineFn):
+    """Counts of inputs, good examples per split (with seconds and frames) and dead letters per
+    reason: the numbers summary.json reports and the read-back checks."""
+
+    def create_accumulator(self) -> Dict[str, float]:
+        return {}
+
+    def add_input(self, accumulator: Dict[str, float], item: Tuple[str, float]) -> Dict[str, float]:
+        key, value = item
+        accumulator[key] = accumulator.get(key, 0) + value
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[Dict[str, float]]) -> Dict[str, float]:
+        merged: Dict[str, float] = {}
+        for accumulator in accumulators:
+            for key, value in accumulator.items():
+                merged[key] = merged.get(key, 0) + value
+        return merged
+
+    def extract_output(self, accumulator: Dict[str, float]) -> Dict[str, float]:
+        return dict(sorted(accumulator.items()))
+
+
+def _to_example(element, config: FeatureConfig, stats: Optional[Dict[str, object]], inventory_name: str):
+    from speechpipe.phones import load_inventory
+
+    record, features, seconds = element
+    phones = record.phones.split() if record.phones is not None else None  # tokenized by ParseInputFn
+    ids = load_inventory(inventory_name).phone_to_id()
+    return records.UtteranceFeatures(
+        utterance=record.utterance, speaker=record.speaker, session=record.session, split=record.split,
+        features=normalise(features, config, stats), duration=round(seconds, 6),
+        phone_ids=[ids[p] for p in phones] if phones is not None else None, phones=phones, text=record.text,
+    )
+
+
+def _index_line(example: records.UtteranceFeatures) -> str:
+    return json.dumps({
+        "utterance": example.utterance, "speaker": example.speaker, "session": example.session,
+        "split": example.split, "num_frames": int(example.features.shape[0]), "duration": example.duration,
+    }, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------------- the DAG
+
+def build(pipeline: beam.Pipeline, spec: InputSpec, config: FeatureConfig, inventory_name: str = "phones_de.json") -> Dict[str, beam.PCollection]:
+    """Adds the feature job's transforms; returns its PCollections by name (for tests and for
+    `write_outputs`): examples, dead_letter, counts, global_stats."""
+    raw = (
+        pipeline
+        | "Start" >> beam.Create([spec])
+        | "ExpandInput" >> beam.FlatMap(expand_input)
+        # Listing runs on one worker; spread the items before the expensive steps.
+        | "Redistribute" >> beam.Reshuffle()
+    )
+    parsed = raw | "ParseInput" >> beam.ParDo(ParseInputFn(spec, inventory_name)).with_outputs(DEAD_LETTER, main=GOOD)
+    unique = (
+        parsed[GOOD]
+        | "KeyByUtterance" >> beam.Map(lambda r: (r.utterance, r))
+        | "GroupByUtterance" >> beam.GroupByKey()
+        | "KeepFirstOfDuplicates" >> beam.ParDo(KeepFirstFn()).with_outputs(DEAD_LETTER, main=GOOD)
+    )
+    computed = unique[GOOD] | "ComputeFeatures" >> beam.ParDo(ComputeFeaturesFn(config)).with_outputs(DEAD_LETTER, main=GOOD)
+    features = computed[GOOD]
+
+    global_stats = (
+        features
+        | "TrainingSplitOnly" >> beam.Filter(lambda e: e[0].split == "train")
+        | "FeaturesOnly" >> beam.Map(lambda e: e[1])
+        | "GlobalStatistics" >> beam.CombineGlobally(GlobalStatsFn(config.n_bins))
+    )
+    examples = features | "Normalise" >> beam.Map(
+        _to_example, config=config, stats=beam.pvalue.AsSingleton(global_stats), inventory_name=inventory_name
+    )
+    dead_letter = (parsed[DEAD_LETTER], unique[DEAD_LETTER], computed[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
+
+    outcomes = (
+        (
+            raw | "CountInputs" >> beam.Map(lambda _: ("inputs", 1)),
+            examples | "CountGood" >> beam.FlatMap(lambda e: [
+                (f"good.{e.split}", 1), (f"seconds.{e.split}", e.duration), (f"frames.{e.split}", int(e.features.shape[0]))
+            ]),
+            dead_letter | "CountDeadLetters" >> beam.Map(lambda d: (f"dead_letter.{d.reason}", 1)),
+        )
+        | "AllOutcomes" >> beam.Flatten()
+        | "CountOutcomes" >> beam.CombineGlobally(OutcomeCountsFn())
+    )
+    return {"examples": examples, "dead_letter": dead_letter, "counts": outcomes, "global_stats": global_stats}
+
+
+def write_outputs(outputs: Dict[str, beam.PCollection], out_dir: str, num_shards: int) -> None:
+    examples = outputs["examples"]
+    by_split = examples | "PartitionBySplit" >> beam.Partition(lambda e, _: SPLITS.index(e.split), len(SPLITS))
+    for index, split in enumerate(SPLITS):
+        _ = (
+            by_split[index]
+            | f"Serialize{split.title()}" >> beam.Map(records.encode_example)
+            | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
+                os.path.join(records.split_dir(out_dir, split), records.SHARD_PREFIX),
+                file_name_suffix=".gz",
+                num_shards=num_shards,
+                compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+            )
+        )
+    _ = (
+        examples
+        | "IndexLines" >> beam.Map(_index_line)
+        | "WriteIndex" >> beam.io.WriteToText(os.path.join(out_dir, INDEX_PREFIX), file_name_suffix=".jsonl")
+    )
+    _ = (
+        outputs["dead_letter"]
+        | "DeadLetterJson" >> beam.Map(DeadLetter.to_json)
+        | "WriteDeadLetter" >> beam.io.WriteToText(os.path.join(out_dir, DEAD_LETTER_PREFIX), file_name_suffix=".jsonl")
+    )
+    _ = (
+        outputs["counts"]
+        | "CountsJson" >> beam.Map(json.dumps, sort_keys=True)
+        | "WriteCounts" >> beam.io.WriteToText(os.path.join(out_dir, COUNTS_PREFIX), file_name_suffix=".json", shard_name_template="")
+    )
+    _ = (
+        outputs["global_stats"]
+        | "GlobalStatsJson" >> beam.Map(lambda s: json.dumps(s, indent=1) if s else "null")
+        | "WriteGlobalStats" >> beam.io.WriteToText(os.path.join(out_dir, GLOBAL_STATS_FILE), shard_name_template="")
+    )
+
+
+# ---------------------------------------------------------------------------------- after the run
+
+def read_back(out_dir: str) -> Dict[str, Dict[str, int]]:
+    """Reads every shard and counts its examples: {split: {shard file name: count}}."""
+    import tensorflow as tf
+
+    found: Dict[str, Dict[str, int]] = {}
+    for split in SPLITS:
+        found[split] = {}
+        for path in records.shard_paths(out_dir, split):
+            n = 0
+            for serialized in tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION).as_numpy_iterator():
+                example = tf.train.Example.FromString(serialized).features.feature
+                frames, bins = example[records.NUM_FRAMES].int64_list.value[0], example[records.NUM_BINS].int64_list.value[0]
+                if len(example[records.FEATURES].float_list.value) != frames * bins:
+                    raise ReadBackError(f"{path}: an example's feature length is not {frames} x {bins}")
+                n += 1
+            found[split][os.path.basename(path)] = n
+    return found
+
+
+def summarise(out_dir: str, spec: InputSpec, config: FeatureConfig, inventory_name: str, seconds: float) -> Dict[str, object]:
+    with open(os.path.join(out_dir, COUNTS_PREFIX + ".json"), encoding="utf-8") as f:
+        counts = json.loads(f.read())
+    shards = read_back(out_dir)
+    good = {split: int(counts.get(f"good.{split}", 0)) for split in SPLITS}
+    dead = {k.split(".", 1)[1]: int(v) for k, v in counts.items() if k.startswith("dead_letter.")}
+    inputs = int(counts.get("inputs", 0))
+    for split in SPLITS:
+        if sum(shards[split].values()) != good[split]:
+            raise ReadBackError(f"split {split}: counted {good[split]} examples, read back {sum(shards[split].values())}")
+    if sum(good.values()) + sum(dead.values()) != inputs:
+        raise ReadBackError(f"{inputs} inputs but {sum(good.values())} good + {sum(dead.values())} dead-lettered")
+    return {
+        "input": {"kind": spec.kind, "path": spec.path, "data_root": spec.data_root,
+                  "ignored_non_audio_files": count_ignored_files(spec)},
+        "inputs": inputs,
+        "good": good,
+        "dead_letter": {"total": sum(dead.values()), "by_reason": dict(sorted(dead.items()))},
+        "audio_seconds": {s: round(float(counts.get(f"seconds.{s}", 0.0)), 3) for s in SPLITS},
+        "frames": {s: int(counts.get(f"frames.{s}", 0)) for s in SPLITS},
+        "shards": shards,
+        "features": config.to_json(),
+        "phone_inventory": inventory_name,
+        "global_stats": GLOBAL_STATS_FILE,
+        "wall_seconds": round(seconds, 2),
+    }
+
+
+# ---------------------------------------------------------------------------------- entry point
+
+def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, List[str]]:
+    d = FeatureConfig()
+    parser = argparse.ArgumentParser(prog="speechpipe features", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="VoxCeleb root, manifest.jsonl, or Kaldi data dir")
+    parser.add_argument("--input-kind", choices=("voxceleb", "manifest", "kaldi"), default=None, help="default: detected")
+    parser.add_argument("--data-root", default=None, help="folder audio paths must stay in (default: the input's folder)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--kind", choices=FEATURE_KINDS, default=d.kind, help=f"default {d.kind}")
+    parser.add_argument("--sample-rate", type=int, default=d.sample_rate, help=f"default {d.sample_rate}")
+    parser.add_argument("--n-fft", type=int, default=d.n_fft, help=f"window in samples, default {d.n_fft}")
+    parser.add_argument("--hop-length", type=int, default=d.hop_length, help=f"default {d.hop_length}")
+    parser.add_argument("--n-mels", type=int, default=d.n_mels, help=f"default {d.n_mels}")
+    parser.add_argument("--normalization", choices=NORMALISATIONS, default=d.normalization, help=f"default {d.normalization}")
+    parser.add_argument("--max-seconds", type=float, default=d.max_seconds, help=f"longer audio is dead-lettered, default {d.max_seconds:g}")
+    parser.add_argument("--split-fractions", default="0.8,0.1,0.1", help="train,validation,test by speaker when the input has no splits")
+    parser.add_argument("--num-shards", type=int, default=0, help="shards per split (0: the runner decides)")
+    parser.add_argument("--inventory", default="phones_de.json", help="phone inventory for transcripts")
+    return parser.parse_known_args(argv)
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    args, beam_args = parse_args(argv)
+    from speechpipe.validation import validate_feature_config
+
+    fractions = tuple(float(x) for x in args.split_fractions.split(","))
+    spec = make_spec(args.input, args.input_kind, args.data_root, split_fractions=fractions)
+    config = validate_feature_config(replace(
+        FeatureConfig(), kind=args.kind, sample_rate=args.sample_rate, n_fft=args.n_fft,
+        hop_length=args.hop_length, n_mels=args.n_mels, normalization=args.normalization,
+        max_seconds=args.max_seconds,
+    ))
+    options = PipelineOptions(beam_args)
+    options.view_as(SetupOptions).save_main_session = False
+    direct = options.view_as(DirectOptions)
+    # Users get all cores by default; tests pass --direct_running_mode=in_memory.
+    if not any(a.startswith("--direct_running_mode") for a in beam_args):
+        direct.direct_running_mode = "multi_processing"
+        direct.direct_num_workers = direct.direct_num_workers or os.cpu_count() or 1
+    result = run_job(spec, config, args.out, options, args.num_shards, args.inventory)
+    print(json.dumps({k: result[k] for k in ("inputs", "good", "dead_letter", "audio_seconds", "wall_seconds")}, indent=1))
+    print(f"features written to {args.out}")
+    return 0
+
+
+def run_job(spec: InputSpec, config: FeatureConfig, out_dir: str, options: PipelineOptions,
+            num_shards: int = 0, inventory_name: str = "phones_de.json") -> Dict[str, object]:
+    """Runs the job, reads the output back, writes and returns summary.json."""
+    if os.path.exists(os.path.join(out_dir, SUMMARY_FILE)):
+        raise FileExistsError(f"{out_dir} already holds a feature job's output ({SUMMARY_FILE})")
+    started = time.time()
+    with beam.Pipeline(options=options) as pipeline:
+        write_outputs(build(pipeline, spec, config, inventory_name), out_dir, num_shards)
+    summary = summarise(out_dir, spec, config, inventory_name, time.time() - started)
+    with open(os.path.join(out_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1, sort_keys=True)
+        f.write("\n")
+    logging.info("feature job: %s", summary["good"])
+    return summary

@@ -1,0 +1,151 @@
+"""Decoding and checking audio: every way an input can be unusable raises `AudioRejected` with a
+dead-letter reason; valid but unusual audio (stereo, other rates, 8/24-bit, float, FLAC, m4a) is
+decoded, downmixed and resampled, never rejected."""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+# Dead-letter reasons for audio. The feature job adds the input-side reasons.
+UNREADABLE = "unreadable"  # corrupt, not audio, or an unsupported container
+TRUNCATED = "truncated"  # the file ends before its header says the audio does
+EMPTY = "empty"  # no samples at all
+NON_FINITE = "non_finite"  # NaN or infinity in the samples
+SILENT = "silent"  # digital silence: every sample equal
+TOO_SHORT = "too_short"  # shorter than one analysis window
+TOO_LONG = "too_long"  # longer than max_seconds; never cut
+MISSING_FILE = "missing_file"
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".m4a")
+
+
+class AudioRejected(Exception):
+    """An input that cannot become a training example; `reason` is a dead-letter reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    samples: np.ndarray  # float32 mono in [-1, 1]
+    sample_rate: int
+    source_rate: int
+    source_channels: int
+
+
+def _wav_truncation(path: str) -> str:
+    """A reason to distrust a RIFF/WAVE file whose data chunk runs past the end, else ''."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
+            return ""
+        endian = "<" if header[:4] == b"RIFF" else ">"
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return ""
+            chunk_id, chunk_size = chunk[:4], struct.unpack(endian + "I", chunk[4:])[0]
+            if chunk_id == b"data":
+                # 0 and 0xFFFFFFFF are what streaming writers leave when they cannot seek back.
+                available = size - f.tell()
+                if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > available:
+                    return f"data chunk declares {chunk_size} bytes, file holds {available}"
+                return ""
+            f.seek(chunk_size + (chunk_size & 1), os.SEEK_CUR)
+
+
+def _too_long(seconds: float, max_seconds: float) -> AudioRejected:
+    return AudioRejected(TOO_LONG, f"{seconds:.2f} s > max {max_seconds:g} s (never cut)")
+
+
+def _decode_soundfile(path: str, max_seconds: float) -> Tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    truncation = _wav_truncation(path)
+    if truncation:
+        raise AudioRejected(TRUNCATED, truncation)
+    try:
+        info = sf.info(path)
+        if info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
+            raise _too_long(info.frames / info.samplerate, max_seconds)  # before reading it all
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+        raise AudioRejected(UNREADABLE, f"soundfile: {error}") from None
+    if info.format == "FLAC" and 0 < data.shape[0] < info.frames:
+        raise AudioRejected(TRUNCATED, f"FLAC header declares {info.frames} frames, decoded {data.shape[0]}")
+    return data, rate
+
+
+def _decode_av(path: str, max_seconds: float) -> Tuple[np.ndarray, int]:
+    """AAC (.m4a, VoxCeleb2) and anything else FFmpeg reads, through PyAV's bundled FFmpeg."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.audio:
+                raise AudioRejected(UNREADABLE, "no audio stream")
+            stream = container.streams.audio[0]
+            # A resampler to planar float keeps every codec's sample format out of our way.
+            resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.rate)
+            chunks, decoded = [], 0
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray())
+                    decoded += out.samples
+                if decoded > max_seconds * stream.rate:  # stop decoding what will be refused
+                    raise _too_long(decoded / stream.rate, max_seconds)
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray())
+            rate = stream.rate
+    except AudioRejected:
+        raise
+    except (av.error.FFmpegError, ValueError, IndexError) as error:
+        raise AudioRejected(UNREADABLE, f"ffmpeg: {error}") from None
+    if not chunks:
+        raise AudioRejected(EMPTY, "no samples decoded")
+    return np.concatenate(chunks, axis=1).T.astype(np.float32), rate
+
+
+def decode(path: str, target_rate: int, max_seconds: float = float("inf")) -> DecodedAudio:
+    """Reads, downmixes to mono and resamples (soxr, only when the rate differs). Audio longer
+    than `max_seconds` is refused as soon as that is known, before it is all in memory."""
+    if not os.path.isfile(path):
+        raise AudioRejected(MISSING_FILE, f"no such file: {path}")
+    if os.path.getsize(path) == 0:
+        raise AudioRejected(EMPTY, "zero-byte file")
+    if path.lower().endswith((".wav", ".flac")):
+        data, rate = _decode_soundfile(path, max_seconds)
+    else:
+        data, rate = _decode_av(path, max_seconds)
+    channels = data.shape[1]
+    if data.shape[0] == 0:
+        raise AudioRejected(EMPTY, "no samples")
+    if not np.all(np.isfinite(data)):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise AudioRejected(NON_FINITE, f"{bad} NaN or infinite samples")
+    mono = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
+    if rate != target_rate:
+        import soxr
+
+        mono = soxr.resample(mono, rate, target_rate, quality="HQ").astype(np.float32)
+    return DecodedAudio(samples=np.ascontiguousarray(mono), sample_rate=target_rate, source_rate=rate, source_channels=channels)
+
+
+def check_usable(audio: DecodedAudio, min_samples: int, max_seconds: float) -> None:
+    """Raises `AudioRejected` for audio that decodes but cannot make an example."""
+    samples = audio.samples
+    seconds = samples.shape[0] / audio.sample_rate
+    if seconds > max_seconds:
+        raise _too_long(seconds, max_seconds)
+    if samples.shape[0] < min_samples:
+        raise AudioRejected(TOO_SHORT, f"{samples.shape[0]} samples < one analysis window ({min_samples})")
+    if float(samples.max()) == float(samples.min()):
+        raise AudioRejected(SILENT, f"digital silence: every sample is {float(samples[0]):g}")

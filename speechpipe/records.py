@@ -1,0 +1,117 @@
+"""The feature job's record format: one tf.train.Example per utterance.
+
+Layout of a feature job's output folder (TFX's Examples layout, so ImportExampleGen and the
+trainers read it unchanged):
+    <out>/Split-<split>/data_tfrecord-SSSSS-of-NNNNN.gz   GZIP TFRecords
+    <out>/summary.json, <out>/global_stats.json, <out>/dead_letter/*.jsonl
+"""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from typing import Iterator, List, Optional
+
+import numpy as np
+
+# Feature keys; schemas/features.pbtxt describes the same keys for TFDV.
+UTTERANCE = "utterance"
+SPEAKER = "speaker"
+SESSION = "session"
+SPLIT = "split"
+NUM_FRAMES = "num_frames"
+NUM_BINS = "num_bins"
+FEATURES = "features"  # float list, num_frames x num_bins, row-major
+DURATION = "duration"  # seconds of audio after resampling
+PHONE_IDS = "phone_ids"  # int64 list; absent when the input has no transcript
+PHONES = "phones"  # phones joined by spaces; absent when the input has no transcript
+TEXT = "text"  # absent when the input has no text
+
+SPLIT_DIR = "Split-{split}"
+SHARD_PREFIX = "data_tfrecord"
+COMPRESSION = "GZIP"
+
+
+@dataclass
+class UtteranceFeatures:
+    utterance: str
+    speaker: str
+    session: str
+    split: str
+    features: np.ndarray  # float32 [frames, bins]
+    duration: float
+    phone_ids: Optional[List[int]] = None
+    phones: Optional[List[str]] = None
+    text: Optional[str] = None
+
+
+def encode_example(u: UtteranceFeatures) -> bytes:
+    import tensorflow as tf
+
+    def _bytes(value: str) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode("utf-8")]))
+
+    def _ints(values) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+    frames, bins = u.features.shape
+    feature = {
+        UTTERANCE: _bytes(u.utterance),
+        SPEAKER: _bytes(u.speaker),
+        SESSION: _bytes(u.session),
+        SPLIT: _bytes(u.split),
+        NUM_FRAMES: _ints([frames]),
+        NUM_BINS: _ints([bins]),
+        FEATURES: tf.train.Feature(
+            float_list=tf.train.FloatList(value=np.asarray(u.features, np.float32).ravel())
+        ),
+        DURATION: tf.train.Feature(float_list=tf.train.FloatList(value=[u.duration])),
+    }
+    if u.phone_ids is not None:
+        feature[PHONE_IDS] = _ints(u.phone_ids)
+        feature[PHONES] = _bytes(" ".join(u.phones or []))
+    if u.text is not None:
+        feature[TEXT] = _bytes(u.text)
+    # deterministic: map fields in key order, so the same input gives byte-identical records
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+
+
+def decode_example(serialized: bytes) -> UtteranceFeatures:
+    import tensorflow as tf
+
+    example = tf.train.Example.FromString(serialized)
+    f = example.features.feature
+
+    def _str(key: str) -> Optional[str]:
+        return f[key].bytes_list.value[0].decode("utf-8") if key in f else None
+
+    frames, bins = f[NUM_FRAMES].int64_list.value[0], f[NUM_BINS].int64_list.value[0]
+    phones = _str(PHONES)
+    return UtteranceFeatures(
+        utterance=_str(UTTERANCE),
+        speaker=_str(SPEAKER),
+        session=_str(SESSION),
+        split=_str(SPLIT),
+        features=np.asarray(f[FEATURES].float_list.value, np.float32).reshape(frames, bins),
+        duration=float(f[DURATION].float_list.value[0]),
+        phone_ids=list(f[PHONE_IDS].int64_list.value) if PHONE_IDS in f else None,
+        phones=phones.split(" ") if phones else ([] if phones == "" else None),
+        text=_str(TEXT),
+    )
+
+
+def split_dir(root: str, split: str) -> str:
+    return os.path.join(root, SPLIT_DIR.format(split=split))
+
+
+def shard_paths(root: str, split: str) -> List[str]:
+    return sorted(glob.glob(os.path.join(split_dir(root, split), f"{SHARD_PREFIX}-*")))
+
+
+def read_split(root: str, split: str) -> Iterator[UtteranceFeatures]:
+    """Every example of one split, shard by shard (for tests, tools and read-back checks)."""
+    import tensorflow as tf
+
+    for path in shard_paths(root, split):
+        for record in tf.data.TFRecordDataset(path, compression_type=COMPRESSION).as_numpy_iterator():
+            yield decode_example(record)

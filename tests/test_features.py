@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from speechpipe.config import FeatureConfig
+from speechpipe.features import GlobalStats, cmvn, compute_features, minmax, normalise, num_frames
+from speechpipe.validation import ConfigError, validate_feature_config
+from tests.audio_inputs import tone
+
+
+@pytest.fixture(scope="module")
+def logmel():
+    return compute_features(tone(1.0, 16000), FeatureConfig())
+
+
+def test_shapes_and_frame_count():
+    for kind, bins in (("logmel", 80), ("stft", 201)):
+        config = FeatureConfig(kind=kind)
+        samples = tone(0.5, 16000)
+        f = compute_features(samples, config)
+        assert f.shape == (num_frames(len(samples), config), bins) == (1 + (8000 - 400) // 160, bins)
+        assert np.all(np.isfinite(f))
+    assert num_frames(399, FeatureConfig()) == 0
+
+
+def test_minmax_spans_exactly_minus_one_to_one(logmel):
+    x = minmax(logmel)
+    assert x.min() == -1.0 and x.max() == 1.0
+
+
+def test_cmvn_zero_mean_unit_variance_per_bin(logmel):
+    x = cmvn(logmel).astype(np.float64)
+    np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(x.std(axis=0), 1.0, atol=1e-4)
+
+
+def test_global_stats_merge_equals_numpy():
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(3, 2, size=(n, 5)).astype(np.float32) for n in (7, 1, 30)]
+    merged = GlobalStats.empty(5)
+    for p in parts:
+        merged = merged.merge(GlobalStats.of(p))
+    whole = np.concatenate(parts).astype(np.float64)
+    np.testing.assert_allclose(merged.mean, whole.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(merged.std, whole.std(axis=0), rtol=1e-9)
+    assert merged.count == 38
+
+
+def test_normalise_modes(logmel):
+    assert normalise(logmel, FeatureConfig(normalization="none")) is logmel
+    with pytest.raises(ValueError, match="statistics"):
+        normalise(logmel, FeatureConfig(normalization="global"))
+
+
+@pytest.mark.parametrize("field, value", [("n_fft", 8), ("hop_length", 0), ("n_mels", 500), ("fmax", 9000.0),
+                                          ("normalization", "zscore"), ("kind", "mfcc"), ("max_seconds", 0.01)])
+def test_bad_feature_config_names_the_setting(field, value):
+    with pytest.raises(ConfigError, match=field):
+        validate_feature_config(FeatureConfig(**{field: value}))

@@ -1,0 +1,180 @@
+import json
+import os
+from collections import Counter
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from speechpipe import records
+from speechpipe.audio import decode
+from speechpipe.config import FeatureConfig
+from speechpipe.features import compute_features
+from speechpipe.pipeline import features_job
+from speechpipe.sources import make_spec
+from tests.audio_inputs import BAD_AUDIO, UNUSUAL, build_mixed_manifest, write_m4a, write_wav
+from tests.helpers import read_manifest
+
+CONFIG = FeatureConfig(max_seconds=2.0)
+IN_MEMORY = ["--direct_running_mode=in_memory"]
+
+
+def _expected_pairs(expected):
+    return [(None if k.startswith("line:") else k.split("#")[0], reason) for k, reason in expected.items()]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("mixed") / "data")
+    return build_mixed_manifest(root)
+
+
+@pytest.fixture(scope="module")
+def mixed_run(mixed, tmp_path_factory):
+    manifest, expected, good = mixed
+    out = str(tmp_path_factory.mktemp("mixed_out"))
+    summary = features_job.run_job(make_spec(manifest), CONFIG, out, PipelineOptions(IN_MEMORY))
+    return out, summary
+
+
+def test_every_bad_input_is_dead_lettered_and_every_unusual_format_accepted(mixed):
+    manifest, expected, good = mixed
+    with TestPipeline(options=PipelineOptions(IN_MEMORY)) as p:
+        outputs = features_job.build(p, make_spec(manifest), CONFIG)
+        assert_that(outputs["dead_letter"] | "Reasons" >> beam.Map(lambda d: (d.utterance, d.reason)),
+                    equal_to(_expected_pairs(expected)), label="DeadLetterReasons")
+        assert_that(outputs["examples"] | "Ids" >> beam.Map(lambda e: e.utterance),
+                    equal_to(good), label="GoodUtterances")
+    reasons = set(expected.values())
+    assert {r for _, r in BAD_AUDIO.values()} <= reasons
+    assert {"missing_file", "outside_root", "unknown_phone", "duplicate_utterance", "invalid_json",
+            "invalid_utf8", "missing_field"} <= reasons
+    assert set(UNUSUAL) <= set(good)
+
+
+def test_summary_accounts_for_every_input(mixed, mixed_run):
+    manifest, expected, good = mixed
+    out, summary = mixed_run
+    with open(manifest, "rb") as f:
+        n_lines = sum(1 for line in f if line.strip())
+    assert summary["inputs"] == n_lines
+    assert sum(summary["good"].values()) == len(good)
+    assert summary["dead_letter"]["total"] == len(expected)
+    assert summary["dead_letter"]["by_reason"] == dict(Counter(expected.values()))
+    assert sum(summary["good"].values()) + summary["dead_letter"]["total"] == summary["inputs"]
+    assert summary["good"] == {"train": len(good) - 2, "validation": 1, "test": 1}
+    assert summary["features"]["n_mels"] == CONFIG.n_mels
+    assert json.load(open(os.path.join(out, "summary.json"))) == summary
+
+
+def test_dead_letter_records_name_source_stage_and_reason(mixed_run):
+    out, _ = mixed_run
+    lines = []
+    for name in os.listdir(os.path.join(out, "dead_letter")):
+        with open(os.path.join(out, "dead_letter", name), encoding="utf-8") as f:
+            lines += [json.loads(line) for line in f]
+    by_utt = {d["utterance"]: d for d in lines if d["utterance"]}
+    assert by_utt["badphone"]["reason"] == "unknown_phone" and "'ʘ'" in by_utt["badphone"]["detail"]
+    assert by_utt["long"]["detail"].startswith("3.00 s > max 2 s")
+    assert by_utt["symlink"]["stage"] == "input" and "symlink" in by_utt["symlink"]["detail"]
+    assert by_utt["truncated"]["stage"] == "audio"
+    assert all(d["source"] and d["stage"] and d["reason"] and d["detail"] for d in lines)
+    assert any(d["source"].endswith("manifest.jsonl:%d" % i) for d in lines for i in range(1, 100))
+
+
+def test_records_read_back_with_phones_and_shapes(mixed_run):
+    out, summary = mixed_run
+    examples = [e for split in ("train", "validation", "test") for e in records.read_split(out, split)]
+    assert len(examples) == sum(summary["good"].values())
+    for e in examples:
+        assert e.features.shape[1] == CONFIG.n_mels and e.features.dtype == np.float32
+        assert e.phones == ["a", "pf", "ə", "l", "ʃ", "t", "ɾ", "ʊ", "m", "pf"]
+        assert len(e.phone_ids) == len(e.phones)
+        assert e.split in ("train", "validation", "test")
+    index = [json.loads(l) for n in os.listdir(os.path.join(out, "index")) for l in open(os.path.join(out, "index", n))]
+    assert sorted(i["utterance"] for i in index) == sorted(e.utterance for e in examples)
+
+
+def test_unusual_formats_decode_to_the_same_signal(tmp_path):
+    reference = decode(write_wav(str(tmp_path / "ref.wav")), 16000).samples
+    for name, writer in UNUSUAL.items():
+        samples = decode(writer(str(tmp_path / name)), 16000).samples
+        if name == "m4a":  # AAC adds encoder priming: compare levels only
+            assert abs(np.std(samples[2048:16000]) - np.std(reference[2048:16000])) < 0.02
+            continue
+        assert abs(len(samples) - len(reference)) <= 2, name
+        n = min(len(samples), len(reference))
+        # the test signal's 1 % noise is drawn per sample, so it differs between rates (rms 0.014)
+        tolerance = 0.05 if name in ("pcm8", "rate8k") else 0.02 if name.startswith("rate") else 0.01
+        assert np.sqrt(np.mean((samples[:n] - reference[:n]) ** 2)) < tolerance, name
+
+
+def test_voxceleb_layout_input(tmp_path):
+    root = tmp_path / "vox"
+    write_wav(str(root / "id10001" / "vidA" / "00001.wav"))
+    write_wav(str(root / "id10001" / "vidB" / "00001.flac"), fmt="FLAC")
+    write_m4a(str(root / "id10002" / "vidC" / "00001.m4a"))
+    write_wav(str(root / "stray.wav"))  # not <speaker>/<session>/<file>
+    (root / "README.txt").write_text("not audio")
+    summary = features_job.run_job(make_spec(str(root)), CONFIG, str(tmp_path / "out"), PipelineOptions(IN_MEMORY))
+    assert summary["input"]["kind"] == "voxceleb"
+    assert sum(summary["good"].values()) == 3
+    assert summary["dead_letter"]["by_reason"] == {"bad_layout": 1}
+    assert summary["input"]["ignored_non_audio_files"] == 1
+    ids = {e.utterance for s in ("train", "validation", "test") for e in records.read_split(str(tmp_path / "out"), s)}
+    assert ids == {"id10001/vidA/00001", "id10001/vidB/00001", "id10002/vidC/00001"}
+
+
+def test_kaldi_data_dir_input(tmp_path):
+    root = tmp_path / "kaldi"
+    write_wav(str(root / "wav" / "a.wav"))
+    write_wav(str(root / "wav" / "b.wav"), seed=1)
+    (root / "wav.scp").write_text("uttA wav/a.wav\nuttB wav/b.wav\nuttC sox x.wav -t wav - |\nuttD wav/a.wav\n")
+    (root / "utt2spk").write_text("uttA spk1\nuttB spk2\nuttC spk1\n")
+    (root / "phones").write_text("uttA ˈapfəl\n")
+    summary = features_job.run_job(make_spec(str(root)), CONFIG, str(tmp_path / "out"), PipelineOptions(IN_MEMORY))
+    assert summary["input"]["kind"] == "kaldi"
+    assert sum(summary["good"].values()) == 2
+    assert summary["dead_letter"]["by_reason"] == {"command_not_supported": 1, "missing_speaker": 1}
+    examples = {e.utterance: e for s in ("train", "validation", "test") for e in records.read_split(str(tmp_path / "out"), s)}
+    assert examples["uttA"].phones == ["a", "pf", "ə", "l"] and examples["uttB"].phone_ids is None
+
+
+def test_job_is_deterministic(tiny_corpus, tmp_path):
+    spec = make_spec(os.path.join(tiny_corpus, "manifest.jsonl"))
+    serialized = []
+    for run in ("a", "b"):
+        out = str(tmp_path / run)
+        features_job.run_job(spec, FeatureConfig(), out, PipelineOptions(IN_MEMORY))
+        serialized.append({s: sorted(records.encode_example(e) for e in records.read_split(out, s))
+                           for s in ("train", "validation", "test")})
+    assert serialized[0] == serialized[1]
+    corpus_splits = {r["utterance"]: r["split"] for r in read_manifest(tiny_corpus)}
+    assert {u: s for s, items in serialized[0].items() for u in
+            (records.decode_example(b).utterance for b in items)} == corpus_splits
+
+
+def test_global_statistics_equal_numpy(tiny_corpus, tmp_path):
+    config = FeatureConfig(normalization="global")
+    out = str(tmp_path / "global")
+    features_job.run_job(make_spec(os.path.join(tiny_corpus, "manifest.jsonl")), config, out, PipelineOptions(IN_MEMORY))
+    train = [r for r in read_manifest(tiny_corpus) if r["split"] == "train"]
+    frames = np.concatenate([compute_features(decode(os.path.join(tiny_corpus, r["audio"]), 16000).samples, config)
+                             for r in train]).astype(np.float64)
+    stats = json.load(open(os.path.join(out, "global_stats.json")))
+    assert stats["frames"] == frames.shape[0]
+    np.testing.assert_allclose(stats["mean"], frames.mean(axis=0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(stats["std"], frames.std(axis=0), rtol=1e-6, atol=1e-9)
+    # and the records were normalised with them
+    train_frames = np.concatenate([e.features for e in records.read_split(out, "train")]).astype(np.float64)
+    np.testing.assert_allclose(train_frames.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(train_frames.std(axis=0), 1.0, atol=1e-4)
+
+
+def test_output_folder_with_a_summary_is_refused(mixed, mixed_run):
+    out, _ = mixed_run
+    with pytest.raises(FileExistsError):
+        features_job.run_job(make_spec(mixed[0]), CONFIG, out, PipelineOptions(IN_MEMORY))
