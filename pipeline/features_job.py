@@ -241,7 +241,7 @@ def build(pipeline: beam.Pipeline, spec: InputSpec, config: FeatureConfig, inven
     return {"examples": examples, "dead_letter": dead_letter, "counts": outcomes, "global_stats": global_stats}
 
 
-def write_outputs(outputs: Dict[str, beam.PCollection], out_dir: str, num_shards: int) -> None:
+def write_outputs(outputs: Dict[str, beam.PCollection], out_dir: str, num_shards: int, compression: str = "none") -> None:
     examples = outputs["examples"]
     by_split = examples | "PartitionBySplit" >> beam.Partition(lambda e, _: SPLITS.index(e.split), len(SPLITS))
     for index, split in enumerate(SPLITS):
@@ -250,9 +250,10 @@ def write_outputs(outputs: Dict[str, beam.PCollection], out_dir: str, num_shards
             | f"Serialize{split.title()}" >> beam.Map(records.encode_example)
             | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
                 os.path.join(records.split_dir(out_dir, split), records.SHARD_PREFIX),
-                file_name_suffix=".gz",
+                file_name_suffix=".gz" if compression == "gzip" else "",
                 num_shards=num_shards,
-                compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+                compression_type=(beam.io.filesystem.CompressionTypes.GZIP if compression == "gzip"
+                                  else beam.io.filesystem.CompressionTypes.UNCOMPRESSED),
             )
         )
     _ = (
@@ -288,10 +289,11 @@ def read_back(out_dir: str) -> Dict[str, Dict[str, int]]:
         found[split] = {}
         for path in records.shard_paths(out_dir, split):
             n = 0
-            for serialized in tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION).as_numpy_iterator():
+            dataset = tf.data.TFRecordDataset(path, compression_type=records.compression_of(path))
+            for serialized in dataset.as_numpy_iterator():
                 example = tf.train.Example.FromString(serialized).features.feature
                 frames, bins = example[records.NUM_FRAMES].int64_list.value[0], example[records.NUM_BINS].int64_list.value[0]
-                if len(example[records.FEATURES].float_list.value) != frames * bins:
+                if len(example[records.FEATURES].bytes_list.value[0]) != 4 * frames * bins:
                     raise ReadBackError(f"{path}: an example's feature length is not {frames} x {bins}")
                 n += 1
             found[split][os.path.basename(path)] = n
@@ -320,6 +322,8 @@ def summarise(out_dir: str, spec: InputSpec, config: FeatureConfig, inventory_na
         "frames": {s: int(counts.get(f"frames.{s}", 0)) for s in SPLITS},
         "shards": shards,
         "features": config.to_json(),
+        "records": {"features_encoding": "float32 little-endian bytes, frames x bins",
+                    "compression": "gzip" if any(n.endswith(".gz") for s in shards.values() for n in s) else "none"},
         "phone_inventory": inventory_name,
         "global_stats": GLOBAL_STATS_FILE,
         "wall_seconds": round(seconds, 2),
@@ -345,6 +349,7 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
     parser.add_argument("--max-seconds", type=float, default=d.max_seconds, help=f"longer audio is dead-lettered, default {d.max_seconds:g}")
     parser.add_argument("--split-fractions", default="0.8,0.1,0.1", help="train,validation,test by speaker when the input has no splits")
     parser.add_argument("--num-shards", type=int, default=0, help="shards per split (0: the runner decides)")
+    parser.add_argument("--compression", choices=records.COMPRESSIONS, default="none", help="TFRecord compression, default none")
     parser.add_argument("--inventory", default="phones_de.json", help="phone inventory for transcripts")
     return parser.parse_known_args(argv)
 
@@ -367,20 +372,20 @@ def run(argv: Optional[List[str]] = None) -> int:
     if not any(a.startswith("--direct_running_mode") for a in beam_args):
         direct.direct_running_mode = "multi_processing"
         direct.direct_num_workers = direct.direct_num_workers or os.cpu_count() or 1
-    result = run_job(spec, config, args.out, options, args.num_shards, args.inventory)
+    result = run_job(spec, config, args.out, options, args.num_shards, args.inventory, args.compression)
     print(json.dumps({k: result[k] for k in ("inputs", "good", "dead_letter", "audio_seconds", "wall_seconds")}, indent=1))
     print(f"features written to {args.out}")
     return 0
 
 
 def run_job(spec: InputSpec, config: FeatureConfig, out_dir: str, options: PipelineOptions,
-            num_shards: int = 0, inventory_name: str = "phones_de.json") -> Dict[str, object]:
+            num_shards: int = 0, inventory_name: str = "phones_de.json", compression: str = "none") -> Dict[str, object]:
     """Runs the job, reads the output back, writes and returns summary.json."""
     if os.path.exists(os.path.join(out_dir, SUMMARY_FILE)):
         raise FileExistsError(f"{out_dir} already holds a feature job's output ({SUMMARY_FILE})")
     started = time.time()
     with beam.Pipeline(options=options) as pipeline:
-        write_outputs(build(pipeline, spec, config, inventory_name), out_dir, num_shards)
+        write_outputs(build(pipeline, spec, config, inventory_name), out_dir, num_shards, compression)
     summary = summarise(out_dir, spec, config, inventory_name, time.time() - started)
     with open(os.path.join(out_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1, sort_keys=True)
