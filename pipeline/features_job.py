@@ -103,8 +103,9 @@ class KeepFirstFn(beam.DoFn):
 class ComputeFeaturesFn(beam.DoFn):
     """SourceRecord -> (record, unnormalised features, seconds), or a DeadLetter."""
 
-    def __init__(self, config: FeatureConfig) -> None:
+    def __init__(self, config: FeatureConfig, count: bool = True) -> None:
         self._config = config
+        self._count = count  # False on the second pass of global normalisation
 
     def setup(self) -> None:
         import numpy as np
@@ -117,7 +118,8 @@ class ComputeFeaturesFn(beam.DoFn):
             audio = decode(record.audio_path, self._config.sample_rate, self._config.max_seconds)
             check_usable(audio, self._config.n_fft, self._config.max_seconds)
         except AudioRejected as rejected:
-            Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{rejected.reason}").inc()
+            if self._count:
+                Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{rejected.reason}").inc()
             yield beam.pvalue.TaggedOutput(
                 DEAD_LETTER,
                 DeadLetter(source=record.source, stage="audio", reason=rejected.reason,
@@ -125,7 +127,8 @@ class ComputeFeaturesFn(beam.DoFn):
             )
             return
         features = compute_features(audio.samples, self._config)
-        Metrics.counter(METRICS_NAMESPACE, f"good_{record.split}").inc()
+        if self._count:
+            Metrics.counter(METRICS_NAMESPACE, f"good_{record.split}").inc()
         yield record, features, audio.samples.shape[0] / audio.sample_rate
 
 
@@ -222,9 +225,17 @@ def build(pipeline: beam.Pipeline, spec: InputSpec, config: FeatureConfig, inven
         | "FeaturesOnly" >> beam.Map(lambda e: e[1])
         | "GlobalStatistics" >> beam.CombineGlobally(GlobalStatsFn(config.n_bins))
     )
-    examples = features | "Normalise" >> beam.Map(
-        _to_example, config=config, stats=beam.pvalue.AsSingleton(global_stats), inventory_name=inventory_name
-    )
+    if config.normalization == "global":
+        # Normalising waits for the statistics. Holding every spectrogram until then would make
+        # memory grow with the corpus; computing them again costs less than decoding did, so a
+        # second pass over the (small) source records recomputes them. Its dead letters repeat
+        # the first pass's and are not output again.
+        second_pass = unique[GOOD] | "RecomputeFeatures" >> beam.ParDo(ComputeFeaturesFn(config, count=False)).with_outputs(DEAD_LETTER, main=GOOD)
+        examples = second_pass[GOOD] | "Normalise" >> beam.Map(
+            _to_example, config=config, stats=beam.pvalue.AsSingleton(global_stats), inventory_name=inventory_name
+        )
+    else:
+        examples = features | "Normalise" >> beam.Map(_to_example, config=config, stats=None, inventory_name=inventory_name)
     dead_letter = (parsed[DEAD_LETTER], unique[DEAD_LETTER], computed[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
 
     outcomes = (

@@ -67,14 +67,14 @@ class PhoneInventory:
     def tokenize(self, ipa: str) -> List[str]:
         """Splits an IPA string into phones; raises `UnknownPhoneError` on any other symbol."""
         text = unicodedata.normalize("NFC", ipa)
-        by_length = _phones_by_length(self)
+        by_first = _phones_by_first_char(self)
         phones: List[str] = []
         i = 0
         while i < len(text):
             if text[i] in self.ignored or text[i].isspace():
                 i += 1
                 continue
-            for phone in by_length:
+            for phone in by_first.get(text[i], ()):
                 if text.startswith(phone, i):
                     phones.append(phone)
                     i += len(phone)
@@ -97,8 +97,12 @@ class PhoneInventory:
 
 
 @lru_cache(maxsize=None)
-def _phones_by_length(inventory: PhoneInventory) -> Tuple[str, ...]:
-    return tuple(sorted(inventory.phones, key=len, reverse=True))
+def _phones_by_first_char(inventory: PhoneInventory) -> Dict[str, Tuple[str, ...]]:
+    """Candidate phones per first character, longest first (greedy longest match)."""
+    table: Dict[str, List[str]] = {}
+    for phone in sorted(inventory.phones, key=len, reverse=True):
+        table.setdefault(phone[0], []).append(phone)
+    return {c: tuple(p) for c, p in table.items()}
 
 
 @lru_cache(maxsize=None)
