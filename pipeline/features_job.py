@@ -74,6 +74,7 @@ class ParseInputFn(beam.DoFn):
         self._inventory = load_inventory(self._inventory_name)
 
     def process(self, item: RawInput):
+        Metrics.counter(METRICS_NAMESPACE, "inputs").inc()
         result = parse_input(item, self._spec)
         if isinstance(result, SourceRecord) and result.phones is not None:
             from speechpipe.phones import UnknownPhoneError
