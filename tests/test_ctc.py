@@ -1,0 +1,147 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from speechpipe.audio import decode
+from speechpipe.config import FeatureConfig
+from speechpipe.models.ctc import (CTCModelConfig, CTCTrainer, PERResult, beam_decode, build_acoustic_model,
+                                   ctc_feasible, edit_distance, export_transcriber, greedy_decode)
+from speechpipe.phones import default_inventory
+from speechpipe.pipeline import features_job
+from speechpipe.sources import make_spec
+from speechpipe.training import NonFiniteLossError, StopOnNonFiniteLoss
+from tests.helpers import read_manifest
+
+BLANK = default_inventory().blank_id
+NUM_CLASSES = default_inventory().num_classes
+
+
+@pytest.fixture(scope="module")
+def tiny_features(tiny_corpus, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ctc_features"))
+    features_job.run_job(make_spec(os.path.join(tiny_corpus, "manifest.jsonl")), FeatureConfig(), out,
+                         PipelineOptions(["--direct_running_mode=in_memory"]))
+    return out
+
+
+# ----------------------------------------------------------------------- decoding and PER by hand
+
+def _logits(path, classes=NUM_CLASSES):
+    """One-hot-ish logits that make `path` (class per frame) the best path."""
+    out = np.full((len(path), classes), -5.0, np.float32)
+    for t, k in enumerate(path):
+        out[t, k] = 5.0
+    return out
+
+
+def test_greedy_merges_repeats_and_drops_blanks():
+    path = [3, 3, BLANK, 3, 7, 7, BLANK, BLANK, 1]
+    logits = np.stack([_logits(path), _logits([2] * 9)])
+    assert greedy_decode(tf.constant(logits), [9, 4], BLANK) == [[3, 3, 7, 1], [2]]
+
+
+def test_beam_search_agrees_with_greedy_on_a_peaked_path():
+    path = [BLANK, 5, 5, BLANK, 5, 9, BLANK]
+    assert beam_decode(tf.constant(_logits(path)[None]), [7], BLANK, beam_width=8) == [[5, 5, 9]]
+
+
+def test_beam_search_finds_the_more_probable_labelling_greedy_misses():
+    # frames: p(a)=.4, p(blank)=.6 twice. Greedy says "", but "a" totals 1-.36=.64 > .36.
+    a, classes = 0, 3
+    probs = np.array([[[0.4, 0.0, 0.6], [0.4, 0.0, 0.6]]], np.float32) + 1e-9
+    logits = tf.constant(np.log(probs))
+    assert greedy_decode(logits, [2], 2) == [[]]
+    assert beam_decode(logits, [2], 2, beam_width=4) == [[a]]
+
+
+@pytest.mark.parametrize("ref, hyp, distance", [("abc", "abc", 0), ("abc", "", 3), ("", "ab", 2), ("kitten", "sitting", 3),
+                                                ("abcd", "acbd", 2), ("aaa", "aa", 1)])
+def test_edit_distance(ref, hyp, distance):
+    assert edit_distance(list(ref), list(hyp)) == distance
+
+
+def test_per_is_total_edits_over_total_reference():
+    result = PERResult()
+    result.add("u1", [1, 2, 3, 4], [1, 2, 3, 4])
+    result.add("u2", [1, 2], [2])
+    assert result.per == pytest.approx(1 / 6) and result.per_utterance == {"u1": 0.0, "u2": 0.5}
+    with pytest.raises(ValueError, match="no reference phones"):
+        result.add("u3", [], [1])
+
+
+# ----------------------------------------------------------------------- CTC lengths
+
+@pytest.mark.parametrize("label, frames, ok", [([1, 2, 3], 3, True), ([1, 1], 2, False), ([1, 1], 3, True),
+                                               ([1, 2, 2, 2], 5, False), ([1, 2, 2, 2], 6, True)])
+def test_ctc_feasibility(label, frames, ok):
+    assert ctc_feasible(label, frames) is ok
+
+
+def test_loss_uses_real_lengths_not_padding():
+    """An utterance's loss is the same alone and padded inside a batch with a longer one."""
+    keras.utils.set_random_seed(0)
+    acoustic = build_acoustic_model(8, NUM_CLASSES, CTCModelConfig(lstm_units=(8,), dropout=0.0))
+    trainer = CTCTrainer(acoustic, BLANK, 1)
+    rng = np.random.default_rng(0)
+    short, long = rng.normal(size=(20, 8)).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32)
+    alone = trainer.ctc_loss({"features": short[None], "num_frames": tf.constant([20])},
+                             tf.constant([[1, 2, 3]]), tf.constant([3]), training=False)
+    padded = np.zeros((2, 50, 8), np.float32)
+    padded[0, :20], padded[1] = short, long
+    per_row = tf.nn.ctc_loss(tf.constant([[1, 2, 3, 0, 0, 0], [4, 5, 6, 7, 8, 9]]),
+                             acoustic({"features": padded, "num_frames": tf.constant([20, 50])}),
+                             tf.constant([3, 6]), tf.constant([20, 50]), logits_time_major=False, blank_index=BLANK)
+    assert float(per_row[0]) == pytest.approx(float(alone), rel=1e-5)
+
+
+def test_non_finite_loss_stops_training_with_a_clear_error():
+    acoustic = build_acoustic_model(4, NUM_CLASSES, CTCModelConfig(lstm_units=(4,)))
+    trainer = CTCTrainer(acoustic, BLANK, 1)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    features = np.full((1, 10, 4), np.nan, np.float32)
+    data = tf.data.Dataset.from_tensors(({"features": features, "num_frames": [10]},
+                                         {"labels": [[1, 2]], "label_length": [2]}))
+    with pytest.raises(NonFiniteLossError, match="epoch 1, batch 1"):
+        trainer.fit(data, epochs=1, callbacks=[StopOnNonFiniteLoss()], verbose=0)
+
+
+# ----------------------------------------------------------------------- learning and export
+
+def test_tiny_model_overfits_a_handful_of_utterances_and_exports(tiny_features, tiny_corpus, tmp_path):
+    from speechpipe.components.ctc_trainer import CTCTrainConfig, evaluate_per, make_dataset
+    from speechpipe.tf_features import GraphFeatures
+
+    keras.utils.set_random_seed(1)
+    config = CTCTrainConfig(model=CTCModelConfig(lstm_units=(96, 96), dropout=0.0, frame_stack=2),
+                            learning_rate=4e-3, batch_size=4, shuffle_buffer=4)
+    files = [os.path.join(tiny_features, "Split-test")]  # the 4 utterances of the test speaker
+    acoustic = build_acoustic_model(80, NUM_CLASSES, config.model)
+    trainer = CTCTrainer(acoustic, BLANK, config.model.frame_stack)
+    trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0))
+    data = make_dataset(files, config, training=True).cache()
+    per = 1.0
+    for _ in range(40):
+        trainer.fit(data, epochs=25, verbose=0)
+        per = evaluate_per(acoustic, files, config).per
+        if per == 0.0:
+            break
+    assert per == 0.0, f"did not overfit 4 utterances: PER {per:.3f}"
+
+    # SavedModel round trip through the raw-waveform signature
+    path = str(tmp_path / "model")
+    export_transcriber(path, acoustic, GraphFeatures(FeatureConfig()), default_inventory().phones, 2)
+    loaded = tf.saved_model.load(path)
+    assert {"transcribe", "serving_default", "logits"} <= set(loaded.signatures)
+    items = [r for r in read_manifest(tiny_corpus) if r["split"] == "test"]
+    waves = [decode(os.path.join(tiny_corpus, r["audio"]), 16000).samples for r in items]
+    batch = np.zeros((len(waves), max(map(len, waves))), np.float32)
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = w
+    out = loaded.signatures["transcribe"](waveforms=tf.constant(batch), lengths=tf.constant([len(w) for w in waves]))
+    inventory = default_inventory()
+    for record, text in zip(items, out["phones"].numpy()):
+        assert text.decode().split(" ") == inventory.tokenize(record["phones"])
