@@ -142,8 +142,9 @@ def evaluate_per(acoustic: keras.Model, files: Sequence[str], config: CTCTrainCo
         config.batch_size, padded_shapes={"utterance": [], "speaker": [], "session": [], "features": [None, None],
                                           "num_frames": [], "phone_ids": [None]},
         padding_values={"utterance": b"", "speaker": b"", "session": b"", "features": 0.0, "num_frames": 0, "phone_ids": -1})
+    forward = tf.function(lambda f, n: acoustic({"features": f, "num_frames": n}, training=False), reduce_retracing=True)
     for batch in dataset:
-        logits = acoustic({"features": batch["features"], "num_frames": batch["num_frames"]}, training=False)
+        logits = forward(batch["features"], batch["num_frames"])
         lengths = stacked_lengths(batch["num_frames"], config.model.frame_stack)
         decoded = beam_decode(logits, lengths, blank, beam_width) if beam_width else greedy_decode(logits, lengths, blank)
         for utterance, reference, hypothesis in zip(batch["utterance"].numpy(), batch["phone_ids"].numpy(), decoded):
@@ -166,10 +167,9 @@ class ValidationPER(keras.callbacks.Callback):
         per = evaluate_per(self.model.acoustic, self.files, self.config).per
         logs["val_per"] = per
         elapsed = time.time() - self.started
-        self.history.append({"epoch": epoch + 1, "loss": float(logs.get("loss", np.nan)),
-                             "val_loss": float(logs.get("val_loss", np.nan)), "val_per": per, "minutes": elapsed / 60})
-        log.info("epoch %d: loss %.3f val_loss %.3f val_PER %.4f (%.1f min)", epoch + 1, logs.get("loss", np.nan),
-                 logs.get("val_loss", np.nan), per, elapsed / 60)
+        self.history.append({"epoch": epoch + 1, "loss": float(logs.get("loss", np.nan)), "val_per": per,
+                             "minutes": elapsed / 60})
+        log.info("epoch %d: loss %.3f val_PER %.4f (%.1f min)", epoch + 1, logs.get("loss", np.nan), per, elapsed / 60)
         if per < self.best_per:
             self.best_per, self.best_epoch = per, epoch + 1
             self.best_weights = self.model.acoustic.get_weights()
@@ -219,8 +219,9 @@ def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config:
     callbacks: List[keras.callbacks.Callback] = [StopOnNonFiniteLoss(), validation]
     if log_dir:
         callbacks.append(tensorboard(log_dir))
-    trainer.fit(make_dataset(train_files, config, training=True), validation_data=make_dataset(eval_files, config, training=False),
-                epochs=config.max_epochs, callbacks=callbacks, verbose=0)
+    # No Keras validation_data: the validation PER callback is the stopping criterion, and a
+    # second pass for val_loss would cost a fifth of each epoch.
+    trainer.fit(make_dataset(train_files, config, training=True), epochs=config.max_epochs, callbacks=callbacks, verbose=0)
     minutes = (time.time() - started) / 60
     result = {
         "best_val_per": validation.best_per, "best_epoch": validation.best_epoch, "epochs": len(validation.history),
