@@ -39,7 +39,7 @@ def _features(corpus: str, kind: str, normalization: str) -> str:
 
 
 def _train(features_dir: str, config, minutes: float, model_dir: str = None) -> Dict[str, object]:
-    from speechpipe.components.ctc_trainer import evaluate_per, train
+    from speechpipe.components.ctc_trainer import train
     from speechpipe.config import FeatureConfig
 
     with open(os.path.join(features_dir, "summary.json")) as f:

@@ -4,28 +4,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from speechpipe.audio import decode
 from speechpipe.config import FeatureConfig
 from speechpipe.models.ctc import (CTCModelConfig, CTCTrainer, PERResult, beam_decode, build_acoustic_model,
                                    ctc_feasible, edit_distance, export_transcriber, greedy_decode)
 from speechpipe.phones import default_inventory
-from speechpipe.pipeline import features_job
-from speechpipe.sources import make_spec
 from speechpipe.training import NonFiniteLossError, StopOnNonFiniteLoss
 from tests.helpers import read_manifest
 
 BLANK = default_inventory().blank_id
 NUM_CLASSES = default_inventory().num_classes
 
-
-@pytest.fixture(scope="module")
-def tiny_features(tiny_corpus, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("ctc_features"))
-    features_job.run_job(make_spec(os.path.join(tiny_corpus, "manifest.jsonl")), FeatureConfig(), out,
-                         PipelineOptions(["--direct_running_mode=in_memory"]))
-    return out
 
 
 # ----------------------------------------------------------------------- decoding and PER by hand
@@ -51,7 +41,7 @@ def test_beam_search_agrees_with_greedy_on_a_peaked_path():
 
 def test_beam_search_finds_the_more_probable_labelling_greedy_misses():
     # frames: p(a)=.4, p(blank)=.6 twice. Greedy says "", but "a" totals 1-.36=.64 > .36.
-    a, classes = 0, 3
+    a = 0
     probs = np.array([[[0.4, 0.0, 0.6], [0.4, 0.0, 0.6]]], np.float32) + 1e-9
     logits = tf.constant(np.log(probs))
     assert greedy_decode(logits, [2], 2) == [[]]

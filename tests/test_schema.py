@@ -1,23 +1,11 @@
 import os
 
 import numpy as np
-import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from speechpipe import records
-from speechpipe.config import FeatureConfig
 from speechpipe.phones import default_inventory
-from speechpipe.pipeline import features_job
 from speechpipe.schema import anomalies_in, load_schema
-from speechpipe.sources import make_spec
 
-
-@pytest.fixture(scope="module")
-def tiny_features(tiny_corpus, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("features"))
-    features_job.run_job(make_spec(os.path.join(tiny_corpus, "manifest.jsonl")), FeatureConfig(), out,
-                         PipelineOptions(["--direct_running_mode=in_memory"]))
-    return out
 
 
 def test_schema_matches_the_inventory_and_record_keys():
