@@ -608,24 +608,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--ratio", default=f"{d.same}:{d.different}",
                         help="same:different pairs, default %(default)s")
-    parser.add_argument("--speaker_cap", type=int, default=d.speaker_cap,
+    parser.add_argument("--speaker-cap", "--speaker_cap", type=int, default=d.speaker_cap,
                         help="same-speaker pairs per speaker at most, default %(default)s")
-    parser.add_argument("--same_session_positives", action="store_true",
+    parser.add_argument("--same-session-positives", "--same_session_positives", action="store_true",
                         help="also pair two utterances of one session (default: positives come "
                              "from different sessions, as VoxCeleb's trials pair different videos)")
-    parser.add_argument("--segment_frames", type=int, default=d.segment_frames,
+    parser.add_argument("--segment-frames", "--segment_frames", type=int, default=d.segment_frames,
                         help="frames of one embedder segment; shorter utterances are excluded, "
                              "default %(default)s")
-    parser.add_argument("--eval_hop", type=int, default=d.eval_hop,
+    parser.add_argument("--eval-hop", "--eval_hop", type=int, default=d.eval_hop,
                         help="hop between evaluation windows, recorded for the input pipeline, "
                              "default %(default)s")
     parser.add_argument("--seed", type=int, default=d.seed, help="default %(default)s")
-    parser.add_argument("--trial_splits", default=",".join(SPLITS),
+    parser.add_argument("--trial-splits", "--trial_splits", default=",".join(SPLITS),
                         help="splits that get a trials_<split>.txt, default %(default)s")
-    parser.add_argument("--official_trials", nargs="+", default=[], metavar="FILE",
+    parser.add_argument("--official-trials", "--official_trials", nargs="+", default=[], metavar="FILE",
                         help="VoxCeleb1 trial lists to check against the index and copy "
                              "(veri_test.txt, veri_test2.txt, list_test_all2.txt, list_test_hard2.txt)")
-    parser.add_argument("--any_ids", action="store_true",
+    parser.add_argument("--any-ids", "--any_ids", action="store_true",
                         help="accept official-list paths that are not VoxCeleb-shaped "
                              "(<speaker>/<session>/<name>.wav)")
     parser.add_argument("--overwrite", action="store_true",

@@ -45,6 +45,15 @@ def run(argv: Optional[List[str]] = None) -> int:
                                            f"--direct_num_workers={os.cpu_count() or 1}"]))
         print(f"[demo] features: {summary['good']} good, {summary['dead_letter']['total']} dead-lettered, "
               f"{time.time() - step:.0f} s")
+    pairs_dir = os.path.join(args.home, "pairs")
+    if os.path.exists(os.path.join(pairs_dir, "summary.json")):
+        print(f"[demo] pairs: reusing {pairs_dir}")
+    else:
+        from speechpipe.pipeline import pairs_job
+
+        step = time.time()
+        pairs_job.run(["--features", features_dir, "--out", pairs_dir])
+        print(f"[demo] pairs: trial lists and training pairs in {time.time() - step:.0f} s")
     print(f"[demo] done in {time.time() - started:.0f} s; everything is under {args.home}/")
     return 0
 
