@@ -58,6 +58,13 @@ class CTCTrainConfig:
     bucket_boundaries: Tuple[int, ...] = (150, 200, 250, 300, 350, 400, 500, 700)
     shuffle_buffer: int = 2048
     mixed_precision: bool = False
+    # SpecAugment on training batches: without it the BLSTMs memorise the training sentences
+    # (bench: 7 % PER on unseen speakers saying training sentences, 15 % on unseen sentences).
+    # Time masks make the model rely on local acoustic evidence; 0 masks = off.
+    time_masks: int = 2
+    time_mask_frames: int = 20  # widest mask, in 10 ms frames
+    freq_masks: int = 2
+    freq_mask_bins: int = 10
     seed: int = 0
     inventory: str = "phones_de.json"
 
@@ -114,12 +121,33 @@ def _to_inputs(example: Dict[str, tf.Tensor]):
     return inputs, targets
 
 
+def spec_augment(features: tf.Tensor, num_frames: tf.Tensor, config: CTCTrainConfig) -> tf.Tensor:
+    """Zeroes `time_masks` random spans of frames and `freq_masks` random bands of bins (zero is
+    every bin's mean after cmvn/global normalisation) inside the utterance's real frames."""
+    frames, bins = tf.shape(features)[0], tf.shape(features)[1]
+    keep = tf.ones_like(features)
+    for _ in range(config.time_masks):
+        width = tf.random.uniform([], 0, config.time_mask_frames + 1, tf.int32)
+        start = tf.random.uniform([], 0, tf.maximum(num_frames - width, 0) + 1, tf.int32)
+        span = tf.logical_and(tf.range(frames) >= start, tf.range(frames) < start + width)
+        keep *= 1.0 - tf.cast(span, features.dtype)[:, None]
+    for _ in range(config.freq_masks):
+        width = tf.random.uniform([], 0, config.freq_mask_bins + 1, tf.int32)
+        start = tf.random.uniform([], 0, tf.maximum(bins - width, 0) + 1, tf.int32)
+        band = tf.logical_and(tf.range(bins) >= start, tf.range(bins) < start + width)
+        keep *= 1.0 - tf.cast(band, features.dtype)[None, :]
+    return features * keep
+
+
 def make_dataset(files: Sequence[str], config: CTCTrainConfig, training: bool) -> tf.data.Dataset:
     """Length-bucketed, padded batches of (inputs, targets); unusable utterances filtered out."""
     frame_stack = config.model.frame_stack
     dataset = record_dataset(files).filter(lambda e: _usable(e, frame_stack))
     if training:
         dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
+        if config.time_masks or config.freq_masks:
+            dataset = dataset.map(lambda e: {**e, "features": spec_augment(e["features"], e["num_frames"], config)},
+                                  num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(_to_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     boundaries = list(config.bucket_boundaries)
     dataset = dataset.bucket_by_sequence_length(
