@@ -135,3 +135,21 @@ def test_tiny_model_overfits_a_handful_of_utterances_and_exports(tiny_features, 
     inventory = default_inventory()
     for record, text in zip(items, out["phones"].numpy()):
         assert text.decode().split(" ") == inventory.tokenize(record["phones"])
+
+
+def test_spec_augment_masks_within_bounds():
+    from speechpipe.components.ctc_trainer import CTCTrainConfig, spec_augment
+
+    config = CTCTrainConfig(time_masks=2, time_mask_frames=20, freq_masks=2, freq_mask_bins=10)
+    tf.random.set_seed(3)
+    masked_any = False
+    for _ in range(20):
+        out = spec_augment(tf.ones([300, 80]), tf.constant(250), config).numpy()
+        zero_bins = np.all(out == 0, axis=0)  # frequency masks zero a bin in every frame
+        zero_frames = np.where(np.all(out == 0, axis=1))[0]  # time masks zero every bin of a frame
+        assert zero_bins.sum() <= 2 * 10 and len(zero_frames) <= 2 * 20
+        assert np.all(zero_frames < 250), "time masks stay inside the real frames"
+        masked_any |= bool(zero_bins.any() and len(zero_frames))
+    assert masked_any
+    off = CTCTrainConfig(time_masks=0, freq_masks=0)
+    assert np.all(spec_augment(tf.ones([10, 8]), tf.constant(10), off).numpy() == 1.0)
