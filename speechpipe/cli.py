@@ -41,11 +41,26 @@ def _phones(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_list(args: argparse.Namespace) -> int:
+    from speechpipe.pipeline.run_config import embedded_tracking_uri
+    from speechpipe.registry import Registry, format_listing
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri(args.home)
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        print(f"no registry at {uri} (nothing pushed yet)")
+        return 0
+    models = Registry(uri).list()
+    print(json.dumps(models, indent=1, default=str) if args.json else format_listing(models))
+    return 0
+
+
 # Beam jobs parse their own arguments (Beam's parse_known_args style), so that runner options
 # such as --runner or --direct_running_mode pass straight through to PipelineOptions.
 BEAM_JOBS: Dict[str, str] = {
     "features": "speechpipe.pipeline.features_job",
     "pairs": "speechpipe.pipeline.pairs_job",
+    # The TFX pipeline parses its own arguments too (`speechpipe run --help`).
+    "run": "speechpipe.pipeline.local_runner",
 }
 
 
@@ -88,11 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
     job_help = {
         "features": "Beam: audio to normalised spectrogram TFRecords, with a dead letter",
         "pairs": "Beam: same/different-speaker pairs and VoxCeleb trial lists",
+        "run": "TFX: features, validation gate, training, evaluation, push to the MLflow registry",
     }
     for name, module in BEAM_JOBS.items():
         job = commands.add_parser(name, help=job_help[name], add_help=False)
         job.add_argument("job_args", nargs=argparse.REMAINDER, help="see `speechpipe %(prog)s --help`")
         job.set_defaults(handler=_beam_job(module))
+
+    registry = commands.add_parser("registry", help="the MLflow model registry")
+    registry_commands = registry.add_subparsers(dest="registry_command", metavar="ACTION")
+    registry_commands.required = True
+    listing = registry_commands.add_parser("list", help="models, versions, aliases and metrics")
+    listing.add_argument("--home", default="speechpipe_home", help="home folder of the embedded registry")
+    listing.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, "
+                                                               "else SQLite under --home)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=_registry_list)
 
     phones = commands.add_parser("phones", help="show the phone inventory, or tokenize an IPA string")
     phones.add_argument("ipa", nargs="?", help="IPA string to split into phones")

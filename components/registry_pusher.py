@@ -1,0 +1,140 @@
+"""RegistryPusher: pushes a blessed model to the MLflow Model Registry, never an unblessed one.
+
+For a blessed model it registers a new version carrying its metrics, data spans, pipeline run id,
+ML Metadata artifact ids, feature config and git commit; downloads the version back from the
+registry; smoke-tests it through its serving signature (`transcribe`); and only then moves the
+`champion` alias. An unblessed model is recorded as not pushed, with the evaluator's reason.
+
+A custom executor (not a Python-function component) because the executor context carries the
+pipeline run id, which must not be an execution parameter: it would defeat the cache.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Dict, List
+
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+
+PUSH_FILE = "push.json"
+
+
+class RegistryPusherSpec(types.ComponentSpec):
+    PARAMETERS = {
+        "tracking_uri": ExecutionParameter(type=str),
+        "artifact_root": ExecutionParameter(type=str, optional=True),
+        "model_name": ExecutionParameter(type=str),
+        "pipeline_name": ExecutionParameter(type=str),
+        "data_key": ExecutionParameter(type=str, optional=True),
+        "feature_config": ExecutionParameter(type=str),
+    }
+    INPUTS = {
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "model_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+        "examples": ChannelParameter(type=standard_artifacts.Examples),
+    }
+    OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
+
+
+def _read_json(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+class Executor(base_executor.BaseExecutor):
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        from speechpipe.components.evaluator import EVALUATION_FILE, serving_dir
+        from speechpipe.registry import Registry, SmokeTestError, git_commit, smoke_test_transcriber
+
+        model = artifact_utils.get_single_instance(input_dict["model"])
+        blessing = artifact_utils.get_single_instance(input_dict["model_blessing"])
+        examples = sorted(input_dict["examples"], key=lambda a: a.span)
+        pushed = artifact_utils.get_single_instance(output_dict["pushed_model"])
+        run_id = (self._context.pipeline_run_id if self._context else None) or "unknown"
+        evaluation = _read_json(os.path.join(blessing.uri, EVALUATION_FILE))
+        record: Dict[str, Any] = {"pipeline_run_id": run_id, "model_id": model.id, "blessing_id": blessing.id}
+        os.makedirs(pushed.uri, exist_ok=True)
+
+        def finish(pushed_flag: bool, why: str) -> None:
+            record.update({"pushed": pushed_flag, "why": why})
+            with open(os.path.join(pushed.uri, PUSH_FILE), "w", encoding="utf-8") as f:
+                json.dump(record, f, indent=1)
+            pushed.set_int_custom_property("pushed", int(pushed_flag))
+            pushed.set_string_custom_property("why", why)
+
+        if blessing.get_int_custom_property("blessed") != 1:
+            finish(False, "not pushed: the model is not blessed: "
+                   + (blessing.get_string_custom_property("why") or evaluation.get("why", "no reason recorded")))
+            return
+
+        model_dir = serving_dir(model.uri)
+        training = _read_json(os.path.join(model_dir, "training_result.json"))
+        warm = _read_json(os.path.join(model_dir, "warm_start.json"))
+        metrics = {"test_per": evaluation.get("candidate", {}).get("per"),
+                   "best_val_per": training.get("best_val_per"),
+                   "epochs": training.get("epochs"), "train_minutes": training.get("train_minutes")}
+        if evaluation.get("champion"):
+            metrics["champion_test_per"] = evaluation["champion"].get("per")
+        tags = {
+            "pipeline_name": exec_properties["pipeline_name"],
+            "pipeline_run_id": run_id,
+            "mlmd_model_id": str(model.id),
+            "mlmd_model_blessing_id": str(blessing.id),
+            "mlmd_examples_ids": ",".join(str(e.id) for e in examples),
+            "mlmd_test_examples_id": str(evaluation.get("test_examples", {}).get("id", "")),
+            "data_spans": ",".join(str(e.span) for e in examples),
+            "data_key": exec_properties.get("data_key") or "",
+            "feature_config": exec_properties["feature_config"],
+            "git_commit": git_commit(),
+            "blessed_why": evaluation.get("why", ""),
+            "warm_start": str(bool(warm.get("warm_start"))),
+            "champion_before": str(evaluation.get("champion", {}) and evaluation["champion"].get("model_id") or ""),
+        }
+        params = {"ctc_config": json.dumps(training.get("config", {})), "model_uri": model.uri}
+        files = {}
+        if os.path.exists(os.path.join(blessing.uri, EVALUATION_FILE)):
+            files["evaluation"] = os.path.join(blessing.uri, EVALUATION_FILE)
+        registry = Registry(exec_properties["tracking_uri"], exec_properties.get("artifact_root") or None)
+        name = exec_properties["model_name"]
+        registered = registry.register(name, model_dir, {k: v for k, v in metrics.items() if v is not None}, tags,
+                                       params, files)
+        record.update({"model_name": name, "version": registered.version, "mlflow_run_id": registered.run_id,
+                       "source": registered.source, "tracking_uri": registry.tracking_uri, "tags": tags,
+                       "metrics": metrics})
+        with tempfile.TemporaryDirectory() as tmp:
+            loaded = registry.download(name, registered.version, tmp)
+            try:
+                smoke = smoke_test_transcriber(loaded)
+            except Exception as error:
+                registry.tag_version(name, registered.version, "smoke_test", "failed")
+                finish(False, f"registered as v{registered.version} but its smoke test failed, champion unchanged: {error}")
+                raise SmokeTestError(record["why"]) from error
+        registry.tag_version(name, registered.version, "smoke_test", "passed")
+        registry.set_champion(name, registered.version)
+        record["smoke_test"] = smoke
+        pushed.set_string_custom_property("pushed_destination", f"models:/{name}/{registered.version}")
+        pushed.set_string_custom_property("pushed_version", registered.version)
+        finish(True, f"pushed as {name} v{registered.version} and made champion: {evaluation.get('why', 'blessed')}")
+
+
+class RegistryPusher(base_component.BaseComponent):
+    SPEC_CLASS = RegistryPusherSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel, examples: types.BaseChannel,
+                 tracking_uri: str, model_name: str, pipeline_name: str, feature_config: str,
+                 data_key: str = "", artifact_root: str = "") -> None:
+        spec = RegistryPusherSpec(
+            model=model, model_blessing=model_blessing, examples=examples, tracking_uri=tracking_uri,
+            artifact_root=artifact_root, model_name=model_name, pipeline_name=pipeline_name, data_key=data_key,
+            feature_config=feature_config,
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel))
+        super().__init__(spec=spec)

@@ -1,0 +1,73 @@
+"""The pipeline's decisions without running it: blessing, the gate, the champion resolver, fingerprints."""
+import json
+import os
+
+from tfx.types import standard_artifacts
+
+from speechpipe.components.champion_resolver import ChampionStrategy
+from speechpipe.components.evaluator import decide
+from speechpipe.components.validation_gate import gate_reasons
+from speechpipe.pipeline.run_config import RunConfig, data_key, span_fingerprint
+
+
+def test_blessing_needs_the_threshold_and_a_better_per_than_the_champion():
+    assert decide({"per": 0.3}, None, {"per": 0.5}, {"per": 0.0}) == []
+    assert "above the threshold" in decide({"per": 0.6}, None, {"per": 0.5}, {"per": 0.0})[0]
+    assert decide({"per": 0.3}, {"per": 0.4}, {"per": 0.5}, {"per": 0.0}) == []
+    assert "does not beat the champion" in decide({"per": 0.4}, {"per": 0.4}, {"per": 0.5}, {"per": 0.0})[0]
+    assert "by more than" in decide({"per": 0.35}, {"per": 0.4}, {"per": 0.5}, {"per": 0.1})[0]
+    assert "not a number" in decide({"per": float("nan")}, None, {"per": 0.5}, {})[0]
+
+
+def test_gate_reasons():
+    good = {"inputs": 10, "dead_letter": {"total": 1, "by_reason": {"silent": 1}}, "good": {"train": 7}}
+    assert gate_reasons({}, good, 0.2, 1) == []
+    reasons = gate_reasons({"train": ["num_frames: Out-of-range values (...)"]}, good, 0.2, 1)
+    assert reasons == ["train: num_frames: Out-of-range values (...)"]
+    bad = {"inputs": 10, "dead_letter": {"total": 5, "by_reason": {"unreadable": 5}}, "good": {"train": 0}}
+    reasons = gate_reasons({}, bad, 0.2, 1)
+    assert "5 of 10 inputs dead-lettered" in reasons[0] and "0 training examples" in reasons[1]
+
+
+def _model(i):
+    m = standard_artifacts.Model()
+    m.id = i
+    return m
+
+
+def _blessing(i, model_id, blessed, key):
+    b = standard_artifacts.ModelBlessing()
+    b.id = i
+    b.set_int_custom_property("blessed", blessed)
+    b.set_int_custom_property("current_model_id", model_id)
+    b.set_string_custom_property("data_key", key)
+    return b
+
+
+def test_champion_is_the_latest_blessed_model_on_other_data():
+    models = [_model(1), _model(2), _model(3)]
+    blessings = [_blessing(10, 1, 1, "a"), _blessing(11, 2, 1, "b"), _blessing(12, 3, 0, "c")]
+    resolve = lambda key: ChampionStrategy(key).resolve_artifacts(None, {"model": list(models), "model_blessing": list(blessings)})
+    assert [m.id for m in resolve("c")["model"]] == [2]  # 3 is not blessed
+    assert [m.id for m in resolve("b")["model"]] == [1]  # a re-run on b's data resolves what b's run did
+    assert [m.id for m in resolve("a")["model"]] == [2]
+    only = ChampionStrategy("a").resolve_artifacts(None, {"model": [models[0]], "model_blessing": [blessings[0]]})
+    assert only == {"model": [], "model_blessing": []}
+
+
+def test_fingerprint_changes_with_new_audio(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"x" * 10)
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(json.dumps({"utterance": "u", "audio": "a.wav"}) + "\n")
+    before = span_fingerprint(str(manifest))
+    assert span_fingerprint(str(manifest)) == before
+    (tmp_path / "a.wav").write_bytes(b"x" * 11)
+    assert span_fingerprint(str(manifest)) != before
+    folder = tmp_path / "vox"
+    os.makedirs(folder / "id1" / "s1")
+    (folder / "id1" / "s1" / "1.wav").write_bytes(b"y")
+    first = span_fingerprint(str(folder))
+    (folder / "id1" / "s1" / "2.wav").write_bytes(b"y")
+    assert span_fingerprint(str(folder)) != first
+    config = RunConfig(spans=(str(manifest),))
+    assert data_key(config, ["a"]) != data_key(config, ["a", "b"])
