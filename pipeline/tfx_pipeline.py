@@ -21,6 +21,12 @@ from speechpipe.config import FeatureConfig
 
 CTC_RUN_FN = "speechpipe.components.ctc_pipeline_trainer.run_fn"
 
+# The node ids of the trainers: the only nodes a cluster deployment gives GPUs to
+# (pipeline/kubeflow_v2_runner.py). "SpeakerTrainer" exists when the speaker branch is on.
+CTC_TRAINER_ID = "Trainer"
+SPEAKER_TRAINER_ID = "SpeakerTrainer"
+TRAINER_NODE_IDS = (CTC_TRAINER_ID, SPEAKER_TRAINER_ID)
+
 
 def create_pipeline(
     pipeline_name: str,
