@@ -34,7 +34,7 @@ $(STAMP): requirements.lock setup.py
 	@touch $@
 
 demo: $(STAMP)
-	$(BIN)/python -m speechpipe.demo --home $(HOME_DIR)
+	$(BIN)/speechpipe run --home $(HOME_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

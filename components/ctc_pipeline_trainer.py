@@ -18,18 +18,6 @@ log = logging.getLogger(__name__)
 WARM_START_FILE = "warm_start.json"
 
 
-def _global_stats(train_files) -> Optional[dict]:
-    from speechpipe.pipeline.features_job import GLOBAL_STATS_FILE
-
-    files = [train_files] if isinstance(train_files, str) else list(train_files)
-    for split_uri in files:
-        path = os.path.join(os.path.dirname(split_uri.rstrip("/*")), GLOBAL_STATS_FILE)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-    return None
-
-
 def restore_acoustic(acoustic, saved_model_dir: str) -> None:
     """Loads a champion's acoustic weights into `acoustic` (same architecture), or raises."""
     import tensorflow as tf
@@ -42,11 +30,12 @@ def restore_acoustic(acoustic, saved_model_dir: str) -> None:
 
 def run_fn(fn_args) -> None:
     from speechpipe.components import ctc_trainer
+    from speechpipe.training import find_global_stats
 
     custom = dict(fn_args.custom_config or {})
     features = custom.get("features", {})
     if features.get("normalization") == "global" and not custom.get("global_stats"):
-        custom["global_stats"] = _global_stats(fn_args.train_files)
+        custom["global_stats"] = find_global_stats(fn_args.train_files)
         fn_args.custom_config = custom
     base_model = getattr(fn_args, "base_model", None)
     warm = {"warm_start": False, "from": None, "reason": "no champion yet"}

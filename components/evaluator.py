@@ -19,6 +19,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 EVALUATION_FILE = "evaluation.json"
+MODEL_KIND = "ctc"  # the champion resolver tells the two models' blessings apart by it
 
 
 def serving_dir(model_uri: str) -> str:
@@ -87,6 +88,29 @@ def decide(candidate: Dict[str, float], champion: Optional[Dict[str, float]], th
     return reasons
 
 
+def write_blessing(blessing, evaluation: Dict[str, object], model, champion, data_key: str, model_kind: str,
+                   metric: str) -> None:
+    """Writes an evaluator's verdict: evaluation.json and, by TFX's Evaluator convention, an empty
+    BLESSED or NOT_BLESSED file in the blessing's folder, and the properties TFX's
+    LatestBlessedModelStrategy and our ChampionStrategy read (`blessed`, `current_model_id`,
+    `model_kind`, `data_key`), with `metric` of the candidate (and the champion) for the record."""
+    blessed = bool(evaluation["blessed"])
+    os.makedirs(blessing.uri, exist_ok=True)
+    with open(os.path.join(blessing.uri, EVALUATION_FILE), "w", encoding="utf-8") as f:
+        json.dump(evaluation, f, indent=1)
+    open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w").close()
+    blessing.set_int_custom_property("blessed", int(blessed))
+    blessing.set_int_custom_property("current_model_id", model.id)
+    blessing.set_string_custom_property("current_model", model.uri)
+    blessing.set_string_custom_property("data_key", data_key)
+    blessing.set_string_custom_property("model_kind", model_kind)
+    blessing.set_float_custom_property(metric, float(evaluation["candidate"][metric]))
+    blessing.set_string_custom_property("why", str(evaluation["why"]))
+    if evaluation.get("champion"):
+        blessing.set_int_custom_property("champion_model_id", champion.id)
+        blessing.set_float_custom_property(f"champion_{metric}", float(evaluation["champion"][metric]))
+
+
 @component
 def SpeechEvaluator(  # noqa: N802
     model: InputArtifact[standard_artifacts.Model],
@@ -115,17 +139,4 @@ def SpeechEvaluator(  # noqa: N802
         "test_examples": {"id": examples.id, "span": examples.span, "uri": test_uri},
         "data_key": data_key,
     }
-    os.makedirs(blessing.uri, exist_ok=True)
-    with open(os.path.join(blessing.uri, EVALUATION_FILE), "w", encoding="utf-8") as f:
-        json.dump(evaluation, f, indent=1)
-    # TFX's Evaluator convention: an empty BLESSED / NOT_BLESSED file, and these properties.
-    open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w").close()
-    blessing.set_int_custom_property("blessed", int(blessed))
-    blessing.set_int_custom_property("current_model_id", model.id)
-    blessing.set_string_custom_property("current_model", model.uri)
-    blessing.set_string_custom_property("data_key", data_key)
-    blessing.set_float_custom_property("per", candidate["per"])
-    blessing.set_string_custom_property("why", why)
-    if champion_metrics:
-        blessing.set_int_custom_property("champion_model_id", champion.id)
-        blessing.set_float_custom_property("champion_per", champion_metrics["per"])
+    write_blessing(blessing, evaluation, model, champion, data_key, MODEL_KIND, "per")

@@ -2,7 +2,7 @@
 
 For a blessed model it registers a new version carrying its metrics, data spans, pipeline run id,
 ML Metadata artifact ids, feature config and git commit; downloads the version back from the
-registry; smoke-tests it through its serving signature (`transcribe`); and only then moves the
+registry; smoke-tests it through its serving signature (`transcribe`, or `embed` for the speaker embedder); and only then moves the
 `champion` alias. An unblessed model is recorded as not pushed, with the evaluator's reason.
 
 A custom executor (not a Python-function component) because the executor context carries the
@@ -31,6 +31,7 @@ class RegistryPusherSpec(types.ComponentSpec):
         "pipeline_name": ExecutionParameter(type=str),
         "data_key": ExecutionParameter(type=str, optional=True),
         "feature_config": ExecutionParameter(type=str),
+        "model_kind": ExecutionParameter(type=str, optional=True),  # "ctc" (default) or "speaker"
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -52,7 +53,7 @@ class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         from speechpipe.components.evaluator import EVALUATION_FILE, serving_dir
-        from speechpipe.registry import Registry, SmokeTestError, git_commit, smoke_test_transcriber
+        from speechpipe.registry import SMOKE_TESTS, Registry, SmokeTestError, git_commit
 
         model = artifact_utils.get_single_instance(input_dict["model"])
         blessing = artifact_utils.get_single_instance(input_dict["model_blessing"])
@@ -77,12 +78,20 @@ class Executor(base_executor.BaseExecutor):
 
         model_dir = serving_dir(model.uri)
         training = _read_json(os.path.join(model_dir, "training_result.json"))
-        warm = _read_json(os.path.join(model_dir, "warm_start.json"))
-        metrics = {"test_per": evaluation.get("candidate", {}).get("per"),
-                   "best_val_per": training.get("best_val_per"),
-                   "epochs": training.get("epochs"), "train_minutes": training.get("train_minutes")}
-        if evaluation.get("champion"):
-            metrics["champion_test_per"] = evaluation["champion"].get("per")
+        warm = _read_json(os.path.join(model_dir, "warm_start.json")) or training.get("warm_start") or {}
+        kind = exec_properties.get("model_kind") or "ctc"
+        candidate, champion = evaluation.get("candidate", {}), evaluation.get("champion") or {}
+        if kind == "speaker":
+            metrics = {"test_eer": candidate.get("eer"), "test_min_dcf": candidate.get("min_dcf"),
+                       "test_mr": candidate.get("mr"), "test_ari": candidate.get("ari"),
+                       "test_mr_threshold": candidate.get("mr_threshold"),
+                       "best_val_eer": training.get("best_val_eer"), "steps": training.get("steps"),
+                       "train_minutes": (training.get("train_seconds") or 0) / 60 or None,
+                       "champion_test_eer": champion.get("eer")}
+        else:
+            metrics = {"test_per": candidate.get("per"), "best_val_per": training.get("best_val_per"),
+                       "epochs": training.get("epochs"), "train_minutes": training.get("train_minutes"),
+                       "champion_test_per": champion.get("per")}
         tags = {
             "pipeline_name": exec_properties["pipeline_name"],
             "pipeline_run_id": run_id,
@@ -98,7 +107,7 @@ class Executor(base_executor.BaseExecutor):
             "warm_start": str(bool(warm.get("warm_start"))),
             "champion_before": str(evaluation.get("champion", {}) and evaluation["champion"].get("model_id") or ""),
         }
-        params = {"ctc_config": json.dumps(training.get("config", {})), "model_uri": model.uri}
+        params = {f"{kind}_config": json.dumps(training.get("config", {})), "model_uri": model.uri}
         files = {}
         if os.path.exists(os.path.join(blessing.uri, EVALUATION_FILE)):
             files["evaluation"] = os.path.join(blessing.uri, EVALUATION_FILE)
@@ -112,7 +121,7 @@ class Executor(base_executor.BaseExecutor):
         with tempfile.TemporaryDirectory() as tmp:
             loaded = registry.download(name, registered.version, tmp)
             try:
-                smoke = smoke_test_transcriber(loaded)
+                smoke = SMOKE_TESTS[kind](loaded)
             except Exception as error:
                 registry.tag_version(name, registered.version, "smoke_test", "failed")
                 finish(False, f"registered as v{registered.version} but its smoke test failed, champion unchanged: {error}")
@@ -131,10 +140,10 @@ class RegistryPusher(base_component.BaseComponent):
 
     def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel, examples: types.BaseChannel,
                  tracking_uri: str, model_name: str, pipeline_name: str, feature_config: str,
-                 data_key: str = "", artifact_root: str = "") -> None:
+                 data_key: str = "", artifact_root: str = "", model_kind: str = "ctc") -> None:
         spec = RegistryPusherSpec(
             model=model, model_blessing=model_blessing, examples=examples, tracking_uri=tracking_uri,
             artifact_root=artifact_root, model_name=model_name, pipeline_name=pipeline_name, data_key=data_key,
-            feature_config=feature_config,
+            feature_config=feature_config, model_kind=model_kind,
             pushed_model=types.Channel(type=standard_artifacts.PushedModel))
         super().__init__(spec=spec)

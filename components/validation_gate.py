@@ -21,7 +21,7 @@ from tfx.types import standard_artifacts
 class ValidationResult(types.Artifact):
     """The gate's verdict on one span (always `passed`: a failing gate publishes nothing)."""
 
-    TYPE_NAME = "SpeechpipeValidationResult"
+    TYPE_NAME = "speechpipe.ValidationResult"  # KFP v2 takes <namespace>.<Name>
 
 
 class ValidationGateError(RuntimeError):

@@ -21,11 +21,14 @@ import uuid
 from dataclasses import replace
 from typing import Dict, List, Optional
 
+from speechpipe.pipeline import spans as spans_module
 from speechpipe.pipeline.run_config import (
     CTCBudget,
+    EmbedderBudget,
     RunConfig,
     data_key,
     embedded_artifact_root,
+    is_remote,
     span_fingerprint,
     validate_run_config,
 )
@@ -72,6 +75,36 @@ def new_run_id() -> str:
     return datetime.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
+def pipeline_arguments(config: RunConfig, fingerprints: List[str], key: str) -> Dict[str, object]:
+    """`create_pipeline`'s arguments that come from the run's configuration, the same for every
+    orchestrator; each runner adds its own (metadata connection, schema file, registry URI and
+    artifact root)."""
+    return dict(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        spans=[(s if is_remote(s) else os.path.abspath(s), f) for s, f in zip(config.spans, fingerprints)],
+        feature_config=config.features,
+        ctc_config=config.ctc.trainer_json(),
+        model_name=config.registry_model_name,
+        data_key=key,
+        test_span=config.test_span,
+        max_per=config.max_per,
+        min_per_improvement=config.min_per_improvement,
+        max_dead_letter_fraction=config.max_dead_letter_fraction,
+        min_train_examples=config.min_train_examples,
+        warm_start=config.warm_start,
+        beam_args=config.effective_beam_args,
+        split_fractions=config.split_fractions,
+        include_speaker=config.include_speaker,
+        speaker_feature_config=config.speaker_features,
+        embedder_config=config.embedder.trainer_json(),
+        embedder_model_name=config.embedder_model_name,
+        max_eer=config.max_eer,
+        min_eer_improvement=config.min_eer_improvement,
+        enable_cache=config.enable_cache,
+    )
+
+
 def build(config: RunConfig):
     """The pipeline for a validated config, and the data key and span fingerprints it uses."""
     from tfx import v1 as tfx
@@ -84,27 +117,11 @@ def build(config: RunConfig):
     os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
     artifact_root = embedded_artifact_root(config.home_abs) if config.registry_uri.startswith("sqlite:") else ""
     pipeline = create_pipeline(
-        pipeline_name=config.pipeline_name,
-        pipeline_root=config.pipeline_root,
-        spans=[(os.path.abspath(s), f) for s, f in zip(config.spans, fingerprints)],
-        feature_config=config.features,
-        ctc_config=config.ctc.trainer_json(),
+        **pipeline_arguments(config, fingerprints, key),
         schema_path=schema_path(),
         tracking_uri=config.registry_uri,
         artifact_root=artifact_root,
-        model_name=config.registry_model_name,
-        data_key=key,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
-        test_span=config.test_span,
-        max_per=config.max_per,
-        min_per_improvement=config.min_per_improvement,
-        max_dead_letter_fraction=config.max_dead_letter_fraction,
-        min_train_examples=config.min_train_examples,
-        warm_start=config.warm_start,
-        beam_args=config.effective_beam_args,
-        split_fractions=config.split_fractions,
-        include_speaker=config.include_speaker,
-        enable_cache=config.enable_cache,
     )
     return pipeline, key, fingerprints
 
@@ -177,13 +194,14 @@ def print_summary(summary: Dict[str, object], out=sys.stdout) -> None:
 # --------------------------------------------------------------------------------- CLI
 
 def build_parser() -> argparse.ArgumentParser:
-    d, c = RunConfig(), CTCBudget()
+    d, c, e = RunConfig(), CTCBudget(), EmbedderBudget()
     parser = argparse.ArgumentParser(prog="speechpipe run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", default=d.home, help=f"home folder of the run (default {d.home})")
     parser.add_argument("--span", action="append", default=None, dest="spans",
                         help="an input span (manifest.jsonl, VoxCeleb or Kaldi folder); repeat, oldest first. "
                              "Default: HOME/corpus/manifest.jsonl, synthesised when missing")
+    spans_module.add_arguments(parser)
     parser.add_argument("--pipeline-name", default=d.pipeline_name)
     parser.add_argument("--test-span", type=int, default=d.test_span, help="span whose test split is the fixed test set")
     parser.add_argument("--normalization", default=d.features.normalization, help="feature normalisation")
@@ -202,12 +220,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-name", default=d.registry_model_name)
     parser.add_argument("--no-cache", action="store_true", help="execute every component again")
     parser.add_argument("--in-memory", action="store_true", help="Beam DirectRunner in_memory (tests, tiny data)")
-    parser.add_argument("--speaker", action="store_true", help="add the pairs + embedder branch (issue 6)")
+    parser.add_argument("--speaker-normalization", default=d.speaker_features.normalization,
+                        help="the speaker embedder's feature normalisation (its own FeatureGen when it differs)")
+    parser.add_argument("--max-eer", type=float, default=d.max_eer, help="bless the embedder only at or below this test EER")
+    parser.add_argument("--min-eer-improvement", type=float, default=d.min_eer_improvement,
+                        help="margin by which a candidate embedder must beat the champion's EER")
+    parser.add_argument("--embedder-minutes", type=float, default=e.max_seconds / 60, help="speaker embedder budget")
+    parser.add_argument("--embedder-model-name", default=d.embedder_model_name)
+    speaker = parser.add_mutually_exclusive_group()
+    speaker.add_argument("--speaker", dest="speaker", action="store_true", default=d.include_speaker,
+                         help="train, evaluate and push the speaker embedder too" +
+                              (" (the default)" if d.include_speaker else ""))
+    speaker.add_argument("--no-speaker", dest="speaker", action="store_false",
+                         help="the CTC branch only" + ("" if d.include_speaker else " (the default)"))
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    spans = args.spans or [os.path.join(args.home, "corpus", "manifest.jsonl")]
+    spans = (list(spans_module.resolve_spans(args.spans or [], args.spans_from, args.span_marker))
+             or [os.path.join(args.home, "corpus", "manifest.jsonl")])
     d = RunConfig()
     ctc = replace(CTCBudget(), lstm_units=tuple(int(u) for u in args.lstm_units.split(",") if u),
                   max_epochs=args.max_epochs, max_minutes=args.max_minutes, batch_size=args.batch_size,
@@ -218,6 +249,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         min_per_improvement=args.min_per_improvement, max_dead_letter_fraction=args.max_dead_letter_fraction,
         warm_start=not args.no_warm_start, tracking_uri=args.tracking_uri, registry_model_name=args.model_name,
         enable_cache=not args.no_cache, include_speaker=args.speaker,
+        speaker_features=replace(d.speaker_features, normalization=args.speaker_normalization),
+        embedder=replace(d.embedder, max_seconds=60.0 * args.embedder_minutes), max_eer=args.max_eer,
+        min_eer_improvement=args.min_eer_improvement, embedder_model_name=args.embedder_model_name,
         beam_args=("--direct_running_mode=in_memory",) if args.in_memory else (),
     )
 
@@ -237,10 +271,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     _ensure_demo_corpus(config)
-    try:
-        summary = run_pipeline(config)
-    except NotImplementedError as error:  # the --speaker hook
-        raise ValueError(str(error)) from error
+    summary = run_pipeline(config)
     print_summary(summary)
     return 0 if summary["status"] == "succeeded" else 1
 

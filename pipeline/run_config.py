@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
@@ -32,7 +33,9 @@ class CTCBudget:
     batch_size: int = 32
     learning_rate: float = 1e-3
     max_epochs: int = 200
-    max_minutes: Optional[float] = 12.0  # the demo run has 25 minutes in all on 2 cores
+    # The demo run has 25 minutes in all on 2 cores, both branches: 8 here (checked at epoch
+    # ends, so up to one epoch more), 4 for the embedder. bench/ proves learning on 20 minutes.
+    max_minutes: Optional[float] = 8.0
     patience: int = 6
     seed: int = 0
 
@@ -49,7 +52,7 @@ class EmbedderBudget:
     """What the speaker-embedder trainer may spend; becomes `EmbedderTrainConfig` json
     (components/embedder_trainer.py)."""
 
-    max_seconds: float = 300.0
+    max_seconds: float = 240.0
     max_steps: int = 0  # 0 = no step limit
     eval_every_steps: int = 100
     speakers_per_batch: int = 16
@@ -69,10 +72,14 @@ class RunConfig:
     spans: Tuple[str, ...] = ()
     pipeline_name: str = PIPELINE_NAME
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    # The speaker embedder's features: the same analysis, normalised globally (docs/embedder.md:
+    # per-utterance cmvn, best for the CTC model, removes most of what tells speakers apart).
+    speaker_features: FeatureConfig = field(default_factory=lambda: FeatureConfig(normalization="global"))
     ctc: CTCBudget = field(default_factory=CTCBudget)
     embedder: EmbedderBudget = field(default_factory=EmbedderBudget)
-    # The speaker branch (pairs + siamese embedder + EER). Off until issue 6 lands in the pipeline.
-    include_speaker: bool = False
+    # The speaker branch (pair builder + siamese embedder + EER blessing + push). It needs 2 or more
+    # validation and test speakers and `embedder.speakers_per_batch` training speakers.
+    include_speaker: bool = True
     warm_start: bool = True  # start the CTC trainer from the champion's weights when shapes agree
     test_span: int = 0
     # Validation gate: anomalies from ExampleValidator always stop the run; so do these.
@@ -93,21 +100,30 @@ class RunConfig:
     split_fractions: Tuple[float, float, float] = (0.8, 0.1, 0.1)  # for inputs without splits
 
     # ---------------------------------------------------------------- derived paths
+    # A home on object storage (gs://, s3://: any URI with a scheme) is kept as given, not made
+    # absolute against the working folder: it is where a cluster deployment (`speechpipe compile`)
+    # puts the pipeline root.
     @property
     def home_abs(self) -> str:
-        return os.path.abspath(self.home)
+        return self.home.rstrip("/") if is_remote(self.home) else os.path.abspath(self.home)
 
     @property
     def pipeline_root(self) -> str:
-        return os.path.join(self.home_abs, "pipeline_root", self.pipeline_name)
+        return join_path(self.home_abs, "pipeline_root", self.pipeline_name)
 
     @property
     def metadata_path(self) -> str:
+        if is_remote(self.home):
+            # SQLite cannot live on object storage; a cluster run records into the orchestrator's
+            # own metadata store instead, and never asks for this path.
+            raise ConfigError(f"home={self.home!r}: ML Metadata is a local SQLite file, so `speechpipe run` needs a "
+                              "local home (or a mounted volume); a home on object storage is for `speechpipe "
+                              "compile`, whose runs use the cluster's metadata store")
         return os.path.join(self.home_abs, "metadata", f"{self.pipeline_name}.sqlite")
 
     @property
     def reports_dir(self) -> str:
-        return os.path.join(self.home_abs, "reports")
+        return join_path(self.home_abs, "reports")
 
     @property
     def registry_uri(self) -> str:
@@ -136,10 +152,39 @@ def embedded_artifact_root(home: str) -> str:
     return os.path.join(os.path.abspath(home), "mlflow", "artifacts")
 
 
+def is_remote(path: str) -> bool:
+    """True for a URI with a scheme (gs://, s3://, hdfs://, ...): object storage, read through
+    Beam's FileSystems and never resolved against the working folder."""
+    return "://" in path
+
+
+def join_path(base: str, *parts: str) -> str:
+    """os.path.join for local paths; '/'-joined for URIs, whatever the local separator."""
+    return posixpath.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
+
+
+def _manifest_audio(content: bytes) -> List[str]:
+    """The `audio` paths a manifest's lines name (lines that are not JSON objects are the
+    feature job's to dead-letter, not the fingerprint's)."""
+    paths = []
+    for line in content.decode("utf-8", errors="replace").splitlines():
+        try:
+            audio = json.loads(line).get("audio")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(audio, str):
+            paths.append(audio)
+    return paths
+
+
 def span_fingerprint(path: str) -> str:
     """Names the content of a span's input cheaply: every file's relative path, size and mtime
     (the manifest's own bytes too). New or changed audio changes it, so the span's feature
-    generation runs again; an unchanged span is served from the ML Metadata cache."""
+    generation runs again; an unchanged span is served from the ML Metadata cache. A span on
+    object storage gets the same fingerprint from one listing of its prefix
+    (`_remote_span_fingerprint`)."""
+    if is_remote(path):
+        return _remote_span_fingerprint(path)
     path = os.path.abspath(path)
     digest = hashlib.sha256()
     def add(full: str, root: str) -> None:
@@ -155,13 +200,8 @@ def span_fingerprint(path: str) -> str:
         with open(path, "rb") as f:
             content = f.read()
         digest.update(content)
-        for line in content.decode("utf-8", errors="replace").splitlines():
-            try:
-                audio = json.loads(line).get("audio")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(audio, str):
-                add(audio if os.path.isabs(audio) else os.path.join(root, audio), root)
+        for audio in _manifest_audio(content):
+            add(audio if os.path.isabs(audio) else os.path.join(root, audio), root)
     else:
         for folder, dirs, files in os.walk(path):
             dirs.sort()
@@ -170,12 +210,70 @@ def span_fingerprint(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _remote_span_fingerprint(uri: str) -> str:
+    """span_fingerprint for a span on object storage. Object listings carry each object's size
+    and update time, so one listing of the span's prefix replaces a stat per file: a
+    million-utterance span costs about a thousand list calls instead of a million requests."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    from speechpipe.pipeline.spans import list_objects
+
+    uri = uri.rstrip("/")
+    digest = hashlib.sha256()
+
+    def add(full: str, root: str, objects: Dict[str, Tuple[int, float]]) -> None:
+        if full in objects:
+            size, updated = objects[full]
+            digest.update(f"{posixpath.relpath(full, root)}\0{size}\0{int(updated)}\n".encode())
+        else:
+            digest.update(f"{full}\0missing\n".encode())
+
+    if FileSystems.exists(uri):
+        # A manifest: its bytes, and the audio files its lines name, looked up in one listing of
+        # the manifest's folder (the data root its relative paths start from).
+        root = posixpath.dirname(uri)
+        with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            content = f.read()
+        digest.update(content)
+        objects = list_objects(root)
+        for audio in _manifest_audio(content):
+            add(audio if is_remote(audio) else posixpath.join(root, audio), root, objects)
+    else:
+        # A folder is a prefix: every object under it, in the order os.walk visits a local folder
+        # (a folder's files, then its subfolders, each sorted), so that the same files give the
+        # same fingerprint wherever they are.
+        objects = list_objects(uri)
+        for full in sorted(objects, key=lambda p: _walk_order(p[len(uri) + 1:])):
+            add(full, uri, objects)
+    return digest.hexdigest()[:16]
+
+
+def _walk_order(relative: str) -> Tuple[Tuple[int, str], ...]:
+    """Sort key of a relative path in os.walk's order (with sorted folders and files): at the first
+    differing level, a file (0) comes before a folder (1), and names sort as strings."""
+    parts = relative.split("/")
+    return tuple((1, name) for name in parts[:-1]) + ((0, parts[-1]),)
+
+
 def data_key(config: RunConfig, fingerprints: List[str]) -> str:
     """Names the training data of a run: the spans' fingerprints and the feature config. The
     champion resolver skips models blessed on this same key, so a re-run with nothing new resolves
     the same champion as the run before it, and every node is a cache hit."""
-    payload = json.dumps({"spans": fingerprints, "features": config.features.to_json()}, sort_keys=True)
+    payload = json.dumps({"spans": fingerprints, "features": config.features.to_json(),
+                          "speaker_features": config.speaker_features.to_json()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _span_exists(span: str) -> bool:
+    """A local file or folder, or an object (a manifest) or prefix (a folder) on object storage."""
+    if not is_remote(span):
+        return os.path.exists(span)
+    from apache_beam.io.filesystems import FileSystems
+
+    from speechpipe.pipeline.spans import list_objects
+
+    return FileSystems.exists(span) or bool(list_objects(span))
 
 
 def validate_run_config(config: RunConfig) -> RunConfig:
@@ -183,15 +281,16 @@ def validate_run_config(config: RunConfig) -> RunConfig:
     if not config.spans:
         raise ConfigError("spans: need at least one input (a manifest.jsonl or an audio folder)")
     for i, span in enumerate(config.spans):
-        if not os.path.exists(span):
+        if not _span_exists(span):
             raise ConfigError(f"spans[{i}]={span!r}: no such file or folder")
-    if len(set(os.path.abspath(s) for s in config.spans)) != len(config.spans):
+    if len(set(s if is_remote(s) else os.path.abspath(s) for s in config.spans)) != len(config.spans):
         raise ConfigError(f"spans: the same input is listed twice: {list(config.spans)}")
     if not 0 <= config.test_span < len(config.spans):
         raise ConfigError(f"test_span={config.test_span}: need 0..{len(config.spans) - 1}")
     if not config.pipeline_name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"pipeline_name={config.pipeline_name!r}: letters, digits, '-' and '_' only")
     validate_feature_config(config.features)
+    validate_feature_config(config.speaker_features)
     c = config.ctc
     if not c.lstm_units or any(u < 1 for u in c.lstm_units):
         raise ConfigError(f"ctc.lstm_units={c.lstm_units}: need one or more positive sizes")

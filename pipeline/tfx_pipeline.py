@@ -5,6 +5,11 @@
     ChampionResolver (ML Metadata) -> Trainer (CTC; warm start from the champion, after every gate)
                                    -> SpeechEvaluator (PER threshold + champion comparison -> ModelBlessing)
                                    -> RegistryPusher (MLflow; only when blessed; alias `champion`)
+    with include_speaker (the speaker branch, same pattern):
+    SpeakerFeatureGen_span<i> (when the embedder's features differ; after ValidationGate_span<i>)
+    PairGen (pair builder on the test span: trial lists)
+    SpeakerChampionResolver -> SpeakerTrainer (siamese embedder) -> SpeakerEvaluator (EER, clustering)
+                            -> SpeakerRegistryPusher
 
 `pipeline/local_runner.py` runs it with LocalDagRunner, Beam's DirectRunner and SQLite ML Metadata
 under one home folder; the same function serves other orchestrators (KFP) unchanged.
@@ -20,6 +25,7 @@ from tfx.types.channel import union
 from speechpipe.config import FeatureConfig
 
 CTC_RUN_FN = "speechpipe.components.ctc_pipeline_trainer.run_fn"
+EMBEDDER_RUN_FN = "speechpipe.components.embedder_trainer.run_fn"
 
 # The node ids of the trainers: the only nodes a cluster deployment gives GPUs to
 # (pipeline/kubeflow_v2_runner.py). "SpeakerTrainer" exists when the speaker branch is on.
@@ -49,20 +55,18 @@ def create_pipeline(
     beam_args: Sequence[str] = ("--direct_running_mode=in_memory",),
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
     include_speaker: bool = False,
+    speaker_feature_config: FeatureConfig = None,
+    embedder_config: Dict[str, object] = None,
+    embedder_model_name: str = "speechpipe-embedder",
+    max_eer: float = 0.4,
+    min_eer_improvement: float = 0.0,
     enable_cache: bool = True,
 ) -> tfx.dsl.Pipeline:
     """spans: (input path, content fingerprint) per span, span number = position."""
-    from speechpipe.components.champion_resolver import ChampionStrategy
     from speechpipe.components.evaluator import SpeechEvaluator
     from speechpipe.components.feature_gen import FeatureGen
     from speechpipe.components.registry_pusher import RegistryPusher
     from speechpipe.components.validation_gate import ValidationGate
-
-    if include_speaker:
-        # Hook for issue 6: the pairs job + siamese embedder + EER blessing plug in here (see
-        # docs/pipeline.md, "Speaker branch"). Refused rather than silently skipped.
-        raise NotImplementedError("include_speaker: the pairs + embedder nodes are not wired into the TFX "
-                                  "pipeline yet (docs/pipeline.md, 'Speaker branch')")
 
     components: List = []
     feature_json = json.dumps(feature_config.to_json(), sort_keys=True)
@@ -98,11 +102,7 @@ def create_pipeline(
 
     # The current champion, resolved through ML Metadata: the latest blessed model trained on
     # other data than this run's (so a re-run with nothing new resolves what the last run did).
-    champion = tfx.dsl.Resolver(
-        strategy_class=ChampionStrategy, config={"data_key": data_key},
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("ChampionResolver")
+    champion = champion_resolver(data_key, "ctc").with_id("ChampionResolver")
     components.append(champion)
 
     # The CTC phone recogniser on every span's train split, stopping on the validation splits'
@@ -114,7 +114,7 @@ def create_pipeline(
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["validation"]),
         custom_config={"features": feature_config.to_json(), "ctc": ctc_config, "warm_start": warm_start},
-    )
+    ).with_id(CTC_TRAINER_ID)
     for gate in gates:
         trainer.add_upstream_node(gate)  # no training unless every span passed its gate
     components.append(trainer)
@@ -134,6 +134,31 @@ def create_pipeline(
     )
     components.append(pusher)
 
+    if include_speaker:
+        speaker_feature_config = speaker_feature_config or feature_config
+        speaker_examples = span_examples
+        if speaker_feature_config != feature_config:
+            # The embedder's own features (by default globally normalised: a per-utterance
+            # normalisation removes the long-term spectrum, which carries the speaker). Same audio,
+            # so the CTC features' statistics, validation and gate stand for them too.
+            speaker_json = json.dumps(speaker_feature_config.to_json(), sort_keys=True)
+            speaker_examples = []
+            for span, (path, fingerprint) in enumerate(spans):
+                node = FeatureGen(
+                    input_path=path, span=span, feature_config=speaker_json, input_fingerprint=fingerprint,
+                    beam_args=json.dumps(list(beam_args)),
+                    split_fractions=",".join(str(f) for f in split_fractions),
+                ).with_id(f"SpeakerFeatureGen_span{span}")
+                node.add_upstream_node(gates[span])
+                components.append(node)
+                speaker_examples.append(node.outputs["examples"])
+        components += _speaker_branch(
+            features=speaker_examples, gates=gates, test_span=test_span, feature_config=speaker_feature_config,
+            embedder_config=embedder_config or {}, warm_start=warm_start, beam_args=beam_args, data_key=data_key,
+            max_eer=max_eer, min_eer_improvement=min_eer_improvement, tracking_uri=tracking_uri,
+            artifact_root=artifact_root, model_name=embedder_model_name, pipeline_name=pipeline_name,
+            feature_json=json.dumps(speaker_feature_config.to_json(), sort_keys=True))
+
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
@@ -142,3 +167,57 @@ def create_pipeline(
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_args),
     )
+
+
+def champion_resolver(data_key: str, model_kind: str) -> tfx.dsl.Resolver:
+    """The champion of one branch ("ctc" or "speaker") through ML Metadata (ChampionStrategy)."""
+    from speechpipe.components.champion_resolver import ChampionStrategy
+
+    return tfx.dsl.Resolver(
+        strategy_class=ChampionStrategy, config={"data_key": data_key, "model_kind": model_kind},
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    )
+
+
+def _speaker_branch(features: List, gates: List, test_span: int, feature_config: FeatureConfig,
+                    embedder_config: Dict[str, object], warm_start: bool, beam_args: Sequence[str], data_key: str,
+                    max_eer: float, min_eer_improvement: float, tracking_uri: str, artifact_root: str,
+                    model_name: str, pipeline_name: str, feature_json: str) -> List:
+    """The speaker embedder's nodes, on the same Examples and gates as the CTC branch."""
+    from speechpipe.components.pair_gen import PairGen
+    from speechpipe.components.registry_pusher import RegistryPusher
+    from speechpipe.components.speaker_evaluator import SpeakerEvaluator
+
+    all_examples = features[0] if len(features) == 1 else union(features)
+    # The trial list of the fixed test span (VoxCeleb format), after its gate passed. The
+    # trainer's default in-batch form draws its own pairs, so no other span needs pairs.
+    pairs = PairGen(examples=features[test_span], beam_args=json.dumps(list(beam_args))).with_id("PairGen")
+    pairs.add_upstream_node(gates[test_span])
+    # The speaker champion: the same rule as the CTC one, among the speaker blessings.
+    champion = champion_resolver(data_key, "speaker").with_id("SpeakerChampionResolver")
+    # The siamese embedder on every span's training speakers, best weights by validation EER.
+    trainer = tfx.components.Trainer(
+        run_fn=EMBEDDER_RUN_FN,
+        examples=all_examples,
+        base_model=champion.outputs["model"],
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=["validation"]),
+        custom_config={"features": feature_config.to_json(), "embedder": dict(embedder_config),
+                       "warm_start": warm_start},
+    ).with_id(SPEAKER_TRAINER_ID)
+    for gate in gates:
+        trainer.add_upstream_node(gate)
+    # EER on the test span's trial list (speakers never seen), against the threshold and the champion.
+    evaluator = SpeakerEvaluator(
+        model=trainer.outputs["model"], examples=features[test_span], pairs=pairs.outputs["pairs"],
+        champion=champion.outputs["model"], max_eer=max_eer, min_eer_improvement=min_eer_improvement,
+        data_key=data_key,
+    ).with_id("SpeakerEvaluator")
+    # Registers, loads back, smoke-tests `embed` and crowns the embedder, only when blessed.
+    pusher = RegistryPusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"], examples=all_examples,
+        tracking_uri=tracking_uri, artifact_root=artifact_root, model_name=model_name,
+        pipeline_name=pipeline_name, data_key=data_key, feature_config=feature_json, model_kind="speaker",
+    ).with_id("SpeakerRegistryPusher")
+    return [pairs, champion, trainer, evaluator, pusher]

@@ -61,6 +61,8 @@ BEAM_JOBS: Dict[str, str] = {
     "pairs": "speechpipe.pipeline.pairs_job",
     # The TFX pipeline parses its own arguments too (`speechpipe run --help`).
     "run": "speechpipe.pipeline.local_runner",
+    # The same pipeline compiled for Kubeflow Pipelines / Vertex AI (`speechpipe compile --help`).
+    "compile": "speechpipe.pipeline.kubeflow_v2_runner",
 }
 
 
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "features": "Beam: audio to normalised spectrogram TFRecords, with a dead letter",
         "pairs": "Beam: same/different-speaker pairs and VoxCeleb trial lists",
         "run": "TFX: features, validation gate, training, evaluation, push to the MLflow registry",
+        "compile": "the same pipeline as a KFP v2 spec for Kubeflow Pipelines or Vertex AI (docs/deploy.md)",
     }
     for name, module in BEAM_JOBS.items():
         job = commands.add_parser(name, help=job_help[name], add_help=False)

@@ -1,5 +1,6 @@
 """The run report: what every node did (executed or cached), data statistics and dead letters, the
-validation verdicts, training curves, PER (candidate vs champion), what was pushed and why.
+validation verdicts, training curves, PER and EER (candidate vs champion) with the DET curve and
+the embedding projection, what was pushed and why.
 
 `collect` reads one pipeline run back from ML Metadata (the executions in the run's
 `pipeline_run` context, their node contexts and output artifacts) and the small JSON files the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 from typing import Dict, List, Optional, Sequence
 
 _STATES = {0: "unknown", 1: "new", 2: "running", 3: "complete", 4: "failed", 5: "cached", 6: "canceled"}
@@ -154,7 +156,36 @@ def collect(config, run_id: str, error: Optional[BaseException] = None, data_key
     if pushed:
         summary["push"] = _read_json(os.path.join(pushed[0]["uri"], "push.json"))
     summary["outcome"] = _outcome(summary)
+    if config.include_speaker:
+        summary["speaker"] = _speaker(nodes, summary)
     return summary
+
+
+def _speaker(nodes: Dict[str, Dict[str, object]], summary: Dict[str, object]) -> Dict[str, object]:
+    """The speaker branch's training, evaluation (with its PNGs) and push, and its outcome."""
+    out: Dict[str, object] = {}
+    model = nodes.get("SpeakerTrainer", {}).get("outputs", {}).get("model", [])
+    if model:
+        out["training"] = _read_json(os.path.join(model[0]["uri"], "Format-Serving", "training_result.json"))
+        out["model_id"] = model[0]["id"]
+    blessing = nodes.get("SpeakerEvaluator", {}).get("outputs", {}).get("blessing", [])
+    if blessing:
+        out["evaluation"] = _read_json(os.path.join(blessing[0]["uri"], "evaluation.json"))
+        out["blessing_uri"] = blessing[0]["uri"]
+    pushed = nodes.get("SpeakerRegistryPusher", {}).get("outputs", {}).get("pushed_model", [])
+    if pushed:
+        out["push"] = _read_json(os.path.join(pushed[0]["uri"], "push.json"))
+    state = nodes.get("SpeakerRegistryPusher", {}).get("state")
+    if summary.get("gate"):
+        out["outcome"] = "stopped at the validation gate, nothing trained or pushed"
+    elif out.get("push") and state == "cached":
+        out["outcome"] = ("nothing new, nothing pushed: the pusher came from the ML Metadata cache (its result in run "
+                          f"{out['push'].get('pipeline_run_id')}: {out['push'].get('why', '')})")
+    elif out.get("push"):
+        out["outcome"] = out["push"].get("why", "")
+    else:
+        out["outcome"] = f"failed: {summary['error']}" if summary["status"] == "failed" else "no push recorded"
+    return out
 
 
 def _outcome(summary: Dict[str, object]) -> str:
@@ -188,6 +219,19 @@ def summary_lines(summary: Dict[str, object]) -> List[str]:
         lines.append(f"[run]   test PER {evaluation['candidate']['per']:.4f}"
                      + (f" vs champion (model {champ['model_id']}) {champ['per']:.4f}" if champ else " (no champion yet)"))
     lines.append(f"[run]   outcome: {summary['outcome']}")
+    speaker = summary.get("speaker") or {}
+    s_train, s_eval = speaker.get("training") or {}, speaker.get("evaluation") or {}
+    if s_train:
+        lines.append(f"[run]   speaker embedder: {s_train.get('steps')} steps in {s_train.get('train_seconds', 0) / 60:.1f} min, "
+                     f"best validation EER {100 * s_train.get('best_val_eer', float('nan')):.2f} % "
+                     f"({(s_train.get('warm_start') or {}).get('reason', '')})")
+    if s_eval:
+        c, champ = s_eval["candidate"], s_eval.get("champion")
+        lines.append(f"[run]   test EER {100 * c['eer']:.2f} %, minDCF {c['min_dcf']:.3f}, MR {c['mr']:.3f} "
+                     f"({c['speakers']} unseen speakers)"
+                     + (f" vs champion (model {champ['model_id']}) EER {100 * champ['eer']:.2f} %" if champ else " (no champion yet)"))
+    if speaker:
+        lines.append(f"[run]   speaker outcome: {speaker.get('outcome')}")
     if summary.get("report"):
         lines.append(f"[run]   report: {summary['report']}")
     return lines
@@ -235,6 +279,47 @@ def _plots(summary: Dict[str, object], folder: str) -> Dict[str, str]:
         fig.savefig(out["per"], dpi=100)
         plt.close(fig)
     return out
+
+
+def _speaker_markdown(speaker: Optional[Dict[str, object]], folder: str) -> List[str]:
+    md = ["", "## Speaker embedder", ""]
+    if speaker is None:
+        return md + ["Not part of this run (`--no-speaker`): no EER, DET curve or projection.", ""]
+    training = speaker.get("training") or {}
+    if training:
+        md += [f"{training.get('steps')} steps ({training.get('segments_seen')} segments) in "
+               f"{training.get('train_seconds', 0) / 60:.1f} min; best validation EER "
+               f"{100 * training.get('best_val_eer', float('nan')):.2f} % at step {training.get('best_step')}; "
+               f"clustering threshold {training.get('cluster_threshold')}. Warm start: "
+               f"{(training.get('warm_start') or {}).get('reason', '-')}. Inputs: {training.get('inputs')}", ""]
+        history = training.get("history") or []
+        if history:
+            md += ["| step | minutes | training loss | validation EER | validation minDCF |", "| --- | --- | --- | --- | --- |"]
+            md += [f"| {h['step']} | {h['seconds'] / 60:.1f} | {h['loss']:.4f} | {100 * h['val_eer']:.2f} % | "
+                   f"{h['val_min_dcf']:.3f} |" for h in history]
+            md.append("")
+    evaluation = speaker.get("evaluation") or {}
+    if evaluation:
+        md += [f"Test speakers never seen in training: span {evaluation['test_examples']['span']}'s test split, trial list "
+               f"`{evaluation['trials']}`.", "",
+               "| model | ML Metadata id | EER | minDCF | MR (k given) | ARI (k given) | MR (threshold) | clusters | trials |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name in ("candidate", "champion"):
+            m = evaluation.get(name)
+            if m:
+                md.append(f"| {name} | {m['model_id']} | {100 * m['eer']:.2f} % | {m['min_dcf']:.3f} | {m['mr']:.3f} | "
+                          f"{m['ari']:.3f} | {m['mr_threshold']:.3f} | {m['clusters_threshold']} / {m['speakers']} | {m['trials']} |")
+        md += ["", f"**Blessed:** {evaluation['blessed']} - {evaluation['why']}", ""]
+        source = speaker.get("blessing_uri") or ""
+        for png, title in (("det.png", "DET curve"), ("candidate_embeddings.png", "test embeddings (t-SNE)")):
+            if os.path.exists(os.path.join(source, png)):
+                shutil.copy(os.path.join(source, png), os.path.join(folder, f"speaker_{png}"))
+                md += [f"![{title}](speaker_{png})", ""]
+    push = speaker.get("push") or {}
+    md += [f"**Push:** {speaker.get('outcome')}", ""]
+    if push.get("version"):
+        md += [f"- model `{push['model_name']}` version {push['version']} (MLflow run {push['mlflow_run_id']})", ""]
+    return md
 
 
 def write(config, summary: Dict[str, object]) -> str:
@@ -296,7 +381,7 @@ def write(config, summary: Dict[str, object]) -> str:
         if samples:
             md += ["", "| utterance | reference | candidate |", "| --- | --- | --- |"]
             md += [f"| {s['utterance']} | {s['reference']} | {s['hypothesis']} |" for s in samples]
-    md += ["", "## Speaker embedder", "", "Not part of this run (the speaker branch is off): no EER, DET curve or projection.", ""]
+    md += _speaker_markdown(summary.get("speaker"), folder)
     push = summary.get("push")
     md += ["## Registry push", ""]
     if push:

@@ -8,9 +8,10 @@ back with TensorFlow alone (tests do this for each model).
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import tensorflow as tf
 import tf_keras as keras
@@ -36,6 +37,20 @@ def expand_files(patterns: Union[str, Sequence[str]]) -> List[str]:
     if not files:
         raise FileNotFoundError(f"no feature records match {list(patterns)}")
     return files
+
+
+def find_global_stats(train_files: Union[str, Sequence[str]]) -> Optional[Dict[str, object]]:
+    """The feature job's global_stats.json beside the first split folder that has one (the
+    features of span 0 come first), or None."""
+    from speechpipe.pipeline.features_job import GLOBAL_STATS_FILE
+
+    files = [train_files] if isinstance(train_files, str) else list(train_files)
+    for split_uri in files:
+        path = os.path.join(os.path.dirname(split_uri.rstrip("/*")), GLOBAL_STATS_FILE)
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as f:
+                return json.load(f)
+    return None
 
 
 def parse_example(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:

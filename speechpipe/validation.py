@@ -11,7 +11,10 @@ class ConfigError(ValueError):
 
 
 def validate_corpus_config(config: CorpusConfig) -> CorpusConfig:
-    from speechpipe.corpus.voices import MAX_SPEAKERS
+    from speechpipe.corpus.voices import MAX_SEED, MAX_SPEAKERS
+
+    if not 0 <= config.seed <= MAX_SEED:
+        raise ConfigError(f"seed={config.seed}: need 0..{MAX_SEED} (each seed numbers its speakers in its own id block)")
 
     if not 3 <= config.speakers <= MAX_SPEAKERS:
         raise ConfigError(

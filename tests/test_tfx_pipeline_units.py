@@ -55,6 +55,15 @@ def test_champion_is_the_latest_blessed_model_on_other_data():
     assert only == {"model": [], "model_blessing": []}
 
 
+def test_each_branch_resolves_its_own_champion():
+    models = [_model(1), _model(2)]
+    ctc, speaker = _blessing(10, 1, 1, "a"), _blessing(11, 2, 1, "a")
+    speaker.set_string_custom_property("model_kind", "speaker")  # the CTC blessing has none: "ctc"
+    inputs = {"model": models, "model_blessing": [ctc, speaker]}
+    assert [m.id for m in ChampionStrategy("z", "ctc").resolve_artifacts(None, dict(inputs))["model"]] == [1]
+    assert [m.id for m in ChampionStrategy("z", "speaker").resolve_artifacts(None, dict(inputs))["model"]] == [2]
+
+
 def test_fingerprint_changes_with_new_audio(tmp_path):
     (tmp_path / "a.wav").write_bytes(b"x" * 10)
     manifest = tmp_path / "manifest.jsonl"

@@ -28,6 +28,11 @@ HUMAN_VARIANTS = (
 PITCH_BANDS = ((15, 35), (38, 58), (61, 81))
 MAX_SPEAKERS = len(HUMAN_VARIANTS) * len(PITCH_BANDS)
 FIRST_SPEAKER_NUMBER = 10001  # VoxCeleb numbers its speakers id10001, id10002, ...
+# Each seed draws other voices, so it numbers them in its own block: seed 0 gives id10001...,
+# seed 1 id11001..., and corpora of different seeds never give two voices one id (a new span
+# synthesised with another seed holds new speakers, as the pipeline's speaker branch assumes).
+SEED_ID_BLOCK = 1000
+MAX_SEED = (99999 - FIRST_SPEAKER_NUMBER) // SEED_ID_BLOCK  # ids keep VoxCeleb's five digits
 
 
 @dataclass(frozen=True)
@@ -58,8 +63,10 @@ class SpeakerVoice:
         return asdict(self)
 
 
-def speaker_id(index: int) -> str:
-    return f"id{FIRST_SPEAKER_NUMBER + index}"
+def speaker_id(index: int, seed: int = 0) -> str:
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed={seed}: need 0..{MAX_SEED} (speaker ids are id<5 digits>, one block per seed)")
+    return f"id{FIRST_SPEAKER_NUMBER + SEED_ID_BLOCK * seed + index}"
 
 
 def design_speakers(count: int, seed: int) -> List[SpeakerVoice]:
@@ -81,7 +88,7 @@ def design_speakers(count: int, seed: int) -> List[SpeakerVoice]:
         low, high = PITCH_BANDS[band]
         voices.append(
             SpeakerVoice(
-                speaker=speaker_id(index),
+                speaker=speaker_id(index, seed),
                 variant=HUMAN_VARIANTS[variant_index],
                 pitch=int(srng.integers(low, high + 1)),
                 pitch_range=int(srng.integers(20, 91)),

@@ -1,0 +1,75 @@
+"""deploy/Dockerfile and /.dockerignore (no Docker daemon here: the build itself is not run). The
+image is built from the lock with the lock's uv, for the Python and Beam versions the lock pins,
+installs the project where the compiled pipeline looks for it, runs as a non-root user and starts
+Beam's worker boot program; the build context lets in the project and nothing else."""
+import os
+import re
+
+from speechpipe.pipeline.kubeflow_v2_runner import IMAGE_ROOT, IMAGE_SCHEMA_FILE, IMAGE_SETUP_FILE
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read(*path: str) -> str:
+    with open(os.path.join(REPO, *path), encoding="utf-8") as f:
+        return f.read()
+
+
+def _lock_pin(package: str) -> str:
+    found = re.search(rf"^{re.escape(package)}==([^\s;]+)", _read("requirements.lock"), re.MULTILINE)
+    assert found, package
+    return found.group(1)
+
+
+DOCKERFILE = _read("deploy", "Dockerfile")
+
+
+def _arg(name: str) -> str:
+    return re.search(rf"^ARG {name}=(\S+)", DOCKERFILE, re.MULTILINE).group(1)
+
+
+def test_the_image_has_the_locked_python_and_beam():
+    from packaging.specifiers import SpecifierSet
+
+    python = _arg("PYTHON_VERSION")
+    assert SpecifierSet(re.search(r'python_requires="([^"]+)"', _read("setup.py")).group(1)).contains(python)
+    # Dataflow and Flink boot workers with the SDK container of the submitting Beam release.
+    assert _arg("BEAM_VERSION") == _lock_pin("apache-beam")
+    assert "FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION} AS beam" in DOCKERFILE
+    assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in DOCKERFILE
+
+
+def test_the_image_is_built_from_the_lock():
+    assert "COPY requirements.lock ./" in DOCKERFILE
+    assert "\"$(grep -m1 '^uv==' requirements.lock)\"" in DOCKERFILE  # uv at the lock's version
+    assert "uv pip sync --python /opt/venv/bin/python requirements.lock" in DOCKERFILE
+    # The CUDA libraries come as tensorflow's extra at the lock's tensorflow version.
+    assert "tensorflow[${TF_EXTRA}]==$(sed -n 's/^tensorflow==" in DOCKERFILE
+    assert _arg("TF_EXTRA") == "and-cuda"
+
+
+def test_the_project_is_installed_where_the_pipeline_reads_it():
+    assert f"WORKDIR {IMAGE_ROOT}" in DOCKERFILE
+    assert f"COPY --from=build {IMAGE_ROOT} {IMAGE_ROOT}" in DOCKERFILE
+    assert "--no-deps --no-cache ." in DOCKERFILE  # installed, not editable
+    assert IMAGE_SCHEMA_FILE == f"{IMAGE_ROOT}/schemas/features.pbtxt" and os.path.exists(
+        os.path.join(REPO, "schemas", "features.pbtxt"))
+    assert IMAGE_SETUP_FILE == f"{IMAGE_ROOT}/setup.py"
+
+
+def test_the_image_runs_as_a_non_root_user():
+    users = re.findall(r"^USER (\S+)", DOCKERFILE, re.MULTILINE)
+    assert users == ["10001:10001"]
+    assert "useradd --uid 10001" in DOCKERFILE
+
+
+def test_the_build_context_is_the_project_only():
+    lines = [line.strip() for line in _read(".dockerignore").splitlines() if line.strip() and not line.startswith("#")]
+    assert lines[0] == "*"  # everything is out unless let in
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    # What setup.py packages and builds from, and the lock.
+    setup = _read("setup.py")
+    packages = set(re.findall(r'"speechpipe\.\w+": "(\w+)"', setup)) | {"speechpipe"}
+    assert packages | {"setup.py", "pyproject.toml", "requirements.lock"} == allowed
+    for heavy in (".venv", ".git", "speechpipe_home", "bench", "tests"):
+        assert heavy not in allowed

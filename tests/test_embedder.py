@@ -1,0 +1,359 @@
+"""The embedder's loss, its numerics, the verification and clustering figures, and learning on
+small generated data. Trainer, TFX and SavedModel tests are in test_embedder_export.py."""
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from speechpipe import speaker_eval
+from speechpipe.models import embedder
+from speechpipe.models.embedder import (
+    EmbedderConfig,
+    in_batch_kl_hinge_loss,
+    kl_divergence,
+    kl_hinge_pair_loss,
+    pairwise_kl_matrix,
+)
+from speechpipe.validation import ConfigError
+
+EPS = 1e-7
+
+
+def _np(x):
+    return np.asarray(x.numpy() if hasattr(x, "numpy") else x, np.float64)
+
+
+def _kl(p, q):
+    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
+    return float(np.sum(p * np.log(p / q)))
+
+
+# ------------------------------------------------------------------------------------------ loss
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_identical_distributions_cost_nothing_when_same_and_the_margin_when_different(symmetric):
+    p = tf.constant([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]])
+    loss = _np(kl_hinge_pair_loss(tf.constant([1, 0]), p, p, margin=2.5, symmetric=symmetric))
+    assert loss[0] == pytest.approx(0.0, abs=1e-6)
+    assert loss[1] == pytest.approx(2.5, abs=1e-6)
+
+
+def test_hand_worked_pair():
+    p, q = [0.5, 0.5], [0.9, 0.1]
+    # KL(p||q) = 0.5 ln(0.5/0.9) + 0.5 ln(5) = 0.51083; KL(q||p) = 0.9 ln 1.8 + 0.1 ln 0.2 = 0.36806
+    assert _kl(p, q) == pytest.approx(0.510826, abs=1e-6) and _kl(q, p) == pytest.approx(0.368064, abs=1e-6)
+    pq = tf.constant([p, p, p, p])
+    qq = tf.constant([q, q, q, q])
+    labels = tf.constant([1, 0, 1, 0])
+    sym = _np(kl_hinge_pair_loss(labels, pq, qq, margin=2.0, symmetric=True))
+    one = _np(kl_hinge_pair_loss(labels, pq, qq, margin=2.0, symmetric=False))
+    np.testing.assert_allclose(sym[:2], [(0.510826 + 0.368064) / 2, (1.489174 + 1.631936) / 2], atol=1e-5)
+    np.testing.assert_allclose(one[:2], [0.510826, 1.489174], atol=1e-5)
+    # a different-speaker pair already further apart than the margin costs nothing
+    far = _np(kl_hinge_pair_loss(tf.constant([0]), tf.constant([p]), tf.constant([q]), margin=0.3))
+    assert far[0] == 0.0
+
+
+def test_symmetric_loss_is_symmetric_and_one_sided_is_not():
+    rng = np.random.default_rng(0)
+    p = tf.nn.softmax(rng.normal(size=(8, 5)) * 2).numpy()
+    q = tf.nn.softmax(rng.normal(size=(8, 5)) * 2).numpy()
+    labels = tf.constant([1, 0] * 4)
+    np.testing.assert_allclose(_np(kl_hinge_pair_loss(labels, p, q, 3.0)), _np(kl_hinge_pair_loss(labels, q, p, 3.0)),
+                               rtol=1e-6)
+    assert not np.allclose(_np(kl_hinge_pair_loss(labels, p, q, 3.0, symmetric=False)),
+                           _np(kl_hinge_pair_loss(labels, q, p, 3.0, symmetric=False)))
+
+
+def test_kl_matches_the_definition_and_is_never_negative():
+    rng = np.random.default_rng(1)
+    p = tf.nn.softmax(rng.normal(size=(6, 7))).numpy()
+    q = tf.nn.softmax(rng.normal(size=(6, 7))).numpy()
+    got = _np(kl_divergence(p, q))
+    want = [_kl(a, b) for a, b in zip(p, q)]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.all(got >= 0)
+    matrix = _np(pairwise_kl_matrix(tf.constant(p)))
+    np.testing.assert_allclose(matrix, [[_kl(a, b) for b in p] for a in p], atol=1e-5)
+
+
+def test_in_batch_loss_equals_the_mean_over_every_pair():
+    rng = np.random.default_rng(2)
+    outputs = tf.nn.softmax(rng.normal(size=(6, 4)) * 3).numpy()
+    speakers = np.array([0, 0, 1, 1, 2, 2])
+    margin = 1.5
+    for symmetric in (True, False):
+        same, diff = [], []
+        for i in range(6):
+            for j in range(6):
+                if i == j or (not symmetric and j < i):
+                    continue
+                kl = _kl(outputs[i], outputs[j])
+                (same if speakers[i] == speakers[j] else diff).append(kl if speakers[i] == speakers[j] else max(0.0, margin - kl))
+        want = 0.5 * (np.mean(same) + np.mean(diff))
+        got = float(in_batch_kl_hinge_loss(tf.constant(speakers), tf.constant(outputs), margin, symmetric=symmetric))
+        assert got == pytest.approx(want, abs=1e-5), symmetric
+
+
+def test_in_batch_loss_of_identical_outputs_is_half_the_margin():
+    outputs = tf.fill([8, 5], 0.2)
+    got = float(in_batch_kl_hinge_loss(tf.constant([0, 0, 1, 1, 2, 2, 3, 3]), outputs, margin=3.0))
+    assert got == pytest.approx(1.5, abs=1e-6)  # same pairs 0, different pairs 3, weighted 1:1
+
+
+def test_finite_loss_and_gradients_at_extreme_outputs():
+    # one-hot outputs (exact zeros) and logits so large that the softmax saturates
+    onehot_p = tf.Variable([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    onehot_q = tf.Variable([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(kl_hinge_pair_loss(tf.constant([1, 0]), onehot_p, onehot_q, margin=2.0))
+    grads = tape.gradient(loss, [onehot_p, onehot_q])
+    assert np.isfinite(loss.numpy())
+    assert all(np.all(np.isfinite(g.numpy())) for g in grads)
+    # KL of the smoothed distributions is bounded by log((1 + D eps) / eps)
+    assert _np(kl_divergence(onehot_p, onehot_q)).max() <= math.log((1 + 3 * EPS) / EPS) + 1e-3
+
+    logits = tf.Variable([[1e4, -1e4, 0.0, 3.0], [-1e4, 1e4, 0.0, 0.0], [0.0, 0.0, 1e4, 0.0], [1e4, 0.0, 0.0, -1e4]])
+    with tf.GradientTape() as tape:
+        loss = in_batch_kl_hinge_loss(tf.constant([0, 0, 1, 1]), tf.nn.softmax(logits), margin=2.0)
+    grad = tape.gradient(loss, logits)
+    assert np.isfinite(loss.numpy()) and loss.numpy() > 0
+    assert np.all(np.isfinite(grad.numpy()))
+
+
+def test_seed002_clipping_is_no_divergence():
+    """Seed 002 clipped PReLU outputs into [eps, 1] and took their "KL": the result can be
+    negative, which no divergence is; the smoothed KL of distributions never is."""
+    prelu_like = tf.constant([[2.0, -0.3, 0.5, 0.1]])
+    other = tf.constant([[0.9, 0.8, 0.7, 0.6]])
+    assert float(kl_divergence(prelu_like, other, clip=True)[0]) < 0
+    # and the loss with clip=True stays finite on negative outputs
+    assert np.all(np.isfinite(_np(kl_hinge_pair_loss(tf.constant([1]), prelu_like, other, 1.0, clip=True))))
+
+
+def test_keras_losses_reduce_to_the_functions():
+    rng = np.random.default_rng(3)
+    p = tf.nn.softmax(rng.normal(size=(4, 6))).numpy()
+    q = tf.nn.softmax(rng.normal(size=(4, 6))).numpy()
+    labels = np.array([1, 0, 0, 1])
+    pair = embedder.PairwiseKLHingeLoss(margin=2.0)(labels, np.stack([p, q], 1))
+    assert float(pair) == pytest.approx(float(tf.reduce_mean(kl_hinge_pair_loss(labels, p, q, 2.0))), rel=1e-6)
+    batch = embedder.InBatchKLHingeLoss(margin=2.0)(np.array([0, 0, 1, 1]), p)
+    assert float(batch) == pytest.approx(float(in_batch_kl_hinge_loss(tf.constant([0, 0, 1, 1]), p, 2.0)), rel=1e-6)
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ConfigError, match="output_activation"):
+        EmbedderConfig(output_activation="relu").validate()
+    with pytest.raises(ConfigError, match="clip=True"):
+        EmbedderConfig(output_activation="prelu").validate()
+    with pytest.raises(ConfigError, match="distributions"):
+        EmbedderConfig(embedding="hidden", scoring="kl").validate()
+    with pytest.raises(ConfigError, match="unknown"):
+        EmbedderConfig.from_json({"margin": 2.0, "marign": 1.0})
+    assert EmbedderConfig.from_json(EmbedderConfig().to_json()) == EmbedderConfig()
+    embedder.SEED002.validate()
+
+
+# ------------------------------------------------------------------------------- verification
+
+def _brute_operating_points(scores, labels):
+    """Loops: every threshold, accept score >= t."""
+    points = [(0.0, 1.0)]
+    targets = sum(labels)
+    nontargets = len(labels) - targets
+    for t in sorted(set(scores), reverse=True):
+        fa = sum(1 for s, y in zip(scores, labels) if s >= t and y == 0)
+        miss = sum(1 for s, y in zip(scores, labels) if s < t and y == 1)
+        points.append((fa / nontargets, miss / targets))
+    return points
+
+
+def _brute_eer(scores, labels):
+    points = _brute_operating_points(scores, labels)
+    for (f0, m0), (f1, m1) in zip(points, points[1:]):
+        if m1 - f1 <= 0:
+            if m1 == f1:
+                return f1
+            a = (m0 - f0) / ((m0 - f0) - (m1 - f1))
+            return f0 + a * (f1 - f0)
+    raise AssertionError("no crossing")
+
+
+def test_eer_hand_worked():
+    assert speaker_eval.equal_error_rate([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]).eer == pytest.approx(0.5)
+    assert speaker_eval.equal_error_rate([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [1, 1, 0, 1, 0, 0]).eer == pytest.approx(1 / 3)
+    assert speaker_eval.equal_error_rate([3, 2, 1, 0], [1, 1, 0, 0]).eer == 0.0
+    assert speaker_eval.equal_error_rate([3, 2, 1, 0], [0, 0, 1, 1]).eer == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_eer_and_min_dcf_equal_a_brute_force_computation(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(size=300) + 1.2 * labels, 1)  # rounding makes ties
+    got = speaker_eval.equal_error_rate(scores, labels).eer
+    assert got == pytest.approx(_brute_eer(scores.tolist(), labels.tolist()), abs=1e-12)
+    # an independent cross-check: the crossing lies inside the box of sklearn's two ROC points
+    # that bracket FNR = FPR
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    fnr = 1 - tpr
+    i = int(np.argmax(fnr - fpr <= 0))
+    assert max(fpr[i - 1], fnr[i]) - 1e-12 <= got <= min(fpr[i], fnr[i - 1]) + 1e-12
+    points = _brute_operating_points(scores.tolist(), labels.tolist())
+    p = 0.05
+    want = min(p * m + (1 - p) * f for f, m in points) / min(p, 1 - p)
+    assert speaker_eval.min_dcf(scores, labels, p) == pytest.approx(want, abs=1e-12)
+
+
+def test_verification_rejects_bad_trials():
+    with pytest.raises(ValueError, match="both"):
+        speaker_eval.equal_error_rate([1.0, 2.0], [1, 1])
+    with pytest.raises(ValueError, match="labels"):
+        speaker_eval.equal_error_rate([1.0, 2.0], [1, 2])
+    with pytest.raises(ValueError, match="finite"):
+        speaker_eval.equal_error_rate([1.0, float("nan")], [1, 0])
+    with pytest.raises(ValueError, match="scores"):
+        speaker_eval.equal_error_rate([1.0, 2.0, 3.0], [1, 0])
+
+
+# --------------------------------------------------------------------------------- clustering
+
+def test_misclassification_rate_on_constructed_clusterings():
+    truth = ["a", "a", "a", "b", "b", "b"]
+    assert speaker_eval.misclassification_rate(truth, [1, 1, 1, 2, 2, 2]) == 0.0
+    assert speaker_eval.misclassification_rate(truth, [7, 7, 7, 3, 3, 3]) == 0.0  # names do not matter
+    assert speaker_eval.misclassification_rate(truth, [1, 1, 2, 3, 3, 3]) == pytest.approx(1 / 6)  # a split
+    assert speaker_eval.misclassification_rate(truth, [1, 1, 1, 1, 1, 1]) == pytest.approx(1 / 2)  # merged
+    assert speaker_eval.misclassification_rate(truth, [1, 2, 3, 4, 5, 6]) == pytest.approx(4 / 6)  # singletons
+    # one cluster cannot be credited to two speakers
+    assert speaker_eval.misclassification_rate(["a", "a", "b", "b", "c", "c"], [1, 1, 1, 1, 2, 2]) == pytest.approx(2 / 6)
+    assert speaker_eval.adjusted_rand_index(truth, [5, 5, 5, 9, 9, 9]) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        speaker_eval.misclassification_rate(truth, [1, 2])
+
+
+def test_clustering_finds_separated_speakers_with_and_without_their_number():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16)) * 3
+    speakers = np.repeat(["s1", "s2", "s3", "s4"], 10)
+    points = centres[np.repeat(np.arange(4), 10)] + rng.normal(size=(40, 16)) * 0.3
+    distances = embedder.distance_matrix(points, "cosine")
+    tree = speaker_eval.linkage_tree(distances)
+    threshold, mr = speaker_eval.best_threshold(tree, speakers)
+    assert mr == 0.0
+    result = speaker_eval.clustering(distances, speakers, threshold=threshold)
+    assert result.mr_known == 0.0 and result.ari_known == pytest.approx(1.0)
+    assert result.clusters_threshold == 4 and result.mr_threshold == 0.0
+    # a threshold far too small leaves singletons: every speaker but one utterance each is wrong
+    tiny = speaker_eval.clustering(distances, speakers, threshold=1e-12)
+    assert tiny.clusters_threshold == 40 and tiny.mr_threshold == pytest.approx(1 - 4 / 40)
+
+
+def test_distance_matrices():
+    rng = np.random.default_rng(4)
+    p = tf.nn.softmax(rng.normal(size=(5, 6))).numpy()
+    kl = embedder.distance_matrix(p, "kl")
+    np.testing.assert_allclose(kl[0, 1], _kl(p[0], p[1]) + _kl(p[1], p[0]), rtol=1e-4)
+    np.testing.assert_allclose(np.diag(kl), 0.0)
+    np.testing.assert_allclose(-embedder.score(p[:1], p[1:2], "kl"), kl[0, 1], rtol=1e-4)
+    cos = embedder.distance_matrix(p, "cosine")
+    np.testing.assert_allclose(1 - cos[0, 2], embedder.score(p[:1], p[2:3])[0], rtol=1e-9)
+
+
+def test_plots_are_png_files(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    fpr, fnr = speaker_eval.det_curve(rng.normal(size=200) + labels, labels)
+    paths = [
+        speaker_eval.plot_det({"model": (fpr, fnr)}, str(tmp_path / "det.png")),
+        speaker_eval.plot_embeddings(rng.normal(size=(30, 8)), np.repeat(["a", "b", "c"], 10), str(tmp_path / "emb.png")),
+        speaker_eval.plot_curves({"eer": ([0, 1, 2], [0.5, 0.2, 0.1])}, str(tmp_path / "curve.png"), "min", "EER"),
+    ]
+    for path in paths:
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------ learning
+
+def _synthetic_utterances(rng, profiles, per_speaker, frames=20, bins=12):
+    """Speaker identity is a profile over the first bins, under frame noise."""
+    utterances, speakers = [], []
+    for s, profile in enumerate(profiles):
+        for _ in range(per_speaker):
+            x = rng.normal(size=(frames, bins)) * 0.5
+            x[:, : profile.size] += profile
+            utterances.append(x.astype(np.float32))
+            speakers.append(s)
+    return utterances, np.array(speakers)
+
+
+def _eer_of(model, config, utterances, speakers):
+    emb = embedder.embed_utterances(model, utterances, config)
+    names = [str(i) for i in range(len(utterances))]
+    trials = speaker_eval.all_pairs_trials(names, speakers.tolist())
+    scores, labels = speaker_eval.trial_scores(dict(zip(names, emb)), trials, embedder.score)
+    return speaker_eval.equal_error_rate(scores, labels).eer
+
+
+def test_in_batch_training_learns_to_tell_speakers_apart():
+    """Trained with the in-batch loss, the network separates new utterances of its speakers
+    far better than the untrained one. (Unseen speakers are the bench's business: generalising
+    needs many training speakers and minutes.)"""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    config = EmbedderConfig(segment_frames=8, n_bins=12, lstm_units=16, dense_units=(32,), output_dim=16,
+                            dropout=0.1, margin=2.0, eval_hop=4, cosine_scale=5.0)
+    profiles = rng.normal(size=(8, 4))
+    train_x, train_y = _synthetic_utterances(rng, profiles, 6)
+    test_x, test_y = _synthetic_utterances(rng, profiles, 4)  # new utterances
+    base = embedder.build_base_network(config)
+    before = _eer_of(base, config, test_x, test_y)
+    base.compile(keras.optimizers.Adam(3e-3, clipnorm=1.0), loss=embedder.loss_for(config, "in_batch"))
+    p, k = 4, 4
+    train_x = np.stack(train_x)
+
+    def batches():
+        while True:
+            chosen = rng.choice(len(profiles), p, replace=False)
+            rows = np.concatenate([rng.choice(np.flatnonzero(train_y == s), k) for s in chosen])
+            start = rng.integers(0, 13, rows.size)
+            yield np.stack([train_x[r, o:o + 8] for r, o in zip(rows, start)]), np.repeat(chosen, k)
+
+    data = tf.data.Dataset.from_generator(batches, output_signature=(
+        tf.TensorSpec([p * k, 8, 12], tf.float32), tf.TensorSpec([p * k], tf.int64)))
+    history = base.fit(data, steps_per_epoch=100, epochs=3, verbose=0).history["loss"]
+    after = _eer_of(base, config, test_x, test_y)
+    assert history[-1] < history[0], history
+    assert before > 0.1, before
+    assert after < 0.08 and after < before / 2, (before, after)
+
+
+def test_channel_augmentation_adds_a_gain_and_a_first_order_tilt():
+    from speechpipe.components.embedder_trainer import ChannelAugmenter
+    from speechpipe.config import FeatureConfig
+
+    rng = np.random.default_rng(0)
+    segments = rng.standard_normal((64, 40, 80)).astype(np.float32)
+    gain_only = ChannelAugmenter(FeatureConfig(normalization="none"), gain_db=6.0, tilt=0.0)
+    shifted = gain_only(segments, np.random.default_rng(1)) - segments
+    # one offset per segment, the same in every frame and bin, within +-6 dB of power
+    assert np.allclose(shifted, shifted[:, :1, :1], atol=1e-5)
+    assert np.abs(shifted).max() <= 6.0 * math.log(10) / 10 + 1e-5 and shifted.std() > 0.1
+    tilt_only = ChannelAugmenter(FeatureConfig(normalization="none"), gain_db=0.0, tilt=0.5)
+    offset = (tilt_only(segments, np.random.default_rng(2)) - segments)[:, 0, :]
+    # 1 - a z^-1 is monotonic in frequency: every segment's offset rises or falls across the bins
+    assert np.all((np.diff(offset, axis=1) >= -1e-5).all(1) | (np.diff(offset, axis=1) <= 1e-5).all(1))
+    assert np.abs(offset[:, -1] - offset[:, 0]).max() > 0.5
+    stats = {"mean": rng.standard_normal(80).tolist(), "std": (1 + rng.random(80)).tolist()}
+    normalised = ChannelAugmenter(FeatureConfig(normalization="global"), 6.0, 0.0, stats)
+    moved = (normalised(segments, np.random.default_rng(1)) - segments)[:, 0, :]
+    np.testing.assert_allclose(moved * np.asarray(stats["std"]), shifted[:, 0, :], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="per-utterance"):
+        ChannelAugmenter(FeatureConfig(normalization="cmvn"), 6.0, 0.5)

@@ -1,0 +1,199 @@
+"""The embedder's SavedModel (`embed` on raw waveforms, features in the graph), its parity with
+the Beam job's features, and the trainer: TFX run_fn, both training forms, errors.
+
+Parity tolerance: max |difference| of utterance embeddings (softmax outputs) <= 2e-5 between
+`embed` on raw audio and the same network on the feature job's librosa features (measured:
+3.6e-7 on the tiny corpus, with embeddings that differ by 0.14 between utterances; the features
+themselves differ by up to 1e-3, see tests/test_feature_parity.py, and averaging over windows
+shrinks that). Between the in-memory Keras network and the SavedModel on the same inputs the
+tolerance is 1e-6 (one graph, float32 rounding only)."""
+import dataclasses
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from speechpipe.audio import decode
+from speechpipe.components import embedder_trainer
+from speechpipe.components.embedder_trainer import EmbedderTrainConfig
+from speechpipe.config import FeatureConfig
+from speechpipe.models import embedder
+from speechpipe.models.embedder import EmbedderConfig
+from speechpipe.validation import ConfigError
+from tests.helpers import read_manifest
+
+PARITY_TOLERANCE = 2e-5
+ROUND_TRIP_TOLERANCE = 1e-6
+TINY_MODEL = EmbedderConfig(lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def random_network():
+    """An untrained network made sensitive to its input: with its initial weights the softmax
+    is almost uniform for every input, and a parity test on it would prove nothing."""
+    keras.utils.set_random_seed(0)
+    config = TINY_MODEL
+    base = embedder.build_base_network(config)
+    layer = base.get_layer("output_dense")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel * 30.0, bias])
+    return base, config
+
+
+@pytest.fixture(scope="module")
+def exported(random_network, tmp_path_factory):
+    """The random network's SavedModel, exported once for the tests below."""
+    base, config = random_network
+    return embedder.export_embedder(str(tmp_path_factory.mktemp("embedder_model") / "model"), base, config,
+                                    FeatureConfig())
+
+
+def _waveforms(tiny_corpus, utterances):
+    by_id = {r["utterance"]: r for r in read_manifest(tiny_corpus)}
+    waves = [decode(os.path.join(tiny_corpus, by_id[u]["audio"]), 16000).samples for u in utterances]
+    batch = np.zeros((len(waves), max(len(w) for w in waves)), np.float32)
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = w
+    return batch, np.array([len(w) for w in waves], np.int32)
+
+
+def test_warm_start_restores_the_exported_network(random_network, exported):
+    base, config = random_network
+    keras.utils.set_random_seed(1)
+    fresh = embedder.build_base_network(config)
+    assert not all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), base.get_weights()))
+    embedder.restore_network(fresh, exported)
+    for a, b in zip(fresh.get_weights(), base.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    other = embedder.build_base_network(EmbedderConfig(lstm_units=4, dense_units=(16,), output_dim=8))
+    with pytest.raises(ValueError, match="variables of shapes"):
+        embedder.restore_network(other, exported)
+
+
+def test_saved_model_round_trip(random_network, exported):
+    base, config = random_network
+    loaded = embedder.load_embedder(exported)
+    assert loaded.config == config and loaded.feature_config == FeatureConfig()
+    assert set(loaded.saved_model.signatures) >= {"embed", "embed_segments", "serving_default"}
+    segments = np.random.default_rng(0).normal(size=(5, 40, 80)).astype(np.float32)
+    np.testing.assert_allclose(loaded.embed_segments(segments), base(segments, training=False).numpy(),
+                               atol=ROUND_TRIP_TOLERANCE)
+    # `embed` = windows of the in-graph features, averaged: the same as the numpy path on them
+    from speechpipe.tf_features import GraphFeatures
+
+    rng = np.random.default_rng(1)
+    lengths = np.array([16000, 9000, 5000], np.int32)
+    waves = np.zeros((3, 16000), np.float32)
+    for i, n in enumerate(lengths):
+        waves[i, :n] = rng.normal(size=n) * 0.1
+    features, frames = GraphFeatures(FeatureConfig())(waves, lengths)
+    expected = embedder.embed_utterances(base, [features[i, : frames[i]].numpy() for i in range(3)], config)
+    out = loaded.saved_model.signatures["embed"](waveforms=tf.constant(waves), lengths=tf.constant(lengths))
+    np.testing.assert_allclose(out["embeddings"].numpy(), expected, atol=ROUND_TRIP_TOLERANCE)
+    windows = [len(embedder.segment_windows(features[i, : frames[i]].numpy(), 40, 20)) for i in range(3)]
+    assert out["num_segments"].numpy().tolist() == windows
+    # the rows are distributions (softmax output embeddings averaged)
+    np.testing.assert_allclose(out["embeddings"].numpy().sum(1), 1.0, atol=1e-5)
+
+
+def test_embed_matches_the_feature_job(random_network, exported, tiny_corpus, tiny_features):
+    """Serving (raw audio, tf.signal features) against training (the Beam job's librosa features)."""
+    from speechpipe import records
+
+    base, config = random_network
+    stored = [u for split in ("train", "test") for u in records.read_split(tiny_features, split)][:6]
+    waves, lengths = _waveforms(tiny_corpus, [u.utterance for u in stored])
+    served = embedder.load_embedder(exported).embed(waves, lengths)
+    trained = embedder.embed_utterances(base, [u.features for u in stored], config)
+    difference = float(np.max(np.abs(served - trained)))
+    spread = float(np.max(np.abs(trained - trained.mean(0))))
+    print(f"parity: max |difference| {difference:.2e}, spread between utterances {spread:.2e}")
+    assert difference <= PARITY_TOLERANCE, difference
+    assert spread >= 50 * PARITY_TOLERANCE, "the network must tell these utterances apart for the test to mean anything"
+
+
+def test_short_waveforms(exported):
+    loaded = embedder.load_embedder(exported)
+    waves = np.random.default_rng(0).normal(size=(2, 3200)).astype(np.float32) * 0.1
+    out = loaded.saved_model.signatures["embed"](waveforms=tf.constant(waves), lengths=tf.constant([3200, 100]))
+    # 0.2 s = 18 frames: one zero-padded window; 100 samples: under one analysis window, no segment
+    assert out["num_segments"].numpy().tolist() == [1, 0]
+    emb = out["embeddings"].numpy()
+    assert np.all(np.isfinite(emb)) and emb[0].sum() == pytest.approx(1.0, abs=1e-5) and np.all(emb[1] == 0)
+
+
+def test_export_rejects_mismatched_bins(random_network, tmp_path):
+    base, config = random_network
+    with pytest.raises(ConfigError, match="bins"):
+        embedder.export_embedder(str(tmp_path / "m"), base, config, FeatureConfig(kind="stft"))
+
+
+def _fn_args(features_dir, tmp_path, custom, train_steps=None):
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    return FnArgs(train_files=[os.path.join(features_dir, "Split-train")],
+                  eval_files=[os.path.join(features_dir, "Split-validation"), os.path.join(features_dir, "Split-test")],
+                  serving_model_dir=str(tmp_path / "serving"), model_run_dir=str(tmp_path / "run"),
+                  train_steps=train_steps, custom_config=custom)
+
+
+def test_run_fn_trains_logs_and_exports(tiny_features, tmp_path):
+    with open(os.path.join(tiny_features, "summary.json"), encoding="utf-8") as f:
+        features = json.load(f)["features"]
+    config = EmbedderTrainConfig(model=TINY_MODEL, speakers_per_batch=4, segments_per_speaker=2, eval_every_steps=2)
+    embedder_trainer.run_fn(_fn_args(tiny_features, tmp_path, {"features": features, "embedder": config.to_json()},
+                                     train_steps=4))
+    serving = str(tmp_path / "serving")
+    with open(os.path.join(serving, embedder_trainer.RESULT_FILE), encoding="utf-8") as f:
+        result = json.load(f)
+    assert result["steps"] == 4 and [h["step"] for h in result["history"]] == [2, 4]
+    assert all(0.0 <= h["val_eer"] <= 1.0 and np.isfinite(h["loss"]) for h in result["history"])
+    assert result["inputs"]["train_speakers"] == 4 and result["inputs"]["validation_speakers"] == 2
+    assert glob.glob(str(tmp_path / "run" / "tensorboard" / "train" / "events.out.tfevents.*"))
+    assert glob.glob(str(tmp_path / "run" / "tensorboard" / "validation" / "events.out.tfevents.*"))
+    loaded = embedder.load_embedder(serving)
+    assert loaded.info["cluster_threshold"] == result["cluster_threshold"]
+    waves = np.random.default_rng(0).normal(size=(2, 16000)).astype(np.float32) * 0.1
+    emb = loaded.embed(waves, np.array([16000, 12000]))
+    assert emb.shape == (2, TINY_MODEL.output_dim) and np.allclose(emb.sum(1), 1.0, atol=1e-5)
+
+
+def test_pairs_form_trains_on_the_pair_builder_output(tiny_features, tmp_path):
+    from speechpipe.pipeline import pairs_job
+
+    pairs = str(tmp_path / "pairs")
+    pairs_job.run(["--features", tiny_features, "--out", pairs, "--direct_running_mode=in_memory"])
+    seed002 = dataclasses.replace(embedder.SEED002, lstm_units=8, dense_units=(16,), output_dim=8)
+    config = EmbedderTrainConfig(model=seed002, form="pairs", pairs_dir=pairs,
+        pairs_per_batch=4, max_steps=2, eval_every_steps=2, keras_accuracy=True)
+    with open(os.path.join(tiny_features, "summary.json"), encoding="utf-8") as f:
+        features = FeatureConfig.from_json(json.load(f)["features"])
+    result = embedder_trainer.train([os.path.join(tiny_features, "Split-train")],
+                                    [os.path.join(tiny_features, "Split-validation"),
+                                     os.path.join(tiny_features, "Split-test")], features, None, None, config)
+    assert result.summary["steps"] == 2 and result.summary["inputs"]["train_pairs"] > 0
+    assert 0.0 <= result.summary["history"][0]["keras_accuracy"] <= 1.0
+
+
+def test_trainer_errors_are_clear(tiny_features, tmp_path):
+    features = FeatureConfig()
+    train, val = [os.path.join(tiny_features, "Split-train")], [os.path.join(tiny_features, "Split-validation")]
+    with pytest.raises(ConfigError, match="features"):
+        embedder_trainer.run_fn(_fn_args(tiny_features, tmp_path, {}))
+    with pytest.raises(ConfigError, match="unknown"):
+        embedder_trainer.run_fn(_fn_args(tiny_features, tmp_path, {"features": {}, "embeder": {}}))
+    with pytest.raises(ConfigError, match="pairs_dir"):
+        EmbedderTrainConfig(form="pairs").validate()
+    with pytest.raises(ConfigError, match="speakers_per_batch=16"):
+        embedder_trainer.train(train, val + [os.path.join(tiny_features, "Split-test")], features,
+                               config=EmbedderTrainConfig(model=TINY_MODEL, max_steps=1))
+    with pytest.raises(ValueError, match="share speakers"):
+        embedder_trainer.train(train, train, features, config=EmbedderTrainConfig(model=TINY_MODEL, max_steps=1))
+    with pytest.raises(ValueError, match="at least 2 speakers"):
+        embedder_trainer.train(train, val, features, config=EmbedderTrainConfig(model=TINY_MODEL, max_steps=1))
+    with pytest.raises(FileNotFoundError):
+        embedder_trainer.train([str(tmp_path / "nothing")], val, features, config=EmbedderTrainConfig(max_steps=1))
