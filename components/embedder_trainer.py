@@ -36,6 +36,7 @@ import tf_keras as keras
 
 from speechpipe import speaker_eval
 from speechpipe.config import FeatureConfig
+from speechpipe.features import global_mean_std
 from speechpipe.models.embedder import (
     EmbedderConfig,
     build_base_network,
@@ -212,12 +213,9 @@ class ChannelAugmenter:
         self.omega = 2 * np.pi * centres / feature_config.sample_rate  # the bins' centre frequencies
         self.mean = self.std = None
         if feature_config.normalization == "global":
-            from speechpipe.features import GLOBAL_STD_FLOOR
-
             if global_stats is None:
                 raise ConfigError("channel augmentation on globally normalised features needs global_stats")
-            self.mean = np.asarray(global_stats["mean"], np.float32)
-            self.std = np.maximum(np.asarray(global_stats["std"], np.float32), GLOBAL_STD_FLOOR)
+            self.mean, self.std = global_mean_std(global_stats)
         elif feature_config.normalization != "none":
             raise ConfigError(f"channel augmentation needs --normalization global or none, not "
                               f"{feature_config.normalization} (a per-utterance normalisation removes the channel)")
@@ -268,10 +266,7 @@ class SpeakerBatches:
         self.augment = augment
         self.mean = self.std = None
         if warp_factors and global_stats is not None:
-            from speechpipe.features import GLOBAL_STD_FLOOR
-
-            self.mean = np.asarray(global_stats["mean"], np.float32)
-            self.std = np.maximum(np.asarray(global_stats["std"], np.float32), GLOBAL_STD_FLOOR)
+            self.mean, self.std = global_mean_std(global_stats)
 
     def batches(self) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         rng = np.random.default_rng(self.seed)

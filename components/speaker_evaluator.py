@@ -11,7 +11,7 @@ test embeddings coloured by speaker (embeddings.png) for the run report.
 # No `from __future__ import annotations`: TFX reads the component signature's annotations as types.
 
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
@@ -24,7 +24,20 @@ PROJECTION_PLOT = "embeddings.png"
 MODEL_KIND = "speaker"
 
 
-def embedder_metrics(saved_model_dir: str, test_split_uri: str, trials_path: str,
+def read_test_split(test_split_uri: str) -> List[object]:
+    """The test split's utterances (records.UtteranceFeatures), read once for every model
+    evaluated on them; an error when it has fewer than 2 speakers (EER needs both kinds of trial)."""
+    from speechpipe import records
+
+    root, split = os.path.dirname(test_split_uri.rstrip("/")), os.path.basename(test_split_uri.rstrip("/"))
+    items = list(records.read_split(root, split[len("Split-"):]))
+    speakers = {item.speaker for item in items}
+    if len(speakers) < 2:
+        raise ValueError(f"the test split {test_split_uri} has {len(speakers)} speaker(s): EER needs 2 or more")
+    return items
+
+
+def embedder_metrics(saved_model_dir: str, test_items: Sequence[object], trials: Sequence[Tuple[int, str, str]],
                      plot_dir: Optional[str] = None, label: str = "candidate") -> Dict[str, object]:
     """EER and minDCF on a trial list, and agglomerative clustering of the test utterances with
     the number of speakers given and with the model's own threshold (chosen on its validation
@@ -32,24 +45,18 @@ def embedder_metrics(saved_model_dir: str, test_split_uri: str, trials_path: str
     the DET points are returned for the caller to plot."""
     import numpy as np
 
-    from speechpipe import records, speaker_eval
+    from speechpipe import speaker_eval
     from speechpipe.models.embedder import distance_matrix, load_embedder, score, segment_windows
-    from speechpipe.trials import read_trials
 
     loaded = load_embedder(saved_model_dir)
     config = loaded.config
-    utterances, speakers, embeddings = [], [], []
-    root, split = os.path.dirname(test_split_uri.rstrip("/")), os.path.basename(test_split_uri.rstrip("/"))
-    for item in records.read_split(root, split[len("Split-"):]):
-        windows = segment_windows(item.features, config.segment_frames, config.eval_hop)
-        embeddings.append(loaded.embed_segments(windows).mean(axis=0))
-        utterances.append(item.utterance)
-        speakers.append(item.speaker)
-    if len(set(speakers)) < 2:
-        raise ValueError(f"the test split {test_split_uri} has {len(set(speakers))} speaker(s): EER needs 2 or more")
-    embeddings = np.stack(embeddings)
+    utterances = [item.utterance for item in test_items]
+    speakers = [item.speaker for item in test_items]
+    embeddings = np.stack([
+        loaded.embed_segments(segment_windows(item.features, config.segment_frames, config.eval_hop)).mean(axis=0)
+        for item in test_items])
     scoring = config.scoring
-    scores, labels = speaker_eval.trial_scores(dict(zip(utterances, embeddings)), read_trials(trials_path),
+    scores, labels = speaker_eval.trial_scores(dict(zip(utterances, embeddings)), trials,
                                                lambda a, b: score(a, b, scoring))
     result = speaker_eval.verification(scores, labels)
     fpr, fnr = speaker_eval.det_curve(scores, labels)
@@ -85,6 +92,7 @@ def SpeakerEvaluator(  # noqa: N802
     from speechpipe import speaker_eval
     from speechpipe.components.evaluator import decide, serving_dir, write_blessing
     from speechpipe.pipeline.pairs_job import TRIALS_FILE
+    from speechpipe.trials import read_trials
 
     os.makedirs(blessing.uri, exist_ok=True)
     test_uri = os.path.join(examples.uri, "Split-test")
@@ -92,10 +100,11 @@ def SpeakerEvaluator(  # noqa: N802
     if not os.path.exists(trials):
         raise FileNotFoundError(f"no test trial list at {trials}: the test split of span {examples.span} has no "
                                 "pairs (it needs 2 or more speakers with utterances of one segment or longer)")
-    candidate = embedder_metrics(serving_dir(model.uri), test_uri, trials, blessing.uri, "candidate")
+    test_items, trial_list = read_test_split(test_uri), read_trials(trials)
+    candidate = embedder_metrics(serving_dir(model.uri), test_items, trial_list, blessing.uri, "candidate")
     champion_metrics = None
     if champion is not None and champion.uri:
-        champion_metrics = embedder_metrics(serving_dir(champion.uri), test_uri, trials, blessing.uri, "champion")
+        champion_metrics = embedder_metrics(serving_dir(champion.uri), test_items, trial_list, blessing.uri, "champion")
     curves = {"candidate": (np.array(candidate["det"][0]), np.array(candidate["det"][1]))}
     if champion_metrics:
         curves["champion"] = (np.array(champion_metrics["det"][0]), np.array(champion_metrics["det"][1]))

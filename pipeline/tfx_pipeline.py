@@ -107,16 +107,9 @@ def create_pipeline(
 
     # The CTC phone recogniser on every span's train split, stopping on the validation splits'
     # PER; warm-started from the champion when there is one.
-    trainer = tfx.components.Trainer(
-        run_fn=CTC_RUN_FN,
-        examples=all_examples,
-        base_model=champion.outputs["model"],
-        train_args=tfx.proto.TrainArgs(splits=["train"]),
-        eval_args=tfx.proto.EvalArgs(splits=["validation"]),
-        custom_config={"features": feature_config.to_json(), "ctc": ctc_config, "warm_start": warm_start},
-    ).with_id(CTC_TRAINER_ID)
-    for gate in gates:
-        trainer.add_upstream_node(gate)  # no training unless every span passed its gate
+    trainer = gated_trainer(CTC_RUN_FN, all_examples, champion, gates,
+                            {"features": feature_config.to_json(), "ctc": ctc_config, "warm_start": warm_start},
+                            ).with_id(CTC_TRAINER_ID)
     components.append(trainer)
 
     # PER on the fixed test split (span `test_span`) against the threshold and the champion.
@@ -169,6 +162,22 @@ def create_pipeline(
     )
 
 
+def gated_trainer(run_fn: str, examples, champion, gates: List, custom_config: Dict[str, object]):
+    """A TFX Trainer on every span's train split, stopping on the validation splits, with the
+    champion as its base model (warm start), run only after every span passed its gate."""
+    trainer = tfx.components.Trainer(
+        run_fn=run_fn,
+        examples=examples,
+        base_model=champion.outputs["model"],
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=["validation"]),
+        custom_config=custom_config,
+    )
+    for gate in gates:
+        trainer.add_upstream_node(gate)  # no training unless every span passed its gate
+    return trainer
+
+
 def champion_resolver(data_key: str, model_kind: str) -> tfx.dsl.Resolver:
     """The champion of one branch ("ctc" or "speaker") through ML Metadata (ChampionStrategy)."""
     from speechpipe.components.champion_resolver import ChampionStrategy
@@ -197,17 +206,9 @@ def _speaker_branch(features: List, gates: List, test_span: int, feature_config:
     # The speaker champion: the same rule as the CTC one, among the speaker blessings.
     champion = champion_resolver(data_key, "speaker").with_id("SpeakerChampionResolver")
     # The siamese embedder on every span's training speakers, best weights by validation EER.
-    trainer = tfx.components.Trainer(
-        run_fn=EMBEDDER_RUN_FN,
-        examples=all_examples,
-        base_model=champion.outputs["model"],
-        train_args=tfx.proto.TrainArgs(splits=["train"]),
-        eval_args=tfx.proto.EvalArgs(splits=["validation"]),
-        custom_config={"features": feature_config.to_json(), "embedder": dict(embedder_config),
-                       "warm_start": warm_start},
-    ).with_id(SPEAKER_TRAINER_ID)
-    for gate in gates:
-        trainer.add_upstream_node(gate)
+    trainer = gated_trainer(EMBEDDER_RUN_FN, all_examples, champion, gates,
+                            {"features": feature_config.to_json(), "embedder": dict(embedder_config),
+                             "warm_start": warm_start}).with_id(SPEAKER_TRAINER_ID)
     # EER on the test span's trial list (speakers never seen), against the threshold and the champion.
     evaluator = SpeakerEvaluator(
         model=trainer.outputs["model"], examples=features[test_span], pairs=pairs.outputs["pairs"],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -101,6 +101,12 @@ class GlobalStats:
             "std": [float(v) for v in self.std],
             "std_floor": GLOBAL_STD_FLOOR,
         }
+
+
+def global_mean_std(global_stats: Dict[str, object]) -> Tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of global_stats.json as float32 bins, the std floored as `apply_global` does."""
+    return (np.asarray(global_stats["mean"], np.float32),
+            np.maximum(np.asarray(global_stats["std"], np.float32), GLOBAL_STD_FLOOR))
 
 
 def apply_global(features: np.ndarray, mean: List[float], std: List[float]) -> np.ndarray:

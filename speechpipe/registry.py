@@ -38,11 +38,15 @@ def git_commit(path: Optional[str] = None) -> str:
         return "unknown"
 
 
-def _smoke_waveforms(sample_rate: int):
-    """Two waveforms of different lengths, zero-padded into one batch: a one-second chirp and
-    0.75 s of noise. ([2, samples] float32, [2] int32 lengths)"""
+def _call_on_smoke_waveforms(saved_model_dir: str, signature: str, sample_rate: int):
+    """Loads the SavedModel with TensorFlow alone and calls `signature` on two waveforms of
+    different lengths, zero-padded into one batch: a one-second chirp and 0.75 s of noise."""
     import numpy as np
+    import tensorflow as tf
 
+    model = tf.saved_model.load(saved_model_dir)
+    if signature not in model.signatures:
+        raise SmokeTestError(f"{saved_model_dir}: no `{signature}` signature (has {list(model.signatures)})")
     rng = np.random.default_rng(0)
     n = sample_rate
     t = np.arange(n) / sample_rate
@@ -50,20 +54,13 @@ def _smoke_waveforms(sample_rate: int):
     noise = (0.05 * rng.standard_normal(n)).astype(np.float32)
     lengths = np.array([n, n * 3 // 4], np.int32)
     noise[lengths[1]:] = 0
-    return np.stack([chirp, noise]), lengths
+    return model.signatures[signature](waveforms=tf.constant(np.stack([chirp, noise])), lengths=tf.constant(lengths))
 
 
 def smoke_test_transcriber(saved_model_dir: str, sample_rate: int = 16000) -> Dict[str, object]:
     """Loads the SavedModel with TensorFlow alone and calls its `transcribe` signature on two
     waveforms of different lengths (a chirp and noise); checks one phone string per row."""
-    import numpy as np
-    import tensorflow as tf
-
-    model = tf.saved_model.load(saved_model_dir)
-    if "transcribe" not in model.signatures:
-        raise SmokeTestError(f"{saved_model_dir}: no `transcribe` signature (has {list(model.signatures)})")
-    waveforms, lengths = _smoke_waveforms(sample_rate)
-    out = model.signatures["transcribe"](waveforms=tf.constant(waveforms), lengths=tf.constant(lengths))
+    out = _call_on_smoke_waveforms(saved_model_dir, "transcribe", sample_rate)
     phones = out["phones"].numpy()
     if phones.shape != (2,):
         raise SmokeTestError(f"transcribe gave phones of shape {phones.shape} for 2 waveforms")
@@ -74,13 +71,8 @@ def smoke_test_embedder(saved_model_dir: str, sample_rate: int = 16000) -> Dict[
     """Loads the SavedModel with TensorFlow alone and calls its `embed` signature on two
     waveforms of different lengths (a chirp and noise); checks one finite embedding per row."""
     import numpy as np
-    import tensorflow as tf
 
-    model = tf.saved_model.load(saved_model_dir)
-    if "embed" not in model.signatures:
-        raise SmokeTestError(f"{saved_model_dir}: no `embed` signature (has {list(model.signatures)})")
-    waveforms, lengths = _smoke_waveforms(sample_rate)
-    out = model.signatures["embed"](waveforms=tf.constant(waveforms), lengths=tf.constant(lengths))
+    out = _call_on_smoke_waveforms(saved_model_dir, "embed", sample_rate)
     embeddings = out["embeddings"].numpy()
     if embeddings.ndim != 2 or embeddings.shape[0] != 2 or not np.isfinite(embeddings).all():
         raise SmokeTestError(f"embed gave {embeddings.shape} embeddings (finite: {np.isfinite(embeddings).all()}) "
