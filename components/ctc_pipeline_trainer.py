@@ -8,10 +8,10 @@ differs (another feature config or LSTM sizes) it logs why and trains from scrat
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 from typing import Optional
+
+from speechpipe import storage
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def restore_acoustic(acoustic, saved_model_dir: str) -> None:
     import tensorflow as tf
 
     checkpoint = tf.train.Checkpoint(acoustic=acoustic)
-    status = checkpoint.read(os.path.join(saved_model_dir, "variables", "variables"))
+    status = checkpoint.read(storage.join(saved_model_dir, "variables", "variables"))  # TF reads URIs
     status.expect_partial()
     status.assert_existing_objects_matched()
 
@@ -64,5 +64,5 @@ def run_fn(fn_args) -> None:
         if base_model:
             warm["reason"] = "warm start switched off"
         ctc_trainer.run_fn(fn_args)
-    with open(os.path.join(fn_args.serving_model_dir, WARM_START_FILE), "w", encoding="utf-8") as f:
-        json.dump(warm, f, indent=1)
+    # The serving folder is an artifact URI: local, or object storage on a cluster (TFX's fileio).
+    storage.write_json(storage.join(fn_args.serving_model_dir, WARM_START_FILE), warm, indent=1)

@@ -8,9 +8,7 @@ Training stops early on validation PER (best weights restored), on a wall-clock 
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -19,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from speechpipe import storage
 from speechpipe.config import FeatureConfig
 from speechpipe.models.ctc import (
     CTCModelConfig,
@@ -259,8 +258,8 @@ def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config:
     if serving_model_dir:
         export_transcriber(serving_model_dir, acoustic, GraphFeatures(feature_config, global_stats), inventory.phones,
                            config.model.frame_stack)
-        with open(os.path.join(serving_model_dir, "training_result.json"), "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+        # A local folder or an artifact URI on object storage (TFX's fileio).
+        storage.write_json(storage.join(serving_model_dir, "training_result.json"), result, indent=1)
     return result
 
 
@@ -273,5 +272,5 @@ def run_fn(fn_args) -> None:
     if getattr(fn_args, "train_steps", None):
         log.info("train_steps=%s is ignored: training stops on validation PER and the time budget", fn_args.train_steps)
     train(fn_args.train_files, fn_args.eval_files, feature_config, fn_args.serving_model_dir,
-          os.path.join(fn_args.model_run_dir, "tensorboard") if fn_args.model_run_dir else None, config,
+          storage.join(fn_args.model_run_dir, "tensorboard") if fn_args.model_run_dir else None, config,
           custom.get("global_stats"))

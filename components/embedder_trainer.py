@@ -300,7 +300,7 @@ def pair_training_dataset(data: SplitData, config: EmbedderTrainConfig) -> Tuple
     """Pairs form input: the pair job's training pairs -> ((segments_a, segments_b), labels)."""
     from speechpipe.pair_dataset import PairReferences, SegmentTable, pair_dataset
 
-    pattern = os.path.join(config.pairs_dir, "pairs", "train", "pairs-*")
+    pattern = f"{config.pairs_dir.rstrip('/')}/pairs/train/pairs-*"  # local or gs://
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no training pairs match {pattern}: run `speechpipe pairs --out {config.pairs_dir}`")
@@ -509,8 +509,8 @@ def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config:
     if serving_model_dir:
         export_embedder(serving_model_dir, embedder, config.model, feature_config, global_stats,
                         extra={"cluster_threshold": threshold, "best_val_eer": validation.best_eer})
-        with open(os.path.join(serving_model_dir, RESULT_FILE), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1)
+        with tf.io.gfile.GFile(f"{serving_model_dir.rstrip('/')}/{RESULT_FILE}", "w") as f:  # may be gs://
+            f.write(json.dumps(summary, indent=1))
     return TrainResult(base, embedder, summary)
 
 

@@ -7,16 +7,18 @@ records through their `logits` signature, so the comparison is like for like and
 export loads. The blessing carries `blessed` and `current_model_id` (what TFX's
 LatestBlessedModelStrategy reads), the data key the candidate was trained on, the metrics, and
 every reason; `evaluation.json` in the blessing's folder holds the details for the report.
+Artifact URIs may be local folders or object storage (TFX's fileio; TensorFlow loads SavedModels
+and reads records from either).
 """
 # No `from __future__ import annotations`: TFX reads the component signature's annotations as types.
 
-import json
-import os
 from typing import Dict, List, Optional
 
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
+
+from speechpipe import storage
 
 EVALUATION_FILE = "evaluation.json"
 MODEL_KIND = "ctc"  # the champion resolver tells the two models' blessings apart by it
@@ -24,8 +26,8 @@ MODEL_KIND = "ctc"  # the champion resolver tells the two models' blessings apar
 
 def serving_dir(model_uri: str) -> str:
     """A TFX Model artifact's SavedModel folder."""
-    candidate = os.path.join(model_uri, "Format-Serving")
-    return candidate if os.path.isdir(candidate) else model_uri
+    candidate = storage.join(model_uri, "Format-Serving")
+    return candidate if storage.isdir(candidate) else model_uri
 
 
 def transcriber_per(saved_model_dir: str, test_split_uri: str, batch_size: int = 16,
@@ -95,10 +97,9 @@ def write_blessing(blessing, evaluation: Dict[str, object], model, champion, dat
     LatestBlessedModelStrategy and our ChampionStrategy read (`blessed`, `current_model_id`,
     `model_kind`, `data_key`), with `metric` of the candidate (and the champion) for the record."""
     blessed = bool(evaluation["blessed"])
-    os.makedirs(blessing.uri, exist_ok=True)
-    with open(os.path.join(blessing.uri, EVALUATION_FILE), "w", encoding="utf-8") as f:
-        json.dump(evaluation, f, indent=1)
-    open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w").close()
+    storage.makedirs(blessing.uri)
+    storage.write_json(storage.join(blessing.uri, EVALUATION_FILE), evaluation, indent=1)
+    storage.write_bytes(storage.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), b"")
     blessing.set_int_custom_property("blessed", int(blessed))
     blessing.set_int_custom_property("current_model_id", model.id)
     blessing.set_string_custom_property("current_model", model.uri)
@@ -121,7 +122,7 @@ def SpeechEvaluator(  # noqa: N802
     min_per_improvement: Parameter[float] = 0.0,
     data_key: Parameter[str] = "",
 ) -> None:
-    test_uri = os.path.join(examples.uri, "Split-test")
+    test_uri = storage.join(examples.uri, "Split-test")
     candidate = transcriber_per(serving_dir(model.uri), test_uri)
     champion_metrics = None
     if champion is not None and champion.uri:

@@ -5,6 +5,8 @@ One FeatureGen node per span. Its output is an `Examples` artifact in TFX's layo
 counts and feature config as custom properties, so StatisticsGen, ExampleValidator and the
 Trainer read it unchanged, and ML Metadata records what every span held. The span's content
 fingerprint is an execution parameter: an unchanged span is a cache hit, new audio runs again.
+The span and the artifact URI may be local or on object storage (the feature job reads and
+writes both through Beam's FileSystems).
 """
 # No `from __future__ import annotations`: TFX reads the component signature's annotations as types.
 
@@ -14,6 +16,8 @@ import os
 from tfx.dsl.component.experimental.annotations import OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
+
+from speechpipe import storage
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -46,7 +50,7 @@ def FeatureGen(  # noqa: N802 - TFX names components in CamelCase
     examples.span = span
     examples.version = 0
     examples.split_names = artifact_utils.encode_split_names(list(SPLIT_NAMES))
-    examples.set_string_custom_property("input_path", os.path.abspath(input_path))
+    examples.set_string_custom_property("input_path", input_path if storage.is_uri(input_path) else os.path.abspath(input_path))
     examples.set_string_custom_property("input_fingerprint", input_fingerprint)
     examples.set_string_custom_property("feature_config", json.dumps(config.to_json(), sort_keys=True))
     examples.set_string_custom_property("good", json.dumps(summary["good"], sort_keys=True))

@@ -14,6 +14,8 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, standard_artifacts
 from tfx.types.system_artifacts import Dataset
 
+from speechpipe import storage
+
 
 class SpeakerPairs(artifact.Artifact):
     """Pairs and trial lists of one span, in the layout `speechpipe pairs --out` writes. The span
@@ -35,8 +37,7 @@ def PairGen(  # noqa: N802 - TFX names components in CamelCase
 
     argv = ["--features", examples.uri, "--out", pairs.uri, "--seed", str(seed), "--overwrite"]
     pairs_job.run(argv + list(json.loads(beam_args)))
-    with open(f"{pairs.uri}/{pairs_job.SUMMARY}", encoding="utf-8") as f:
-        summary = json.load(f)
+    summary = storage.read_json(storage.join(pairs.uri, pairs_job.SUMMARY))  # local or object storage
     pairs.set_int_custom_property("span", int(examples.span or 0))
     counts = {split: c["pairs"] for split, c in summary["splits"].items()}
     pairs.set_string_custom_property("pairs", json.dumps(counts, sort_keys=True))

@@ -6,12 +6,13 @@ registry; smoke-tests it through its serving signature (`transcribe`, or `embed`
 `champion` alias. An unblessed model is recorded as not pushed, with the evaluator's reason.
 
 A custom executor (not a Python-function component) because the executor context carries the
-pipeline run id, which must not be an execution parameter: it would defeat the cache.
+pipeline run id, which must not be an execution parameter: it would defeat the cache. Artifact
+URIs may be local folders or object storage (TFX's fileio; the registry stages what MLflow must
+read from a local folder).
 """
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from typing import Any, Dict, List
 
@@ -19,6 +20,8 @@ from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+
+from speechpipe import storage
 
 PUSH_FILE = "push.json"
 
@@ -42,10 +45,10 @@ class RegistryPusherSpec(types.ComponentSpec):
 
 
 def _read_json(path: str) -> Dict[str, Any]:
+    """A JSON file's object, local or URI; {} when it is missing or unreadable."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        return storage.read_json(path)
+    except Exception:  # noqa: BLE001 - gfile raises tf.errors (NotFoundError, ...), not OSError
         return {}
 
 
@@ -60,14 +63,13 @@ class Executor(base_executor.BaseExecutor):
         examples = sorted(input_dict["examples"], key=lambda a: a.span)
         pushed = artifact_utils.get_single_instance(output_dict["pushed_model"])
         run_id = (self._context.pipeline_run_id if self._context else None) or "unknown"
-        evaluation = _read_json(os.path.join(blessing.uri, EVALUATION_FILE))
+        evaluation = _read_json(storage.join(blessing.uri, EVALUATION_FILE))
         record: Dict[str, Any] = {"pipeline_run_id": run_id, "model_id": model.id, "blessing_id": blessing.id}
-        os.makedirs(pushed.uri, exist_ok=True)
+        storage.makedirs(pushed.uri)
 
         def finish(pushed_flag: bool, why: str) -> None:
             record.update({"pushed": pushed_flag, "why": why})
-            with open(os.path.join(pushed.uri, PUSH_FILE), "w", encoding="utf-8") as f:
-                json.dump(record, f, indent=1)
+            storage.write_json(storage.join(pushed.uri, PUSH_FILE), record, indent=1)
             pushed.set_int_custom_property("pushed", int(pushed_flag))
             pushed.set_string_custom_property("why", why)
 
@@ -77,8 +79,8 @@ class Executor(base_executor.BaseExecutor):
             return
 
         model_dir = serving_dir(model.uri)
-        training = _read_json(os.path.join(model_dir, "training_result.json"))
-        warm = _read_json(os.path.join(model_dir, "warm_start.json")) or training.get("warm_start") or {}
+        training = _read_json(storage.join(model_dir, "training_result.json"))
+        warm = _read_json(storage.join(model_dir, "warm_start.json")) or training.get("warm_start") or {}
         kind = exec_properties.get("model_kind") or "ctc"
         candidate, champion = evaluation.get("candidate", {}), evaluation.get("champion") or {}
         if kind == "speaker":
@@ -109,8 +111,8 @@ class Executor(base_executor.BaseExecutor):
         }
         params = {f"{kind}_config": json.dumps(training.get("config", {})), "model_uri": model.uri}
         files = {}
-        if os.path.exists(os.path.join(blessing.uri, EVALUATION_FILE)):
-            files["evaluation"] = os.path.join(blessing.uri, EVALUATION_FILE)
+        if storage.exists(storage.join(blessing.uri, EVALUATION_FILE)):
+            files["evaluation"] = storage.join(blessing.uri, EVALUATION_FILE)
         registry = Registry(exec_properties["tracking_uri"], exec_properties.get("artifact_root") or None)
         name = exec_properties["model_name"]
         registered = registry.register(name, model_dir, {k: v for k, v in metrics.items() if v is not None}, tags,

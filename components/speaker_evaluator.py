@@ -6,17 +6,18 @@ Candidate and champion are loaded back as SavedModels through TensorFlow alone a
 same test utterances through their `embed_segments` signature (the feature job's windows, the
 mean per utterance), so the comparison is like for like and proves the export loads. The
 blessing's folder holds evaluation.json, the DET curve (det.png) and a 2-D projection of the
-test embeddings coloured by speaker (embeddings.png) for the run report.
+test embeddings coloured by speaker (embeddings.png) for the run report. Artifact URIs may be
+local folders or object storage (TFX's fileio).
 """
 # No `from __future__ import annotations`: TFX reads the component signature's annotations as types.
 
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
+from speechpipe import storage
 from speechpipe.components.pair_gen import SpeakerPairs
 
 DET_PLOT = "det.png"
@@ -26,11 +27,16 @@ MODEL_KIND = "speaker"
 
 def read_test_split(test_split_uri: str) -> List[object]:
     """The test split's utterances (records.UtteranceFeatures), read once for every model
-    evaluated on them; an error when it has fewer than 2 speakers (EER needs both kinds of trial)."""
+    evaluated on them; an error when it has fewer than 2 speakers (EER needs both kinds of trial).
+    The split is a local folder or a URI: its shards are listed through fileio, read by tf.data."""
+    import tensorflow as tf
+
     from speechpipe import records
 
-    root, split = os.path.dirname(test_split_uri.rstrip("/")), os.path.basename(test_split_uri.rstrip("/"))
-    items = list(records.read_split(root, split[len("Split-"):]))
+    items = []
+    for path in storage.glob(storage.join(test_split_uri.rstrip("/"), f"{records.SHARD_PREFIX}-*")):
+        dataset = tf.data.TFRecordDataset(path, compression_type=records.compression_of(path))
+        items += [records.decode_example(record) for record in dataset.as_numpy_iterator()]
     speakers = {item.speaker for item in items}
     if len(speakers) < 2:
         raise ValueError(f"the test split {test_split_uri} has {len(speakers)} speaker(s): EER needs 2 or more")
@@ -48,7 +54,7 @@ def embedder_metrics(saved_model_dir: str, test_items: Sequence[object], trials:
     from speechpipe import speaker_eval
     from speechpipe.models.embedder import distance_matrix, load_embedder, score, segment_windows
 
-    loaded = load_embedder(saved_model_dir)
+    loaded = load_embedder(saved_model_dir)  # a local folder or gs://
     config = loaded.config
     utterances = [item.utterance for item in test_items]
     speakers = [item.speaker for item in test_items]
@@ -71,7 +77,7 @@ def embedder_metrics(saved_model_dir: str, test_items: Sequence[object], trials:
     }
     if plot_dir:
         metrics["projection_png"] = speaker_eval.plot_embeddings(
-            embeddings, speakers, os.path.join(plot_dir, f"{label}_{PROJECTION_PLOT}"),
+            embeddings, speakers, storage.join(plot_dir, f"{label}_{PROJECTION_PLOT}"),
             title=f"{label}: test speakers never seen in training")
     return metrics
 
@@ -94,10 +100,10 @@ def SpeakerEvaluator(  # noqa: N802
     from speechpipe.pipeline.pairs_job import TRIALS_FILE
     from speechpipe.trials import read_trials
 
-    os.makedirs(blessing.uri, exist_ok=True)
-    test_uri = os.path.join(examples.uri, "Split-test")
-    trials = os.path.join(pairs.uri, TRIALS_FILE.format(split="test"))
-    if not os.path.exists(trials):
+    storage.makedirs(blessing.uri)
+    test_uri = storage.join(examples.uri, "Split-test")
+    trials = storage.join(pairs.uri, TRIALS_FILE.format(split="test"))
+    if not storage.exists(trials):
         raise FileNotFoundError(f"no test trial list at {trials}: the test split of span {examples.span} has no "
                                 "pairs (it needs 2 or more speakers with utterances of one segment or longer)")
     test_items, trial_list = read_test_split(test_uri), read_trials(trials)
@@ -108,7 +114,7 @@ def SpeakerEvaluator(  # noqa: N802
     curves = {"candidate": (np.array(candidate["det"][0]), np.array(candidate["det"][1]))}
     if champion_metrics:
         curves["champion"] = (np.array(champion_metrics["det"][0]), np.array(champion_metrics["det"][1]))
-    speaker_eval.plot_det(curves, os.path.join(blessing.uri, DET_PLOT), "test speakers never seen in training")
+    speaker_eval.plot_det(curves, storage.join(blessing.uri, DET_PLOT), "test speakers never seen in training")
 
     reasons = decide({"eer": candidate["eer"]}, {"eer": champion_metrics["eer"]} if champion_metrics else None,
                      {"eer": max_eer}, {"eer": min_eer_improvement})
@@ -123,6 +129,6 @@ def SpeakerEvaluator(  # noqa: N802
                      if champion_metrics else None),
         "thresholds": {"max_eer": max_eer, "min_eer_improvement": min_eer_improvement},
         "test_examples": {"id": examples.id, "span": examples.span, "uri": test_uri},
-        "trials": trials, "det_png": os.path.join(blessing.uri, DET_PLOT), "data_key": data_key,
+        "trials": trials, "det_png": storage.join(blessing.uri, DET_PLOT), "data_key": data_key,
     }
     write_blessing(blessing, evaluation, model, champion, data_key, MODEL_KIND, "eer")

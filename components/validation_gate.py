@@ -7,15 +7,15 @@ ends with `ValidationGateError` naming the span and the reasons, and the report 
 """
 # No `from __future__ import annotations`: TFX reads the component signature's annotations as types.
 
-import glob
 import json
-import os
 from typing import Dict, List
 
 from tfx import types
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
+
+from speechpipe import storage
 
 
 class ValidationResult(types.Artifact):
@@ -29,15 +29,15 @@ class ValidationGateError(RuntimeError):
 
 
 def read_anomalies(anomalies_uri: str) -> Dict[str, List[str]]:
-    """{split: ["feature: short description (description)", ...]} from an ExampleAnomalies artifact."""
+    """{split: ["feature: short description (description)", ...]} from an ExampleAnomalies artifact
+    (a local folder or a URI: read through TFX's fileio)."""
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
     found: Dict[str, List[str]] = {}
-    for path in sorted(glob.glob(os.path.join(anomalies_uri, "Split-*", "*"))):
-        split = os.path.basename(os.path.dirname(path))[len("Split-"):]
+    for path in storage.glob(storage.join(anomalies_uri, "Split-*", "*")):
+        split = storage.basename(storage.dirname(path))[len("Split-"):]
         anomalies = anomalies_pb2.Anomalies()
-        with open(path, "rb") as f:
-            data = f.read()
+        data = storage.read_bytes(path)
         try:
             anomalies.ParseFromString(data)
         except Exception:  # noqa: BLE001 - a text proto
@@ -87,9 +87,8 @@ def ValidationGate(  # noqa: N802
     reasons = gate_reasons(found, props, max_dead_letter_fraction, min_train_examples)
     verdict = {"span": examples.span, "examples_id": examples.id, "passed": not reasons, "reasons": reasons,
                "counts": props}
-    os.makedirs(result.uri, exist_ok=True)
-    with open(os.path.join(result.uri, "validation.json"), "w", encoding="utf-8") as f:
-        json.dump(verdict, f, indent=1)
+    storage.makedirs(result.uri)
+    storage.write_json(storage.join(result.uri, "validation.json"), verdict, indent=1)
     if reasons:
         raise ValidationGateError(f"span {examples.span} failed validation, nothing is trained or pushed: "
                                   + "; ".join(reasons))

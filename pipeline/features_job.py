@@ -9,6 +9,10 @@ split (TFX's `Split-<name>/` layout), an index of the good utterances, the dead 
 training split's global statistics and `summary.json`. Bad inputs go to the dead letter with a
 reason, the job completes, good + dead-lettered = inputs, and every shard is read back and counted
 before the job reports success.
+
+--input and --out may be local paths or URIs (gs://, s3://, ...): inputs, audio and outputs go
+through Beam's FileSystems (speechpipe.storage); the shards are read back through TensorFlow, which
+reads the same URIs.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, SetupOptions
 
-from speechpipe import records
+from speechpipe import records, storage
 from speechpipe.audio import AudioRejected, check_usable, decode
 from speechpipe.config import FEATURE_KINDS, NORMALISATIONS, SPLITS, FeatureConfig
 from speechpipe.features import GlobalStats, compute_features, normalise
@@ -261,7 +265,7 @@ def write_outputs(outputs: Dict[str, beam.PCollection], out_dir: str, num_shards
             by_split[index]
             | f"Serialize{split.title()}" >> beam.Map(records.encode_example)
             | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
-                os.path.join(records.split_dir(out_dir, split), records.SHARD_PREFIX),
+                storage.join(records.split_dir(out_dir, split), records.SHARD_PREFIX),
                 file_name_suffix=".gz" if compression == "gzip" else "",
                 num_shards=num_shards,
                 compression_type=(beam.io.filesystem.CompressionTypes.GZIP if compression == "gzip"
@@ -271,50 +275,49 @@ def write_outputs(outputs: Dict[str, beam.PCollection], out_dir: str, num_shards
     _ = (
         examples
         | "IndexLines" >> beam.Map(_index_line)
-        | "WriteIndex" >> beam.io.WriteToText(os.path.join(out_dir, INDEX_PREFIX), file_name_suffix=".jsonl")
+        | "WriteIndex" >> beam.io.WriteToText(storage.join(out_dir, INDEX_PREFIX), file_name_suffix=".jsonl")
     )
     _ = (
         outputs["dead_letter"]
         | "DeadLetterJson" >> beam.Map(DeadLetter.to_json)
-        | "WriteDeadLetter" >> beam.io.WriteToText(os.path.join(out_dir, DEAD_LETTER_PREFIX), file_name_suffix=".jsonl")
+        | "WriteDeadLetter" >> beam.io.WriteToText(storage.join(out_dir, DEAD_LETTER_PREFIX), file_name_suffix=".jsonl")
     )
     _ = (
         outputs["counts"]
         | "CountsJson" >> beam.Map(json.dumps, sort_keys=True)
-        | "WriteCounts" >> beam.io.WriteToText(os.path.join(out_dir, COUNTS_PREFIX), file_name_suffix=".json", shard_name_template="")
+        | "WriteCounts" >> beam.io.WriteToText(storage.join(out_dir, COUNTS_PREFIX), file_name_suffix=".json", shard_name_template="")
     )
     _ = (
         outputs["global_stats"]
         | "GlobalStatsJson" >> beam.Map(lambda s: json.dumps(s, indent=1) if s else "null")
-        | "WriteGlobalStats" >> beam.io.WriteToText(os.path.join(out_dir, GLOBAL_STATS_FILE), shard_name_template="")
+        | "WriteGlobalStats" >> beam.io.WriteToText(storage.join(out_dir, GLOBAL_STATS_FILE), shard_name_template="")
     )
 
 
 # ---------------------------------------------------------------------------------- after the run
 
 def read_back(out_dir: str) -> Dict[str, Dict[str, int]]:
-    """Reads every shard and counts its examples: {split: {shard file name: count}}."""
-    import tensorflow as tf
+    """Reads every shard (each record's checksums verified) and counts its examples:
+    {split: {shard file name: count}}. No TensorFlow: see speechpipe/example_proto.py."""
+    from speechpipe.example_proto import Example, read_tfrecord_file
 
     found: Dict[str, Dict[str, int]] = {}
     for split in SPLITS:
         found[split] = {}
         for path in records.shard_paths(out_dir, split):
             n = 0
-            dataset = tf.data.TFRecordDataset(path, compression_type=records.compression_of(path))
-            for serialized in dataset.as_numpy_iterator():
-                example = tf.train.Example.FromString(serialized).features.feature
+            for serialized in read_tfrecord_file(path):
+                example = Example.FromString(serialized).features.feature
                 frames, bins = example[records.NUM_FRAMES].int64_list.value[0], example[records.NUM_BINS].int64_list.value[0]
                 if len(example[records.FEATURES].bytes_list.value[0]) != 4 * frames * bins:
                     raise ReadBackError(f"{path}: an example's feature length is not {frames} x {bins}")
                 n += 1
-            found[split][os.path.basename(path)] = n
+            found[split][storage.basename(path)] = n
     return found
 
 
 def summarise(out_dir: str, spec: InputSpec, config: FeatureConfig, inventory_name: str, seconds: float) -> Dict[str, object]:
-    with open(os.path.join(out_dir, COUNTS_PREFIX + ".json"), encoding="utf-8") as f:
-        counts = json.loads(f.read())
+    counts = json.loads(storage.beam_read_bytes(storage.join(out_dir, COUNTS_PREFIX + ".json")).decode("utf-8"))
     shards = read_back(out_dir)
     good = {split: int(counts.get(f"good.{split}", 0)) for split in SPLITS}
     dead = {k.split(".", 1)[1]: int(v) for k, v in counts.items() if k.startswith("dead_letter.")}
@@ -351,7 +354,7 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
     parser.add_argument("--input", required=True, help="VoxCeleb root, manifest.jsonl, or Kaldi data dir")
     parser.add_argument("--input-kind", choices=("voxceleb", "manifest", "kaldi"), default=None, help="default: detected")
     parser.add_argument("--data-root", default=None, help="folder audio paths must stay in (default: the input's folder)")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, help="output folder or URI prefix")
     parser.add_argument("--kind", choices=FEATURE_KINDS, default=d.kind, help=f"default {d.kind}")
     parser.add_argument("--sample-rate", type=int, default=d.sample_rate, help=f"default {d.sample_rate}")
     parser.add_argument("--n-fft", type=int, default=d.n_fft, help=f"window in samples, default {d.n_fft}")
@@ -393,14 +396,14 @@ def run(argv: Optional[List[str]] = None) -> int:
 def run_job(spec: InputSpec, config: FeatureConfig, out_dir: str, options: PipelineOptions,
             num_shards: int = 0, inventory_name: str = "phones_de.json", compression: str = "none") -> Dict[str, object]:
     """Runs the job, reads the output back, writes and returns summary.json."""
-    if os.path.exists(os.path.join(out_dir, SUMMARY_FILE)):
+    if storage.beam_exists(storage.join(out_dir, SUMMARY_FILE)):
         raise FileExistsError(f"{out_dir} already holds a feature job's output ({SUMMARY_FILE})")
     started = time.time()
     with beam.Pipeline(options=options) as pipeline:
         write_outputs(build(pipeline, spec, config, inventory_name), out_dir, num_shards, compression)
     summary = summarise(out_dir, spec, config, inventory_name, time.time() - started)
-    with open(os.path.join(out_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1, sort_keys=True)
-        f.write("\n")
+    storage.beam_write_bytes(storage.join(out_dir, SUMMARY_FILE),
+                             (json.dumps(summary, indent=1, sort_keys=True) + "\n").encode("utf-8"),
+                             mime_type="application/json")
     logging.info("feature job: %s", summary["good"])
     return summary

@@ -62,6 +62,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from apache_beam.pvalue import AsDict, TaggedOutput
 
+from speechpipe import storage
 from speechpipe.config import SPLITS, FeatureConfig
 from speechpipe.pairs import (
     DIFFERENT,
@@ -151,7 +152,9 @@ def _size(paths: Sequence[str]) -> int:
 def resolve_input(path: str) -> PairsInput:
     """--features: a feature job's output folder (its index), a folder with a manifest.jsonl,
     or a manifest file."""
-    if not FileSystems.exists(path):
+    # On object storage a folder is a prefix, which FileSystems.exists does not see: one short
+    # listing does.
+    if not FileSystems.exists(path) and not (storage.is_uri(path) and storage.beam_has_objects(path)):
         raise FileNotFoundError(f"--features {path}: no such file or folder")
     summary_path = FileSystems.join(path, FEATURES_SUMMARY)
     index = _match(FileSystems.join(path, INDEX_DIR, INDEX_PATTERN))
@@ -659,8 +662,15 @@ def pipeline_options(beam_args: List[str], input_bytes: int = 0) -> PipelineOpti
 
 
 def _prepare_out(out_dir: str, overwrite: bool) -> None:
-    previous = [p for name in (SUMMARY, PAIRS_DIR, EXCLUDED_DIR, OFFICIAL_DIR, TRIAL_PARTS_DIR)
-                if FileSystems.exists(p := FileSystems.join(out_dir, name))]
+    previous: List[str] = []
+    for name in (SUMMARY, PAIRS_DIR, EXCLUDED_DIR, OFFICIAL_DIR, TRIAL_PARTS_DIR):
+        path = FileSystems.join(out_dir, name)
+        if FileSystems.exists(path):
+            previous.append(path)
+        elif storage.is_uri(out_dir):
+            # On object storage a folder is a prefix, which FileSystems.exists does not see: its
+            # objects are the earlier outputs (else stale pair shards would mix with new ones).
+            previous += sorted(storage.beam_list(path))
     previous += _match(FileSystems.join(out_dir, "trials_*.txt"))
     if previous and not overwrite:
         raise FileExistsError(f"--out {out_dir} holds the outputs of an earlier run; pass --overwrite")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 from speechpipe.config import FeatureConfig
+from speechpipe.storage import walk_order
 from speechpipe.validation import ConfigError, validate_feature_config
 
 PIPELINE_NAME = "speechpipe"
@@ -244,16 +245,9 @@ def _remote_span_fingerprint(uri: str) -> str:
         # (a folder's files, then its subfolders, each sorted), so that the same files give the
         # same fingerprint wherever they are.
         objects = list_objects(uri)
-        for full in sorted(objects, key=lambda p: _walk_order(p[len(uri) + 1:])):
+        for full in sorted(objects, key=lambda p: walk_order(p[len(uri) + 1:])):
             add(full, uri, objects)
     return digest.hexdigest()[:16]
-
-
-def _walk_order(relative: str) -> Tuple[Tuple[int, str], ...]:
-    """Sort key of a relative path in os.walk's order (with sorted folders and files): at the first
-    differing level, a file (0) comes before a folder (1), and names sort as strings."""
-    parts = relative.split("/")
-    return tuple((1, name) for name in parts[:-1]) + ((0, parts[-1]),)
 
 
 def data_key(config: RunConfig, fingerprints: List[str]) -> str:

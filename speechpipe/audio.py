@@ -1,14 +1,19 @@
 """Decoding and checking audio: every way an input can be unusable raises `AudioRejected` with a
 dead-letter reason; valid but unusual audio (stereo, other rates, 8/24-bit, float, FLAC, m4a) is
-decoded, downmixed and resampled, never rejected."""
+decoded, downmixed and resampled, never rejected.
+
+Audio is a local file or an object on object storage (a URI, read through Beam's FileSystems)."""
 from __future__ import annotations
 
+import io
 import os
 import struct
 from dataclasses import dataclass
-from typing import Tuple
+from typing import BinaryIO, Tuple, Union
 
 import numpy as np
+
+from speechpipe import storage
 
 # Dead-letter reasons for audio. The feature job adds the input-side reasons.
 UNREADABLE = "unreadable"  # corrupt, not audio, or an unsupported container
@@ -40,43 +45,63 @@ class DecodedAudio:
     source_channels: int
 
 
-def _wav_truncation(path: str) -> str:
+# A local path, or the bytes of an object read into memory (see `_read_object`).
+AudioSource = Union[str, io.BytesIO]
+
+
+def _wav_truncation(source: AudioSource) -> str:
     """A reason to distrust a RIFF/WAVE file whose data chunk runs past the end, else ''."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        header = f.read(12)
-        if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
+    if isinstance(source, str):
+        with open(source, "rb") as f:
+            return _wav_truncation_of(f, os.path.getsize(source))
+    source.seek(0)
+    try:
+        return _wav_truncation_of(source, source.getbuffer().nbytes)
+    finally:
+        source.seek(0)
+
+
+def _wav_truncation_of(f: BinaryIO, size: int) -> str:
+    header = f.read(12)
+    if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
+        return ""
+    endian = "<" if header[:4] == b"RIFF" else ">"
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
             return ""
-        endian = "<" if header[:4] == b"RIFF" else ">"
-        while True:
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                return ""
-            chunk_id, chunk_size = chunk[:4], struct.unpack(endian + "I", chunk[4:])[0]
-            if chunk_id == b"data":
-                # 0 and 0xFFFFFFFF are what streaming writers leave when they cannot seek back.
-                available = size - f.tell()
-                if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > available:
-                    return f"data chunk declares {chunk_size} bytes, file holds {available}"
-                return ""
-            f.seek(chunk_size + (chunk_size & 1), os.SEEK_CUR)
+        chunk_id, chunk_size = chunk[:4], struct.unpack(endian + "I", chunk[4:])[0]
+        if chunk_id == b"data":
+            # 0 and 0xFFFFFFFF are what streaming writers leave when they cannot seek back.
+            available = size - f.tell()
+            if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > available:
+                return f"data chunk declares {chunk_size} bytes, file holds {available}"
+            return ""
+        f.seek(chunk_size + (chunk_size & 1), os.SEEK_CUR)
+
+
+def _rewound(source: AudioSource) -> AudioSource:
+    """The source ready to be read from its start again (a path needs nothing)."""
+    if not isinstance(source, str):
+        source.seek(0)
+    return source
 
 
 def _too_long(seconds: float, max_seconds: float) -> AudioRejected:
     return AudioRejected(TOO_LONG, f"{seconds:.2f} s > max {max_seconds:g} s (never cut)")
 
 
-def _decode_soundfile(path: str, max_seconds: float) -> Tuple[np.ndarray, int]:
+def _decode_soundfile(source: AudioSource, max_seconds: float) -> Tuple[np.ndarray, int]:
     import soundfile as sf
 
-    truncation = _wav_truncation(path)
+    truncation = _wav_truncation(source)
     if truncation:
         raise AudioRejected(TRUNCATED, truncation)
     try:
-        info = sf.info(path)
+        info = sf.info(_rewound(source))
         if info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
-            raise _too_long(info.frames / info.samplerate, max_seconds)  # before reading it all
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
+            raise _too_long(info.frames / info.samplerate, max_seconds)  # before decoding it all
+        data, rate = sf.read(_rewound(source), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         raise AudioRejected(UNREADABLE, f"soundfile: {error}") from None
     if info.format == "FLAC" and 0 < data.shape[0] < info.frames:
@@ -84,12 +109,12 @@ def _decode_soundfile(path: str, max_seconds: float) -> Tuple[np.ndarray, int]:
     return data, rate
 
 
-def _decode_av(path: str, max_seconds: float) -> Tuple[np.ndarray, int]:
+def _decode_av(source: AudioSource, max_seconds: float) -> Tuple[np.ndarray, int]:
     """AAC (.m4a, VoxCeleb2) and anything else FFmpeg reads, through PyAV's bundled FFmpeg."""
     import av
 
     try:
-        with av.open(path) as container:
+        with av.open(_rewound(source)) as container:
             if not container.streams.audio:
                 raise AudioRejected(UNREADABLE, "no audio stream")
             stream = container.streams.audio[0]
@@ -114,17 +139,37 @@ def _decode_av(path: str, max_seconds: float) -> Tuple[np.ndarray, int]:
     return np.concatenate(chunks, axis=1).T.astype(np.float32), rate
 
 
+def _read_object(uri: str) -> io.BytesIO:
+    """An audio object on object storage, read whole into memory. soundfile and PyAV seek around
+    a file (headers, then the data), which an object-store stream cannot do cheaply, so they get
+    the bytes. An utterance is a few MB (what `max_seconds` refuses is still refused before it is
+    decoded); nothing is staged on the worker's disk."""
+    if not storage.beam_exists(uri):
+        raise AudioRejected(MISSING_FILE, f"no such object: {uri}")
+    data = storage.beam_read_bytes(uri)
+    if not data:
+        raise AudioRejected(EMPTY, "zero-byte object")
+    return io.BytesIO(data)
+
+
 def decode(path: str, target_rate: int, max_seconds: float = float("inf")) -> DecodedAudio:
     """Reads, downmixes to mono and resamples (soxr, only when the rate differs). Audio longer
-    than `max_seconds` is refused as soon as that is known, before it is all in memory."""
-    if not os.path.isfile(path):
-        raise AudioRejected(MISSING_FILE, f"no such file: {path}")
-    if os.path.getsize(path) == 0:
-        raise AudioRejected(EMPTY, "zero-byte file")
-    if path.lower().endswith((".wav", ".flac")):
-        data, rate = _decode_soundfile(path, max_seconds)
+    than `max_seconds` is refused as soon as that is known, before it is all decoded (a local
+    file: before it is all in memory). `path` is a local path or a URI (gs://, s3://, ...) that
+    Beam's FileSystems reads."""
+    source: AudioSource
+    if storage.is_uri(path):
+        source = _read_object(path)
     else:
-        data, rate = _decode_av(path, max_seconds)
+        if not os.path.isfile(path):
+            raise AudioRejected(MISSING_FILE, f"no such file: {path}")
+        if os.path.getsize(path) == 0:
+            raise AudioRejected(EMPTY, "zero-byte file")
+        source = path
+    if path.lower().endswith((".wav", ".flac")):
+        data, rate = _decode_soundfile(source, max_seconds)
+    else:
+        data, rate = _decode_av(source, max_seconds)
     channels = data.shape[1]
     if data.shape[0] == 0:
         raise AudioRejected(EMPTY, "no samples")

@@ -532,8 +532,15 @@ def decode_pair_example(record: bytes) -> Tuple[int, str, str]:
 
 def read_pair_file(path: str) -> List[Tuple[int, str, str]]:
     """Every (label, utterance_a, utterance_b) of one of the job's pair files (GZIP TFRecord),
-    without TensorFlow: for tests and tools. The trainer reads them with pair_dataset."""
+    without TensorFlow: for tests and tools. The trainer reads them with pair_dataset. `path` is
+    local, or a URI read through Beam's FileSystems (which the pair job writes with)."""
     import gzip
 
+    if "://" in path:
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(path, compression_type=CompressionTypes.GZIP) as f:
+            return [decode_pair_example(record) for record in decode_pair_block(f.read())]
     with gzip.open(path, "rb") as f:
         return [decode_pair_example(record) for record in decode_pair_block(f.read())]

@@ -57,13 +57,14 @@ class UtteranceFeatures:
 
 
 def encode_example(u: UtteranceFeatures) -> bytes:
-    import tensorflow as tf
+    """A serialised tf.train.Example, built without importing TensorFlow (speechpipe.example_proto)."""
+    from speechpipe.example_proto import BytesList, Example, Feature, Features, FloatList, Int64List
 
-    def _bytes(value: str) -> tf.train.Feature:
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode("utf-8")]))
+    def _bytes(value: str) -> Feature:
+        return Feature(bytes_list=BytesList(value=[value.encode("utf-8")]))
 
-    def _ints(values) -> tf.train.Feature:
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+    def _ints(values) -> Feature:
+        return Feature(int64_list=Int64List(value=[int(v) for v in values]))
 
     frames, bins = u.features.shape
     feature = {
@@ -73,10 +74,10 @@ def encode_example(u: UtteranceFeatures) -> bytes:
         SPLIT: _bytes(u.split),
         NUM_FRAMES: _ints([frames]),
         NUM_BINS: _ints([bins]),
-        FEATURES: tf.train.Feature(bytes_list=tf.train.BytesList(
+        FEATURES: Feature(bytes_list=BytesList(
             value=[np.ascontiguousarray(u.features, dtype=FEATURES_DTYPE).tobytes()]
         )),
-        DURATION: tf.train.Feature(float_list=tf.train.FloatList(value=[u.duration])),
+        DURATION: Feature(float_list=FloatList(value=[u.duration])),
     }
     if u.phone_ids is not None:
         feature[PHONE_IDS] = _ints(u.phone_ids)
@@ -84,13 +85,13 @@ def encode_example(u: UtteranceFeatures) -> bytes:
     if u.text is not None:
         feature[TEXT] = _bytes(u.text)
     # deterministic: map fields in key order, so the same input gives byte-identical records
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+    return Example(features=Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def decode_example(serialized: bytes) -> UtteranceFeatures:
-    import tensorflow as tf
+    from speechpipe.example_proto import Example
 
-    example = tf.train.Example.FromString(serialized)
+    example = Example.FromString(serialized)
     f = example.features.feature
 
     def _str(key: str) -> Optional[str]:
@@ -112,17 +113,24 @@ def decode_example(serialized: bytes) -> UtteranceFeatures:
 
 
 def split_dir(root: str, split: str) -> str:
-    return os.path.join(root, SPLIT_DIR.format(split=split))
+    return os.path.join(root, SPLIT_DIR.format(split=split))  # "/"-joined: also right for URIs
 
 
 def shard_paths(root: str, split: str) -> List[str]:
-    return sorted(glob.glob(os.path.join(split_dir(root, split), f"{SHARD_PREFIX}-*")))
+    """The split's shards, sorted; `root` is a local folder or a URI Beam's FileSystems knows."""
+    pattern = f"{split_dir(root, split)}/{SHARD_PREFIX}-*"
+    if "://" not in root:
+        return sorted(glob.glob(pattern))
+    from speechpipe.storage import beam_match
+
+    return beam_match(pattern)
 
 
 def read_split(root: str, split: str) -> Iterator[UtteranceFeatures]:
-    """Every example of one split, shard by shard (for tests, tools and read-back checks)."""
-    import tensorflow as tf
+    """Every example of one split, shard by shard (for tests, tools and read-back checks); every
+    record's checksums are verified."""
+    from speechpipe.example_proto import read_tfrecord_file
 
     for path in shard_paths(root, split):
-        for record in tf.data.TFRecordDataset(path, compression_type=compression_of(path)).as_numpy_iterator():
+        for record in read_tfrecord_file(path):
             yield decode_example(record)

@@ -9,13 +9,20 @@ artifacts go.
 The alias moves only after the new version is registered, downloaded back from the registry and
 has answered its serving signature; a version that fails the smoke test stays registered without
 the alias, tagged `smoke_test=failed`.
+
+Models and files may come from object storage (gs://, s3://: a TFX artifact URI); MLflow logs
+artifacts from local folders only, so they are staged in a temporary folder first. An artifact
+root on object storage (`gs://BUCKET/mlflow`) is handed to MLflow as it is.
 """
 from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional
+
+from speechpipe import storage
 
 CHAMPION = "champion"
 EXPERIMENT = "speechpipe-pipeline"
@@ -113,15 +120,18 @@ class Registry:
         if found is not None:
             return found.experiment_id
         location = None
-        if self.artifact_root:
+        if self.artifact_root and storage.is_uri(self.artifact_root):
+            location = self.artifact_root  # MLflow writes gs://, s3://, ... through its own stores
+        elif self.artifact_root:
             os.makedirs(self.artifact_root, exist_ok=True)
             location = "file://" + os.path.abspath(self.artifact_root)
         return self.client.create_experiment(EXPERIMENT, artifact_location=location)
 
     def register(self, name: str, model_dir: str, metrics: Dict[str, float], tags: Dict[str, str],
                  params: Optional[Dict[str, object]] = None, files: Optional[Dict[str, str]] = None) -> Registered:
-        """Logs an MLflow run holding the SavedModel (+ `files`: {artifact path: local file}) and
-        registers it as a new version of `name`, with the tags on both run and version."""
+        """Logs an MLflow run holding the SavedModel (+ `files`: {artifact path: file}) and
+        registers it as a new version of `name`, with the tags on both run and version. The
+        model folder and the files are local paths or URIs."""
         from mlflow.exceptions import MlflowException
 
         run = self.client.create_run(self._experiment_id(), tags={**tags, "mlflow.runName": tags.get("pipeline_run_id", name)})
@@ -132,9 +142,20 @@ class Registry:
                     self.client.log_metric(run_id, key, float(value))
             for key, value in sorted((params or {}).items()):
                 self.client.log_param(run_id, key, str(value)[:6000])
-            self.client.log_artifacts(run_id, model_dir, "model")
-            for artifact_path, local in (files or {}).items():
-                self.client.log_artifact(run_id, local, artifact_path)
+            # MLflow's log_artifact(s) read local files only: a model or file on object storage is
+            # staged in a temporary folder (a model is a few MB).
+            with tempfile.TemporaryDirectory() as staging:
+                local_model = (storage.copy_tree_to_local(model_dir, os.path.join(staging, "model"))
+                               if storage.is_uri(model_dir) else model_dir)
+                self.client.log_artifacts(run_id, local_model, "model")
+                for artifact_path, path in (files or {}).items():
+                    local = path
+                    if storage.is_uri(path):
+                        local = os.path.join(staging, "files", artifact_path, storage.basename(path))
+                        os.makedirs(os.path.dirname(local), exist_ok=True)
+                        with open(local, "wb") as f:
+                            f.write(storage.read_bytes(path))
+                    self.client.log_artifact(run_id, local, artifact_path)
             self.client.set_terminated(run_id, "FINISHED")
         except Exception:
             self.client.set_terminated(run_id, "FAILED")

@@ -5,24 +5,25 @@ the embedding projection, what was pushed and why.
 `collect` reads one pipeline run back from ML Metadata (the executions in the run's
 `pipeline_run` context, their node contexts and output artifacts) and the small JSON files the
 components write next to their artifacts; `write` turns it into Markdown with PNG plots under
-`<home>/reports/<run id>/` (report.md, report.json, *.png).
+`<home>/reports/<run id>/` (report.md, report.json, *.png). The artifacts are read through TFX's
+fileio, so a pipeline root on object storage is read like a local one.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 from typing import Dict, List, Optional, Sequence
+
+from speechpipe import storage
 
 _STATES = {0: "unknown", 1: "new", 2: "running", 3: "complete", 4: "failed", 5: "cached", 6: "canceled"}
 
 
 def _read_json(path: str) -> Optional[dict]:
+    """A component's JSON file (local or URI), or None when it is missing or unreadable."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        return storage.read_json(path)
+    except Exception:  # noqa: BLE001 - gfile raises tf.errors (NotFoundError, ...), not OSError
         return None
 
 
@@ -84,11 +85,10 @@ def _statistics(uri: str) -> Dict[str, Dict[str, object]]:
         from tensorflow_metadata.proto.v0 import statistics_pb2
     except ImportError:
         return out
-    for path in sorted(glob.glob(os.path.join(uri, "Split-*", "FeatureStats.pb"))):
-        split = os.path.basename(os.path.dirname(path))[len("Split-"):]
+    for path in storage.glob(storage.join(uri, "Split-*", "FeatureStats.pb")):
+        split = storage.basename(storage.dirname(path))[len("Split-"):]
         stats = statistics_pb2.DatasetFeatureStatisticsList()
-        with open(path, "rb") as f:
-            stats.ParseFromString(f.read())
+        stats.ParseFromString(storage.read_bytes(path))
         if not stats.datasets:
             continue
         dataset = stats.datasets[0]
@@ -139,22 +139,22 @@ def collect(config, run_id: str, error: Optional[BaseException] = None, data_key
     for node, info in nodes.items():
         if node.startswith("ValidationGate_span"):
             for a in info["outputs"].get("result", []):
-                validation[node[len("ValidationGate_span"):]] = _read_json(os.path.join(a["uri"], "validation.json"))
+                validation[node[len("ValidationGate_span"):]] = _read_json(storage.join(a["uri"], "validation.json"))
     if error is not None and "failed validation" in str(error):
         summary["gate"] = str(error).split("failed validation, nothing is trained or pushed: ")[-1]
     summary["validation"] = validation
     trainer = nodes.get("Trainer", {}).get("outputs", {}).get("model", [])
     if trainer:
-        serving = os.path.join(trainer[0]["uri"], "Format-Serving")
-        summary["training"] = _read_json(os.path.join(serving, "training_result.json"))
-        summary["warm_start"] = _read_json(os.path.join(serving, "warm_start.json"))
+        serving = storage.join(trainer[0]["uri"], "Format-Serving")
+        summary["training"] = _read_json(storage.join(serving, "training_result.json"))
+        summary["warm_start"] = _read_json(storage.join(serving, "warm_start.json"))
         summary["model_id"] = trainer[0]["id"]
     blessing = nodes.get("SpeechEvaluator", {}).get("outputs", {}).get("blessing", [])
     if blessing:
-        summary["evaluation"] = _read_json(os.path.join(blessing[0]["uri"], "evaluation.json"))
+        summary["evaluation"] = _read_json(storage.join(blessing[0]["uri"], "evaluation.json"))
     pushed = nodes.get("RegistryPusher", {}).get("outputs", {}).get("pushed_model", [])
     if pushed:
-        summary["push"] = _read_json(os.path.join(pushed[0]["uri"], "push.json"))
+        summary["push"] = _read_json(storage.join(pushed[0]["uri"], "push.json"))
     summary["outcome"] = _outcome(summary)
     if config.include_speaker:
         summary["speaker"] = _speaker(nodes, summary)
@@ -166,15 +166,15 @@ def _speaker(nodes: Dict[str, Dict[str, object]], summary: Dict[str, object]) ->
     out: Dict[str, object] = {}
     model = nodes.get("SpeakerTrainer", {}).get("outputs", {}).get("model", [])
     if model:
-        out["training"] = _read_json(os.path.join(model[0]["uri"], "Format-Serving", "training_result.json"))
+        out["training"] = _read_json(storage.join(model[0]["uri"], "Format-Serving", "training_result.json"))
         out["model_id"] = model[0]["id"]
     blessing = nodes.get("SpeakerEvaluator", {}).get("outputs", {}).get("blessing", [])
     if blessing:
-        out["evaluation"] = _read_json(os.path.join(blessing[0]["uri"], "evaluation.json"))
+        out["evaluation"] = _read_json(storage.join(blessing[0]["uri"], "evaluation.json"))
         out["blessing_uri"] = blessing[0]["uri"]
     pushed = nodes.get("SpeakerRegistryPusher", {}).get("outputs", {}).get("pushed_model", [])
     if pushed:
-        out["push"] = _read_json(os.path.join(pushed[0]["uri"], "push.json"))
+        out["push"] = _read_json(storage.join(pushed[0]["uri"], "push.json"))
     state = nodes.get("SpeakerRegistryPusher", {}).get("state")
     if summary.get("gate"):
         out["outcome"] = "stopped at the validation gate, nothing trained or pushed"
@@ -312,8 +312,9 @@ def _speaker_markdown(speaker: Optional[Dict[str, object]], folder: str) -> List
         md += ["", f"**Blessed:** {evaluation['blessed']} - {evaluation['why']}", ""]
         source = speaker.get("blessing_uri") or ""
         for png, title in (("det.png", "DET curve"), ("candidate_embeddings.png", "test embeddings (t-SNE)")):
-            if os.path.exists(os.path.join(source, png)):
-                shutil.copy(os.path.join(source, png), os.path.join(folder, f"speaker_{png}"))
+            if source and storage.exists(storage.join(source, png)):
+                with open(os.path.join(folder, f"speaker_{png}"), "wb") as f:
+                    f.write(storage.read_bytes(storage.join(source, png)))
                 md += [f"![{title}](speaker_{png})", ""]
     push = speaker.get("push") or {}
     md += [f"**Push:** {speaker.get('outcome')}", ""]

@@ -3,15 +3,22 @@ directory, turned into `SourceRecord`s, or into `DeadLetter`s that say why not.
 
 Audio paths are confined to the data root: `..`, absolute paths elsewhere and symlinks that
 lead out are refused, and a Kaldi wav.scp command (`... |`) is never executed.
+
+The input may be on object storage (gs://, s3://: any URI Beam's FileSystems reads). Its data
+root is then a URI prefix, and the same confinement holds on URIs: `..` is normalised away, and
+a path that leads to another bucket or scheme, or a local absolute path, is outside the root.
+Object stores have no symlinks.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import posixpath
 from dataclasses import asdict, dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from speechpipe import storage
 from speechpipe.audio import AUDIO_EXTENSIONS
 
 # Input-side dead-letter reasons (the audio-side ones are in speechpipe.audio).
@@ -82,6 +89,15 @@ class InputError(ValueError):
 
 
 def detect_kind(path: str) -> str:
+    if storage.is_uri(path):
+        # No folders on object storage: an object at the path is a manifest, a prefix a folder.
+        if storage.beam_exists(path):
+            return MANIFEST
+        if storage.beam_exists(posixpath.join(path, "wav.scp")):
+            return KALDI
+        if storage.beam_has_objects(path):
+            return VOXCELEB
+        raise InputError(f"input {path!r} is neither a manifest object nor a prefix holding objects")
     if os.path.isfile(path):
         return MANIFEST
     if os.path.isdir(path):
@@ -90,6 +106,8 @@ def detect_kind(path: str) -> str:
 
 
 def make_spec(path: str, kind: Optional[str] = None, data_root: Optional[str] = None, **split) -> InputSpec:
+    if storage.is_uri(path):
+        return _make_uri_spec(path, kind, data_root, **split)
     path = os.path.abspath(path)
     kind = kind or detect_kind(path)
     if kind not in (VOXCELEB, MANIFEST, KALDI):
@@ -100,9 +118,39 @@ def make_spec(path: str, kind: Optional[str] = None, data_root: Optional[str] = 
     return InputSpec(kind=kind, path=path, data_root=os.path.abspath(root), **split)
 
 
+def _make_uri_spec(path: str, kind: Optional[str], data_root: Optional[str], **split) -> InputSpec:
+    """make_spec for an input on object storage: paths stay URIs, normalised, without a trailing '/'."""
+    path = normalise_uri(path)
+    kind = kind or detect_kind(path)
+    if kind not in (VOXCELEB, MANIFEST, KALDI):
+        raise InputError(f"input kind {kind!r}: expected {VOXCELEB}, {MANIFEST} or {KALDI}")
+    root = data_root or (posixpath.dirname(path) if kind == MANIFEST else path)
+    if storage.is_uri(root):
+        root = normalise_uri(root)
+        # The URI form of "is a folder": a prefix with objects under it (one short listing).
+        if not storage.beam_has_objects(root):
+            raise InputError(f"data root {root!r} holds no objects")
+    else:
+        if not os.path.isdir(root):
+            raise InputError(f"data root {root!r} is not a folder")
+        root = os.path.abspath(root)
+    return InputSpec(kind=kind, path=path, data_root=root, **split)
+
+
+def normalise_uri(uri: str) -> str:
+    """`scheme://bucket/key` with '.', '..' and repeated '/' resolved as in a POSIX path, the
+    scheme in lower case and no trailing '/'. The bucket is the first path component, so a '..'
+    that climbs above it names another bucket (never the same one)."""
+    scheme, _, rest = uri.partition("://")
+    normal = posixpath.normpath("/" + rest).lstrip("/")
+    return f"{scheme.lower()}://{'' if normal == '.' else normal}"
+
+
 def resolve_inside(root: str, path: str) -> Tuple[Optional[str], str]:
     """(resolved path, '') when `path` stays inside `root` after resolving symlinks and '..';
     (None, why) when it escapes."""
+    if storage.is_uri(root):
+        return _resolve_inside_uri(root, path)
     candidate = path if os.path.isabs(path) else os.path.join(root, path)
     real, real_root = os.path.realpath(candidate), os.path.realpath(root)
     if real == real_root or real.startswith(real_root + os.sep):
@@ -110,6 +158,20 @@ def resolve_inside(root: str, path: str) -> Tuple[Optional[str], str]:
     # If normalising the text of the path gives another place than resolving it, a symlink did.
     how = "a symlink leads" if os.path.normpath(os.path.abspath(candidate)) != real else "the path leads"
     return None, f"{path!r}: {how} outside the data root {root!r} (to {real!r})"
+
+
+def _resolve_inside_uri(root: str, path: str) -> Tuple[Optional[str], str]:
+    """resolve_inside for a data root on object storage. A relative path is joined to the root,
+    a URI is taken as it is, and both are normalised ('..' resolved); the result is inside when it
+    has the root's scheme and bucket and lies under the root's prefix. A local absolute path is
+    elsewhere by definition. There are no symlinks to resolve on object storage."""
+    if os.path.isabs(path) and not storage.is_uri(path):
+        return None, f"{path!r}: a local path is outside the data root {root!r} on object storage"
+    normal_root = normalise_uri(root)
+    resolved = normalise_uri(path if storage.is_uri(path) else f"{normal_root}/{path}")
+    if resolved == normal_root or resolved.startswith(normal_root + "/"):
+        return resolved, ""
+    return None, f"{path!r}: the path leads outside the data root {root!r} (to {resolved!r})"
 
 
 def assign_split(speaker: str, fractions: Tuple[float, float, float], seed: int) -> str:
@@ -127,10 +189,19 @@ def assign_split(speaker: str, fractions: Tuple[float, float, float], seed: int)
 def expand_input(spec: InputSpec) -> Iterator[RawInput]:
     """Every input item, in a stable order. Lines and file names only: no audio is read here."""
     if spec.kind == MANIFEST:
-        with open(spec.path, "rb") as f:
-            for number, line in enumerate(f, start=1):
-                if line.strip():
-                    yield RawInput(number, f"{spec.path}:{number}", line.rstrip(b"\r\n"))
+        for number, line in enumerate(_lines(spec.path), start=1):
+            if line.strip():
+                yield RawInput(number, f"{spec.path}:{number}", line.rstrip(b"\r\n"))
+    elif spec.kind == VOXCELEB and storage.is_uri(spec.path):
+        # One listing of the prefix, in the order os.walk gives a local folder, so that the same
+        # files are the same inputs (orders, sources) wherever they are.
+        prefix = spec.path.rstrip("/") + "/"
+        relative = [uri[len(prefix):] for uri in storage.beam_list(spec.path)]
+        order = 0
+        for name in sorted(relative, key=storage.walk_order):
+            if name.lower().endswith(AUDIO_EXTENSIONS):
+                yield RawInput(order, prefix + name, name)
+                order += 1
     elif spec.kind == VOXCELEB:
         order = 0
         for folder, dirs, files in os.walk(spec.path, followlinks=False):
@@ -144,10 +215,23 @@ def expand_input(spec: InputSpec) -> Iterator[RawInput]:
         yield from _expand_kaldi(spec)
 
 
+def _lines(path: str) -> Iterator[bytes]:
+    """A file's lines as bytes, line ends kept: a local file, or an object through Beam's FileSystems."""
+    if storage.is_uri(path):
+        yield from storage.beam_lines(path)
+        return
+    with open(path, "rb") as f:
+        yield from f
+
+
 def count_ignored_files(spec: InputSpec) -> int:
     """Files in a VoxCeleb root that are not audio by name; reported, not processed."""
     if spec.kind != VOXCELEB:
         return 0
+    if storage.is_uri(spec.path):
+        # A name ending in '/' is a console-made "folder" placeholder, not a file.
+        return sum(1 for uri in storage.beam_list(spec.path)
+                   if not uri.endswith("/") and not uri.lower().endswith(AUDIO_EXTENSIONS))
     return sum(
         1 for _, _, files in os.walk(spec.path) for n in files if not n.lower().endswith(AUDIO_EXTENSIONS)
     )
@@ -155,26 +239,33 @@ def count_ignored_files(spec: InputSpec) -> int:
 
 def _read_kaldi_table(path: str) -> Dict[str, str]:
     table: Dict[str, str] = {}
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.strip().partition(" ")
-                if key:
-                    table[key] = value.strip()
+    if storage.is_uri(path):
+        if not storage.beam_exists(path):
+            return table
+        stream = storage.beam_text(path)
+    elif os.path.isfile(path):
+        stream = open(path, encoding="utf-8")
+    else:
+        return table
+    with stream as f:
+        for line in f:
+            key, _, value = line.strip().partition(" ")
+            if key:
+                table[key] = value.strip()
     return table
 
 
 def _expand_kaldi(spec: InputSpec) -> Iterator[RawInput]:
-    utt2spk = _read_kaldi_table(os.path.join(spec.path, "utt2spk"))
-    text = _read_kaldi_table(os.path.join(spec.path, "text"))
-    phones = _read_kaldi_table(os.path.join(spec.path, "phones"))  # ours: IPA per utterance
-    scp = os.path.join(spec.path, "wav.scp")
-    with open(scp, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                utt = line.split(None, 1)[0].decode("utf-8", "replace")
-                extra = {"speaker": utt2spk.get(utt), "text": text.get(utt), "phones": phones.get(utt)}
-                yield RawInput(number, f"{scp}:{number}", (line.rstrip(b"\r\n"), extra))
+    join = storage.join
+    utt2spk = _read_kaldi_table(join(spec.path, "utt2spk"))
+    text = _read_kaldi_table(join(spec.path, "text"))
+    phones = _read_kaldi_table(join(spec.path, "phones"))  # ours: IPA per utterance
+    scp = join(spec.path, "wav.scp")
+    for number, line in enumerate(_lines(scp), start=1):
+        if line.strip():
+            utt = line.split(None, 1)[0].decode("utf-8", "replace")
+            extra = {"speaker": utt2spk.get(utt), "text": text.get(utt), "phones": phones.get(utt)}
+            yield RawInput(number, f"{scp}:{number}", (line.rstrip(b"\r\n"), extra))
 
 
 # ---------------------------------------------------------------- parsing (parallel)
@@ -226,7 +317,7 @@ def _parse_manifest_line(item: RawInput, spec: InputSpec):
 
 
 def _parse_voxceleb(item: RawInput, spec: InputSpec):
-    parts = item.payload.split(os.sep)
+    parts = item.payload.split("/" if storage.is_uri(spec.path) else os.sep)
     if len(parts) != 3:
         return _dead(item, BAD_LAYOUT, f"{item.payload!r} is not <speaker>/<session>/<utterance>.<ext>")
     speaker, session, name = parts

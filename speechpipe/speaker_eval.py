@@ -23,10 +23,13 @@ Plots are PNG files written with matplotlib's Agg backend (no display needed).
 """
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+from speechpipe import storage
 
 VOXSRC_P_TARGET = 0.05
 
@@ -255,6 +258,17 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str) -> None:
+    """Writes a figure as PNG to a local path or a URI. matplotlib opens a path with open(), so for
+    a URI the PNG is rendered into memory and written through TFX's fileio as one object."""
+    if storage.is_uri(path):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=120, format="png")
+        storage.write_bytes(path, buffer.getvalue())
+    else:
+        fig.savefig(path, dpi=120)
+
+
 def plot_det(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], path: str, title: str = "DET curve") -> str:
     """DET curves (name -> (FPR, FNR)) on normal-deviate axes, 0.1 % to 50 %, with the EER line."""
     from scipy.stats import norm
@@ -278,7 +292,7 @@ def plot_det(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], path: str, tit
     ax.grid(True, linewidth=0.3)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -316,7 +330,7 @@ def plot_embeddings(embeddings: np.ndarray, speakers: Sequence[str], path: str, 
     if len(names) <= 20:
         ax.legend(fontsize=7, markerscale=1.5, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -336,6 +350,6 @@ def plot_curves(series: Mapping[str, Tuple[Sequence[float], Sequence[float]]], p
     ax.grid(True, linewidth=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return path

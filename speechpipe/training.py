@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import tensorflow as tf
 import tf_keras as keras
 
-from speechpipe import records
+from speechpipe import records, storage
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +26,17 @@ class NonFiniteLossError(RuntimeError):
 
 
 def expand_files(patterns: Union[str, Sequence[str]]) -> List[str]:
-    """Shard files for one or more glob patterns or folders (a TFX Examples split URI is a folder)."""
+    """Shard files for one or more glob patterns or folders (a TFX Examples split URI is a folder),
+    local or on object storage (listed through TFX's fileio; tf.data reads either)."""
     if isinstance(patterns, str):
         patterns = [patterns]
     files: List[str] = []
     for pattern in patterns:
+        if storage.is_uri(pattern):
+            if storage.isdir(pattern):
+                pattern = storage.join(pattern, f"{records.SHARD_PREFIX}-*")
+            files += storage.glob(pattern)
+            continue
         if os.path.isdir(pattern):
             pattern = os.path.join(pattern, f"{records.SHARD_PREFIX}-*")
         files += sorted(glob.glob(pattern))

@@ -511,9 +511,11 @@ def export_embedder(path: str, model: keras.Model, config: EmbedderConfig, featu
         "serving_default": module.embed,
         "embed_segments": module.embed_segments,
     })
-    os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
-    with open(os.path.join(path, "assets.extra", CONFIG_FILE), "w", encoding="utf-8") as f:
-        json.dump({"embedder": config.to_json(), "features": feature_config.to_json(), **(extra or {})}, f, indent=1)
+    # gfile, like the SavedModel itself: `path` may be on object storage (gs://, s3://)
+    tf.io.gfile.makedirs(f"{path.rstrip('/')}/assets.extra")
+    with tf.io.gfile.GFile(f"{path.rstrip('/')}/assets.extra/{CONFIG_FILE}", "w") as f:
+        f.write(json.dumps({"embedder": config.to_json(), "features": feature_config.to_json(), **(extra or {})},
+                           indent=1))
     return path
 
 
@@ -552,7 +554,8 @@ class LoadedEmbedder:
 
 
 def load_embedder(path: str) -> LoadedEmbedder:
-    with open(os.path.join(path, "assets.extra", CONFIG_FILE), encoding="utf-8") as f:
-        info = json.load(f)
+    """`path`: a local folder or a URI TensorFlow's gfile reads (gs://, s3:// with tensorflow-io)."""
+    with tf.io.gfile.GFile(f"{path.rstrip('/')}/assets.extra/{CONFIG_FILE}", "r") as f:
+        info = json.loads(f.read())
     return LoadedEmbedder(tf.saved_model.load(path), EmbedderConfig.from_json(info.pop("embedder")),
                           FeatureConfig.from_json(info.pop("features")), info)
