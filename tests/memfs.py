@@ -26,14 +26,10 @@ class _Writer(io.BytesIO):
         super().close()
 
 
-class MemoryFileSystem(FileSystem):
-    """Objects live in OBJECTS, {uri: (bytes, update time in seconds)}, shared by every instance."""
-
-    OBJECTS: Dict[str, Tuple[bytes, float]] = {}
-
-    @classmethod
-    def scheme(cls) -> str:
-        return SCHEME
+class ObjectStorePaths:
+    """Path handling of an object store, shared by the test filesystems (a mixin, not a
+    FileSystem: Beam registers every FileSystem subclass by its scheme): "/"-joined names and
+    no folders."""
 
     def join(self, basepath: str, *paths: str) -> str:
         return "/".join([basepath.rstrip("/")] + [p.strip("/") for p in paths])
@@ -43,10 +39,20 @@ class MemoryFileSystem(FileSystem):
         return head, tail
 
     def mkdirs(self, path: str) -> None:
-        pass  # no folders
+        pass  # no folders on an object store
 
     def has_dirs(self) -> bool:
         return False
+
+
+class MemoryFileSystem(ObjectStorePaths, FileSystem):
+    """Objects live in OBJECTS, {uri: (bytes, update time in seconds)}, shared by every instance."""
+
+    OBJECTS: Dict[str, Tuple[bytes, float]] = {}
+
+    @classmethod
+    def scheme(cls) -> str:
+        return SCHEME
 
     def _list(self, dir_or_prefix: str) -> Iterator[FileMetadata]:
         for path, (data, updated) in sorted(self.OBJECTS.items()):

@@ -22,9 +22,11 @@ from __future__ import annotations
 import io
 import os
 import posixpath
-from typing import Iterator, List, Tuple
+from typing import Iterator, List
 
 from apache_beam.io.filesystem import BeamIOError, CompressedFile, CompressionTypes, FileMetadata, FileSystem
+
+from tests.memfs import ObjectStorePaths
 
 SCHEME = "ram"
 
@@ -79,25 +81,12 @@ class _Writer(io.BytesIO):
         super().close()
 
 
-class RamFileSystem(FileSystem):
+class RamFileSystem(ObjectStorePaths, FileSystem):
     """`ram://` through tf.io.gfile."""
 
     @classmethod
     def scheme(cls) -> str:
         return SCHEME
-
-    def join(self, basepath: str, *paths: str) -> str:
-        return "/".join([basepath.rstrip("/")] + [p.strip("/") for p in paths])
-
-    def split(self, path: str) -> Tuple[str, str]:
-        head, _, tail = path.rstrip("/").rpartition("/")
-        return head, tail
-
-    def mkdirs(self, path: str) -> None:
-        pass  # no folders on an object store
-
-    def has_dirs(self) -> bool:
-        return False
 
     def _list(self, dir_or_prefix: str) -> Iterator[FileMetadata]:
         for path in _objects(dir_or_prefix):

@@ -357,3 +357,19 @@ def test_channel_augmentation_adds_a_gain_and_a_first_order_tilt():
     np.testing.assert_allclose(moved * np.asarray(stats["std"]), shifted[:, 0, :], rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="per-utterance"):
         ChannelAugmenter(FeatureConfig(normalization="cmvn"), 6.0, 0.5)
+
+
+def test_statistics_pooling_is_mean_and_std_over_frames_with_finite_gradients():
+    x = np.random.default_rng(3).normal(size=(2, 7, 5)).astype(np.float32)
+    x[1] = 0.25  # constant: std 0, floored before the square root
+    inputs = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        pooled = embedder.StatisticsPooling()(inputs)
+    np.testing.assert_allclose(pooled.numpy()[0], np.concatenate([x[0].mean(0), x[0].std(0)]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pooled.numpy()[1], np.concatenate([np.full(5, 0.25), np.full(5, 1e-3)]), atol=1e-6)
+    assert np.all(np.isfinite(tape.gradient(pooled, inputs).numpy()))
+    base = embedder.build_base_network(EmbedderConfig(segment_frames=7, n_bins=5, lstm_units=4, dense_units=(8,),
+                                                      output_dim=6, pooling="stats", eval_hop=3))
+    assert base.get_layer("statistics_pooling").output_shape == (None, 16)
+    assert base(inputs).shape == (2, 6)

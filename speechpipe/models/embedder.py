@@ -65,7 +65,7 @@ from speechpipe.validation import ConfigError
 
 OUTPUT_ACTIVATIONS: Tuple[str, ...] = ("softmax", "prelu")
 EMBEDDING_LAYERS: Tuple[str, ...] = ("output", "hidden")
-POOLINGS: Tuple[str, ...] = ("last", "mean")
+POOLINGS: Tuple[str, ...] = ("last", "mean", "stats")
 SCORINGS: Tuple[str, ...] = ("cosine", "kl")
 
 # Layer names the embedding choice looks up.
@@ -81,8 +81,8 @@ class EmbedderConfig:
     segment_frames: int = SEGMENT_FRAMES  # seed 002's 40-frame segments
     n_bins: int = 80  # set from the feature job's summary.json by the trainer
     lstm_units: int = 128  # per direction; 256 (seed 002) trains 4x slower on 2 CPU cores
-    # How the second BLSTM's outputs become one vector: "last" (seed 002: its final states) or
-    # "mean" over the segment's frames.
+    # How the second BLSTM's outputs become one vector: "last" (seed 002: its final states),
+    # "mean" over the segment's frames, or "stats" (mean and standard deviation over frames).
     pooling: str = "last"
     dropout: float = 0.5
     dense_units: Tuple[int, ...] = (256,)  # ReLU layers between the BLSTMs and the output
@@ -180,6 +180,17 @@ class CosineLogits(keras.layers.Layer):
         return {**super().get_config(), "units": self.units, "scale": self.scale}
 
 
+class StatisticsPooling(keras.layers.Layer):
+    """[batch, frames, d] -> [batch, 2d]: the mean and the standard deviation over frames (the
+    x-vector's pooling). The standard deviation is floored before the square root, so its
+    gradient stays finite on constant inputs."""
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        mean = tf.reduce_mean(inputs, axis=1)
+        variance = tf.reduce_mean(tf.square(inputs - mean[:, None, :]), axis=1)
+        return tf.concat([mean, tf.sqrt(tf.maximum(variance, 1e-6))], axis=-1)
+
+
 def build_base_network(config: EmbedderConfig) -> keras.Model:
     """segments [batch, segment_frames, n_bins] -> outputs [batch, output_dim] (a distribution
     with the softmax output). The LSTMs keep the cuDNN kernel's settings (`cudnn_lstm`); the
@@ -191,8 +202,10 @@ def build_base_network(config: EmbedderConfig) -> keras.Model:
     pool_last = config.pooling == "last"
     x = keras.layers.Bidirectional(cudnn_lstm(config.lstm_units, return_sequences=not pool_last, name="lstm_2"),
                                    name="blstm_2")(x)
-    if not pool_last:
+    if config.pooling == "mean":
         x = keras.layers.GlobalAveragePooling1D(name="mean_pooling")(x)
+    elif config.pooling == "stats":
+        x = StatisticsPooling(name="statistics_pooling")(x)
     for i, units in enumerate(config.dense_units):
         final = i == len(config.dense_units) - 1
         x = keras.layers.Dense(units, activation="relu", name=HIDDEN_LAYER if final else f"dense_{i + 1}")(x)
