@@ -30,6 +30,27 @@ def serving_dir(model_uri: str) -> str:
     return candidate if storage.isdir(candidate) else model_uri
 
 
+def present_champion(champion):
+    """The champion to compare with, or None: none resolved, or one published as absent (the
+    registry step of `--champion-from registry`, components/registry_champion.py, always
+    publishes a Model artifact and marks it absent when the registry has no champion)."""
+    if champion is None or not champion.uri:
+        return None
+    if champion.has_custom_property("champion") and champion.get_int_custom_property("champion") == 0:
+        return None
+    from speechpipe.components.registry_champion import champion_absent
+
+    return None if champion_absent(champion.uri) else champion
+
+
+def champion_origin(champion) -> Dict[str, object]:
+    """Where a registry champion came from (registry model and version), for evaluation.json."""
+    if champion is None or not champion.has_custom_property("registry_version"):
+        return {}
+    return {"registry_model": champion.get_string_custom_property("registry_model"),
+            "registry_version": champion.get_string_custom_property("registry_version")}
+
+
 def transcriber_per(saved_model_dir: str, test_split_uri: str, batch_size: int = 16,
                     samples: int = 5, inventory: str = "phones_de.json") -> Dict[str, object]:
     """Greedy-decoding PER of an exported transcriber on feature records (utterances with
@@ -125,7 +146,8 @@ def SpeechEvaluator(  # noqa: N802
     test_uri = storage.join(examples.uri, "Split-test")
     candidate = transcriber_per(serving_dir(model.uri), test_uri)
     champion_metrics = None
-    if champion is not None and champion.uri:
+    champion = present_champion(champion)
+    if champion is not None:
         champion_metrics = transcriber_per(serving_dir(champion.uri), test_uri)
     reasons = decide({"per": candidate["per"]}, {"per": champion_metrics["per"]} if champion_metrics else None,
                      {"per": max_per}, {"per": min_per_improvement})
@@ -135,7 +157,8 @@ def SpeechEvaluator(  # noqa: N802
     evaluation = {
         "blessed": blessed, "reasons": reasons, "why": why,
         "candidate": {"model_id": model.id, "uri": model.uri, **candidate},
-        "champion": ({"model_id": champion.id, "uri": champion.uri, **champion_metrics} if champion_metrics else None),
+        "champion": ({"model_id": champion.id, "uri": champion.uri, **champion_origin(champion), **champion_metrics}
+                     if champion_metrics else None),
         "thresholds": {"max_per": max_per, "min_per_improvement": min_per_improvement},
         "test_examples": {"id": examples.id, "span": examples.span, "uri": test_uri},
         "data_key": data_key,

@@ -56,11 +56,14 @@ class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         from speechpipe.components.evaluator import EVALUATION_FILE, serving_dir
+        from speechpipe.components.examples_union import member_spans
         from speechpipe.registry import SMOKE_TESTS, Registry, SmokeTestError, git_commit
 
         model = artifact_utils.get_single_instance(input_dict["model"])
         blessing = artifact_utils.get_single_instance(input_dict["model_blessing"])
-        examples = sorted(input_dict["examples"], key=lambda a: a.span)
+        # The spans behind the training examples: a multi-span pipeline's ExamplesUnion stands for its
+        # members (components/examples_union.py), so the tags name every span and its FeatureGen output.
+        spans = member_spans(input_dict["examples"])
         pushed = artifact_utils.get_single_instance(output_dict["pushed_model"])
         run_id = (self._context.pipeline_run_id if self._context else None) or "unknown"
         evaluation = _read_json(storage.join(blessing.uri, EVALUATION_FILE))
@@ -99,9 +102,9 @@ class Executor(base_executor.BaseExecutor):
             "pipeline_run_id": run_id,
             "mlmd_model_id": str(model.id),
             "mlmd_model_blessing_id": str(blessing.id),
-            "mlmd_examples_ids": ",".join(str(e.id) for e in examples),
+            "mlmd_examples_ids": ",".join(examples_id for _, examples_id in spans),
             "mlmd_test_examples_id": str(evaluation.get("test_examples", {}).get("id", "")),
-            "data_spans": ",".join(str(e.span) for e in examples),
+            "data_spans": ",".join(span for span, _ in spans),
             "data_key": exec_properties.get("data_key") or "",
             "feature_config": exec_properties["feature_config"],
             "git_commit": git_commit(),
@@ -109,6 +112,8 @@ class Executor(base_executor.BaseExecutor):
             "warm_start": str(bool(warm.get("warm_start"))),
             "champion_before": str(evaluation.get("champion", {}) and evaluation["champion"].get("model_id") or ""),
         }
+        if champion.get("registry_version"):  # a registry champion (components/registry_champion.py)
+            tags["champion_before_version"] = str(champion["registry_version"])
         params = {f"{kind}_config": json.dumps(training.get("config", {})), "model_uri": model.uri}
         files = {}
         if storage.exists(storage.join(blessing.uri, EVALUATION_FILE)):

@@ -96,7 +96,7 @@ def SpeakerEvaluator(  # noqa: N802
     import numpy as np
 
     from speechpipe import speaker_eval
-    from speechpipe.components.evaluator import decide, serving_dir, write_blessing
+    from speechpipe.components.evaluator import champion_origin, decide, present_champion, serving_dir, write_blessing
     from speechpipe.pipeline.pairs_job import TRIALS_FILE
     from speechpipe.trials import read_trials
 
@@ -109,7 +109,8 @@ def SpeakerEvaluator(  # noqa: N802
     test_items, trial_list = read_test_split(test_uri), read_trials(trials)
     candidate = embedder_metrics(serving_dir(model.uri), test_items, trial_list, blessing.uri, "candidate")
     champion_metrics = None
-    if champion is not None and champion.uri:
+    champion = present_champion(champion)  # None also for a registry champion marked absent
+    if champion is not None:
         champion_metrics = embedder_metrics(serving_dir(champion.uri), test_items, trial_list, blessing.uri, "champion")
     curves = {"candidate": (np.array(candidate["det"][0]), np.array(candidate["det"][1]))}
     if champion_metrics:
@@ -125,7 +126,7 @@ def SpeakerEvaluator(  # noqa: N802
     evaluation = {
         "model_kind": MODEL_KIND, "blessed": blessed, "reasons": reasons, "why": why,
         "candidate": {"model_id": model.id, "uri": model.uri, **strip(candidate)},
-        "champion": ({"model_id": champion.id, "uri": champion.uri, **strip(champion_metrics)}
+        "champion": ({"model_id": champion.id, "uri": champion.uri, **champion_origin(champion), **strip(champion_metrics)}
                      if champion_metrics else None),
         "thresholds": {"max_eer": max_eer, "min_eer_improvement": min_eer_improvement},
         "test_examples": {"id": examples.id, "span": examples.span, "uri": test_uri},

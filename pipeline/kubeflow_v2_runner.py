@@ -15,7 +15,11 @@ run` option applies), compiled by TFX's KubeflowV2DagRunner. What changes for a 
 - the trainers (TRAINER_NODE_IDS), and only they, request GPUs (pipeline/cluster_resources.py);
 - the Beam stages get the runner options of pipeline/beam_options.py (Dataflow, Flink, ...);
 - the registry is an MLflow server the pods reach (`--tracking-uri`), not SQLite under the home;
-- KFP's resolver queries stand in for the ML Metadata champion strategy (`_champion_queries`).
+- KFP's resolver queries stand in for the ML Metadata champion strategy (`_champion_queries`), or,
+  with `--champion-from registry` (open-source KFP runs no resolver tasks), a container step reads
+  the MLflow registry's `champion` alias (components/registry_champion.py);
+- several spans compile as they run locally: KFP v2 compiles no channel union, so the trainers
+  read one ExamplesUnion node's output (components/examples_union.py), in both DAGs.
 
 Output: `--target kubeflow` writes YAML, the PipelineSpec followed by its Kubernetes PlatformSpec
 (GPU node selectors), as `kfp.Client` and the KFP UI upload it. `--target vertex` writes the
@@ -180,8 +184,9 @@ def _explain(error: Exception) -> str:
     """KubeflowV2DagRunner's errors, with what they mean for this pipeline."""
     text = str(error)
     if "Only single Channel is supported" in text:
-        return (f"{text}: KubeflowV2DagRunner compiles no union of channels, and the trainers read the union of "
-                "every span's Examples; compile one span per pipeline (docs/deploy.md, 'Limits')")
+        return (f"{text}: KubeflowV2DagRunner compiles no union of channels; every node input must be one "
+                "upstream output (several spans reach the trainers through an ExamplesUnion node, "
+                "components/examples_union.py)")
     if "Invalid custom artifact type name" in text:
         return (f"{text}: KFP v2 needs custom artifact type names shaped <namespace>.<Name> "
                 "(e.g. speechpipe.ValidationResult); docs/deploy.md, 'Limits'")
@@ -270,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "cloud.google.com/gke-accelerator=<gpu>; 'none' for no selector)")
     resources.add_argument("--component-cpu", type=float, default=None, help="vCPUs for every other node")
     resources.add_argument("--component-memory", type=float, default=None, help="GB of memory for every other node")
+    champion = parser.add_argument_group("champion (components/registry_champion.py)")
+    champion.add_argument("--champion-from", choices=("resolver", "registry"), default="resolver",
+                          help="resolver: KFP resolver tasks query ML Metadata (Vertex AI runs them); registry: a "
+                               "container step reads the MLflow registry's `champion` alias (open-source KFP, "
+                               "whose backend runs no resolver tasks)")
     beam_options.add_arguments(parser)
     submit = parser.add_argument_group("submission and schedule (pipeline/submit.py, pipeline/schedules.py)")
     submit.add_argument("--schema-file", default=IMAGE_SCHEMA_FILE, help="the TFMD schema as the pods see it")
@@ -310,7 +320,7 @@ def configs_from_args(args: argparse.Namespace) -> Tuple[RunConfig, ClusterConfi
     # corpus under the home, which a cluster does not have.
     found = span_discovery.resolve_spans(explicit, args.spans_from, args.span_marker)
     beam = beam_options.beam_args(args, default_image=args.image, default_setup_file=IMAGE_SETUP_FILE)
-    config = replace(config, spans=found, beam_args=tuple(beam))
+    config = replace(config, spans=found, beam_args=tuple(beam), champion_from=args.champion_from)
     if args.accelerator_type.lower() == "none":
         trainer = NodeResources(cpu=args.trainer_cpu, memory_gb=args.trainer_memory)
     else:

@@ -102,6 +102,7 @@ def pipeline_arguments(config: RunConfig, fingerprints: List[str], key: str) -> 
         max_eer=config.max_eer,
         min_eer_improvement=config.min_eer_improvement,
         enable_cache=config.enable_cache,
+        champion_from=config.champion_from,
     )
 
 

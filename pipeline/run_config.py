@@ -98,6 +98,10 @@ class RunConfig:
     # Beam options for the Beam-based components; () = DirectRunner multi_processing, one per core.
     beam_args: Tuple[str, ...] = ()
     enable_cache: bool = True
+    # Where each branch's champion comes from: "resolver" (ML Metadata, ChampionStrategy; LocalDagRunner,
+    # Vertex AI) or "registry" (the MLflow registry's `champion` alias, read by a container step:
+    # open-source KFP runs no resolver tasks; `speechpipe compile --champion-from registry`).
+    champion_from: str = "resolver"
     split_fractions: Tuple[float, float, float] = (0.8, 0.1, 0.1)  # for inputs without splits
 
     # ---------------------------------------------------------------- derived paths
@@ -312,6 +316,8 @@ def validate_run_config(config: RunConfig) -> RunConfig:
         raise ConfigError(f"min_train_examples={config.min_train_examples}: must be >= 0")
     if len(config.split_fractions) != 3 or abs(sum(config.split_fractions) - 1.0) > 1e-6 or min(config.split_fractions) < 0:
         raise ConfigError(f"split_fractions={config.split_fractions}: three non-negative fractions summing to 1")
+    if config.champion_from not in ("resolver", "registry"):
+        raise ConfigError(f"champion_from={config.champion_from!r}: resolver or registry")
     if not config.registry_model_name or not config.embedder_model_name:
         raise ConfigError("registry model names must not be empty")
     if config.include_speaker and config.registry_model_name == config.embedder_model_name:

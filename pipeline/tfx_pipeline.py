@@ -2,14 +2,19 @@
 
     FeatureGen_span<i> -> StatisticsGen_span<i> -> ExampleValidator_span<i> (<- ImportSchemaGen)
                        -> ValidationGate_span<i>  (fails the run on anomalies / dead letters)
+    ExamplesUnion (only with 2+ spans, after every gate: every span's splits as one Examples artifact)
     ChampionResolver (ML Metadata) -> Trainer (CTC; warm start from the champion, after every gate)
                                    -> SpeechEvaluator (PER threshold + champion comparison -> ModelBlessing)
                                    -> RegistryPusher (MLflow; only when blessed; alias `champion`)
     with include_speaker (the speaker branch, same pattern):
     SpeakerFeatureGen_span<i> (when the embedder's features differ; after ValidationGate_span<i>)
+    SpeakerExamplesUnion (2+ spans and the embedder's own features; else the trainers share ExamplesUnion)
     PairGen (pair builder on the test span: trial lists)
     SpeakerChampionResolver -> SpeakerTrainer (siamese embedder) -> SpeakerEvaluator (EER, clustering)
                             -> SpeakerRegistryPusher
+    with champion_from="registry" (open-source KFP runs no resolver tasks): RegistryChampion and
+    SpeakerRegistryChampion, container steps reading the MLflow registry's `champion` alias, stand
+    in for the two resolvers (components/registry_champion.py).
 
 `pipeline/local_runner.py` runs it with LocalDagRunner, Beam's DirectRunner and SQLite ML Metadata
 under one home folder; the same function serves other orchestrators (KFP) unchanged.
@@ -20,7 +25,6 @@ import json
 from typing import Dict, List, Sequence, Tuple
 
 from tfx import v1 as tfx
-from tfx.types.channel import union
 
 from speechpipe.config import FeatureConfig
 
@@ -32,6 +36,11 @@ EMBEDDER_RUN_FN = "speechpipe.components.embedder_trainer.run_fn"
 CTC_TRAINER_ID = "Trainer"
 SPEAKER_TRAINER_ID = "SpeakerTrainer"
 TRAINER_NODE_IDS = (CTC_TRAINER_ID, SPEAKER_TRAINER_ID)
+# The node that joins every span's Examples into one artifact (2+ spans only), per feature set.
+UNION_ID = "ExamplesUnion"
+SPEAKER_UNION_ID = "SpeakerExamplesUnion"
+# Where a branch's champion comes from: ML Metadata (a resolver node) or the MLflow registry's alias.
+CHAMPION_SOURCES = ("resolver", "registry")
 
 
 def create_pipeline(
@@ -61,8 +70,14 @@ def create_pipeline(
     max_eer: float = 0.4,
     min_eer_improvement: float = 0.0,
     enable_cache: bool = True,
+    champion_from: str = "resolver",
 ) -> tfx.dsl.Pipeline:
-    """spans: (input path, content fingerprint) per span, span number = position."""
+    """spans: (input path, content fingerprint) per span, span number = position. champion_from:
+    "resolver" (the champion through ML Metadata, ChampionStrategy) or "registry" (a container
+    step reads the MLflow registry's `champion` alias: for orchestrators without resolver tasks,
+    open-source KFP; components/registry_champion.py)."""
+    if champion_from not in CHAMPION_SOURCES:
+        raise ValueError(f"champion_from={champion_from!r}: one of {', '.join(CHAMPION_SOURCES)}")
     from speechpipe.components.evaluator import SpeechEvaluator
     from speechpipe.components.feature_gen import FeatureGen
     from speechpipe.components.registry_pusher import RegistryPusher
@@ -98,16 +113,21 @@ def create_pipeline(
         components += [features, statistics, validator, gate]
         gates.append(gate)
         span_examples.append(features.outputs["examples"])
-    all_examples = span_examples[0] if len(span_examples) == 1 else union(span_examples)
+    # The trainers and pushers read ONE channel holding every span (KubeflowV2DagRunner compiles no
+    # channel union): the span's own Examples for one span, else an ExamplesUnion node's copy.
+    all_examples, union_node = examples_of_all_spans(span_examples, gates, UNION_ID)
+    if union_node is not None:
+        components.append(union_node)
 
     # The current champion, resolved through ML Metadata: the latest blessed model trained on
     # other data than this run's (so a re-run with nothing new resolves what the last run did).
-    champion = champion_resolver(data_key, "ctc").with_id("ChampionResolver")
+    # (Or, with champion_from="registry", the version holding the registry's `champion` alias.)
+    champion = champion_node(champion_from, data_key, "ctc", tracking_uri, model_name)
     components.append(champion)
 
     # The CTC phone recogniser on every span's train split, stopping on the validation splits'
     # PER; warm-started from the champion when there is one.
-    trainer = gated_trainer(CTC_RUN_FN, all_examples, champion, gates,
+    trainer = gated_trainer(_run_fn(CTC_RUN_FN, champion_from), all_examples, champion, gates,
                             {"features": feature_config.to_json(), "ctc": ctc_config, "warm_start": warm_start},
                             ).with_id(CTC_TRAINER_ID)
     components.append(trainer)
@@ -130,7 +150,10 @@ def create_pipeline(
     if include_speaker:
         speaker_feature_config = speaker_feature_config or feature_config
         speaker_examples = span_examples
+        # Same features: the speaker trainer reads the CTC branch's union (or single span).
+        shared_union = (all_examples, union_node)
         if speaker_feature_config != feature_config:
+            shared_union = None
             # The embedder's own features (by default globally normalised: a per-utterance
             # normalisation removes the long-term spectrum, which carries the speaker). Same audio,
             # so the CTC features' statistics, validation and gate stand for them too.
@@ -150,7 +173,8 @@ def create_pipeline(
             embedder_config=embedder_config or {}, warm_start=warm_start, beam_args=beam_args, data_key=data_key,
             max_eer=max_eer, min_eer_improvement=min_eer_improvement, tracking_uri=tracking_uri,
             artifact_root=artifact_root, model_name=embedder_model_name, pipeline_name=pipeline_name,
-            feature_json=json.dumps(speaker_feature_config.to_json(), sort_keys=True))
+            feature_json=json.dumps(speaker_feature_config.to_json(), sort_keys=True), shared_union=shared_union,
+            champion_from=champion_from)
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
@@ -160,6 +184,20 @@ def create_pipeline(
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_args),
     )
+
+
+def examples_of_all_spans(span_examples: List, gates: List, node_id: str):
+    """(channel, node or None): the one Examples channel that holds every span's splits. One span:
+    its FeatureGen's channel, no node. More: an ExamplesUnion node (components/examples_union.py)
+    with one input per span, run only after every span passed its gate, and its output."""
+    if len(span_examples) == 1:
+        return span_examples[0], None
+    from speechpipe.components.examples_union import ExamplesUnion
+
+    node = ExamplesUnion(examples=span_examples).with_id(node_id)
+    for gate in gates:
+        node.add_upstream_node(gate)  # nothing is copied unless every span passed its gate
+    return node.outputs["examples"], node
 
 
 def gated_trainer(run_fn: str, examples, champion, gates: List, custom_config: Dict[str, object]):
@@ -178,6 +216,30 @@ def gated_trainer(run_fn: str, examples, champion, gates: List, custom_config: D
     return trainer
 
 
+def champion_node(champion_from: str, data_key: str, model_kind: str, tracking_uri: str, model_name: str):
+    """The node whose `outputs["model"]` is a branch's champion: the ML Metadata resolver
+    (`ChampionResolver`, `SpeakerChampionResolver`), or the registry step (`RegistryChampion`,
+    `SpeakerRegistryChampion`)."""
+    prefix = "Speaker" if model_kind == "speaker" else ""
+    if champion_from == "registry":
+        from speechpipe.components.registry_champion import RegistryChampion
+
+        return RegistryChampion(tracking_uri=tracking_uri, model_name=model_name, data_key=data_key,
+                                model_kind=model_kind).with_id(f"{prefix}RegistryChampion")
+    return champion_resolver(data_key, model_kind).with_id(f"{prefix}ChampionResolver")
+
+
+def _run_fn(run_fn: str, champion_from: str) -> str:
+    """A trainer's run_fn; with a registry champion, its wrapper that drops a champion published
+    as absent (components/registry_champion.py), so the trainer sees no base model, as when the
+    resolver finds none."""
+    if champion_from != "registry":
+        return run_fn
+    from speechpipe.components import registry_champion
+
+    return {CTC_RUN_FN: registry_champion.CTC_RUN_FN, EMBEDDER_RUN_FN: registry_champion.EMBEDDER_RUN_FN}[run_fn]
+
+
 def champion_resolver(data_key: str, model_kind: str) -> tfx.dsl.Resolver:
     """The champion of one branch ("ctc" or "speaker") through ML Metadata (ChampionStrategy)."""
     from speechpipe.components.champion_resolver import ChampionStrategy
@@ -192,21 +254,24 @@ def champion_resolver(data_key: str, model_kind: str) -> tfx.dsl.Resolver:
 def _speaker_branch(features: List, gates: List, test_span: int, feature_config: FeatureConfig,
                     embedder_config: Dict[str, object], warm_start: bool, beam_args: Sequence[str], data_key: str,
                     max_eer: float, min_eer_improvement: float, tracking_uri: str, artifact_root: str,
-                    model_name: str, pipeline_name: str, feature_json: str) -> List:
+                    model_name: str, pipeline_name: str, feature_json: str, shared_union=None,
+                    champion_from: str = "resolver") -> List:
     """The speaker embedder's nodes, on the same Examples and gates as the CTC branch."""
     from speechpipe.components.pair_gen import PairGen
     from speechpipe.components.registry_pusher import RegistryPusher
     from speechpipe.components.speaker_evaluator import SpeakerEvaluator
 
-    all_examples = features[0] if len(features) == 1 else union(features)
+    # The union of the spans: the CTC branch's when both branches read the same features.
+    all_examples, union_node = (shared_union if shared_union is not None
+                                else examples_of_all_spans(features, gates, SPEAKER_UNION_ID))
     # The trial list of the fixed test span (VoxCeleb format), after its gate passed. The
     # trainer's default in-batch form draws its own pairs, so no other span needs pairs.
     pairs = PairGen(examples=features[test_span], beam_args=json.dumps(list(beam_args))).with_id("PairGen")
     pairs.add_upstream_node(gates[test_span])
     # The speaker champion: the same rule as the CTC one, among the speaker blessings.
-    champion = champion_resolver(data_key, "speaker").with_id("SpeakerChampionResolver")
+    champion = champion_node(champion_from, data_key, "speaker", tracking_uri, model_name)
     # The siamese embedder on every span's training speakers, best weights by validation EER.
-    trainer = gated_trainer(EMBEDDER_RUN_FN, all_examples, champion, gates,
+    trainer = gated_trainer(_run_fn(EMBEDDER_RUN_FN, champion_from), all_examples, champion, gates,
                             {"features": feature_config.to_json(), "embedder": dict(embedder_config),
                              "warm_start": warm_start}).with_id(SPEAKER_TRAINER_ID)
     # EER on the test span's trial list (speakers never seen), against the threshold and the champion.
@@ -221,4 +286,5 @@ def _speaker_branch(features: List, gates: List, test_span: int, feature_config:
         tracking_uri=tracking_uri, artifact_root=artifact_root, model_name=model_name,
         pipeline_name=pipeline_name, data_key=data_key, feature_config=feature_json, model_kind="speaker",
     ).with_id("SpeakerRegistryPusher")
-    return [pairs, champion, trainer, evaluator, pusher]
+    return ([union_node] if union_node is not None and shared_union is None else []) + \
+        [pairs, champion, trainer, evaluator, pusher]

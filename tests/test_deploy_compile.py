@@ -266,14 +266,117 @@ def test_spans_on_object_storage(tmp_path):
     assert "memfs://bucket/spans/s0/manifest.jsonl" in parameters
 
 
-def test_two_spans(span, tmp_path):
-    """One FeatureGen per span, as in the local DAG."""
+@pytest.mark.parametrize("include_speaker, speaker_normalization", [
+    (False, None), (True, "global"), (True, "cmvn")], ids=["ctc", "ctc+speaker", "ctc+speaker-shared-features"])
+def test_two_spans(span, tmp_path, include_speaker, speaker_normalization):
+    """Several spans compile: one FeatureGen / StatisticsGen / ExampleValidator / ValidationGate per
+    span, as in the local DAG, and an ExamplesUnion (one single-channel input per span, after every
+    gate) that the trainers and pushers read; GPUs still on the trainers alone."""
+    from speechpipe.components.examples_union import ExamplesUnion
+    from speechpipe.pipeline.tfx_pipeline import SPEAKER_UNION_ID, TRAINER_NODE_IDS, UNION_ID
+
+    spans = [span, _span(str(tmp_path / "span1")), _span(str(tmp_path / "span2"))]
+    config = _config(spans, include_speaker)
+    if speaker_normalization:
+        config = replace(config, speaker_features=replace(config.speaker_features,
+                                                          normalization=speaker_normalization))
+    compiled = _compile(config, _cluster("kubeflow"))
+    path = runner.write_compiled(compiled, str(tmp_path / "pipeline.yaml"))
+    spec, platform = _read_back(path, "kubeflow")
+    tasks = spec["root"]["dag"]["tasks"]
+
+    local = _local_node_ids(config, tmp_path)
+    for node in local:
+        assert node in tasks or any(t.startswith(node + "-") for t in tasks), f"{node} is not in the compiled spec"
+    for i in range(len(spans)):
+        assert {f"FeatureGen_span{i}", f"StatisticsGen_span{i}", f"ExampleValidator_span{i}",
+                f"ValidationGate_span{i}"} <= set(tasks)
+    own_speaker_features = include_speaker and speaker_normalization != config.features.normalization
+    unions = {UNION_ID: "FeatureGen_span"}
+    if own_speaker_features:
+        unions[SPEAKER_UNION_ID] = "SpeakerFeatureGen_span"
+    assert {t for t in tasks if t.endswith("ExamplesUnion")} == set(unions)
+    gates = {f"ValidationGate_span{i}" for i in range(len(spans))}
+    for union, producer in unions.items():
+        task = tasks[union]
+        # One artifact input per span, each fed by that span's feature node alone.
+        artifacts = task["inputs"]["artifacts"]
+        assert sorted(artifacts) == [f"span_{i}" for i in range(len(spans))]
+        for i in range(len(spans)):
+            assert artifacts[f"span_{i}"]["taskOutputArtifact"] == {"producerTask": f"{producer}{i}",
+                                                                    "outputArtifactKey": "examples"}
+        assert gates <= set(task["dependentTasks"])  # after every span's gate
+        assert _executor(spec, union)[1]["container"]["command"]  # an ordinary container step
+        assert f"{ExamplesUnion.__module__}.Executor" in json.dumps(_executor(spec, union)[1]["container"])
+    # The trainers and pushers read the union's one output; the evaluators the test span's own.
+    readers = {"Trainer": UNION_ID, "RegistryPusher": UNION_ID}
+    if include_speaker:
+        readers.update({"SpeakerTrainer": SPEAKER_UNION_ID if own_speaker_features else UNION_ID,
+                        "SpeakerRegistryPusher": SPEAKER_UNION_ID if own_speaker_features else UNION_ID})
+    for reader, union in readers.items():
+        assert tasks[reader]["inputs"]["artifacts"]["examples"]["taskOutputArtifact"] == {
+            "producerTask": union, "outputArtifactKey": "examples"}, reader
+    assert tasks["SpeechEvaluator"]["inputs"]["artifacts"]["examples"]["taskOutputArtifact"]["producerTask"] == \
+        "FeatureGen_span0"
+
+    # GPUs on the trainers alone, the union included among the nodes without one.
+    trainers = sorted(t for t in TRAINER_NODE_IDS if t in tasks)
+    assert trainers == (["SpeakerTrainer", "Trainer"] if include_speaker else ["Trainer"])
+    with_gpus = {t for t in tasks if _executor(spec, t)[1].get("container", {}).get("resources", {}).get("accelerator")}
+    assert with_gpus == set(trainers)
+    assert set(platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]) == {
+        _executor(spec, t)[0] for t in trainers}
+
+
+def test_one_span_has_no_union_node(span, tmp_path):
+    """A single span's Examples go to the trainers directly, as before."""
+    pipeline, _, _ = runner.build_pipeline(_config([span], include_speaker=True), _cluster("kubeflow"))
+    assert not [n.id for n in pipeline.components if n.id.endswith("ExamplesUnion")]
+
+
+@pytest.mark.parametrize("target", ["kubeflow", "vertex"])
+def test_champion_from_the_registry(span, tmp_path, target):
+    """`--champion-from registry` (open-source KFP runs no resolver tasks): a container step per
+    branch reads the MLflow registry's `champion` alias and feeds the trainer (base_model) and the
+    evaluator (champion); no resolver task is left; GPUs still on the trainers alone."""
+    from speechpipe.cli import main
+    from speechpipe.components import registry_champion
+
+    out = tmp_path / ("pipeline.yaml" if target == "kubeflow" else "pipeline.json")
     second = _span(str(tmp_path / "span1"))
-    try:
-        compiled = _compile(_config([span, second], include_speaker=False), _cluster("kubeflow"))
-    except runner.CompileError as error:
-        if "Only single Channel" in str(error):
-            pytest.xfail(f"KubeflowV2DagRunner compiles no channel union (docs/deploy.md, 'Limits'): {error}")
-        raise
-    tasks = compiled.pipeline_spec["root"]["dag"]["tasks"]
-    assert {"FeatureGen_span0", "FeatureGen_span1", "ValidationGate_span1"} <= set(tasks)
+    argv = ["compile", "--target", target, "--out", str(out), "--image", IMAGE, "--home", HOME, "--span", span,
+            "--span", second, "--tracking-uri", TRACKING, "--speaker", "--accelerator-type", "L4",
+            "--champion-from", "registry"]
+    assert main(argv) == 0
+    spec, platform = _read_back(str(out), target)
+    tasks = spec["root"]["dag"]["tasks"]
+    executors = spec["deploymentSpec"]["executors"]
+    assert not [label for label, e in executors.items() if "resolver" in e]
+    assert not [t for t in tasks if "Resolver" in t]
+    for champion, trainer, evaluator, model_name, kind, run_fn in (
+            ("RegistryChampion", "Trainer", "SpeechEvaluator", "speechpipe-ctc", "ctc", registry_champion.CTC_RUN_FN),
+            ("SpeakerRegistryChampion", "SpeakerTrainer", "SpeakerEvaluator", "speechpipe-embedder", "speaker",
+             registry_champion.EMBEDDER_RUN_FN)):
+        task = tasks[champion]
+        assert "artifacts" not in task.get("inputs", {})  # no upstream: it asks the registry
+        parameters = json.dumps(task["inputs"]["parameters"])
+        assert TRACKING in parameters and model_name in parameters and f'"{kind}"' in parameters
+        container = _executor(spec, champion)[1]["container"]
+        assert container["image"] == IMAGE and "accelerator" not in container.get("resources", {})
+        assert "speechpipe.components.registry_champion.Executor" in container["args"]
+        assert tasks[trainer]["inputs"]["artifacts"]["base_model"]["taskOutputArtifact"] == {
+            "producerTask": champion, "outputArtifactKey": "model"}
+        assert tasks[evaluator]["inputs"]["artifacts"]["champion"]["taskOutputArtifact"] == {
+            "producerTask": champion, "outputArtifactKey": "model"}
+        assert run_fn in json.dumps(tasks[trainer]["inputs"]["parameters"])
+    with_gpus = {t for t in tasks if _executor(spec, t)[1].get("container", {}).get("resources", {}).get("accelerator")}
+    assert with_gpus == {"Trainer", "SpeakerTrainer"}
+    # The default stays the resolver.
+    compiled = _compile(_config([span], include_speaker=True), _cluster(target))
+    assert "ChampionResolver-model-blessing-resolver" in compiled.pipeline_spec["root"]["dag"]["tasks"]
+    assert "RegistryChampion" not in compiled.pipeline_spec["root"]["dag"]["tasks"]
+
+
+def test_champion_from_is_checked(span):
+    with pytest.raises(ConfigError, match="champion_from"):
+        _compile(replace(_config([span], include_speaker=False), champion_from="mlmd"), _cluster("kubeflow"))

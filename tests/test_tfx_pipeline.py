@@ -74,6 +74,7 @@ def test_first_run_pushes_v1_as_champion(runs):
     assert first["push"]["pushed"] is True, first["outcome"]
     assert first["push"]["version"] == "1"
     assert "Trainer" in first["executed"] and "RegistryPusher" in first["executed"]
+    assert "ExamplesUnion" not in first["nodes"]  # one span: its Examples go to the trainer as they are
     assert first["evaluation"]["champion"] is None
     assert os.path.exists(first["report"])
 
@@ -105,6 +106,8 @@ def test_new_span_warm_starts_and_is_refused_with_a_reason(runs):
     second = runs["second"]
     assert second["status"] == "succeeded", second["error"]
     assert "FeatureGen_span0" in second["cached"] and "FeatureGen_span1" in second["executed"]
+    # Both spans reach the trainer through one ExamplesUnion artifact, as on a cluster.
+    assert "ExamplesUnion" in second["executed"]
     assert second["warm_start"]["warm_start"] is True, second["warm_start"]
     evaluation = second["evaluation"]
     assert evaluation["champion"]["model_id"] == runs["first"]["model_id"]
@@ -120,6 +123,7 @@ def test_bad_span_stops_at_the_gate_and_pushes_nothing(runs):
     assert bad["status"] == "failed"
     assert "ValidationGate_span1" in bad["nodes"] and bad["nodes"]["ValidationGate_span1"]["state"] == "failed"
     assert "Trainer" not in bad["nodes"] and "RegistryPusher" not in bad["nodes"]
+    assert "ExamplesUnion" not in bad["nodes"]  # nothing is copied unless every gate passed
     assert "dead-lettered" in bad["gate"]
     assert "validation gate" in bad["outcome"]
     assert os.path.exists(bad["report"])

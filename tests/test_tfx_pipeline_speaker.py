@@ -95,6 +95,8 @@ def test_report_has_eer_det_and_projection(runs):
 def test_new_span_resolves_the_speaker_champion_and_is_refused_with_a_reason(runs):
     second = runs["second"]
     assert second["status"] == "succeeded", second["error"]
+    # Each feature set's spans reach its trainer through its own ExamplesUnion artifact.
+    assert {"ExamplesUnion", "SpeakerExamplesUnion"} <= set(second["executed"]), second["nodes"]
     speaker = second["speaker"]
     first_speaker_model = runs["first"]["speaker"]["model_id"]
     assert speaker["training"]["warm_start"]["warm_start"] is True, speaker["training"]["warm_start"]
