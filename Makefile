@@ -31,7 +31,7 @@ $(STAMP): requirements.lock setup.py
 	@test -x $(UV) || $(BIN)/python -m pip install --quiet --disable-pip-version-check "$(UV_PIN)"
 	# Bytecode compiled once here: every later process (Beam workers, tests' subprocesses) then
 	# imports TensorFlow and Beam from .pyc, also where PYTHONDONTWRITEBYTECODE is set, which
-	# otherwise recompiles them in every process (a 43-minute test run instead of about 20).
+	# otherwise recompiles them in every process.
 	$(UV) pip sync --compile-bytecode --python $(BIN)/python requirements.lock
 	$(UV) pip install --python $(BIN)/python --no-deps -e .
 	@touch $@
