@@ -159,8 +159,10 @@ def embedded_artifact_root(home: str) -> str:
 
 def is_remote(path: str) -> bool:
     """True for a URI with a scheme (gs://, s3://, hdfs://, ...): object storage, read through
-    Beam's FileSystems and never resolved against the working folder."""
-    return "://" in path
+    Beam's FileSystems and never resolved against the working folder (speechpipe.storage's rule)."""
+    from speechpipe.storage import is_uri
+
+    return is_uri(path)
 
 
 def join_path(base: str, *parts: str) -> str:

@@ -118,12 +118,10 @@ def split_dir(root: str, split: str) -> str:
 
 def shard_paths(root: str, split: str) -> List[str]:
     """The split's shards, sorted; `root` is a local folder or a URI Beam's FileSystems knows."""
-    pattern = f"{split_dir(root, split)}/{SHARD_PREFIX}-*"
-    if "://" not in root:
-        return sorted(glob.glob(pattern))
-    from speechpipe.storage import beam_match
+    from speechpipe.storage import beam_match, is_uri
 
-    return beam_match(pattern)
+    pattern = f"{split_dir(root, split)}/{SHARD_PREFIX}-*"
+    return beam_match(pattern) if is_uri(root) else sorted(glob.glob(pattern))
 
 
 def read_split(root: str, split: str) -> Iterator[UtteranceFeatures]:

@@ -25,8 +25,8 @@ from typing import Any, BinaryIO, Dict, Iterator, List, Tuple
 
 
 def is_uri(path: str) -> bool:
-    """True for a URI with a scheme (gs://, s3://, ...): never resolved against the working folder.
-    The same rule as `speechpipe.pipeline.run_config.is_remote`."""
+    """True for a URI with a scheme (gs://, s3://, ...): never resolved against the working folder
+    (`speechpipe.pipeline.run_config.is_remote` uses this rule)."""
     return "://" in path
 
 
