@@ -4,7 +4,7 @@
                         [Beam options: --runner, --direct_running_mode, --direct_num_workers, ...]
 
 Reads a VoxCeleb-layout root, a JSON Lines manifest or a Kaldi data directory; decodes,
-downmixes and resamples; computes librosa features; normalises; writes sharded GZIP TFRecords per
+downmixes and resamples; computes log-mel features (librosa's definition); normalises; writes sharded GZIP TFRecords per
 split (TFX's `Split-<name>/` layout), an index of the good utterances, the dead letter, the
 training split's global statistics and `summary.json`. Bad inputs go to the dead letter with a
 reason, the job completes, good + dead-lettered = inputs, and every shard is read back and counted
@@ -115,7 +115,7 @@ class ComputeFeaturesFn(beam.DoFn):
     def setup(self) -> None:
         import numpy as np
 
-        # Pays librosa's import and the mel filterbank once per worker, not on the first record.
+        # Pays scipy.fft's import and the mel filterbank once per worker, not on the first record.
         compute_features(np.zeros(self._config.n_fft, np.float32) + 1e-3, self._config)
 
     def process(self, record: SourceRecord):

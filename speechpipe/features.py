@@ -1,4 +1,4 @@
-"""Spectrogram features with librosa, and their normalisations.
+"""Spectrogram features (librosa's definition, computed with numpy), and their normalisations.
 
 The in-graph serving features (TensorFlow, tf.signal) must reproduce `compute_features` within
 the tolerance the parity tests state, so this module keeps to what tf.signal can mirror: a
@@ -18,11 +18,65 @@ CMVN_STD_FLOOR = 1e-5  # a constant bin divides by this, not by zero
 GLOBAL_STD_FLOOR = 1e-5
 
 
+# Slaney's mel scale, as librosa.hz_to_mel / mel_to_hz (htk=False) define it.
+_MEL_F_SP = 200.0 / 3  # Hz per mel in the linear part
+_MEL_MIN_LOG_HZ = 1000.0  # where the log part starts
+_MEL_MIN_LOG_MEL = _MEL_MIN_LOG_HZ / _MEL_F_SP
+_MEL_LOGSTEP = np.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz: float) -> float:
+    if hz >= _MEL_MIN_LOG_HZ:
+        return _MEL_MIN_LOG_MEL + np.log(hz / _MEL_MIN_LOG_HZ) / _MEL_LOGSTEP
+    return hz / _MEL_F_SP
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    freqs = _MEL_F_SP * mels
+    log_part = mels >= _MEL_MIN_LOG_MEL
+    freqs[log_part] = _MEL_MIN_LOG_HZ * np.exp(_MEL_LOGSTEP * (mels[log_part] - _MEL_MIN_LOG_MEL))
+    return freqs
+
+
 @lru_cache(maxsize=8)
 def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    import librosa
+    """librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax) (Slaney scale and norm, float32), the
+    same operations in the same order, so the same bits (`tests/test_features.py` compares them).
+    Written out because importing librosa (numba, scipy.signal, audioread) cost each Beam worker
+    3-5 s before its first record, a fifth of a run on the demo corpus."""
+    weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
+    fftfreqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fftfreqs)
+    for i in range(n_mels):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2: n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
+    return weights
 
-    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).astype(np.float32)
+
+@lru_cache(maxsize=8)
+def _sparse_mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float):
+    """`_mel_basis` as a CSR matrix: each filter spans a few FFT bins (2 % of the dense matrix is
+    non-zero), and the dense product was half of the feature time (OpenBLAS falls back to its
+    generic kernel on CPUs it does not recognise). Only the summation order differs from the
+    dense product: float rounding."""
+    import scipy.sparse
+
+    return scipy.sparse.csr_matrix(_mel_basis(sample_rate, n_fft, n_mels, fmin, fmax))
+
+
+@lru_cache(maxsize=8)
+def _hann_window(n_fft: int) -> np.ndarray:
+    """The periodic Hann window, float64, as scipy.signal.get_window("hann", n_fft, fftbins=True)
+    (librosa's window="hann") computes it."""
+    fac = np.linspace(-np.pi, np.pi, n_fft + 1)
+    w = np.zeros(n_fft + 1)
+    for k, a in enumerate((0.5, 0.5)):
+        w += a * np.cos(k * fac)
+    return w[:-1]
 
 
 def num_frames(num_samples: int, config: FeatureConfig) -> int:
@@ -30,20 +84,29 @@ def num_frames(num_samples: int, config: FeatureConfig) -> int:
 
 
 def compute_features(samples: np.ndarray, config: FeatureConfig) -> np.ndarray:
-    """Unnormalised log features, float32 [frames, bins]."""
-    import librosa
+    """Unnormalised log features, float32 [frames, bins].
 
-    spectrum = librosa.stft(
-        np.asarray(samples, np.float32),
-        n_fft=config.n_fft,
-        hop_length=config.hop_length,
-        window="hann",
-        center=False,
-    )
-    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)  # [bins, frames]
+    The definition is librosa's: librosa.stft(window="hann", center=False), power, the
+    librosa.filters.mel matrix, log(power + floor). It is computed here with numpy and scipy.fft
+    in librosa's own order (float32 frames times the float64 window, a float64 real FFT over
+    each frame, the spectrum kept as complex64, its power in float32), so the spectrum is the
+    same bits as librosa's; the mel product sums only the filters' non-zero terms, which changes
+    float rounding only. `tests/test_features.py` compares it with librosa."""
+    import scipy.fft
+
+    samples = np.ascontiguousarray(samples, np.float32)
+    if samples.ndim != 1 or samples.shape[0] < config.n_fft:
+        raise ValueError(f"need mono audio of at least n_fft={config.n_fft} samples, got shape {samples.shape}")
+    n = num_frames(samples.shape[0], config)
+    step = samples.strides[0]
+    # [n_fft, frames], a view: column t is samples[t * hop: t * hop + n_fft], librosa.util.frame's layout
+    frames = np.lib.stride_tricks.as_strided(samples, (config.n_fft, n), (step, step * config.hop_length),
+                                             writeable=False)
+    spectrum = scipy.fft.rfft(_hann_window(config.n_fft)[:, np.newaxis] * frames, axis=0).astype(np.complex64)
+    power = spectrum.real**2 + spectrum.imag**2  # float32 [bins, frames]
     if config.kind == "logmel":
-        power = _mel_basis(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax) @ power
-    return np.log(power + config.log_floor).T.astype(np.float32)
+        power = _sparse_mel_basis(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax) @ power
+    return np.log(power + np.float32(config.log_floor)).T.astype(np.float32)
 
 
 def minmax(features: np.ndarray) -> np.ndarray:
