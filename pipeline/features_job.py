@@ -29,6 +29,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, SetupOptions
 
 from speechpipe import records, storage
+from speechpipe.shards import LINES, TFRECORD, ShardedOutput, WriteShards
 from speechpipe.audio import AudioRejected, check_usable, decode
 from speechpipe.config import FEATURE_KINDS, NORMALISATIONS, SPLITS, FeatureConfig
 from speechpipe.features import GlobalStats, compute_features, normalise
@@ -48,6 +49,8 @@ from speechpipe.sources import (
 # Tagged outputs.
 DEAD_LETTER = "dead_letter"
 GOOD = "good"
+
+TRAIN_STATS = "train_stats"  # the totals' key of the training split's GlobalStats
 
 SUMMARY_FILE = "summary.json"
 GLOBAL_STATS_FILE = "global_stats.json"
@@ -137,62 +140,93 @@ class ComputeFeaturesFn(beam.DoFn):
         yield record, features, audio.samples.shape[0] / audio.sample_rate
 
 
-class GlobalStatsFn(beam.CombineFn):
-    """Per-bin frame count, sum and sum of squares over the training split (float64)."""
+class JobTotalsFn(beam.CombineFn):
+    """The job's totals in one combine: counts of inputs, of good examples per split (with seconds
+    and frames) and of dead letters per reason (the numbers summary.json reports and the read-back
+    checks), and the training split's per-bin frame count, sum and sum of squares (float64).
+
+    One combine instead of two (each CombineGlobally is 9 transforms the runner translates and
+    instantiates). Inputs are (key, number) pairs, or (TRAIN_STATS, GlobalStats)."""
 
     def __init__(self, bins: int) -> None:
         self._bins = bins
 
-    def create_accumulator(self) -> GlobalStats:
-        return GlobalStats.empty(self._bins)
+    def create_accumulator(self) -> Tuple[Dict[str, float], GlobalStats]:
+        return {}, GlobalStats.empty(self._bins)
 
-    def add_input(self, accumulator: GlobalStats, features) -> GlobalStats:
-        return accumulator.merge(GlobalStats.of(features))
-
-    def merge_accumulators(self, accumulators: Iterable[GlobalStats]) -> GlobalStats:
-        merged = GlobalStats.empty(self._bins)
-        for accumulator in accumulators:
-            merged = merged.merge(accumulator)
-        return merged
-
-    def extract_output(self, accumulator: GlobalStats) -> Optional[Dict[str, object]]:
-        return accumulator.to_json() if accumulator.count else None
-
-
-class OutcomeCountsFn(beam.CombineFn):
-    """Counts of inputs, good examples per split (with seconds and frames) and dead letters per
-    reason: the numbers summary.json reports and the read-back checks."""
-
-    def create_accumulator(self) -> Dict[str, float]:
-        return {}
-
-    def add_input(self, accumulator: Dict[str, float], item: Tuple[str, float]) -> Dict[str, float]:
+    def add_input(self, accumulator: Tuple[Dict[str, float], GlobalStats], item: Tuple[str, object]):
+        counts, stats = accumulator
         key, value = item
-        accumulator[key] = accumulator.get(key, 0) + value
-        return accumulator
+        if key == TRAIN_STATS:
+            return counts, stats.merge(value)
+        counts[key] = counts.get(key, 0) + value
+        return counts, stats
 
-    def merge_accumulators(self, accumulators: Iterable[Dict[str, float]]) -> Dict[str, float]:
-        merged: Dict[str, float] = {}
-        for accumulator in accumulators:
-            for key, value in accumulator.items():
-                merged[key] = merged.get(key, 0) + value
-        return merged
+    def merge_accumulators(self, accumulators: Iterable[Tuple[Dict[str, float], GlobalStats]]):
+        counts, stats = self.create_accumulator()
+        for more_counts, more_stats in accumulators:
+            for key, value in more_counts.items():
+                counts[key] = counts.get(key, 0) + value
+            stats = stats.merge(more_stats)
+        return counts, stats
 
-    def extract_output(self, accumulator: Dict[str, float]) -> Dict[str, float]:
-        return dict(sorted(accumulator.items()))
+    def extract_output(self, accumulator: Tuple[Dict[str, float], GlobalStats]) -> Dict[str, object]:
+        counts, stats = accumulator
+        return {"counts": dict(sorted(counts.items())), "global_stats": stats.to_json() if stats.count else None}
 
 
-def _to_example(element, config: FeatureConfig, stats: Optional[Dict[str, object]], inventory_name: str):
-    from speechpipe.phones import load_inventory
-
+def _good_outcomes(element) -> List[Tuple[str, object]]:
+    """What one good utterance adds to the totals (from the features before normalisation)."""
     record, features, seconds = element
-    phones = record.phones.split() if record.phones is not None else None  # tokenized by ParseInputFn
-    ids = load_inventory(inventory_name).phone_to_id()
-    return records.UtteranceFeatures(
-        utterance=record.utterance, speaker=record.speaker, session=record.session, split=record.split,
-        features=normalise(features, config, stats), duration=round(seconds, 6),
-        phone_ids=[ids[p] for p in phones] if phones is not None else None, phones=phones, text=record.text,
-    )
+    split = record.split
+    items: List[Tuple[str, object]] = [(f"good.{split}", 1), (f"seconds.{split}", round(seconds, 6)),
+                                       (f"frames.{split}", int(features.shape[0]))]
+    if split == "train":
+        items.append((TRAIN_STATS, GlobalStats.of(features)))
+    return items
+
+
+class WriteTotalsFn(beam.DoFn):
+    """The totals -> counts/counts.json and global_stats.json (once: the totals are a singleton;
+    a retry writes the same bytes again)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self._out_dir = out_dir
+
+    def process(self, totals: Dict[str, object]):
+        stats = totals["global_stats"]
+        storage.beam_write_bytes(storage.join(self._out_dir, COUNTS_PREFIX + ".json"),
+                                 (json.dumps(totals["counts"], sort_keys=True) + "\n").encode("utf-8"),
+                                 mime_type="application/json")
+        storage.beam_write_bytes(storage.join(self._out_dir, GLOBAL_STATS_FILE),
+                                 ((json.dumps(stats, indent=1) if stats else "null") + "\n").encode("utf-8"),
+                                 mime_type="application/json")
+        return ()
+
+
+class ToExampleFn(beam.DoFn):
+    """(record, unnormalised features, seconds) -> the normalised `records.UtteranceFeatures`."""
+
+    def __init__(self, config: FeatureConfig, inventory_name: str) -> None:
+        self._config = config
+        self._inventory_name = inventory_name
+        self._ids: Optional[Dict[str, int]] = None
+
+    def setup(self) -> None:
+        from speechpipe.phones import load_inventory
+
+        self._ids = load_inventory(self._inventory_name).phone_to_id()
+
+    def process(self, element, totals: Optional[Dict[str, object]] = None):
+        record, features, seconds = element
+        phones = record.phones.split() if record.phones is not None else None  # tokenized by ParseInputFn
+        stats = totals["global_stats"] if totals is not None else None
+        yield records.UtteranceFeatures(
+            utterance=record.utterance, speaker=record.speaker, session=record.session, split=record.split,
+            features=normalise(features, self._config, stats), duration=round(seconds, 6),
+            phone_ids=[self._ids[p] for p in phones] if phones is not None else None, phones=phones,
+            text=record.text,
+        )
 
 
 def _index_line(example: records.UtteranceFeatures) -> str:
@@ -206,7 +240,7 @@ def _index_line(example: records.UtteranceFeatures) -> str:
 
 def build(pipeline: beam.Pipeline, spec: InputSpec, config: FeatureConfig, inventory_name: str = "phones_de.json") -> Dict[str, beam.PCollection]:
     """Adds the feature job's transforms; returns its PCollections by name (for tests and for
-    `write_outputs`): examples, dead_letter, counts, global_stats."""
+    `write_outputs`): examples, dead_letter and totals ({"counts": ..., "global_stats": ...})."""
     raw = (
         pipeline
         | "Start" >> beam.Create([spec])
@@ -222,13 +256,19 @@ def build(pipeline: beam.Pipeline, spec: InputSpec, config: FeatureConfig, inven
         | "KeepFirstOfDuplicates" >> beam.ParDo(KeepFirstFn()).with_outputs(DEAD_LETTER, main=GOOD)
     )
     computed = unique[GOOD] | "ComputeFeatures" >> beam.ParDo(ComputeFeaturesFn(config)).with_outputs(DEAD_LETTER, main=GOOD)
-    features = computed[GOOD]
+    dead_letter = (parsed[DEAD_LETTER], unique[DEAD_LETTER], computed[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
 
-    global_stats = (
-        features
-        | "TrainingSplitOnly" >> beam.Filter(lambda e: e[0].split == "train")
-        | "FeaturesOnly" >> beam.Map(lambda e: e[1])
-        | "GlobalStatistics" >> beam.CombineGlobally(GlobalStatsFn(config.n_bins))
+    # Counted where they arise: inputs as listed, good utterances as the first (or only) feature
+    # pass produced them, dead letters as routed. The read-back then compares the shards on disk
+    # with these counts, so a record lost or added between here and the files fails the job.
+    totals = (
+        (
+            raw | "CountInputs" >> beam.Map(lambda _: ("inputs", 1)),
+            computed[GOOD] | "CountGood" >> beam.FlatMap(_good_outcomes),
+            dead_letter | "CountDeadLetters" >> beam.Map(lambda d: (f"dead_letter.{d.reason}", 1)),
+        )
+        | "AllOutcomes" >> beam.Flatten()
+        | "Totals" >> beam.CombineGlobally(JobTotalsFn(config.n_bins))
     )
     if config.normalization == "global":
         # Normalising waits for the statistics. Holding every spectrogram until then would make
@@ -236,62 +276,41 @@ def build(pipeline: beam.Pipeline, spec: InputSpec, config: FeatureConfig, inven
         # second pass over the (small) source records recomputes them. Its dead letters repeat
         # the first pass's and are not output again.
         second_pass = unique[GOOD] | "RecomputeFeatures" >> beam.ParDo(ComputeFeaturesFn(config, count=False)).with_outputs(DEAD_LETTER, main=GOOD)
-        examples = second_pass[GOOD] | "Normalise" >> beam.Map(
-            _to_example, config=config, stats=beam.pvalue.AsSingleton(global_stats), inventory_name=inventory_name
-        )
+        examples = second_pass[GOOD] | "Normalise" >> beam.ParDo(
+            ToExampleFn(config, inventory_name), totals=beam.pvalue.AsSingleton(totals))
     else:
-        examples = features | "Normalise" >> beam.Map(_to_example, config=config, stats=None, inventory_name=inventory_name)
-    dead_letter = (parsed[DEAD_LETTER], unique[DEAD_LETTER], computed[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
-
-    outcomes = (
-        (
-            raw | "CountInputs" >> beam.Map(lambda _: ("inputs", 1)),
-            examples | "CountGood" >> beam.FlatMap(lambda e: [
-                (f"good.{e.split}", 1), (f"seconds.{e.split}", e.duration), (f"frames.{e.split}", int(e.features.shape[0]))
-            ]),
-            dead_letter | "CountDeadLetters" >> beam.Map(lambda d: (f"dead_letter.{d.reason}", 1)),
-        )
-        | "AllOutcomes" >> beam.Flatten()
-        | "CountOutcomes" >> beam.CombineGlobally(OutcomeCountsFn())
-    )
-    return {"examples": examples, "dead_letter": dead_letter, "counts": outcomes, "global_stats": global_stats}
+        examples = computed[GOOD] | "Normalise" >> beam.ParDo(ToExampleFn(config, inventory_name))
+    return {"examples": examples, "dead_letter": dead_letter, "totals": totals}
 
 
-def write_outputs(outputs: Dict[str, beam.PCollection], out_dir: str, num_shards: int, compression: str = "none") -> None:
-    examples = outputs["examples"]
-    by_split = examples | "PartitionBySplit" >> beam.Partition(lambda e, _: SPLITS.index(e.split), len(SPLITS))
-    for index, split in enumerate(SPLITS):
-        _ = (
-            by_split[index]
-            | f"Serialize{split.title()}" >> beam.Map(records.encode_example)
-            | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
-                storage.join(records.split_dir(out_dir, split), records.SHARD_PREFIX),
-                file_name_suffix=".gz" if compression == "gzip" else "",
-                num_shards=num_shards,
-                compression_type=(beam.io.filesystem.CompressionTypes.GZIP if compression == "gzip"
-                                  else beam.io.filesystem.CompressionTypes.UNCOMPRESSED),
-            )
-        )
-    _ = (
-        examples
-        | "IndexLines" >> beam.Map(_index_line)
-        | "WriteIndex" >> beam.io.WriteToText(storage.join(out_dir, INDEX_PREFIX), file_name_suffix=".jsonl")
+def shard_outputs(out_dir: str, compression: str = "none") -> List[ShardedOutput]:
+    """The job's sharded outputs, in the order `write_outputs` numbers them: the splits' TFRecords
+    (SPLITS order), the utterance index, the dead letter."""
+    gzip = compression == "gzip"
+    splits = [ShardedOutput(storage.join(records.split_dir(out_dir, split), records.SHARD_PREFIX),
+                            suffix=".gz" if gzip else "", framing=TFRECORD, gzip=gzip) for split in SPLITS]
+    return splits + [ShardedOutput(storage.join(out_dir, INDEX_PREFIX), ".jsonl", LINES),
+                     ShardedOutput(storage.join(out_dir, DEAD_LETTER_PREFIX), ".jsonl", LINES)]
+
+
+_INDEX_OUTPUT, _DEAD_LETTER_OUTPUT = len(SPLITS), len(SPLITS) + 1
+
+
+def _example_payloads(example: records.UtteranceFeatures) -> Tuple[Tuple[int, object], Tuple[int, object]]:
+    """An example's two writes: its record into its split's shards, its line into the index."""
+    return (SPLITS.index(example.split), records.encode_example(example)), (_INDEX_OUTPUT, _index_line(example))
+
+
+def write_outputs(outputs: Dict[str, beam.PCollection], out_dir: str, num_shards: int = 0, compression: str = "none") -> None:
+    """Every output of the job: the splits' shards, the index and the dead letter through one
+    `WriteShards` (`num_shards` per output; 0: the runner decides, one per bundle); counts and
+    global statistics from the totals."""
+    payloads = (
+        outputs["examples"] | "EncodeExamples" >> beam.FlatMap(_example_payloads),
+        outputs["dead_letter"] | "DeadLetterLines" >> beam.Map(lambda d: (_DEAD_LETTER_OUTPUT, DeadLetter.to_json(d))),
     )
-    _ = (
-        outputs["dead_letter"]
-        | "DeadLetterJson" >> beam.Map(DeadLetter.to_json)
-        | "WriteDeadLetter" >> beam.io.WriteToText(storage.join(out_dir, DEAD_LETTER_PREFIX), file_name_suffix=".jsonl")
-    )
-    _ = (
-        outputs["counts"]
-        | "CountsJson" >> beam.Map(json.dumps, sort_keys=True)
-        | "WriteCounts" >> beam.io.WriteToText(storage.join(out_dir, COUNTS_PREFIX), file_name_suffix=".json", shard_name_template="")
-    )
-    _ = (
-        outputs["global_stats"]
-        | "GlobalStatsJson" >> beam.Map(lambda s: json.dumps(s, indent=1) if s else "null")
-        | "WriteGlobalStats" >> beam.io.WriteToText(storage.join(out_dir, GLOBAL_STATS_FILE), shard_name_template="")
-    )
+    _ = payloads | "WriteShards" >> WriteShards(shard_outputs(out_dir, compression), temp_root=out_dir, num_shards=num_shards)
+    _ = outputs["totals"] | "WriteTotals" >> beam.ParDo(WriteTotalsFn(out_dir))
 
 
 # ---------------------------------------------------------------------------------- after the run

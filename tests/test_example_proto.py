@@ -80,6 +80,18 @@ def test_reader_matches_tf_data(tmp_path, compression):
     assert list(read_tfrecord_file(path)) == list(tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator())
 
 
+def test_framed_records_are_tensorflows_bytes(tmp_path):
+    """The feature job's own shard writer frames records as tf.io.TFRecordWriter does."""
+    from speechpipe.example_proto import frame_record
+
+    path = str(tmp_path / "tf.tfrecord")
+    payloads = [b"", b"a", os.urandom(100_000), b"x" * 7]
+    with tf.io.TFRecordWriter(path) as w:
+        for p in payloads:
+            w.write(p)
+    assert b"".join(frame_record(p) for p in payloads) == open(path, "rb").read()
+
+
 @pytest.mark.parametrize("damage", ["flip_payload", "flip_length", "truncate"])
 def test_reader_refuses_damaged_files(tmp_path, damage):
     path = str(tmp_path / "r.tfrecord")

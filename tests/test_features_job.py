@@ -178,3 +178,13 @@ def test_output_folder_with_a_summary_is_refused(mixed, mixed_run):
     out, _ = mixed_run
     with pytest.raises(FileExistsError):
         features_job.run_job(make_spec(mixed[0]), CONFIG, out, PipelineOptions(IN_MEMORY))
+
+
+def test_fixed_shard_count_and_no_temporary_files_left(tiny_corpus, tmp_path):
+    out = str(tmp_path / "sharded")
+    summary = features_job.run_job(make_spec(os.path.join(tiny_corpus, "manifest.jsonl")), FeatureConfig(), out,
+                                   PipelineOptions(IN_MEMORY), num_shards=2)
+    for split in ("train", "validation", "test"):
+        assert sorted(summary["shards"][split]) == [f"data_tfrecord-{k:05d}-of-00002" for k in range(2)]
+        assert sum(summary["shards"][split].values()) == summary["good"][split]
+    assert not [name for name in os.listdir(out) if name.startswith(".temp")]
