@@ -84,18 +84,15 @@ def test_mel_basis_and_window_are_librosas_bits(sample_rate, n_fft, hop, n_mels,
 
 @pytest.mark.parametrize("kind", ["stft", "logmel"])
 def test_features_equal_librosa(kind):
-    """The linear STFT features are librosa's bits; log-mel differs by the mel product's summation
-    order only (sparse against dense): float rounding, measured 1e-6 on the demo corpus."""
+    """librosa's definition, computed in float32 instead of librosa's float64 FFT: float rounding
+    only, largest in the quietest bins (1.5e-4 measured on the demo corpus)."""
     rng = np.random.default_rng(3)
     for seconds in (0.025, 0.5, 3.3):
         samples = (tone(seconds, 16000) + 0.01 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
         config = FeatureConfig(kind=kind)
         ours, theirs = compute_features(samples, config), _librosa_features(samples, config)
         assert ours.shape == theirs.shape == (num_frames(len(samples), config), config.n_bins)
-        if kind == "stft":
-            assert np.array_equal(ours, theirs)
-        else:
-            np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=5e-4)
 
 
 def test_shorter_than_one_window_is_refused():
