@@ -9,7 +9,7 @@ import io
 import os
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Tuple, Union
+from typing import BinaryIO, Optional, Tuple, Union
 
 import numpy as np
 
@@ -49,35 +49,81 @@ class DecodedAudio:
 AudioSource = Union[str, io.BytesIO]
 
 
-def _wav_truncation(source: AudioSource) -> str:
-    """A reason to distrust a RIFF/WAVE file whose data chunk runs past the end, else ''."""
+@dataclass(frozen=True)
+class _Pcm16Layout:
+    """Where a plain little-endian 16-bit PCM WAV keeps its samples."""
+
+    channels: int
+    rate: int
+    data_offset: int
+    data_bytes: int
+
+
+def _scan_wav(source: AudioSource) -> Tuple[str, Optional[_Pcm16Layout]]:
+    """(a reason to distrust a RIFF/WAVE file whose data chunk runs past the end, else '';
+    the sample layout when the file is plain 16-bit PCM that `_read_pcm16` reads, else None)."""
     if isinstance(source, str):
         with open(source, "rb") as f:
-            return _wav_truncation_of(f, os.path.getsize(source))
+            return _scan_wav_of(f, os.path.getsize(source))
     source.seek(0)
     try:
-        return _wav_truncation_of(source, source.getbuffer().nbytes)
+        return _scan_wav_of(source, source.getbuffer().nbytes)
     finally:
         source.seek(0)
 
 
-def _wav_truncation_of(f: BinaryIO, size: int) -> str:
+def _scan_wav_of(f: BinaryIO, size: int) -> Tuple[str, Optional[_Pcm16Layout]]:
     header = f.read(12)
     if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
-        return ""
+        return "", None
     endian = "<" if header[:4] == b"RIFF" else ">"
+    fmt: Optional[Tuple[int, ...]] = None
     while True:
         chunk = f.read(8)
         if len(chunk) < 8:
-            return ""
+            return "", None
         chunk_id, chunk_size = chunk[:4], struct.unpack(endian + "I", chunk[4:])[0]
         if chunk_id == b"data":
             # 0 and 0xFFFFFFFF are what streaming writers leave when they cannot seek back.
             available = size - f.tell()
             if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > available:
-                return f"data chunk declares {chunk_size} bytes, file holds {available}"
-            return ""
+                return f"data chunk declares {chunk_size} bytes, file holds {available}", None
+            layout = None
+            if fmt is not None and endian == "<" and chunk_size not in (0, 0xFFFFFFFF):
+                tag, channels, rate, byte_rate, block_align, bits = fmt
+                # Only the plainest layout; anything else (extensible, 8/24/32-bit, float, odd
+                # sizes) is left to libsndfile.
+                if (tag == 1 and bits == 16 and channels >= 1 and rate > 0 and block_align == 2 * channels
+                        and byte_rate == rate * block_align and chunk_size % block_align == 0):
+                    layout = _Pcm16Layout(channels, rate, f.tell(), chunk_size)
+            return "", layout
+        if chunk_id == b"fmt " and chunk_size >= 16:
+            body = f.read(chunk_size)
+            if len(body) < 16:
+                return "", None
+            fmt = struct.unpack(endian + "HHIIHH", body[:16])
+            if chunk_size & 1:
+                f.seek(1, os.SEEK_CUR)
+            continue
         f.seek(chunk_size + (chunk_size & 1), os.SEEK_CUR)
+
+
+def _read_pcm16(source: AudioSource, layout: _Pcm16Layout, max_seconds: float) -> Tuple[np.ndarray, int]:
+    """The samples of a plain 16-bit PCM WAV as libsndfile returns them (each sample times 2^-15:
+    exact in float32, so the same bits), without libsndfile's per-file cost: opening each file
+    twice through cffi took as long as the decoding (0.9 ms a file)."""
+    frames = layout.data_bytes // (2 * layout.channels)
+    if frames / layout.rate > max_seconds:
+        raise _too_long(frames / layout.rate, max_seconds)  # before reading it
+    count = layout.data_bytes // 2
+    if isinstance(source, str):
+        ints = np.fromfile(source, dtype="<i2", count=count, offset=layout.data_offset)
+    else:
+        ints = np.frombuffer(source.getbuffer(), dtype="<i2", count=count, offset=layout.data_offset)
+    if ints.shape[0] != count:  # shorter than its header said a moment ago
+        raise AudioRejected(TRUNCATED, f"data chunk declares {count} samples, read {ints.shape[0]}")
+    samples = np.multiply(ints, np.float32(1.0 / 32768.0), dtype=np.float32)
+    return samples.reshape(frames, layout.channels), layout.rate
 
 
 def _rewound(source: AudioSource) -> AudioSource:
@@ -94,9 +140,11 @@ def _too_long(seconds: float, max_seconds: float) -> AudioRejected:
 def _decode_soundfile(source: AudioSource, max_seconds: float) -> Tuple[np.ndarray, int]:
     import soundfile as sf
 
-    truncation = _wav_truncation(source)
+    truncation, pcm16 = _scan_wav(source)
     if truncation:
         raise AudioRejected(TRUNCATED, truncation)
+    if pcm16 is not None:
+        return _read_pcm16(source, pcm16, max_seconds)
     try:
         # One open for the header and the samples (sf.info then sf.read opened the file twice:
         # a quarter of the decoding time on 3-second utterances).
