@@ -98,3 +98,11 @@ def test_features_equal_librosa(kind):
 def test_shorter_than_one_window_is_refused():
     with pytest.raises(ValueError, match="n_fft"):
         compute_features(np.ones(399, np.float32), FeatureConfig())
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_cmvn_is_numpys_mean_and_std_bit_for_bit(order):
+    x = np.asarray(np.random.default_rng(5).normal(3, 2, size=(301, 80)), np.float32, order=order)
+    x[:, 7] = 1.5  # a constant bin: divided by the floor
+    expected = ((x - x.mean(axis=0, dtype=np.float64)) / np.maximum(x.std(axis=0, dtype=np.float64), 1e-5)).astype(np.float32)
+    assert np.array_equal(cmvn(x), expected)
