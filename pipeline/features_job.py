@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from dataclasses import replace
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -49,8 +49,6 @@ from speechpipe.sources import (
 # Tagged outputs.
 DEAD_LETTER = "dead_letter"
 GOOD = "good"
-
-TRAIN_STATS = "train_stats"  # the totals' key of the training split's GlobalStats
 
 SUMMARY_FILE = "summary.json"
 GLOBAL_STATS_FILE = "global_stats.json"
@@ -146,7 +144,8 @@ class JobTotalsFn(beam.CombineFn):
     checks), and the training split's per-bin frame count, sum and sum of squares (float64).
 
     One combine instead of two (each CombineGlobally is 9 transforms the runner translates and
-    instantiates). Inputs are (key, number) pairs, or (TRAIN_STATS, GlobalStats)."""
+    instantiates). Inputs: ("inputs", 1), ("dead_letter.<reason>", 1), or one `GoodOutcome` per
+    good utterance (one element, not four: every element crosses a Flatten the runner encodes)."""
 
     def __init__(self, bins: int) -> None:
         self._bins = bins
@@ -154,11 +153,14 @@ class JobTotalsFn(beam.CombineFn):
     def create_accumulator(self) -> Tuple[Dict[str, float], GlobalStats]:
         return {}, GlobalStats.empty(self._bins)
 
-    def add_input(self, accumulator: Tuple[Dict[str, float], GlobalStats], item: Tuple[str, object]):
+    def add_input(self, accumulator: Tuple[Dict[str, float], GlobalStats], item):
         counts, stats = accumulator
+        if isinstance(item, GoodOutcome):
+            for key, value in ((f"good.{item.split}", 1), (f"seconds.{item.split}", item.seconds),
+                               (f"frames.{item.split}", item.frames)):
+                counts[key] = counts.get(key, 0) + value
+            return counts, stats.merge(item.stats) if item.stats is not None else stats
         key, value = item
-        if key == TRAIN_STATS:
-            return counts, stats.merge(value)
         counts[key] = counts.get(key, 0) + value
         return counts, stats
 
@@ -175,15 +177,19 @@ class JobTotalsFn(beam.CombineFn):
         return {"counts": dict(sorted(counts.items())), "global_stats": stats.to_json() if stats.count else None}
 
 
-def _good_outcomes(element) -> List[Tuple[str, object]]:
-    """What one good utterance adds to the totals (from the features before normalisation)."""
+class GoodOutcome(NamedTuple):
+    """What one good utterance adds to the totals (from its features before normalisation)."""
+
+    split: str
+    seconds: float
+    frames: int
+    stats: Optional[GlobalStats]  # training split only
+
+
+def _good_outcome(element) -> GoodOutcome:
     record, features, seconds = element
-    split = record.split
-    items: List[Tuple[str, object]] = [(f"good.{split}", 1), (f"seconds.{split}", round(seconds, 6)),
-                                       (f"frames.{split}", int(features.shape[0]))]
-    if split == "train":
-        items.append((TRAIN_STATS, GlobalStats.of(features)))
-    return items
+    return GoodOutcome(record.split, round(seconds, 6), int(features.shape[0]),
+                       GlobalStats.of(features) if record.split == "train" else None)
 
 
 class WriteTotalsFn(beam.DoFn):
@@ -243,8 +249,9 @@ def build(pipeline: beam.Pipeline, spec: InputSpec, config: FeatureConfig, inven
     `write_outputs`): examples, dead_letter and totals ({"counts": ..., "global_stats": ...})."""
     raw = (
         pipeline
-        | "Start" >> beam.Create([spec])
-        | "ExpandInput" >> beam.FlatMap(expand_input)
+        # Impulse, not Create([spec]): one transform instead of four (each costs at start-up).
+        | "Start" >> beam.Impulse()
+        | "ExpandInput" >> beam.FlatMap(lambda _, spec: expand_input(spec), spec=spec)
         # Listing runs on one worker; spread the items before the expensive steps.
         | "Redistribute" >> beam.Reshuffle()
     )
@@ -264,7 +271,7 @@ def build(pipeline: beam.Pipeline, spec: InputSpec, config: FeatureConfig, inven
     totals = (
         (
             raw | "CountInputs" >> beam.Map(lambda _: ("inputs", 1)),
-            computed[GOOD] | "CountGood" >> beam.FlatMap(_good_outcomes),
+            computed[GOOD] | "CountGood" >> beam.Map(_good_outcome),
             dead_letter | "CountDeadLetters" >> beam.Map(lambda d: (f"dead_letter.{d.reason}", 1)),
         )
         | "AllOutcomes" >> beam.Flatten()

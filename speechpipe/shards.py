@@ -201,7 +201,7 @@ class WriteShards(beam.PTransform):
             ] | "AllReports" >> beam.Flatten()
         return (
             pipeline
-            | "Once" >> beam.Create([None])
+            | "Once" >> beam.Impulse()  # one element: Finalize runs once, also without payloads
             | "Finalize" >> beam.FlatMap(_finalize, beam.pvalue.AsList(reports), outputs=self._outputs,
                                          temp_dir=self._temp_dir, num_shards=self._num_shards)
         )
