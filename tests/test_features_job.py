@@ -188,3 +188,13 @@ def test_fixed_shard_count_and_no_temporary_files_left(tiny_corpus, tmp_path):
         assert sorted(summary["shards"][split]) == [f"data_tfrecord-{k:05d}-of-00002" for k in range(2)]
         assert sum(summary["shards"][split].values()) == summary["good"][split]
     assert not [name for name in os.listdir(out) if name.startswith(".temp")]
+
+
+def test_direct_runs_use_the_fn_api_runner_and_other_runners_stay_as_given():
+    """No Prism attempt (a binary downloaded at run time) for the DirectRunner; other runners as
+    their options say."""
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    assert isinstance(features_job.local_runner(PipelineOptions(IN_MEMORY)), FnApiRunner)
+    assert isinstance(features_job.local_runner(PipelineOptions(["--runner=DirectRunner"])), FnApiRunner)
+    assert features_job.local_runner(PipelineOptions(["--runner=PortableRunner"])) is None
