@@ -252,9 +252,10 @@ def build(pipeline: beam.Pipeline, spec: InputSpec, config: FeatureConfig, inven
         # Impulse, not Create([spec]): one transform instead of four (each costs at start-up).
         | "Start" >> beam.Impulse()
         | "ExpandInput" >> beam.FlatMap(lambda _, spec: expand_input(spec), spec=spec)
-        # Listing runs on one worker; spread the items before the expensive steps.
-        | "Redistribute" >> beam.Reshuffle()
     )
+    # Listing runs on one worker, and so does parsing (a line or a path each, as cheap as
+    # listing it): GroupByUtterance is the redistribution, before decoding, the expensive step.
+    # A Reshuffle here as well cost a stage and an encoded copy of every input.
     parsed = raw | "ParseInput" >> beam.ParDo(ParseInputFn(spec, inventory_name)).with_outputs(DEAD_LETTER, main=GOOD)
     unique = (
         parsed[GOOD]
