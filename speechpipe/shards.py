@@ -3,8 +3,8 @@ utterance index and its dead letter.
 
 Beam's WriteToTFRecord / WriteToText expand to 12 transforms each; with five of them the feature
 job's graph had 131 transforms, 82 of them in sinks, and the runner pays for every transform at
-translation and again for every bundle processor (DoFn signature inspection, pickling): 3-4 s of
-a run on the demo corpus, whatever its size. This sink does the same work with one write step,
+translation and again for every bundle processor (DoFn signature inspection, pickling): about
+2 s of every run, whatever the corpus's size (a 20-utterance run: 3.7 s before, 1.7 s after). This sink does the same work with one write step,
 one side input and one finalize step:
 
 1. `_WriteTempShardsFn`: per bundle, one temporary file per output it saw, under
