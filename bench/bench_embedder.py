@@ -127,7 +127,9 @@ def _train(name: str, config, features: str, pairs: str, out: str) -> Dict[str, 
     if os.path.exists(result_path):
         with open(result_path, encoding="utf-8") as f:
             done = json.load(f)
-        if done["config"] == expected:
+        # Through from_json, so that settings added since the run was trained read as their
+        # defaults (which is what the run trained with).
+        if type(config).from_json(done["config"]).to_json() == expected:
             print(f"[{name}] reusing {result_path}")
             return done
     budget = f"{config.max_steps} steps" if config.max_steps else f"{config.max_seconds / 60:g} min"
@@ -187,7 +189,7 @@ def _parity(loaded, utterances: Sequence[str], embeddings: np.ndarray, features:
 def _evaluate(name: str, summary: Dict[str, object], features: str, pairs: str, out: str,
               test: Tuple[List[str], List[str], List[np.ndarray]]) -> Dict[str, object]:
     from speechpipe import speaker_eval
-    from speechpipe.models.embedder import distance_matrix, score
+    from speechpipe.models.embedder import clustering_distances, score
     from speechpipe.trials import read_trials
 
     utterances, speakers, waves = test
@@ -205,8 +207,8 @@ def _evaluate(name: str, summary: Dict[str, object], features: str, pairs: str, 
     fpr, fnr = speaker_eval.det_curve(s, y)
     s_all, y_all = speaker_eval.trial_scores(by_utterance, speaker_eval.all_pairs_trials(utterances, speakers), score_fn)
     on_all = speaker_eval.verification(s_all, y_all)
-    clusters = speaker_eval.clustering(distance_matrix(embeddings, scoring), speakers,
-                                       threshold=loaded.info["cluster_threshold"])
+    clusters = speaker_eval.clustering(clustering_distances(embeddings, loaded.config), speakers,
+                                       threshold=loaded.info["cluster_threshold"], method=loaded.config.linkage)
     speaker_eval.plot_embeddings(embeddings, speakers, os.path.join(out, f"embeddings_{name.replace('+', 'plus_')}.png"),
                                  title=f"{name}: unseen test speakers")
     history = summary["history"]
@@ -215,6 +217,8 @@ def _evaluate(name: str, summary: Dict[str, object], features: str, pairs: str, 
         "test_trials": on_list.to_json(),
         "test_all_pairs": on_all.to_json(),
         "clustering": clusters.to_json(),
+        "linkage": loaded.config.linkage,
+        "backend": loaded.config.backend,
         "train_seconds": summary["train_seconds"],
         "steps": summary["steps"],
         "segments_seen": summary["segments_seen"],
@@ -241,7 +245,8 @@ def _report(rows: List[Dict[str, object]], out: str, minutes: float, ablation_st
                               for r in rows}, os.path.join(out, "loss.png"), "training minutes (wall clock)",
                              "training loss (epoch mean)", "training loss")
     header = ("| run | test EER (list) | minDCF | EER (all pairs) | MR, k given | ARI, k given | MR, threshold "
-              "| clusters | ARI, threshold | best val EER | min to best | steps | Keras \"accuracy\" |")
+              "| clusters | ARI, threshold | linkage | back end | best val EER | min to best | steps "
+              "| Keras \"accuracy\" |")
     lines = [f"Budget: {ablation_steps} training steps per ablation run, {minutes:g} min for "
              "`default` (validation included), 2 CPU cores.", "",
              header, "|" + "---|" * (header.count("|") - 1)]
@@ -251,7 +256,7 @@ def _report(rows: List[Dict[str, object]], out: str, minutes: float, ablation_st
         lines.append(
             f"| {r['run']} | {100 * t['eer']:.2f} % | {t['min_dcf']:.3f} | {100 * a['eer']:.2f} % | {c['mr_known']:.3f} "
             f"| {c['ari_known']:.3f} | {c['mr_threshold']:.3f} | {c['clusters_threshold']} | {c['ari_threshold']:.3f} "
-            f"| {100 * r['best_val_eer']:.2f} % | {r['minutes_to_best']:.1f} | {r['steps']} "
+            f"| {r.get('linkage', 'average')} | {r.get('backend', 'none')} | {100 * r['best_val_eer']:.2f} % | {r['minutes_to_best']:.1f} | {r['steps']} "
             f"| {'' if acc is None else f'{acc:.3f}'} |")
     table = "\n".join(lines)
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:

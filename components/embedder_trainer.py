@@ -41,14 +41,17 @@ from speechpipe.models.embedder import (
     EmbedderConfig,
     build_base_network,
     build_siamese_model,
-    distance_matrix,
+    clustering_distances,
     embed_utterances,
     embedding_model,
     export_embedder,
+    LinearBackend,
+    fit_lda,
     loss_for,
     restore_network,
     score,
     seed002_keras_accuracy,
+    with_backend,
 )
 from speechpipe.training import (
     StopOnNonFiniteLoss,
@@ -320,10 +323,13 @@ class Evaluation:
 
 
 def evaluate_split(model: keras.Model, data: SplitData, config: EmbedderConfig,
-                   trials: Optional[Sequence[Tuple[int, str, str]]] = None) -> Evaluation:
-    """Utterance embeddings of a split and the EER / minDCF of its trials (default: every
-    pair of its utterances)."""
+                   trials: Optional[Sequence[Tuple[int, str, str]]] = None,
+                   backend: Optional[LinearBackend] = None) -> Evaluation:
+    """Utterance embeddings of a split (through the back end, when one is given) and the EER /
+    minDCF of its trials (default: every pair of its utterances)."""
     embeddings = embed_utterances(model, data.features, config)
+    if backend is not None:
+        embeddings = backend.apply(embeddings)
     by_utterance = dict(zip(data.utterances, embeddings))
     if trials is None:
         trials = speaker_eval.all_pairs_trials(data.utterances, data.speakers)
@@ -331,13 +337,25 @@ def evaluate_split(model: keras.Model, data: SplitData, config: EmbedderConfig,
     return Evaluation(speaker_eval.verification(scores, labels), embeddings)
 
 
+def fit_backend(model: keras.Model, data: SplitData, config: EmbedderConfig) -> Optional[LinearBackend]:
+    """The configured back end fitted on `data` (the training speakers), or None."""
+    if config.backend == "none":
+        return None
+    return fit_lda(embed_utterances(model, data.features, config), data.speakers, config.lda_dims, config.lda_shrinkage)
+
+
 class ValidationEER(keras.callbacks.Callback):
     """At each epoch end: the validation EER (logged as val_eer / val_min_dcf for TensorBoard),
     the history, and the best weights, restored when training ends. Also enforces the time and
-    step budget at every batch."""
+    step budget at every batch. With a back end, each evaluation first fits it on the training
+    speakers (`train_data`), so that the weights are chosen by what the export will compute."""
 
-    def __init__(self, base: keras.Model, data: SplitData, config: EmbedderTrainConfig) -> None:
+    def __init__(self, base: keras.Model, data: SplitData, config: EmbedderTrainConfig,
+                 train_data: Optional[SplitData] = None) -> None:
         super().__init__()
+        if config.model.backend != "none" and train_data is None:
+            raise ValueError(f"backend={config.model.backend!r}: validation needs the training split to fit it on")
+        self.train_data = train_data
         self.base = base
         self.embedder = embedding_model(base, config.model)
         self.data = data
@@ -370,7 +388,8 @@ class ValidationEER(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None) -> None:
         logs = logs if logs is not None else {}
         t0 = time.time()
-        result = evaluate_split(self.embedder, self.data, self.config.model, self.trials).verification
+        backend = fit_backend(self.embedder, self.train_data, self.config.model) if self.train_data else None
+        result = evaluate_split(self.embedder, self.data, self.config.model, self.trials, backend).verification
         self.eval_seconds += time.time() - t0
         logs["val_eer"] = result.eer
         logs["val_min_dcf"] = result.min_dcf
@@ -402,7 +421,7 @@ class ValidationEER(keras.callbacks.Callback):
 @dataclass
 class TrainResult:
     base: keras.Model
-    embedder: keras.Model
+    embedder: keras.Model  # what the export computes per window: the embedding layer, then the back end
     summary: Dict[str, object]
 
 
@@ -475,7 +494,7 @@ def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config:
         metrics = [keras.metrics.MeanMetricWrapper(seed002_keras_accuracy, name="accuracy")] if config.keras_accuracy else []
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm),
                       loss=loss_for(config.model, config.form), metrics=metrics)
-    validation = ValidationEER(base, eval_data, config)
+    validation = ValidationEER(base, eval_data, config, train_data if config.model.backend != "none" else None)
     callbacks: List[keras.callbacks.Callback] = [StopOnNonFiniteLoss(), validation]
     if log_dir:
         callbacks.append(tensorboard(log_dir))  # after ValidationEER, which adds val_eer to the logs
@@ -485,8 +504,16 @@ def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config:
     train_seconds = time.time() - started
 
     embedder = embedding_model(base, config.model)
-    final = evaluate_split(embedder, eval_data, config.model)
-    tree = speaker_eval.linkage_tree(distance_matrix(final.embeddings, config.model.scoring))
+    backend_info: Dict[str, object] = {"kind": config.model.backend}
+    # Fitted on the training speakers only: validation stays unseen, for the threshold below.
+    fitted = time.time()
+    backend = fit_backend(embedder, train_data, config.model)
+    if backend is not None:
+        backend_info.update(backend.to_json(), fit_seconds=round(time.time() - fitted, 1),
+                            validation_without_backend=evaluate_split(embedder, eval_data, config.model)
+                            .verification.to_json())
+    final = evaluate_split(embedder, eval_data, config.model, backend=backend)
+    tree = speaker_eval.linkage_tree(clustering_distances(final.embeddings, config.model), config.model.linkage)
     threshold, validation_mr = speaker_eval.best_threshold(tree, eval_data.speakers)
     summary: Dict[str, object] = {
         "config": config.to_json(),
@@ -501,6 +528,7 @@ def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config:
         "best_step": validation.best_step,
         "best_val_eer": validation.best_eer,
         "validation": final.verification.to_json(),
+        "backend": backend_info,
         "cluster_threshold": threshold,
         "validation_mr_at_threshold": validation_mr,
         "history": validation.history,
@@ -508,10 +536,10 @@ def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config:
     }
     if serving_model_dir:
         export_embedder(serving_model_dir, embedder, config.model, feature_config, global_stats,
-                        extra={"cluster_threshold": threshold, "best_val_eer": validation.best_eer})
+                        extra={"cluster_threshold": threshold, "best_val_eer": validation.best_eer}, backend=backend)
         with tf.io.gfile.GFile(f"{serving_model_dir.rstrip('/')}/{RESULT_FILE}", "w") as f:  # may be gs://
             f.write(json.dumps(summary, indent=1))
-    return TrainResult(base, embedder, summary)
+    return TrainResult(base, with_backend(embedder, backend), summary)
 
 
 def run_fn(fn_args) -> None:

@@ -52,7 +52,7 @@ def embedder_metrics(saved_model_dir: str, test_items: Sequence[object], trials:
     import numpy as np
 
     from speechpipe import speaker_eval
-    from speechpipe.models.embedder import distance_matrix, load_embedder, score, segment_windows
+    from speechpipe.models.embedder import clustering_distances, load_embedder, score, segment_windows
 
     loaded = load_embedder(saved_model_dir)  # a local folder or gs://
     config = loaded.config
@@ -66,8 +66,8 @@ def embedder_metrics(saved_model_dir: str, test_items: Sequence[object], trials:
                                                lambda a, b: score(a, b, scoring))
     result = speaker_eval.verification(scores, labels)
     fpr, fnr = speaker_eval.det_curve(scores, labels)
-    clusters = speaker_eval.clustering(distance_matrix(embeddings, scoring), speakers,
-                                       threshold=loaded.info.get("cluster_threshold"))
+    clusters = speaker_eval.clustering(clustering_distances(embeddings, config), speakers,
+                                       threshold=loaded.info.get("cluster_threshold"), method=config.linkage)
     metrics: Dict[str, object] = {
         "eer": float(result.eer), "min_dcf": float(result.min_dcf), "trials": int(len(labels)),
         "utterances": len(utterances), "speakers": len(set(speakers)),

@@ -144,7 +144,8 @@ def adjusted_rand_index(speakers: Sequence, clusters: Sequence) -> float:
 
 
 def linkage_tree(distances: np.ndarray, method: str = "average") -> np.ndarray:
-    """scipy's linkage matrix of a square, symmetric distance matrix."""
+    """scipy's linkage matrix of a square, symmetric distance matrix. `method="ward"` is only
+    meaningful on Euclidean distances (its merge costs assume them)."""
     from scipy.cluster.hierarchy import linkage
     from scipy.spatial.distance import squareform
 

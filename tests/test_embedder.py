@@ -373,3 +373,101 @@ def test_statistics_pooling_is_mean_and_std_over_frames_with_finite_gradients():
                                                       output_dim=6, pooling="stats", eval_hop=3))
     assert base.get_layer("statistics_pooling").output_shape == (None, 16)
     assert base(inputs).shape == (2, 6)
+
+
+def test_spec_augment_masks_one_band_and_one_span_in_training_only():
+    x = tf.ones([64, 40, 80])
+    layer = embedder.SpecAugment(freq_mask=10, time_mask=8)
+    tf.random.set_seed(0)
+    masked = layer(x, training=True).numpy()
+    assert set(np.unique(masked)) <= {0.0, 1.0}
+    for segment in masked:
+        bins_off = np.flatnonzero((segment == 0).all(axis=0))  # bins zero in every frame
+        frames_off = np.flatnonzero((segment == 0).all(axis=1))  # frames zero in every bin
+        for off, limit in ((bins_off, 10), (frames_off, 8)):  # one contiguous run, at most the limit
+            assert off.size <= limit and (off.size == 0 or off[-1] - off[0] == off.size - 1)
+        # nothing else is touched: a cell is zero exactly when its bin or its frame is masked
+        expected = np.ones((40, 80), np.float32)
+        expected[:, bins_off] = 0
+        expected[frames_off, :] = 0
+        np.testing.assert_array_equal(segment, expected)
+    widths = [(s == 0).all(axis=0).sum() for s in masked]
+    assert max(widths) >= 5 and min(widths) < max(widths)  # random widths, not a constant
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+    base = embedder.build_base_network(EmbedderConfig(segment_frames=8, n_bins=12, lstm_units=4, dense_units=(8,),
+                                                      output_dim=6, eval_hop=4, freq_mask=3, time_mask=2,
+                                                      input_noise=0.1))
+    segments = np.random.default_rng(0).normal(size=(3, 8, 12)).astype(np.float32)
+    np.testing.assert_array_equal(base(segments, training=False).numpy(), base(segments, training=False).numpy())
+    with pytest.raises(ConfigError, match="freq_mask"):
+        EmbedderConfig(n_bins=12, freq_mask=12).validate()
+    with pytest.raises(ConfigError, match="input_noise"):
+        EmbedderConfig(input_noise=-0.1).validate()
+
+
+def _lda_data(rng, speakers=6, per_speaker=30, dims=10):
+    """Speakers differ along the first five directions; the within-speaker spread is larger
+    along the other five than the speaker differences are."""
+    centres = np.zeros((speakers, dims))
+    centres[:, :5] = rng.normal(size=(speakers, 5)) * 2.0
+    scale = np.ones(dims)
+    scale[5:] = 6.0
+    x = np.concatenate([c + rng.normal(size=(per_speaker, dims)) * scale for c in centres])
+    return x, np.repeat([f"s{i}" for i in range(speakers)], per_speaker)
+
+
+def test_lda_whitens_the_within_speaker_spread_and_finds_the_speaker_directions():
+    rng = np.random.default_rng(0)
+    x, speakers = _lda_data(rng)
+    backend = embedder.fit_lda(x, speakers, shrinkage=0.0)
+    assert backend.projection.shape == (10, 5)  # speakers - 1
+    z = backend.apply(x)
+    within = np.zeros((5, 5))
+    for s in np.unique(speakers):
+        d = z[speakers == s] - z[speakers == s].mean(0)
+        within += d.T @ d
+    np.testing.assert_allclose(within / len(z), np.eye(5), atol=1e-4)
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-4)
+    # the top direction lies among the speaker directions: the nuisance axes carry little of it
+    top = backend.projection[:, 0] / np.linalg.norm(backend.projection[:, 0])
+    assert np.linalg.norm(top[:5]) > 0.95
+    # on new utterances of the same speakers, scoring after LDA beats scoring the raw vectors
+    names_sorted = np.unique(speakers)
+    means = np.stack([x[speakers == s].mean(0) for s in names_sorted])
+    noise = np.random.default_rng(2).normal(size=x.shape) * np.r_[np.ones(5), np.full(5, 6.0)]
+    fresh, same_speakers = means[np.searchsorted(names_sorted, speakers)] + noise, speakers
+    names = [str(i) for i in range(len(fresh))]
+    trials = speaker_eval.all_pairs_trials(names, same_speakers.tolist())
+
+    def eer(e):
+        s, y = speaker_eval.trial_scores(dict(zip(names, e)), trials, embedder.score)
+        return speaker_eval.equal_error_rate(s, y).eer
+
+    assert eer(backend.apply(fresh)) < eer(fresh) / 2
+    assert embedder.fit_lda(x, speakers, dims=2).projection.shape == (10, 2)
+    with pytest.raises(ValueError, match="2 speakers"):
+        embedder.fit_lda(x[:5], ["a"] * 5)
+    with pytest.raises(ConfigError, match="cosine"):
+        EmbedderConfig(backend="lda", scoring="kl").validate()
+
+
+def test_ward_linkage_keeps_an_outlier_with_its_speaker_where_average_linkage_splits_it_off():
+    """Two close speakers and one speaker with an odd utterance: with the number of speakers
+    given, average linkage spends a cluster on the odd utterance and merges the close pair;
+    Ward's merge cost (the added within-cluster variance) grows with the clusters' sizes."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.96, 0.28]])  # speakers 1 and 2 close
+    points = np.concatenate([c + rng.normal(size=(10, 3)) * 0.02 for c in centres]
+                            + [np.array([[0.875, 0.0, -0.485]])])  # speaker 0's odd utterance, 29 degrees off
+    speakers = np.r_[np.repeat([0, 1, 2], 10), 0]
+    for linkage, expected_mr in (("average", 11 / 31), ("ward", 0.0)):  # average: {0}, {odd}, {1, 2}
+        config = EmbedderConfig(linkage=linkage)
+        result = speaker_eval.clustering(embedder.clustering_distances(points, config), speakers,
+                                         method=config.linkage)
+        assert result.mr_known == pytest.approx(expected_mr), linkage
+    unit = points / np.linalg.norm(points, axis=1, keepdims=True)
+    chord = np.linalg.norm(unit[:, None] - unit[None], axis=-1)
+    np.testing.assert_allclose(embedder.clustering_distances(points, EmbedderConfig()), chord, atol=1e-6)
+    with pytest.raises(ConfigError, match="ward"):
+        EmbedderConfig(scoring="kl").validate()
+    EmbedderConfig(scoring="kl", linkage="average").validate()

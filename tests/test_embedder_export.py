@@ -126,6 +126,62 @@ def test_short_waveforms(exported):
     assert np.all(np.isfinite(emb)) and emb[0].sum() == pytest.approx(1.0, abs=1e-5) and np.all(emb[1] == 0)
 
 
+def test_export_with_an_lda_backend_applies_it_in_both_signatures(random_network, tmp_path):
+    from speechpipe.tf_features import GraphFeatures
+
+    base, config = random_network
+    rng = np.random.default_rng(4)
+    backend = embedder.LinearBackend(rng.normal(size=8).astype(np.float32) * 0.1,
+                                     rng.normal(size=(8, 3)).astype(np.float32))
+    with_lda = dataclasses.replace(config, backend="lda")
+    with pytest.raises(ConfigError, match="fitted back end"):
+        embedder.export_embedder(str(tmp_path / "m1"), base, with_lda, FeatureConfig())
+    with pytest.raises(ConfigError, match="fitted back end"):
+        embedder.export_embedder(str(tmp_path / "m2"), base, config, FeatureConfig(), backend=backend)
+    path = embedder.export_embedder(str(tmp_path / "model"), base, with_lda, FeatureConfig(), backend=backend)
+    loaded = embedder.load_embedder(path)
+    assert loaded.config.backend == "lda"
+    segments = rng.normal(size=(5, 40, 80)).astype(np.float32)
+    np.testing.assert_allclose(loaded.embed_segments(segments), backend.apply(base(segments, training=False).numpy()),
+                               atol=1e-5)
+    lengths = np.array([16000, 7000, 100], np.int32)
+    waves = np.zeros((3, 16000), np.float32)
+    for i, n in enumerate(lengths):
+        waves[i, :n] = rng.normal(size=n) * 0.1
+    features, frames = GraphFeatures(FeatureConfig())(waves, lengths)
+    expected = backend.apply(embedder.embed_utterances(base, [features[i, : frames[i]].numpy() for i in range(2)],
+                                                       config))
+    served = loaded.embed(waves, lengths)
+    np.testing.assert_allclose(served[:2], expected, atol=1e-5)
+    assert np.all(served[2] == 0)  # under one analysis window: no segment, a zero embedding
+    # the back end is no network variable: a champion exported with it still warm-starts a network
+    fresh = embedder.build_base_network(config)
+    embedder.restore_network(fresh, path)
+    for a, b in zip(fresh.get_weights(), base.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_trainer_fits_the_lda_backend_on_the_training_speakers(tiny_features, tmp_path):
+    with open(os.path.join(tiny_features, "summary.json"), encoding="utf-8") as f:
+        features = FeatureConfig.from_json(json.load(f)["features"])
+    config = EmbedderTrainConfig(model=dataclasses.replace(TINY_MODEL, backend="lda"), speakers_per_batch=4,
+                                 segments_per_speaker=2, max_steps=2, eval_every_steps=2)
+    serving = str(tmp_path / "serving")
+    result = embedder_trainer.train([os.path.join(tiny_features, "Split-train")],
+                                    [os.path.join(tiny_features, "Split-validation"),
+                                     os.path.join(tiny_features, "Split-test")], features, serving, None, config)
+    backend = result.summary["backend"]
+    assert backend["kind"] == "lda" and backend["input_dims"] == TINY_MODEL.output_dim
+    assert backend["output_dims"] == result.summary["inputs"]["train_speakers"] - 1 == 3
+    assert 0.0 <= backend["validation_without_backend"]["eer"] <= 1.0
+    waves = np.random.default_rng(0).normal(size=(2, 16000)).astype(np.float32) * 0.1
+    served = embedder.load_embedder(serving).embed(waves, np.array([16000, 12000]))
+    assert served.shape == (2, 3) and np.all(np.isfinite(served))
+    segments = np.random.default_rng(1).normal(size=(4, 40, features.n_bins)).astype(np.float32)
+    np.testing.assert_allclose(embedder.load_embedder(serving).embed_segments(segments),
+                               result.embedder(segments, training=False).numpy(), atol=1e-5)
+
+
 def test_export_rejects_mismatched_bins(random_network, tmp_path):
     base, config = random_network
     with pytest.raises(ConfigError, match="bins"):

@@ -67,6 +67,8 @@ OUTPUT_ACTIVATIONS: Tuple[str, ...] = ("softmax", "prelu")
 EMBEDDING_LAYERS: Tuple[str, ...] = ("output", "hidden")
 POOLINGS: Tuple[str, ...] = ("last", "mean", "stats")
 SCORINGS: Tuple[str, ...] = ("cosine", "kl")
+BACKENDS: Tuple[str, ...] = ("none", "lda")
+LINKAGES: Tuple[str, ...] = ("ward", "average", "complete")
 
 # Layer names the embedding choice looks up.
 OUTPUT_LAYER = "distribution"
@@ -85,6 +87,13 @@ class EmbedderConfig:
     # "mean" over the segment's frames, or "stats" (mean and standard deviation over frames).
     pooling: str = "last"
     dropout: float = 0.5
+    # Training-only input regularisation against memorising frame patterns (SpecAugment, Park et
+    # al. 2019): each segment loses one random band of up to `freq_mask` bins and one random span
+    # of up to `time_mask` frames (set to 0, the normalised mean), and gets Gaussian noise of
+    # standard deviation `input_noise`. 0 = off. Inference never sees them.
+    freq_mask: int = 0
+    time_mask: int = 0
+    input_noise: float = 0.0
     dense_units: Tuple[int, ...] = (256,)  # ReLU layers between the BLSTMs and the output
     output_dim: int = 128  # size of the output distribution
     output_activation: str = "softmax"  # "prelu" = seed 002
@@ -98,6 +107,17 @@ class EmbedderConfig:
     embedding: str = "output"  # "output" distribution, or the "hidden" layer below it
     scoring: str = "cosine"  # "cosine", or "kl" (negative symmetric KL; output embeddings only)
     eval_hop: int = EVAL_HOP  # frames between the windows of an utterance embedding
+    # Back end fitted after training on the training speakers' utterance embeddings and baked into
+    # the export (`fit_lda`): "lda" projects onto the directions that best separate those speakers
+    # relative to their within-speaker spread, with that spread whitened, as x-vector systems do
+    # before scoring; "none" scores the embedding as it is.
+    backend: str = "none"
+    # Agglomerative clustering of utterance embeddings: "ward" (on unit-length embeddings, i.e.
+    # cosine scoring) merges the pair of clusters that adds least within-cluster variance and
+    # keeps clusters of comparable size; "average" / "complete" link over the scoring's distances.
+    linkage: str = "ward"
+    lda_dims: int = 0  # 0 = training speakers - 1, capped at the embedding size
+    lda_shrinkage: float = 0.05  # within-speaker covariance pulled toward its mean variance
 
     def validate(self) -> "EmbedderConfig":
         if self.segment_frames < 1 or self.n_bins < 1:
@@ -108,6 +128,11 @@ class EmbedderConfig:
             raise ConfigError(f"dense_units={self.dense_units}: every layer needs >= 1 unit")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout}: need [0, 1)")
+        if not 0 <= self.freq_mask < self.n_bins or not 0 <= self.time_mask < self.segment_frames:
+            raise ConfigError(f"freq_mask={self.freq_mask}, time_mask={self.time_mask}: need 0 <= freq_mask < n_bins "
+                              f"({self.n_bins}) and 0 <= time_mask < segment_frames ({self.segment_frames})")
+        if self.input_noise < 0:
+            raise ConfigError(f"input_noise={self.input_noise}: need >= 0")
         if self.output_activation not in OUTPUT_ACTIVATIONS:
             raise ConfigError(f"output_activation={self.output_activation!r}: expected one of {OUTPUT_ACTIVATIONS}")
         if self.pooling not in POOLINGS:
@@ -124,6 +149,17 @@ class EmbedderConfig:
             raise ConfigError(f"cosine_scale={self.cosine_scale}: need >= 0, and a softmax output when > 0")
         if self.margin <= 0:
             raise ConfigError(f"margin={self.margin}: must be positive")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend={self.backend!r}: expected one of {BACKENDS}")
+        if self.backend == "lda" and self.scoring != "cosine":
+            raise ConfigError("backend='lda' gives projections, not distributions: it needs scoring='cosine'")
+        if self.linkage not in LINKAGES:
+            raise ConfigError(f"linkage={self.linkage!r}: expected one of {LINKAGES}")
+        if self.linkage == "ward" and self.scoring != "cosine":
+            raise ConfigError("linkage='ward' needs Euclidean distances, i.e. scoring='cosine' (unit-length "
+                              "embeddings); use linkage='average' with scoring='kl'")
+        if self.lda_dims < 0 or not 0.0 <= self.lda_shrinkage < 1.0:
+            raise ConfigError(f"lda_dims={self.lda_dims}, lda_shrinkage={self.lda_shrinkage}: need >= 0 and [0, 1)")
         if not 0.0 < self.epsilon < 1e-2:
             raise ConfigError(f"epsilon={self.epsilon}: need (0, 1e-2)")
         if self.embedding == "hidden" and not self.dense_units:
@@ -180,6 +216,38 @@ class CosineLogits(keras.layers.Layer):
         return {**super().get_config(), "units": self.units, "scale": self.scale}
 
 
+class SpecAugment(keras.layers.Layer):
+    """Training only: per segment [frames, bins], one band of 0..freq_mask bins and one span of
+    0..time_mask frames set to zero (the mean of normalised features), widths and positions
+    uniform. The identity at inference."""
+
+    def __init__(self, freq_mask: int, time_mask: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.freq_mask, self.time_mask = int(freq_mask), int(time_mask)
+
+    @staticmethod
+    def _band(batch: tf.Tensor, size: tf.Tensor, max_width: int) -> tf.Tensor:
+        """[batch, size] float mask, 0 inside one random band per row, 1 elsewhere."""
+        width = tf.random.uniform([batch, 1], 0, max_width + 1, dtype=tf.int32)
+        start = tf.cast(tf.random.uniform([batch, 1]) * tf.cast(size - width + 1, tf.float32), tf.int32)
+        position = tf.range(size)[None, :]
+        return tf.cast(tf.logical_or(position < start, position >= start + width), tf.float32)
+
+    def call(self, inputs: tf.Tensor, training=None) -> tf.Tensor:
+        if not training:
+            return inputs
+        batch, frames, bins = tf.shape(inputs)[0], tf.shape(inputs)[1], tf.shape(inputs)[2]
+        mask = tf.ones_like(inputs)
+        if self.freq_mask:
+            mask = mask * self._band(batch, bins, self.freq_mask)[:, None, :]
+        if self.time_mask:
+            mask = mask * self._band(batch, frames, self.time_mask)[:, :, None]
+        return inputs * tf.cast(mask, inputs.dtype)
+
+    def get_config(self) -> Dict[str, object]:
+        return {**super().get_config(), "freq_mask": self.freq_mask, "time_mask": self.time_mask}
+
+
 class StatisticsPooling(keras.layers.Layer):
     """[batch, frames, d] -> [batch, 2d]: the mean and the standard deviation over frames (the
     x-vector's pooling). The standard deviation is floored before the square root, so its
@@ -197,7 +265,12 @@ def build_base_network(config: EmbedderConfig) -> keras.Model:
     output is float32 even under mixed precision, because the loss takes its log."""
     config.validate()
     inputs = keras.Input((config.segment_frames, config.n_bins), name="segments")
-    x = keras.layers.Bidirectional(cudnn_lstm(config.lstm_units, name="lstm_1"), name="blstm_1")(inputs)
+    x = inputs
+    if config.freq_mask or config.time_mask:
+        x = SpecAugment(config.freq_mask, config.time_mask, name="spec_augment")(x)
+    if config.input_noise:
+        x = keras.layers.GaussianNoise(config.input_noise, name="input_noise")(x)
+    x = keras.layers.Bidirectional(cudnn_lstm(config.lstm_units, name="lstm_1"), name="blstm_1")(x)
     x = keras.layers.Dropout(config.dropout, name="dropout")(x)
     pool_last = config.pooling == "last"
     x = keras.layers.Bidirectional(cudnn_lstm(config.lstm_units, return_sequences=not pool_last, name="lstm_2"),
@@ -451,6 +524,87 @@ def distance_matrix(embeddings: np.ndarray, scoring: str = "cosine", epsilon: fl
     return 0.5 * (d + d.T)
 
 
+def clustering_distances(embeddings: np.ndarray, config: EmbedderConfig) -> np.ndarray:
+    """The distances the configured linkage clusters on: for Ward, the Euclidean distance between
+    unit-length embeddings, sqrt(2 (1 - cosine)) (Ward's merge costs hold for Euclidean
+    distances only); otherwise the scoring's `distance_matrix`."""
+    d = distance_matrix(embeddings, config.scoring, config.epsilon)
+    return np.sqrt(2.0 * d) if config.linkage == "ward" else d
+
+
+# ------------------------------------------------------------------------------------ back end
+
+@dataclass(frozen=True)
+class LinearBackend:
+    """An affine map of embeddings, (e - mean) @ projection, fitted after training. Affine maps
+    commute with the mean over an utterance's windows, so it applies per window or per utterance
+    alike."""
+
+    mean: np.ndarray  # [E]
+    projection: np.ndarray  # [E, D]
+
+    def apply(self, embeddings: np.ndarray) -> np.ndarray:
+        return ((np.asarray(embeddings, np.float64) - self.mean) @ self.projection).astype(np.float32)
+
+    def to_json(self) -> Dict[str, object]:
+        return {"input_dims": int(self.projection.shape[0]), "output_dims": int(self.projection.shape[1])}
+
+
+def fit_lda(embeddings: np.ndarray, speakers: Sequence[str], dims: int = 0, shrinkage: float = 0.05) -> LinearBackend:
+    """Linear discriminant analysis of utterance embeddings [U, E] by speaker: the generalised
+    eigenvectors of (between-speaker, within-speaker) covariance with the largest eigenvalues,
+    scaled so that the within-speaker covariance becomes the identity. `dims` = 0 keeps
+    speakers - 1 (the rank of the between-speaker covariance); `shrinkage` mixes the
+    within-speaker covariance with its mean variance times the identity, which keeps it
+    invertible when there are fewer utterances than dimensions."""
+    from scipy.linalg import eigh
+
+    x = np.asarray(embeddings, np.float64)
+    labels = np.asarray(speakers)
+    if x.ndim != 2 or len(x) != len(labels):
+        raise ValueError(f"fit_lda: need [U, E] embeddings and U speakers, got {x.shape} and {labels.shape}")
+    names, index = np.unique(labels, return_inverse=True)
+    if len(names) < 2:
+        raise ValueError("fit_lda: needs at least 2 speakers")
+    counts = np.bincount(index).astype(np.float64)
+    means = np.zeros((len(names), x.shape[1]))
+    np.add.at(means, index, x)
+    means /= counts[:, None]
+    mean = x.mean(axis=0)
+    within = (x - means[index]).T @ (x - means[index]) / len(x)
+    centred = (means - mean) * np.sqrt(counts / len(x))[:, None]
+    between = centred.T @ centred
+    within = (1.0 - shrinkage) * within + shrinkage * np.trace(within) / len(within) * np.eye(len(within))
+    keep = min(dims or len(names) - 1, len(names) - 1, x.shape[1])
+    values, vectors = eigh(between, within)  # vectors.T @ within @ vectors = I
+    order = np.argsort(values)[::-1][:keep]
+    return LinearBackend(mean.astype(np.float32), vectors[:, order].astype(np.float32))
+
+
+@keras.utils.register_keras_serializable(package="speechpipe")
+class AffineBackend(keras.layers.Layer):
+    """A fitted `LinearBackend` as a fixed (untrained) Keras layer, for evaluating in Keras."""
+
+    def __init__(self, mean: Sequence[float], projection: Sequence[Sequence[float]], **kwargs) -> None:
+        super().__init__(trainable=False, **kwargs)
+        self.mean_value = np.asarray(mean, np.float32)
+        self.projection_value = np.asarray(projection, np.float32)
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return tf.matmul(tf.cast(inputs, tf.float32) - self.mean_value, self.projection_value)
+
+    def get_config(self) -> Dict[str, object]:
+        return {**super().get_config(), "mean": self.mean_value.tolist(), "projection": self.projection_value.tolist()}
+
+
+def with_backend(model: keras.Model, backend: Optional[LinearBackend]) -> keras.Model:
+    """`model` followed by the back end (the model itself when there is none)."""
+    if backend is None:
+        return model
+    outputs = AffineBackend(backend.mean, backend.projection, name="backend")(model.output)
+    return keras.Model(model.input, outputs, name=f"{model.name}_with_backend")
+
+
 # ----------------------------------------------------------------------------------- export
 
 class _Untracked:
@@ -467,7 +621,7 @@ class EmbedderModule(tf.Module):
     the two signatures."""
 
     def __init__(self, model: keras.Model, config: EmbedderConfig, feature_config: FeatureConfig,
-                 global_stats: Optional[Dict[str, object]] = None) -> None:
+                 global_stats: Optional[Dict[str, object]] = None, backend: Optional[LinearBackend] = None) -> None:
         super().__init__(name="speaker_embedder")
         from speechpipe.tf_features import GraphFeatures
 
@@ -475,6 +629,11 @@ class EmbedderModule(tf.Module):
             raise ConfigError(f"the features have {feature_config.n_bins} bins, the model takes {config.n_bins}")
         self._network = _Untracked(model)
         self.network_variables = list(model.variables)  # tracked: saved with the signatures
+        # Apart from the network's variables, so that a warm start restores the network alone.
+        self.backend_mean = self.backend_projection = None
+        if backend is not None:
+            self.backend_mean = tf.Variable(backend.mean, trainable=False, name="backend_mean")
+            self.backend_projection = tf.Variable(backend.projection, trainable=False, name="backend_projection")
         self.features = GraphFeatures(feature_config, global_stats)
         self._segment_frames = config.segment_frames
         self._hop = config.eval_hop
@@ -487,8 +646,14 @@ class EmbedderModule(tf.Module):
             tf.TensorSpec([None, config.segment_frames, config.n_bins], tf.float32, name="segments"),
         ])
 
+    def _network_embeddings(self, segments: tf.Tensor) -> tf.Tensor:
+        embeddings = tf.cast(self._network.model(segments, training=False), tf.float32)
+        if self.backend_mean is None:
+            return embeddings
+        return tf.matmul(embeddings - self.backend_mean, self.backend_projection)
+
     def _embed_segments(self, segments: tf.Tensor) -> Dict[str, tf.Tensor]:
-        return {"embeddings": tf.cast(self._network.model(segments, training=False), tf.float32)}
+        return {"embeddings": self._network_embeddings(segments)}
 
     def _embed(self, waveforms: tf.Tensor, lengths: tf.Tensor) -> Dict[str, tf.Tensor]:
         """waveforms [B, samples] (16 kHz float32, zero-padded), lengths [B] samples ->
@@ -509,16 +674,21 @@ class EmbedderModule(tf.Module):
         index = tf.stack([tf.broadcast_to(utterance[:, None], tf.shape(frames)), frames], axis=-1)
         windows = tf.gather_nd(features, index)  # [W, f, bins]
         windows = tf.ensure_shape(windows, [None, f, self._n_bins])
-        segment_embeddings = tf.cast(self._network.model(windows, training=False), tf.float32)
+        segment_embeddings = self._network_embeddings(windows)
         embeddings = tf.math.unsorted_segment_mean(segment_embeddings, utterance, batch)
         return {"embeddings": embeddings, "num_segments": count}
 
 
 def export_embedder(path: str, model: keras.Model, config: EmbedderConfig, feature_config: FeatureConfig,
-                    global_stats: Optional[Dict[str, object]] = None, extra: Optional[Dict[str, object]] = None) -> str:
-    """Writes the SavedModel (signatures `embed`, the default, and `embed_segments`) and
-    assets.extra/embedder_config.json (embedder and feature settings, plus `extra`)."""
-    module = EmbedderModule(model, config, feature_config, global_stats)
+                    global_stats: Optional[Dict[str, object]] = None, extra: Optional[Dict[str, object]] = None,
+                    backend: Optional[LinearBackend] = None) -> str:
+    """Writes the SavedModel (signatures `embed`, the default, and `embed_segments`, both with
+    the back end applied when one is given) and assets.extra/embedder_config.json (embedder and
+    feature settings, plus `extra`)."""
+    if (backend is None) != (config.backend == "none"):
+        raise ConfigError(f"backend={config.backend!r} in the config, but {'no' if backend is None else 'a'} "
+                          "fitted back end given")
+    module = EmbedderModule(model, config, feature_config, global_stats, backend)
     tf.saved_model.save(module, path, signatures={
         "embed": module.embed,
         "serving_default": module.embed,
@@ -570,5 +740,8 @@ def load_embedder(path: str) -> LoadedEmbedder:
     """`path`: a local folder or a URI TensorFlow's gfile reads (gs://, s3:// with tensorflow-io)."""
     with tf.io.gfile.GFile(f"{path.rstrip('/')}/assets.extra/{CONFIG_FILE}", "r") as f:
         info = json.loads(f.read())
+    # Models exported before the linkage setting chose their clustering threshold with average
+    # linkage: keep it, so that a champion's threshold still means what it meant.
+    info["embedder"].setdefault("linkage", "average")
     return LoadedEmbedder(tf.saved_model.load(path), EmbedderConfig.from_json(info.pop("embedder")),
                           FeatureConfig.from_json(info.pop("features")), info)
