@@ -20,8 +20,11 @@ run), BENCH_EMBEDDER_ABLATION_STEPS (1600, each ablation run), BENCH_EMBEDDER_RU
       +softmax         the output is a distribution
       +symmetric       both KL directions
       +margin          the default margin
-      +in_batch        every pair inside P x K batches instead of explicit pairs: speechpipe's
-                       default configuration (EmbedderTrainConfig())
+      +in_batch        every pair inside P x K batches instead of explicit pairs
+      +spec_augment    SpecAugment masks and input noise while training
+      +lda             the LDA back end fitted on the training speakers (weights chosen by its
+                       validation EER) and Ward clustering: speechpipe's default configuration
+                       (EmbedderTrainConfig())
       default          the same configuration with the full budget (the learning proof)
 3. Test (9 speakers never seen, saying sentences never seen): the SavedModel's `embed`
    signature on the raw 16 kHz audio; EER and minDCF on the pair builder's trials_test.txt and
@@ -59,19 +62,31 @@ def _runs(minutes: float, ablation_steps: int) -> Dict[str, object]:
 
     # The wall-clock cap only guards against a stalled run; the step budget is what binds.
     default = EmbedderTrainConfig(max_steps=ablation_steps, max_seconds=1800.0)
-    # Seed 002's changes on the default network size, so that only the named change differs.
+    d = default.model
+    # Seed 002's changes on the default network size, so that only the named change differs; and
+    # none of speechpipe's additions (SpecAugment, the LDA back end, Ward clustering) until their rows.
     seed = replace(default, form="pairs", keras_accuracy=True, warp_factors=(),
-                   model=replace(default.model, output_activation=SEED002.output_activation,
-                                 symmetric=SEED002.symmetric, clip=SEED002.clip, margin=SEED002.margin,
-                                 pooling="last"))
+                   model=replace(d, output_activation=SEED002.output_activation, symmetric=SEED002.symmetric,
+                                 clip=SEED002.clip, margin=SEED002.margin, pooling="last",
+                                 freq_mask=0, time_mask=0, input_noise=0.0, backend="none", linkage="average"))
     softmax = replace(seed, model=replace(seed.model, output_activation="softmax", clip=False))
     symmetric = replace(softmax, model=replace(softmax.model, symmetric=True))
-    margin = replace(symmetric, model=replace(symmetric.model, margin=default.model.margin))
+    margin = replace(symmetric, model=replace(symmetric.model, margin=d.margin))
     in_batch = replace(margin, form="in_batch", keras_accuracy=False)
-    if replace(in_batch, pairs_dir=None) != default:
+    spec_augment = replace(in_batch, model=replace(in_batch.model, freq_mask=d.freq_mask, time_mask=d.time_mask,
+                                                   input_noise=d.input_noise))
+    lda = replace(spec_augment, model=replace(spec_augment.model, backend=d.backend, linkage=d.linkage))
+    if replace(lda, pairs_dir=None) != default:
         raise AssertionError("the ablation's last step must be the default configuration")
     return {"seed002": seed, "+softmax": softmax, "+symmetric": symmetric, "+margin": margin,
-            "+in_batch": in_batch, "default": replace(default, max_steps=0, max_seconds=60.0 * minutes)}
+            "+in_batch": in_batch, "+spec_augment": spec_augment, "+lda": lda,
+            "default": replace(default, max_steps=0, max_seconds=60.0 * minutes)}
+
+
+# Settings added after a run was trained, at the values that run trained with: a stored result
+# without them is the same configuration when the run asks for these values.
+_BEFORE_THE_SETTING = {"freq_mask": 0, "time_mask": 0, "input_noise": 0.0, "backend": "none", "linkage": "average",
+                       "lda_dims": 0, "lda_shrinkage": 0.05}
 
 
 def _corpus() -> str:
@@ -127,9 +142,9 @@ def _train(name: str, config, features: str, pairs: str, out: str) -> Dict[str, 
     if os.path.exists(result_path):
         with open(result_path, encoding="utf-8") as f:
             done = json.load(f)
-        # Through from_json, so that settings added since the run was trained read as their
-        # defaults (which is what the run trained with).
-        if type(config).from_json(done["config"]).to_json() == expected:
+        stored = dict(done["config"])
+        stored["model"] = {**_BEFORE_THE_SETTING, **stored["model"]}
+        if stored == expected:
             print(f"[{name}] reusing {result_path}")
             return done
     budget = f"{config.max_steps} steps" if config.max_steps else f"{config.max_seconds / 60:g} min"

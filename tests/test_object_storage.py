@@ -343,7 +343,7 @@ def test_speaker_evaluator_and_registry_pusher_on_object_storage(tmp_path, bucke
     ramfs.put(f"{base}/pairs/trials_test.txt", text.getvalue().encode())
     # An untrained tiny embedder, exported locally and uploaded as a Trainer's Model artifact.
     keras.utils.set_random_seed(0)
-    config = EmbedderConfig(lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1)
+    config = EmbedderConfig(lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1, backend="none")
     exported = embedder.export_embedder(str(tmp_path / "model"), embedder.build_base_network(config), config, FeatureConfig())
     ramfs.upload_tree(exported, f"{base}/model/Format-Serving")
     model = _artifact(standard_artifacts.Model, f"{base}/model")
@@ -413,7 +413,9 @@ def test_embedder_trainer_reads_and_exports_on_object_storage(remote_features, b
     loaded = embedder.load_embedder(f"{base}/serving")
     assert loaded.info["cluster_threshold"] == result["cluster_threshold"]
     waves = np.random.default_rng(0).normal(size=(1, 8000)).astype(np.float32) * 0.1
-    assert loaded.embed(waves, np.array([8000])).shape == (1, 8)
+    # the default LDA back end, fitted on the training speakers, is part of the export
+    assert result["backend"]["kind"] == "lda"
+    assert loaded.embed(waves, np.array([8000])).shape == (1, result["backend"]["output_dims"])
 
 
 def test_registry_hands_an_object_storage_artifact_root_to_mlflow(tmp_path):

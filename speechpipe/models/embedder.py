@@ -91,9 +91,9 @@ class EmbedderConfig:
     # al. 2019): each segment loses one random band of up to `freq_mask` bins and one random span
     # of up to `time_mask` frames (set to 0, the normalised mean), and gets Gaussian noise of
     # standard deviation `input_noise`. 0 = off. Inference never sees them.
-    freq_mask: int = 0
-    time_mask: int = 0
-    input_noise: float = 0.0
+    freq_mask: int = 10
+    time_mask: int = 8
+    input_noise: float = 0.1
     dense_units: Tuple[int, ...] = (256,)  # ReLU layers between the BLSTMs and the output
     output_dim: int = 128  # size of the output distribution
     output_activation: str = "softmax"  # "prelu" = seed 002
@@ -111,7 +111,7 @@ class EmbedderConfig:
     # the export (`fit_lda`): "lda" projects onto the directions that best separate those speakers
     # relative to their within-speaker spread, with that spread whitened, as x-vector systems do
     # before scoring; "none" scores the embedding as it is.
-    backend: str = "none"
+    backend: str = "lda"
     # Agglomerative clustering of utterance embeddings: "ward" (on unit-length embeddings, i.e.
     # cosine scoring) merges the pair of clusters that adds least within-cluster variance and
     # keeps clusters of comparable size; "average" / "complete" link over the scoring's distances.
@@ -185,8 +185,9 @@ class EmbedderConfig:
 
 
 # Seed 002's model and loss, for the reproduction: PReLU output, one-sided KL of clipped
-# outputs, margin 1. (Its third problem, Keras "accuracy", is `seed002_keras_accuracy`.)
-SEED002 = EmbedderConfig(output_activation="prelu", symmetric=False, clip=True, margin=1.0)
+# outputs, margin 1, none of speechpipe's regularisation, back end or Ward clustering. (Its third problem, Keras "accuracy", is `seed002_keras_accuracy`.)
+SEED002 = EmbedderConfig(output_activation="prelu", symmetric=False, clip=True, margin=1.0, freq_mask=0, time_mask=0,
+                         input_noise=0.0, backend="none", linkage="average")
 
 
 # ------------------------------------------------------------------------------------ network
