@@ -4,6 +4,7 @@ Model
     A shared base network maps one segment (40 frames x bins) to a probability distribution:
     BLSTM -> dropout -> BLSTM (last states) -> dense (ReLU) -> dense -> softmax. Seed 002 ended
     in PReLU instead (`output_activation="prelu"`, kept for the reproduction in the bench).
+    While training only, SpecAugment masks and Gaussian noise regularise the input.
 
 Loss (pairwise KL + hinge, Hsu & Kira 2016; Lukic et al. 2016/2017)
     For a pair of branch outputs p, q and margin m:
@@ -38,7 +39,9 @@ Embeddings
     window with a hop of `eval_hop` (20) frames plus one aligned to the end
     (`speechpipe.pair_dataset.utterance_windows`); an utterance shorter than one segment gets
     one zero-padded window (zero is the normalised mean). Scores: cosine similarity, or the
-    negative symmetric KL of two output distributions (`scoring="kl"`).
+    negative symmetric KL of two output distributions (`scoring="kl"`). The default back end
+    (`backend="lda"`, `fit_lda`) projects embeddings onto the discriminants of the training
+    speakers; clustering uses Ward linkage on unit-length embeddings (`clustering_distances`).
 
 Export
     `export_embedder` writes a SavedModel whose signature `embed` takes raw 16 kHz float32
