@@ -83,12 +83,6 @@ def _runs(minutes: float, ablation_steps: int) -> Dict[str, object]:
             "default": replace(default, max_steps=0, max_seconds=60.0 * minutes)}
 
 
-# Settings added after a run was trained, at the values that run trained with: a stored result
-# without them is the same configuration when the run asks for these values.
-_BEFORE_THE_SETTING = {"freq_mask": 0, "time_mask": 0, "input_noise": 0.0, "backend": "none", "linkage": "average",
-                       "lda_dims": 0, "lda_shrinkage": 0.05}
-
-
 def _corpus() -> str:
     corpus = os.environ.get("BENCH_CORPUS") or os.path.join(CACHE, "demo_corpus")
     if not os.path.exists(os.path.join(corpus, "manifest.jsonl")):
@@ -130,6 +124,7 @@ def _train(name: str, config, features: str, pairs: str, out: str) -> Dict[str, 
 
     from speechpipe.components.embedder_trainer import train
     from speechpipe.config import FeatureConfig
+    from speechpipe.models.embedder import LEGACY_SETTINGS
 
     folder = os.path.join(out, "runs", name.replace("+", "plus_"))
     result_path = os.path.join(folder, "result.json")
@@ -142,8 +137,9 @@ def _train(name: str, config, features: str, pairs: str, out: str) -> Dict[str, 
     if os.path.exists(result_path):
         with open(result_path, encoding="utf-8") as f:
             done = json.load(f)
+        # Settings added after a run was trained read as the values it trained with.
         stored = dict(done["config"])
-        stored["model"] = {**_BEFORE_THE_SETTING, **stored["model"]}
+        stored["model"] = {**LEGACY_SETTINGS, **stored["model"]}
         if stored == expected:
             print(f"[{name}] reusing {result_path}")
             return done

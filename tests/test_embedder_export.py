@@ -183,6 +183,24 @@ def test_trainer_fits_the_lda_backend_on_the_training_speakers(tiny_features, tm
                                result.embedder(segments, training=False).numpy(), atol=1e-5)
 
 
+def test_an_export_older_than_the_new_settings_loads_with_the_values_it_was_made_with(exported, tmp_path):
+    import shutil
+
+    old = str(tmp_path / "old")
+    shutil.copytree(exported, old)
+    path = os.path.join(old, "assets.extra", embedder.CONFIG_FILE)
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    for setting in embedder.LEGACY_SETTINGS:
+        info["embedder"].pop(setting)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(info, f)
+    config = embedder.load_embedder(old).config
+    # no back end in its graph, and the average linkage its clustering threshold was chosen with
+    assert config.backend == "none" and config.linkage == "average" and config.freq_mask == 0
+    assert EmbedderConfig().backend == "lda" and EmbedderConfig().linkage == "ward"  # today's defaults differ
+
+
 def test_export_rejects_mismatched_bins(random_network, tmp_path):
     base, config = random_network
     with pytest.raises(ConfigError, match="bins"):

@@ -73,6 +73,10 @@ SCORINGS: Tuple[str, ...] = ("cosine", "kl")
 BACKENDS: Tuple[str, ...] = ("none", "lda")
 LINKAGES: Tuple[str, ...] = ("ward", "average", "complete")
 
+# Settings added after the first exports, at the values those exports were made with.
+LEGACY_SETTINGS: Dict[str, object] = {"freq_mask": 0, "time_mask": 0, "input_noise": 0.0, "backend": "none",
+                                          "linkage": "average", "lda_dims": 0, "lda_shrinkage": 0.05}
+
 # Layer names the embedding choice looks up.
 OUTPUT_LAYER = "distribution"
 HIDDEN_LAYER = "embedding_hidden"
@@ -744,8 +748,10 @@ def load_embedder(path: str) -> LoadedEmbedder:
     """`path`: a local folder or a URI TensorFlow's gfile reads (gs://, s3:// with tensorflow-io)."""
     with tf.io.gfile.GFile(f"{path.rstrip('/')}/assets.extra/{CONFIG_FILE}", "r") as f:
         info = json.loads(f.read())
-    # Models exported before the linkage setting chose their clustering threshold with average
-    # linkage: keep it, so that a champion's threshold still means what it meant.
-    info["embedder"].setdefault("linkage", "average")
+    # Models exported before these settings existed were trained and scored without them: no
+    # back end (none is in their graph), no input regularisation, and a clustering threshold
+    # chosen with average linkage, which a champion's evaluation must keep.
+    for setting, before in LEGACY_SETTINGS.items():
+        info["embedder"].setdefault(setting, before)
     return LoadedEmbedder(tf.saved_model.load(path), EmbedderConfig.from_json(info.pop("embedder")),
                           FeatureConfig.from_json(info.pop("features")), info)
