@@ -51,7 +51,6 @@ from speechpipe.models.embedder import (
     restore_network,
     score,
     seed002_keras_accuracy,
-    with_backend,
 )
 from speechpipe.training import (
     StopOnNonFiniteLoss,
@@ -328,8 +327,13 @@ def evaluate_split(model: keras.Model, data: SplitData, config: EmbedderConfig,
     """Utterance embeddings of a split (through the back end, when one is given) and the EER /
     minDCF of its trials (default: every pair of its utterances)."""
     embeddings = embed_utterances(model, data.features, config)
-    if backend is not None:
-        embeddings = backend.apply(embeddings)
+    return verify(embeddings if backend is None else backend.apply(embeddings), data, config, trials)
+
+
+def verify(embeddings: np.ndarray, data: SplitData, config: EmbedderConfig,
+           trials: Optional[Sequence[Tuple[int, str, str]]] = None) -> Evaluation:
+    """The EER / minDCF of a split's trials (default: every pair of its utterances) on given
+    utterance embeddings."""
     by_utterance = dict(zip(data.utterances, embeddings))
     if trials is None:
         trials = speaker_eval.all_pairs_trials(data.utterances, data.speakers)
@@ -365,6 +369,7 @@ class ValidationEER(keras.callbacks.Callback):
         self.best_eer = float("inf")
         self.best_step = 0
         self.best_weights: Optional[List[np.ndarray]] = None
+        self.best_backend: Optional[LinearBackend] = None  # fitted on the best weights
         self.steps = 0
         self.started = 0.0
         self.eval_seconds = 0.0
@@ -400,7 +405,7 @@ class ValidationEER(keras.callbacks.Callback):
         self.history.append(row)
         if result.eer < self.best_eer:
             self.best_eer, self.best_step = result.eer, self.steps
-            self.best_weights = self.base.get_weights()
+            self.best_weights, self.best_backend = self.base.get_weights(), backend
             self._since_best = 0
         else:
             self._since_best += 1
@@ -421,7 +426,8 @@ class ValidationEER(keras.callbacks.Callback):
 @dataclass
 class TrainResult:
     base: keras.Model
-    embedder: keras.Model  # what the export computes per window: the embedding layer, then the back end
+    embedder: keras.Model  # the embedding layer; the export applies `backend` after it
+    backend: Optional[LinearBackend]
     summary: Dict[str, object]
 
 
@@ -505,14 +511,16 @@ def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config:
 
     embedder = embedding_model(base, config.model)
     backend_info: Dict[str, object] = {"kind": config.model.backend}
-    # Fitted on the training speakers only: validation stays unseen, for the threshold below.
-    fitted = time.time()
-    backend = fit_backend(embedder, train_data, config.model)
+    # Fitted on the training speakers only (validation stays unseen, for the threshold below), at
+    # the best evaluation, whose weights the model now holds.
+    backend = validation.best_backend
+    if backend is None and config.model.backend != "none":
+        backend = fit_backend(embedder, train_data, config.model)
+    raw = embed_utterances(embedder, eval_data.features, config.model)
+    final = verify(raw if backend is None else backend.apply(raw), eval_data, config.model)
     if backend is not None:
-        backend_info.update(backend.to_json(), fit_seconds=round(time.time() - fitted, 1),
-                            validation_without_backend=evaluate_split(embedder, eval_data, config.model)
-                            .verification.to_json())
-    final = evaluate_split(embedder, eval_data, config.model, backend=backend)
+        backend_info.update(backend.to_json(),
+                            validation_without_backend=verify(raw, eval_data, config.model).verification.to_json())
     tree = speaker_eval.linkage_tree(clustering_distances(final.embeddings, config.model), config.model.linkage)
     threshold, validation_mr = speaker_eval.best_threshold(tree, eval_data.speakers)
     summary: Dict[str, object] = {
@@ -539,7 +547,7 @@ def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config:
                         extra={"cluster_threshold": threshold, "best_val_eer": validation.best_eer}, backend=backend)
         with tf.io.gfile.GFile(f"{serving_model_dir.rstrip('/')}/{RESULT_FILE}", "w") as f:  # may be gs://
             f.write(json.dumps(summary, indent=1))
-    return TrainResult(base, with_backend(embedder, backend), summary)
+    return TrainResult(base, embedder, backend, summary)
 
 
 def run_fn(fn_args) -> None:

@@ -589,30 +589,6 @@ def fit_lda(embeddings: np.ndarray, speakers: Sequence[str], dims: int = 0, shri
     return LinearBackend(mean.astype(np.float32), vectors[:, order].astype(np.float32))
 
 
-@keras.utils.register_keras_serializable(package="speechpipe")
-class AffineBackend(keras.layers.Layer):
-    """A fitted `LinearBackend` as a fixed (untrained) Keras layer, for evaluating in Keras."""
-
-    def __init__(self, mean: Sequence[float], projection: Sequence[Sequence[float]], **kwargs) -> None:
-        super().__init__(trainable=False, **kwargs)
-        self.mean_value = np.asarray(mean, np.float32)
-        self.projection_value = np.asarray(projection, np.float32)
-
-    def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        return tf.matmul(tf.cast(inputs, tf.float32) - self.mean_value, self.projection_value)
-
-    def get_config(self) -> Dict[str, object]:
-        return {**super().get_config(), "mean": self.mean_value.tolist(), "projection": self.projection_value.tolist()}
-
-
-def with_backend(model: keras.Model, backend: Optional[LinearBackend]) -> keras.Model:
-    """`model` followed by the back end (the model itself when there is none)."""
-    if backend is None:
-        return model
-    outputs = AffineBackend(backend.mean, backend.projection, name="backend")(model.output)
-    return keras.Model(model.input, outputs, name=f"{model.name}_with_backend")
-
-
 # ----------------------------------------------------------------------------------- export
 
 class _Untracked:
