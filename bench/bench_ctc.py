@@ -18,7 +18,7 @@ import os
 from dataclasses import replace
 from typing import Dict
 
-from bench.bench_features import CACHE, _corpus
+from bench.corpus import CACHE, bench_corpus, derived_dir
 
 NORMALISATIONS = ("none", "minmax", "cmvn", "global")
 
@@ -30,7 +30,7 @@ def _features(corpus: str, kind: str, normalization: str) -> str:
     from speechpipe.pipeline.features_job import run_job
     from speechpipe.sources import make_spec
 
-    out = os.path.join(CACHE, f"features_{kind}_{normalization}")
+    out = os.path.join(derived_dir(CACHE, corpus), f"features_{kind}_{normalization}")
     if not os.path.exists(os.path.join(out, "summary.json")):
         run_job(make_spec(os.path.join(corpus, "manifest.jsonl")), FeatureConfig(kind=kind, normalization=normalization),
                 out, PipelineOptions(["--direct_running_mode=in_memory"]))
@@ -82,7 +82,7 @@ def main() -> None:
     os.makedirs(out, exist_ok=True)
     budget = float(os.environ.get("BENCH_CTC_MINUTES", "20"))
     compare_budget = float(os.environ.get("BENCH_CTC_COMPARE_MINUTES", "3"))
-    corpus = _corpus()
+    corpus = bench_corpus()
     default = CTCTrainConfig()
     print(f"model {default.model}, optimizer {default.optimizer} lr {default.learning_rate}, batch {default.batch_size}, "
           f"SpecAugment {default.time_masks}x{default.time_mask_frames} frames, {default.freq_masks}x{default.freq_mask_bins} bins")

@@ -13,7 +13,8 @@ run), BENCH_EMBEDDER_ABLATION_STEPS (1600, each ablation run), BENCH_EMBEDDER_RU
 2. Every ablation run trains for the same number of steps (`--ablation-steps`, 128 segments a
    step in both training forms, so the same compute; a step budget stays fair when other jobs
    share the cores; 1,600 steps is what a quiet 2-core machine trains in about 5 minutes), and
-   `default` for `--minutes` of wall clock, on the 42 training speakers, keeps its best weights by validation EER (9 other speakers) and exports
+   `default` for `--minutes` of wall clock, on the training speakers, keeps its best weights by
+   validation EER (other speakers) and exports
    the SavedModel. Runs, each one change on top of the previous:
       seed002          PReLU output, one-sided KL of clipped outputs, margin 1, explicit pairs,
                        Keras "accuracy" (seed 002)
@@ -23,15 +24,19 @@ run), BENCH_EMBEDDER_ABLATION_STEPS (1600, each ablation run), BENCH_EMBEDDER_RU
       +in_batch        every pair inside P x K batches instead of explicit pairs
       +spec_augment    SpecAugment masks and input noise while training
       +lda             the LDA back end fitted on the training speakers (weights chosen by its
-                       validation EER) and Ward clustering: speechpipe's default configuration
+                       validation EER) and Ward clustering
+      +hidden          the hidden layer below the output is the embedding
+      +input_statistics  the segment's per-bin mean and standard deviation join the BLSTM's
+                       summary before the dense layers: speechpipe's default configuration
                        (EmbedderTrainConfig())
       default          the same configuration with the full budget (the learning proof)
-3. Test (9 speakers never seen, saying sentences never seen): the SavedModel's `embed`
+3. Test (the test speakers, never seen, saying sentences never seen): the SavedModel's `embed`
    signature on the raw 16 kHz audio; EER and minDCF on the pair builder's trials_test.txt and
    on every pair of test utterances; agglomerative clustering with the number of speakers given
    and with the threshold chosen on the validation speakers (MR, ARI).
 4. Written to the output folder: results.json, results.md, det.png, embeddings_<run>.png,
-   val_eer.png, loss.png, runs/<run>/{model,tensorboard,result.json}.
+   val_eer.png, loss.png; per corpus (bench/corpus.py), corpus-<tag>/{features_global,pairs} and
+   corpus-<tag>/runs/<run>/{model,tensorboard,result.json}.
 
 A finished run is reused when its result.json holds the same settings (so runs can be done one
 at a time, e.g. each under a CPU lock, and the report made at the end). Nothing about time is
@@ -49,13 +54,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-CACHE = os.path.join(os.path.dirname(__file__), ".cache")
+from bench.corpus import CACHE, bench_corpus, derived_dir
+
 GOAL_EER, GOAL_MR = 0.08, 0.10  # issue 6's bar (our goals: 0.03 and 0.05)
 
 
 def _runs(minutes: float, ablation_steps: int) -> Dict[str, object]:
     """name -> EmbedderTrainConfig: the ablation at `ablation_steps` each, in order (each one
-    change on top of the last; "+in_batch" is speechpipe's default configuration), then
+    change on top of the last; the last is speechpipe's default configuration), then
     "default", the same configuration at the full budget."""
     from speechpipe.components.embedder_trainer import EmbedderTrainConfig
     from speechpipe.models.embedder import SEED002
@@ -68,7 +74,8 @@ def _runs(minutes: float, ablation_steps: int) -> Dict[str, object]:
     seed = replace(default, form="pairs", keras_accuracy=True, warp_factors=(),
                    model=replace(d, output_activation=SEED002.output_activation, symmetric=SEED002.symmetric,
                                  clip=SEED002.clip, margin=SEED002.margin, pooling="last",
-                                 freq_mask=0, time_mask=0, input_noise=0.0, backend="none", linkage="average"))
+                                 freq_mask=0, time_mask=0, input_noise=0.0, backend="none", linkage="average",
+                                 embedding="output", input_statistics=False))
     softmax = replace(seed, model=replace(seed.model, output_activation="softmax", clip=False))
     symmetric = replace(softmax, model=replace(softmax.model, symmetric=True))
     margin = replace(symmetric, model=replace(symmetric.model, margin=d.margin))
@@ -76,21 +83,14 @@ def _runs(minutes: float, ablation_steps: int) -> Dict[str, object]:
     spec_augment = replace(in_batch, model=replace(in_batch.model, freq_mask=d.freq_mask, time_mask=d.time_mask,
                                                    input_noise=d.input_noise))
     lda = replace(spec_augment, model=replace(spec_augment.model, backend=d.backend, linkage=d.linkage))
-    if replace(lda, pairs_dir=None) != default:
+    hidden = replace(lda, model=replace(lda.model, embedding=d.embedding))
+    statistics = replace(hidden, model=replace(hidden.model, input_statistics=d.input_statistics))
+    if replace(statistics, pairs_dir=None) != default:
         raise AssertionError("the ablation's last step must be the default configuration")
     return {"seed002": seed, "+softmax": softmax, "+symmetric": symmetric, "+margin": margin,
-            "+in_batch": in_batch, "+spec_augment": spec_augment, "+lda": lda,
+            "+in_batch": in_batch, "+spec_augment": spec_augment, "+lda": lda, "+hidden": hidden,
+            "+input_statistics": statistics,
             "default": replace(default, max_steps=0, max_seconds=60.0 * minutes)}
-
-
-def _corpus() -> str:
-    corpus = os.environ.get("BENCH_CORPUS") or os.path.join(CACHE, "demo_corpus")
-    if not os.path.exists(os.path.join(corpus, "manifest.jsonl")):
-        from speechpipe.config import DEMO_CORPUS
-        from speechpipe.corpus.synth import synthesize_corpus
-
-        synthesize_corpus(DEMO_CORPUS, corpus, progress=False)
-    return corpus
 
 
 def _features(corpus: str, out: str) -> str:
@@ -197,14 +197,14 @@ def _parity(loaded, utterances: Sequence[str], embeddings: np.ndarray, features:
     return worst
 
 
-def _evaluate(name: str, summary: Dict[str, object], features: str, pairs: str, out: str,
+def _evaluate(name: str, summary: Dict[str, object], features: str, pairs: str, work: str, out: str,
               test: Tuple[List[str], List[str], List[np.ndarray]]) -> Dict[str, object]:
     from speechpipe import speaker_eval
     from speechpipe.models.embedder import clustering_distances, score
     from speechpipe.trials import read_trials
 
     utterances, speakers, waves = test
-    folder = os.path.join(out, "runs", name.replace("+", "plus_"))
+    folder = os.path.join(work, "runs", name.replace("+", "plus_"))
     started = time.time()
     embeddings, loaded = _embed_audio(os.path.join(folder, "model"), waves)
     embed_seconds = time.time() - started
@@ -305,14 +305,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     unknown = [n for n in names if n not in runs]
     if unknown:
         raise SystemExit(f"unknown run(s) {unknown}; choose from {list(runs)}")
-    corpus = _corpus()
-    features = _features(corpus, args.out)
-    pairs = _pairs(features, args.out)
-    summaries = {name: _train(name, runs[name], features, pairs, args.out) for name in names}
+    corpus = bench_corpus()
+    # Features, pairs and runs are kept per corpus; the report goes to --out.
+    work = derived_dir(args.out, corpus)
+    features = _features(corpus, work)
+    pairs = _pairs(features, work)
+    summaries = {name: _train(name, runs[name], features, pairs, work) for name in names}
     if args.no_report:
         return
     test = _test_audio(corpus)
-    rows = [_evaluate(name, summaries[name], features, pairs, args.out, test) for name in names]
+    rows = [_evaluate(name, summaries[name], features, pairs, work, args.out, test) for name in names]
     _report(rows, args.out, args.minutes, args.ablation_steps)
 
 

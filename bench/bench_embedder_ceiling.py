@@ -24,6 +24,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from bench.corpus import CACHE, bench_corpus, derived_dir
+
 WINDOW, HOP = 40, 20
 
 
@@ -102,8 +104,9 @@ def mlp_eers(train: Dict[str, np.ndarray], validation: List[np.ndarray], speaker
 def main() -> None:
     from bench import bench_embedder
 
-    out = os.environ.get("BENCH_EMBEDDER_OUT") or os.path.join(bench_embedder.CACHE, "embedder")
-    features = bench_embedder._features(bench_embedder._corpus(), out)
+    out = os.environ.get("BENCH_EMBEDDER_OUT") or os.path.join(CACHE, "embedder")
+    corpus = bench_corpus()
+    features = bench_embedder._features(corpus, derived_dir(out, corpus))
     train, validation, speakers = _load(features)
     print(f"{len(train)} training speakers, {sum(len(v) for v in train.values())} windows; "
           f"{len(set(speakers))} validation speakers, {len(speakers)} utterances")

@@ -24,18 +24,9 @@ import tempfile
 import time
 from typing import Dict, List, Tuple
 
-CACHE = os.path.join(os.path.dirname(__file__), ".cache")
+from bench.corpus import bench_corpus
+
 NAIVE_SUBSET = 300
-
-
-def _corpus() -> str:
-    corpus = os.environ.get("BENCH_CORPUS") or os.path.join(CACHE, "demo_corpus")
-    if not os.path.exists(os.path.join(corpus, "manifest.jsonl")):
-        from speechpipe.config import DEMO_CORPUS
-        from speechpipe.corpus.synth import synthesize_corpus
-
-        synthesize_corpus(DEMO_CORPUS, corpus, progress=False)
-    return corpus
 
 
 def _manifest(corpus: str) -> List[Dict]:
@@ -123,7 +114,7 @@ def _child(manifest: str, out: str, mode: str, workers: str) -> None:
 
 
 def main() -> None:
-    corpus = _corpus()
+    corpus = bench_corpus()
     items = _manifest(corpus)
     total_seconds = sum(i["duration"] for i in items)
     cores = os.cpu_count() or 1

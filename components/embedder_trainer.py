@@ -94,7 +94,7 @@ class EmbedderTrainConfig:
     max_steps: int = 0  # 0 = no step limit
     eval_every_steps: int = 200
     # Stop when this many evaluations in a row bring no better validation EER (0 = never): on
-    # 42 training speakers the validation EER stops improving well inside the budget.
+    # the demo corpus the validation EER stops improving well inside the budget.
     patience_evals: int = 6
     seed: int = 0
     mixed_precision: bool = True  # float16 compute on a GPU; CPU stays float32

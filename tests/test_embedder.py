@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
 from speechpipe import speaker_eval
 from speechpipe.models import embedder
@@ -310,7 +311,8 @@ def test_in_batch_training_learns_to_tell_speakers_apart():
     rng = np.random.default_rng(0)
     config = EmbedderConfig(segment_frames=8, n_bins=12, freq_mask=0, time_mask=0, input_noise=0.0, backend="none",
                             lstm_units=16, dense_units=(32,), output_dim=16,
-                            dropout=0.1, margin=2.0, eval_hop=4, cosine_scale=5.0)
+                            dropout=0.1, margin=2.0, eval_hop=4, cosine_scale=5.0,
+                            input_statistics=False)  # the BLSTM must learn it: no statistics path
     profiles = rng.normal(size=(8, 4))
     train_x, train_y = _synthetic_utterances(rng, profiles, 6)
     test_x, test_y = _synthetic_utterances(rng, profiles, 4)  # new utterances
@@ -375,6 +377,28 @@ def test_statistics_pooling_is_mean_and_std_over_frames_with_finite_gradients():
                                                       output_dim=6, pooling="stats", eval_hop=3))
     assert base.get_layer("statistics_pooling").output_shape == (None, 16)
     assert base(inputs).shape == (2, 6)
+
+
+def test_input_statistics_reach_the_dense_layers_next_to_the_blstm_summary():
+    """With input_statistics the hidden layer sees the segment's per-bin mean and standard
+    deviation (at inference: of the input itself) beside the BLSTM's last states; without, the
+    network is seed 002's topology."""
+    small = dict(segment_frames=7, n_bins=5, freq_mask=2, time_mask=3, lstm_units=4, dense_units=(8,), output_dim=6,
+                 eval_hop=3, input_noise=0.1)
+    keras.utils.set_random_seed(0)
+    base = embedder.build_base_network(EmbedderConfig(**small))
+    x = np.random.default_rng(4).normal(size=(3, 7, 5)).astype(np.float32)
+    statistics = keras.Model(base.input, base.get_layer(embedder.INPUT_STATISTICS_LAYER).output)(x, training=False)
+    np.testing.assert_allclose(statistics.numpy(), np.concatenate([x.mean(1), x.std(1)], axis=1), rtol=1e-5, atol=1e-6)
+    joined = base.get_layer("with_input_statistics")
+    assert joined.output_shape == (None, 2 * 4 + 2 * 5)  # both BLSTM directions' last states, mean and std
+    assert base.get_layer(embedder.HIDDEN_LAYER).input is joined.output
+    plain = embedder.build_base_network(EmbedderConfig(**small, input_statistics=False))
+    assert not any(layer.name in (embedder.INPUT_STATISTICS_LAYER, "with_input_statistics") for layer in plain.layers)
+    assert plain.get_layer(embedder.HIDDEN_LAYER).input_shape == (None, 2 * 4)
+    # default embedding: the hidden layer; seed 002 keeps its output distribution and no statistics
+    assert embedder.embedding_model(base, EmbedderConfig(**small)).output_shape == (None, 8)
+    assert not embedder.SEED002.input_statistics and embedder.SEED002.embedding == "output"
 
 
 def test_spec_augment_masks_one_band_and_one_span_in_training_only():
@@ -450,7 +474,7 @@ def test_lda_whitens_the_within_speaker_spread_and_finds_the_speaker_directions(
     with pytest.raises(ValueError, match="2 speakers"):
         embedder.fit_lda(x[:5], ["a"] * 5)
     with pytest.raises(ConfigError, match="cosine"):
-        EmbedderConfig(backend="lda", scoring="kl").validate()
+        EmbedderConfig(backend="lda", scoring="kl", embedding="output").validate()
 
 
 def test_ward_linkage_keeps_an_outlier_with_its_speaker_where_average_linkage_splits_it_off():
@@ -471,5 +495,5 @@ def test_ward_linkage_keeps_an_outlier_with_its_speaker_where_average_linkage_sp
     chord = np.linalg.norm(unit[:, None] - unit[None], axis=-1)
     np.testing.assert_allclose(embedder.clustering_distances(points, EmbedderConfig()), chord, atol=1e-6)
     with pytest.raises(ConfigError, match="ward"):
-        EmbedderConfig(scoring="kl", backend="none").validate()
-    EmbedderConfig(scoring="kl", backend="none", linkage="average").validate()
+        EmbedderConfig(scoring="kl", backend="none", embedding="output").validate()
+    EmbedderConfig(scoring="kl", backend="none", embedding="output", linkage="average").validate()

@@ -29,7 +29,9 @@ from tests.helpers import read_manifest
 PARITY_TOLERANCE = 2e-5
 ROUND_TRIP_TOLERANCE = 1e-6
 # backend="none": these tests check the network and its export; the LDA back end has its own.
-TINY_MODEL = EmbedderConfig(lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1, backend="none")
+# The output distribution as the embedding: the round trip checks that rows stay distributions.
+TINY_MODEL = EmbedderConfig(lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1, backend="none",
+                            embedding="output")
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +200,9 @@ def test_an_export_older_than_the_new_settings_loads_with_the_values_it_was_made
     config = embedder.load_embedder(old).config
     # no back end in its graph, and the average linkage its clustering threshold was chosen with
     assert config.backend == "none" and config.linkage == "average" and config.freq_mask == 0
-    assert EmbedderConfig().backend == "lda" and EmbedderConfig().linkage == "ward"  # today's defaults differ
+    assert not config.input_statistics
+    defaults = EmbedderConfig()  # today's defaults differ
+    assert defaults.backend == "lda" and defaults.linkage == "ward" and defaults.input_statistics
 
 
 def test_export_rejects_mismatched_bins(random_network, tmp_path):

@@ -4,6 +4,9 @@ Model
     A shared base network maps one segment (40 frames x bins) to a probability distribution:
     BLSTM -> dropout -> BLSTM (last states) -> dense (ReLU) -> dense -> softmax. Seed 002 ended
     in PReLU instead (`output_activation="prelu"`, kept for the reproduction in the bench).
+    With `input_statistics` (default) the segment's per-bin mean and standard deviation join the
+    BLSTM's summary before the dense layers: the long-term spectrum, which carries most of a
+    speaker's identity, reaches the embedding directly instead of through the LSTMs' states.
     While training only, SpecAugment masks and Gaussian noise regularise the input.
 
 Loss (pairwise KL + hinge, Hsu & Kira 2016; Lukic et al. 2016/2017)
@@ -34,8 +37,8 @@ Two training forms
       default ratio, so both forms optimise the same objective.
 
 Embeddings
-    `embedding="output"` (default) is the output distribution; `"hidden"` is the last dense
-    layer below it. An utterance's embedding is the mean over its segments -- every 40-frame
+    `embedding="hidden"` (default) is the last dense layer below the output; `"output"` is the
+    output distribution (seed 002's). An utterance's embedding is the mean over its segments -- every 40-frame
     window with a hop of `eval_hop` (20) frames plus one aligned to the end
     (`speechpipe.pair_dataset.utterance_windows`); an utterance shorter than one segment gets
     one zero-padded window (zero is the normalised mean). Scores: cosine similarity, or the
@@ -75,11 +78,13 @@ LINKAGES: Tuple[str, ...] = ("ward", "average", "complete")
 
 # Settings added after the first exports, at the values those exports were made with.
 LEGACY_SETTINGS: Dict[str, object] = {"freq_mask": 0, "time_mask": 0, "input_noise": 0.0, "backend": "none",
-                                          "linkage": "average", "lda_dims": 0, "lda_shrinkage": 0.05}
+                                      "linkage": "average", "lda_dims": 0, "lda_shrinkage": 0.05,
+                                      "input_statistics": False}
 
 # Layer names the embedding choice looks up.
 OUTPUT_LAYER = "distribution"
 HIDDEN_LAYER = "embedding_hidden"
+INPUT_STATISTICS_LAYER = "input_statistics"
 CONFIG_FILE = "embedder_config.json"  # written into the SavedModel's assets.extra/
 
 
@@ -93,6 +98,9 @@ class EmbedderConfig:
     # How the second BLSTM's outputs become one vector: "last" (seed 002: its final states),
     # "mean" over the segment's frames, or "stats" (mean and standard deviation over frames).
     pooling: str = "last"
+    # Also feed the segment's per-bin mean and standard deviation (of the input, after the
+    # training-only augmentation) to the dense layers, next to the pooled BLSTM output.
+    input_statistics: bool = True
     dropout: float = 0.5
     # Training-only input regularisation against memorising frame patterns (SpecAugment, Park et
     # al. 2019): each segment loses one random band of up to `freq_mask` bins and one random span
@@ -111,7 +119,7 @@ class EmbedderConfig:
     clip: bool = False  # seed 002's clipping of outputs into [eps, 1] instead of smoothing
     margin: float = 2.0
     epsilon: float = 1e-7
-    embedding: str = "output"  # "output" distribution, or the "hidden" layer below it
+    embedding: str = "hidden"  # the "hidden" layer below the output, or the "output" distribution
     scoring: str = "cosine"  # "cosine", or "kl" (negative symmetric KL; output embeddings only)
     eval_hop: int = EVAL_HOP  # frames between the windows of an utterance embedding
     # Back end fitted after training on the training speakers' utterance embeddings and baked into
@@ -192,9 +200,11 @@ class EmbedderConfig:
 
 
 # Seed 002's model and loss, for the reproduction: PReLU output, one-sided KL of clipped
-# outputs, margin 1, none of speechpipe's regularisation, back end or Ward clustering. (Its third problem, Keras "accuracy", is `seed002_keras_accuracy`.)
+# outputs, margin 1, its output as the embedding, none of speechpipe's input statistics,
+# regularisation, back end or Ward clustering. (Its third problem, Keras "accuracy", is `seed002_keras_accuracy`.)
 SEED002 = EmbedderConfig(output_activation="prelu", symmetric=False, clip=True, margin=1.0, freq_mask=0, time_mask=0,
-                         input_noise=0.0, backend="none", linkage="average")
+                         input_noise=0.0, backend="none", linkage="average", input_statistics=False,
+                         embedding="output")
 
 
 # ------------------------------------------------------------------------------------ network
@@ -278,6 +288,7 @@ def build_base_network(config: EmbedderConfig) -> keras.Model:
         x = SpecAugment(config.freq_mask, config.time_mask, name="spec_augment")(x)
     if config.input_noise:
         x = keras.layers.GaussianNoise(config.input_noise, name="input_noise")(x)
+    statistics = StatisticsPooling(name=INPUT_STATISTICS_LAYER)(x) if config.input_statistics else None
     x = keras.layers.Bidirectional(cudnn_lstm(config.lstm_units, name="lstm_1"), name="blstm_1")(x)
     x = keras.layers.Dropout(config.dropout, name="dropout")(x)
     pool_last = config.pooling == "last"
@@ -287,6 +298,8 @@ def build_base_network(config: EmbedderConfig) -> keras.Model:
         x = keras.layers.GlobalAveragePooling1D(name="mean_pooling")(x)
     elif config.pooling == "stats":
         x = StatisticsPooling(name="statistics_pooling")(x)
+    if statistics is not None:
+        x = keras.layers.Concatenate(name="with_input_statistics")([x, statistics])
     for i, units in enumerate(config.dense_units):
         final = i == len(config.dense_units) - 1
         x = keras.layers.Dense(units, activation="relu", name=HIDDEN_LAYER if final else f"dense_{i + 1}")(x)
