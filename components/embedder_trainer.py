@@ -543,7 +543,7 @@ def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config:
         "warm_start": warm,
     }
     if serving_model_dir:
-        export_embedder(serving_model_dir, embedder, config.model, feature_config, global_stats,
+        export_embedder(serving_model_dir, base, config.model, feature_config, global_stats,
                         extra={"cluster_threshold": threshold, "best_val_eer": validation.best_eer}, backend=backend)
         with tf.io.gfile.GFile(f"{serving_model_dir.rstrip('/')}/{RESULT_FILE}", "w") as f:  # may be gs://
             f.write(json.dumps(summary, indent=1))

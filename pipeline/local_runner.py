@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import logging
 import os
 import re
@@ -258,14 +259,32 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _ensure_demo_corpus(config: RunConfig, out=sys.stdout) -> None:
-    """The default span is the demo corpus under the home folder: synthesise it once."""
-    default = os.path.join(config.home, "corpus", "manifest.jsonl")
-    if config.spans == (default,) and not os.path.exists(default):
-        from speechpipe.config import DEMO_CORPUS
-        from speechpipe.corpus.synth import synthesize_corpus
+    """The default span is the demo corpus under the home folder: synthesise it once. A corpus
+    made with other settings (an older default) is used as it is, with a notice: its features,
+    models and registry entries may already build on it."""
+    from speechpipe.config import DEMO_CORPUS
+    from speechpipe.corpus.synth import CORPUS_INFO, synthesize_corpus
 
-        print(f"[run] no span given: synthesising the demo corpus into {os.path.dirname(default)}", file=out, flush=True)
-        synthesize_corpus(DEMO_CORPUS, os.path.dirname(default))
+    default = os.path.join(config.home, "corpus", "manifest.jsonl")
+    if config.spans != (default,):
+        return
+    folder = os.path.dirname(default)
+    if not os.path.exists(default):
+        print(f"[run] no span given: synthesising the demo corpus into {folder}", file=out, flush=True)
+        synthesize_corpus(DEMO_CORPUS, folder)
+        return
+    try:
+        with open(os.path.join(folder, CORPUS_INFO), encoding="utf-8") as f:
+            made = json.load(f)["config"]
+    except (OSError, ValueError, KeyError):
+        return  # not a synthesised corpus: the user's own data under the default name
+    wanted = {k: v for k, v in DEMO_CORPUS.to_json().items() if k != "workers"}
+    changed = sorted(k for k in wanted if made.get(k) != wanted[k])
+    if changed:
+        print(f"[run] note: the demo corpus in {folder} was synthesised with "
+              + ", ".join(f"{k}={made.get(k)}" for k in changed) + "; today's default is "
+              + ", ".join(f"{k}={wanted[k]}" for k in changed)
+              + ". It is used as it is; remove the folder to synthesise the current one.", file=out, flush=True)
 
 
 def run(argv: Optional[List[str]] = None) -> int:

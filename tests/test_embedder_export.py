@@ -77,6 +77,29 @@ def test_warm_start_restores_the_exported_network(random_network, exported):
         embedder.restore_network(other, exported)
 
 
+def test_a_hidden_layer_export_serves_that_layer_and_warm_starts_the_whole_network(tmp_path):
+    """With embedding="hidden" the signatures serve the layer below the output, and the export
+    still holds every variable of the base network (the output layer's too), so a champion
+    exported that way warm-starts the next network completely."""
+    from dataclasses import replace
+
+    config = replace(TINY_MODEL, embedding="hidden")
+    keras.utils.set_random_seed(2)
+    base = embedder.build_base_network(config)
+    path = embedder.export_embedder(str(tmp_path / "model"), base, config, FeatureConfig())
+    segments = np.random.default_rng(0).normal(size=(3, 40, 80)).astype(np.float32)
+    hidden = embedder.embedding_model(base, config)(segments, training=False).numpy()
+    served = embedder.load_embedder(path).embed_segments(segments)
+    assert served.shape == (3, config.dense_units[-1])
+    np.testing.assert_allclose(served, hidden, atol=ROUND_TRIP_TOLERANCE)
+    keras.utils.set_random_seed(3)
+    fresh = embedder.build_base_network(config)
+    embedder.restore_network(fresh, path)
+    assert len(fresh.get_weights()) == len(base.get_weights())
+    for a, b in zip(fresh.get_weights(), base.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_saved_model_round_trip(random_network, exported):
     base, config = random_network
     loaded = embedder.load_embedder(exported)

@@ -80,3 +80,29 @@ def test_fingerprint_changes_with_new_audio(tmp_path):
     assert span_fingerprint(str(folder)) != first
     config = RunConfig(spans=(str(manifest),))
     assert data_key(config, ["a"]) != data_key(config, ["a", "b"])
+
+
+def test_an_older_demo_corpus_is_used_as_it_is_with_a_notice(tmp_path):
+    """A home folder whose demo corpus an older default synthesised (60 x 40) keeps it: its
+    features, models and registry entries may build on it. The run says what differs."""
+    import io
+
+    from speechpipe.config import DEMO_CORPUS
+    from speechpipe.pipeline import local_runner
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "manifest.jsonl").write_text("")
+    old = {**{k: v for k, v in DEMO_CORPUS.to_json().items() if k != "workers"}, "speakers": 60, "utterances": 40}
+    (folder / "corpus.json").write_text(json.dumps({"config": old}))
+    config = RunConfig(home=str(tmp_path), spans=(str(folder / "manifest.jsonl"),))
+    out = io.StringIO()
+    local_runner._ensure_demo_corpus(config, out)
+    said = out.getvalue()
+    assert "speakers=60, utterances=40" in said
+    assert f"speakers={DEMO_CORPUS.speakers}, utterances={DEMO_CORPUS.utterances}" in said
+    assert sorted(os.listdir(folder)) == ["corpus.json", "manifest.jsonl"]  # nothing synthesised or removed
+    (folder / "corpus.json").write_text(json.dumps({"config": {k: v for k, v in DEMO_CORPUS.to_json().items()}}))
+    quiet = io.StringIO()
+    local_runner._ensure_demo_corpus(config, quiet)
+    assert quiet.getvalue() == ""

@@ -617,15 +617,17 @@ class EmbedderModule(tf.Module):
     """What the SavedModel holds: the in-graph features, the embedding network's variables, and
     the two signatures."""
 
-    def __init__(self, model: keras.Model, config: EmbedderConfig, feature_config: FeatureConfig,
+    def __init__(self, base: keras.Model, config: EmbedderConfig, feature_config: FeatureConfig,
                  global_stats: Optional[Dict[str, object]] = None, backend: Optional[LinearBackend] = None) -> None:
         super().__init__(name="speaker_embedder")
         from speechpipe.tf_features import GraphFeatures
 
         if feature_config.n_bins != config.n_bins:
             raise ConfigError(f"the features have {feature_config.n_bins} bins, the model takes {config.n_bins}")
-        self._network = _Untracked(model)
-        self.network_variables = list(model.variables)  # tracked: saved with the signatures
+        self._network = _Untracked(embedding_model(base, config))
+        # Tracked, so saved with the signatures: the whole base network's variables, the output
+        # layer's too when the embedding is the hidden layer, so that a warm start restores all.
+        self.network_variables = list(base.variables)
         # Apart from the network's variables, so that a warm start restores the network alone.
         self.backend_mean = self.backend_projection = None
         if backend is not None:
@@ -676,16 +678,16 @@ class EmbedderModule(tf.Module):
         return {"embeddings": embeddings, "num_segments": count}
 
 
-def export_embedder(path: str, model: keras.Model, config: EmbedderConfig, feature_config: FeatureConfig,
+def export_embedder(path: str, base: keras.Model, config: EmbedderConfig, feature_config: FeatureConfig,
                     global_stats: Optional[Dict[str, object]] = None, extra: Optional[Dict[str, object]] = None,
                     backend: Optional[LinearBackend] = None) -> str:
-    """Writes the SavedModel (signatures `embed`, the default, and `embed_segments`, both with
-    the back end applied when one is given) and assets.extra/embedder_config.json (embedder and
-    feature settings, plus `extra`)."""
+    """Writes the SavedModel of the base network `base` cut at `config.embedding` (signatures
+    `embed`, the default, and `embed_segments`, both with the back end applied when one is
+    given) and assets.extra/embedder_config.json (embedder and feature settings, plus `extra`)."""
     if (backend is None) != (config.backend == "none"):
         raise ConfigError(f"backend={config.backend!r} in the config, but {'no' if backend is None else 'a'} "
                           "fitted back end given")
-    module = EmbedderModule(model, config, feature_config, global_stats, backend)
+    module = EmbedderModule(base, config, feature_config, global_stats, backend)
     tf.saved_model.save(module, path, signatures={
         "embed": module.embed,
         "serving_default": module.embed,
