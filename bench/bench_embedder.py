@@ -15,7 +15,10 @@ run), BENCH_EMBEDDER_ABLATION_STEPS (1600, each ablation run), BENCH_EMBEDDER_RU
    share the cores; 1,600 steps is what a quiet 2-core machine trains in about 5 minutes), and
    `default` for `--minutes` of wall clock, on the training speakers, keeps its best weights by
    validation EER (other speakers) and exports
-   the SavedModel. Runs, each one change on top of the previous:
+   the SavedModel. Runs: first the baseline,
+      untrained        the default configuration after one training step, with its back end: what
+                       the random network and the LDA give without learning;
+   then each one change on top of the previous:
       seed002          PReLU output, one-sided KL of clipped outputs, margin 1, explicit pairs,
                        Keras "accuracy" (seed 002)
       +softmax         the output is a distribution
@@ -27,8 +30,9 @@ run), BENCH_EMBEDDER_ABLATION_STEPS (1600, each ablation run), BENCH_EMBEDDER_RU
                        validation EER) and Ward clustering
       +hidden          the hidden layer below the output is the embedding
       +input_statistics  the segment's per-bin mean and standard deviation join the BLSTM's
-                       summary before the dense layers: speechpipe's default configuration
-                       (EmbedderTrainConfig())
+                       summary before the dense layers
+      +wide_output     1,024 outputs instead of 128 (the rows above keep 128): speechpipe's
+                       default configuration (EmbedderTrainConfig())
       default          the same configuration with the full budget (the learning proof)
 3. Test (the test speakers, never seen, saying sentences never seen): the SavedModel's `embed`
    signature on the raw 16 kHz audio; EER and minDCF on the pair builder's trials_test.txt and
@@ -75,7 +79,7 @@ def _runs(minutes: float, ablation_steps: int) -> Dict[str, object]:
                    model=replace(d, output_activation=SEED002.output_activation, symmetric=SEED002.symmetric,
                                  clip=SEED002.clip, margin=SEED002.margin, pooling="last",
                                  freq_mask=0, time_mask=0, input_noise=0.0, backend="none", linkage="average",
-                                 embedding="output", input_statistics=False))
+                                 embedding="output", input_statistics=False, output_dim=128))
     softmax = replace(seed, model=replace(seed.model, output_activation="softmax", clip=False))
     symmetric = replace(softmax, model=replace(softmax.model, symmetric=True))
     margin = replace(symmetric, model=replace(symmetric.model, margin=d.margin))
@@ -85,11 +89,15 @@ def _runs(minutes: float, ablation_steps: int) -> Dict[str, object]:
     lda = replace(spec_augment, model=replace(spec_augment.model, backend=d.backend, linkage=d.linkage))
     hidden = replace(lda, model=replace(lda.model, embedding=d.embedding))
     statistics = replace(hidden, model=replace(hidden.model, input_statistics=d.input_statistics))
-    if replace(statistics, pairs_dir=None) != default:
+    wide = replace(statistics, model=replace(statistics.model, output_dim=d.output_dim))
+    if replace(wide, pairs_dir=None) != default:
         raise AssertionError("the ablation's last step must be the default configuration")
-    return {"seed002": seed, "+softmax": softmax, "+symmetric": symmetric, "+margin": margin,
+    # The baseline every learning figure is read against: the default network after one training
+    # step (its random weights, in effect) with the back end fitted on its embeddings.
+    untrained = replace(default, max_steps=1, eval_every_steps=1, patience_evals=0)
+    return {"untrained": untrained, "seed002": seed, "+softmax": softmax, "+symmetric": symmetric, "+margin": margin,
             "+in_batch": in_batch, "+spec_augment": spec_augment, "+lda": lda, "+hidden": hidden,
-            "+input_statistics": statistics,
+            "+input_statistics": statistics, "+wide_output": wide,
             "default": replace(default, max_steps=0, max_seconds=60.0 * minutes)}
 
 
