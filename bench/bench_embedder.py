@@ -12,7 +12,7 @@ run), BENCH_EMBEDDER_ABLATION_STEPS (1600, each ablation run), BENCH_EMBEDDER_RU
    `speechpipe pairs` for the training pairs and the trial lists.
 2. Every ablation run trains for the same number of steps (`--ablation-steps`, 128 segments a
    step in both training forms, so the same compute; a step budget stays fair when other jobs
-   share the cores; 1,600 steps is what a quiet 2-core machine trains in about 5 minutes), and
+   share the cores; 1,600 steps take 5-8 minutes on a quiet 2-core machine), and
    `default` for `--minutes` of wall clock, on the training speakers, keeps its best weights by
    validation EER (other speakers) and exports
    the SavedModel. Runs: first the baseline,

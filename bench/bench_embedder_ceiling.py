@@ -2,10 +2,10 @@
 
     .venv/bin/python -m bench bench_embedder_ceiling
 
-On the embedder bench's features (demo corpus, global normalisation, 42 training and 9
-validation speakers), every 40-frame window (the embedder's segment) is reduced to its per-bin
-mean and standard deviation, and an utterance's embedding is the mean over its windows (hop 20),
-as the BLSTM's is. Validation EER over every pair of validation utterances, cosine scoring:
+On the embedder bench's features (the bench corpus, bench/corpus.py; global normalisation),
+every 40-frame window (the embedder's segment) is reduced to its per-bin mean and standard
+deviation, and an utterance's embedding is the mean over its windows (hop 20), as the BLSTM's
+is. Validation EER over every pair of validation utterances, cosine scoring:
 
 - LDA fitted on the training speakers' window statistics (a linear ceiling);
 - an MLP on the same statistics (dense 256 ReLU, dropout 0.5, softmax) trained with speechpipe's
