@@ -13,9 +13,10 @@ import json
 import os
 from typing import Dict
 
+from speechpipe.config import DEMO_CORPUS
+from speechpipe.corpus.synth import CORPUS_INFO, MANIFEST, read_corpus_settings  # noqa: F401 (CORPUS_INFO re-exported)
+
 CACHE = os.path.join(os.path.dirname(__file__), ".cache")
-MANIFEST = "manifest.jsonl"
-CORPUS_INFO = "corpus.json"  # written by `speechpipe corpus synth`
 
 
 def corpus_tag(config: Dict[str, object]) -> str:
@@ -24,18 +25,10 @@ def corpus_tag(config: Dict[str, object]) -> str:
     return f"{config.get('speakers', 'n')}x{config.get('utterances', 'n')}-{digest}"
 
 
-def _demo_config() -> Dict[str, object]:
-    from speechpipe.config import DEMO_CORPUS
-
-    # The same keys as corpus.json's "config": the worker count does not change a byte.
-    return {k: v for k, v in DEMO_CORPUS.to_json().items() if k != "workers"}
-
-
 def bench_corpus() -> str:
     """BENCH_CORPUS, or the demo corpus, synthesised when absent."""
-    corpus = os.environ.get("BENCH_CORPUS") or os.path.join(CACHE, "demo_corpus-" + corpus_tag(_demo_config()))
+    corpus = os.environ.get("BENCH_CORPUS") or os.path.join(CACHE, "demo_corpus-" + corpus_tag(DEMO_CORPUS.content_json()))
     if not os.path.exists(os.path.join(corpus, MANIFEST)):
-        from speechpipe.config import DEMO_CORPUS
         from speechpipe.corpus.synth import synthesize_corpus
 
         print(f"synthesising the demo corpus into {corpus}", flush=True)
@@ -46,10 +39,9 @@ def bench_corpus() -> str:
 def corpus_identity(corpus: str) -> Dict[str, object]:
     """What tells corpora apart: a synthesised corpus's configuration, else its manifest's path
     and size."""
-    info = os.path.join(corpus, CORPUS_INFO)
-    if os.path.exists(info):
-        with open(info, encoding="utf-8") as f:
-            return dict(json.load(f)["config"])
+    settings = read_corpus_settings(corpus)
+    if settings is not None:
+        return settings
     manifest = os.path.realpath(os.path.join(corpus, MANIFEST))
     return {"manifest": manifest, "bytes": os.path.getsize(manifest)}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import os
 import re
@@ -263,7 +262,7 @@ def _ensure_demo_corpus(config: RunConfig, out=sys.stdout) -> None:
     made with other settings (an older default) is used as it is, with a notice: its features,
     models and registry entries may already build on it."""
     from speechpipe.config import DEMO_CORPUS
-    from speechpipe.corpus.synth import CORPUS_INFO, synthesize_corpus
+    from speechpipe.corpus.synth import read_corpus_settings, synthesize_corpus
 
     default = os.path.join(config.home, "corpus", "manifest.jsonl")
     if config.spans != (default,):
@@ -273,12 +272,10 @@ def _ensure_demo_corpus(config: RunConfig, out=sys.stdout) -> None:
         print(f"[run] no span given: synthesising the demo corpus into {folder}", file=out, flush=True)
         synthesize_corpus(DEMO_CORPUS, folder)
         return
-    try:
-        with open(os.path.join(folder, CORPUS_INFO), encoding="utf-8") as f:
-            made = json.load(f)["config"]
-    except (OSError, ValueError, KeyError):
+    made = read_corpus_settings(folder)
+    if made is None:
         return  # not a synthesised corpus: the user's own data under the default name
-    wanted = {k: v for k, v in DEMO_CORPUS.to_json().items() if k != "workers"}
+    wanted = DEMO_CORPUS.content_json()
     changed = sorted(k for k in wanted if made.get(k) != wanted[k])
     if changed:
         print(f"[run] note: the demo corpus in {folder} was synthesised with "

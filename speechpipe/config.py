@@ -29,6 +29,11 @@ class CorpusConfig:
     def to_json(self) -> Dict[str, object]:
         return asdict(self)
 
+    def content_json(self) -> Dict[str, object]:
+        """The settings a corpus's bytes depend on (all but the worker count): what corpus.json
+        records as "config", and what tells two synthesised corpora apart."""
+        return {k: v for k, v in self.to_json().items() if k != "workers"}
+
 
 # The default demo corpus, and the tiny one the tests use.
 DEMO_CORPUS = CorpusConfig()

@@ -53,6 +53,16 @@ class UtterancePlan:
     audio: str  # relative to the corpus root
 
 
+def read_corpus_settings(folder: str) -> Optional[Dict[str, object]]:
+    """The "config" that corpus.json in `folder` records (`CorpusConfig.content_json`), or None
+    when the folder holds no synthesised corpus."""
+    try:
+        with open(os.path.join(folder, CORPUS_INFO), encoding="utf-8") as f:
+            return dict(json.load(f)["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_sentences(path: Optional[str] = None) -> List[str]:
     """The sentence list: one per line; blank lines and lines starting with '#' are skipped."""
     if path is None:
@@ -262,7 +272,7 @@ def synthesize_corpus(config: CorpusConfig, out_dir: str, progress: bool = True,
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     counts = {s: sum(1 for p in plans if p.split == s) for s in SPLITS}
     summary = {
-        "config": {k: v for k, v in config.to_json().items() if k != "workers"},
+        "config": config.content_json(),
         "utterances": counts,
         "speakers": {s: speaker_splits.count(s) for s in SPLITS},
         "seconds": {s: round(v, 3) for s, v in seconds.items()},

@@ -617,8 +617,8 @@ class _Untracked:
 
 
 class EmbedderModule(tf.Module):
-    """What the SavedModel holds: the in-graph features, the embedding network's variables, and
-    the two signatures."""
+    """What the SavedModel holds: the in-graph features, the base network's variables (served
+    through its cut at `config.embedding`), and the two signatures."""
 
     def __init__(self, base: keras.Model, config: EmbedderConfig, feature_config: FeatureConfig,
                  global_stats: Optional[Dict[str, object]] = None, backend: Optional[LinearBackend] = None) -> None:
