@@ -345,7 +345,8 @@ def fit_backend(model: keras.Model, data: SplitData, config: EmbedderConfig) -> 
     """The configured back end fitted on `data` (the training speakers), or None."""
     if config.backend == "none":
         return None
-    return fit_lda(embed_utterances(model, data.features, config), data.speakers, config.lda_dims, config.lda_shrinkage)
+    embeddings = embed_utterances(model, data.features, config)
+    return fit_lda(embeddings, data.speakers, config.lda_dims, config.lda_shrinkage, config.lda_shrink_toward)
 
 
 class ValidationEER(keras.callbacks.Callback):

@@ -312,7 +312,7 @@ def test_in_batch_training_learns_to_tell_speakers_apart():
     config = EmbedderConfig(segment_frames=8, n_bins=12, freq_mask=0, time_mask=0, input_noise=0.0, backend="none",
                             lstm_units=16, dense_units=(32,), output_dim=16,
                             dropout=0.1, margin=2.0, eval_hop=4, cosine_scale=5.0,
-                            input_statistics=False)  # the BLSTM must learn it: no statistics path
+                            input_statistics=False, embedding="hidden")  # the BLSTM must learn it: no statistics
     profiles = rng.normal(size=(8, 4))
     train_x, train_y = _synthetic_utterances(rng, profiles, 6)
     test_x, test_y = _synthetic_utterances(rng, profiles, 4)  # new utterances
@@ -393,11 +393,19 @@ def test_input_statistics_reach_the_dense_layers_next_to_the_blstm_summary():
     joined = base.get_layer("with_input_statistics")
     assert joined.output_shape == (None, 2 * 4 + 2 * 5)  # both BLSTM directions' last states, mean and std
     assert base.get_layer(embedder.HIDDEN_LAYER).input is joined.output
-    plain = embedder.build_base_network(EmbedderConfig(**small, input_statistics=False))
+    plain = embedder.build_base_network(EmbedderConfig(**small, input_statistics=False, embedding="hidden"))
     assert not any(layer.name in (embedder.INPUT_STATISTICS_LAYER, "with_input_statistics") for layer in plain.layers)
     assert plain.get_layer(embedder.HIDDEN_LAYER).input_shape == (None, 2 * 4)
-    # default embedding: the hidden layer; seed 002 keeps its output distribution and no statistics
-    assert embedder.embedding_model(base, EmbedderConfig(**small)).output_shape == (None, 8)
+    # default embedding: the hidden layer joined with the input statistics, the same values the
+    # hidden layer and the statistics layer give; seed 002 keeps its output distribution
+    joined_model = embedder.embedding_model(base, EmbedderConfig(**small))
+    assert joined_model.output_shape == (None, 8 + 2 * 5)
+    assert len(joined_model.weights) == len(base.weights) - 2  # no weights of its own; not the output's
+    hidden = embedder.embedding_model(base, EmbedderConfig(**small, embedding="hidden"))(x, training=False)
+    np.testing.assert_allclose(joined_model(x, training=False).numpy(),
+                               np.concatenate([hidden.numpy(), statistics.numpy()], axis=1), rtol=1e-6)
+    with pytest.raises(ConfigError, match="input_statistics=True"):
+        EmbedderConfig(**small, input_statistics=False).validate()
     assert not embedder.SEED002.input_statistics and embedder.SEED002.embedding == "output"
 
 
@@ -475,6 +483,42 @@ def test_lda_whitens_the_within_speaker_spread_and_finds_the_speaker_directions(
         embedder.fit_lda(x[:5], ["a"] * 5)
     with pytest.raises(ConfigError, match="cosine"):
         EmbedderConfig(backend="lda", scoring="kl", embedding="output").validate()
+
+
+def test_lda_shrinkage_toward_the_total_covariance_keeps_speaker_directions_of_small_spread():
+    """A trained network can carry what separates speakers in directions of small variance.
+    Shrinking toward the total covariance regularises every direction by its own spread, so
+    rescaling the embeddings' axes changes nothing; isotropic shrinkage drowns the small ones."""
+    rng = np.random.default_rng(0)
+    x, speakers = _lda_data(rng)
+    small = x * np.r_[np.full(5, 0.05), np.ones(5)]  # the speaker directions, 20 times smaller
+
+    def cosines(backend, e):
+        z = backend.apply(e)
+        z /= np.linalg.norm(z, axis=1, keepdims=True)
+        return z @ z.T
+
+    reference = cosines(embedder.fit_lda(x, speakers), x)
+    np.testing.assert_allclose(cosines(embedder.fit_lda(small, speakers), small), reference, atol=1e-3)
+    # ... because it is the isotropic shrinkage in the space whitened by the total covariance
+    values, vectors = np.linalg.eigh(np.cov(x.T, bias=True))
+    whitened = (x - x.mean(0)) @ (vectors / np.sqrt(values))
+    in_whitened = embedder.fit_lda(whitened, speakers, shrink_toward="isotropic")
+    np.testing.assert_allclose(cosines(in_whitened, whitened), reference, atol=1e-3)
+    isotropic = embedder.fit_lda(small, speakers, shrink_toward="isotropic")
+    assert np.abs(cosines(isotropic, small) - reference).max() > 0.1
+    names = [str(i) for i in range(len(x))]
+    trials = speaker_eval.all_pairs_trials(names, speakers.tolist())
+
+    def eer(backend):
+        s, y = speaker_eval.trial_scores(dict(zip(names, backend.apply(small))), trials, embedder.score)
+        return speaker_eval.equal_error_rate(s, y).eer
+
+    assert eer(embedder.fit_lda(small, speakers)) < eer(isotropic) / 2
+    with pytest.raises(ValueError, match="shrink_toward"):
+        embedder.fit_lda(x, speakers, shrink_toward="identity")
+    with pytest.raises(ConfigError, match="lda_shrink_toward"):
+        EmbedderConfig(lda_shrink_toward="identity").validate()
 
 
 def test_ward_linkage_keeps_an_outlier_with_its_speaker_where_average_linkage_splits_it_off():

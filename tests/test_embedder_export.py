@@ -77,23 +77,32 @@ def test_warm_start_restores_the_exported_network(random_network, exported):
         embedder.restore_network(other, exported)
 
 
-def test_a_hidden_layer_export_serves_that_layer_and_warm_starts_the_whole_network(tmp_path):
-    """With embedding="hidden" the signatures serve the layer below the output, and the export
-    still holds every variable of the base network (the output layer's too), so a champion
-    exported that way warm-starts the next network completely."""
+@pytest.mark.parametrize("embedding, other", [("hidden", "hidden_statistics"), ("hidden_statistics", "hidden")])
+def test_a_hidden_layer_export_serves_that_layer_and_warm_starts_the_whole_network(embedding, other, tmp_path):
+    """With embedding="hidden" the signatures serve the layer below the output, with
+    "hidden_statistics" that layer joined with the input statistics; either way the export
+    holds every variable of the base network (the output layer's too), so a champion exported
+    that way warm-starts the next network completely, whichever embedding that one serves."""
     from dataclasses import replace
 
-    config = replace(TINY_MODEL, embedding="hidden")
+    statistics = 2 * 80 if embedding == "hidden_statistics" else 0  # per-bin mean and std
+    # The joined embedding needs a back end (it weighs the two parts); the identity map here.
+    size = TINY_MODEL.dense_units[-1] + statistics
+    backend = embedder.LinearBackend(np.zeros(size, np.float32), np.eye(size, dtype=np.float32)) if statistics else None
+    config = replace(TINY_MODEL, embedding=embedding, backend="lda" if statistics else "none")
     keras.utils.set_random_seed(2)
     base = embedder.build_base_network(config)
-    path = embedder.export_embedder(str(tmp_path / "model"), base, config, FeatureConfig())
+    path = embedder.export_embedder(str(tmp_path / "model"), base, config, FeatureConfig(), backend=backend)
     segments = np.random.default_rng(0).normal(size=(3, 40, 80)).astype(np.float32)
-    hidden = embedder.embedding_model(base, config)(segments, training=False).numpy()
+    expected = embedder.embedding_model(base, config)(segments, training=False).numpy()
     served = embedder.load_embedder(path).embed_segments(segments)
-    assert served.shape == (3, config.dense_units[-1])
-    np.testing.assert_allclose(served, hidden, atol=ROUND_TRIP_TOLERANCE)
+    assert served.shape == (3, config.dense_units[-1] + statistics)
+    np.testing.assert_allclose(served, expected, atol=ROUND_TRIP_TOLERANCE)
+    if statistics:
+        np.testing.assert_allclose(served[:, -statistics:], np.concatenate([segments.mean(1), segments.std(1)], 1),
+                                   rtol=1e-4, atol=1e-5)
     keras.utils.set_random_seed(3)
-    fresh = embedder.build_base_network(config)
+    fresh = embedder.build_base_network(replace(config, embedding=other, backend="lda"))
     embedder.restore_network(fresh, path)
     assert len(fresh.get_weights()) == len(base.get_weights())
     for a, b in zip(fresh.get_weights(), base.get_weights()):
@@ -224,6 +233,7 @@ def test_an_export_older_than_the_new_settings_loads_with_the_values_it_was_made
     # no back end in its graph, and the average linkage its clustering threshold was chosen with
     assert config.backend == "none" and config.linkage == "average" and config.freq_mask == 0
     assert not config.input_statistics
+    assert (config.lda_shrink_toward, config.lda_shrinkage) == ("isotropic", 0.05)  # session 4's LDA
     defaults = EmbedderConfig()  # today's defaults differ
     assert defaults.backend == "lda" and defaults.linkage == "ward" and defaults.input_statistics
 

@@ -343,7 +343,8 @@ def test_speaker_evaluator_and_registry_pusher_on_object_storage(tmp_path, bucke
     ramfs.put(f"{base}/pairs/trials_test.txt", text.getvalue().encode())
     # An untrained tiny embedder, exported locally and uploaded as a Trainer's Model artifact.
     keras.utils.set_random_seed(0)
-    config = EmbedderConfig(lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1, backend="none")
+    config = EmbedderConfig(lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1, backend="none",
+                            embedding="hidden")
     exported = embedder.export_embedder(str(tmp_path / "model"), embedder.build_base_network(config), config, FeatureConfig())
     ramfs.upload_tree(exported, f"{base}/model/Format-Serving")
     model = _artifact(standard_artifacts.Model, f"{base}/model")

@@ -37,8 +37,9 @@ Two training forms
       default ratio, so both forms optimise the same objective.
 
 Embeddings
-    `embedding="hidden"` (default) is the last dense layer below the output; `"output"` is the
-    output distribution (seed 002's). An utterance's embedding is the mean over its segments -- every 40-frame
+    `embedding="hidden_statistics"` (default) is the last dense layer below the output joined with
+    the segment's input statistics; `"hidden"` the dense layer alone; `"output"` the output
+    distribution (seed 002's). An utterance's embedding is the mean over its segments -- every 40-frame
     window with a hop of `eval_hop` (20) frames plus one aligned to the end
     (`speechpipe.pair_dataset.utterance_windows`); an utterance shorter than one segment gets
     one zero-padded window (zero is the normalised mean). Scores: cosine similarity, or the
@@ -70,16 +71,17 @@ from speechpipe.training import cudnn_lstm
 from speechpipe.validation import ConfigError
 
 OUTPUT_ACTIVATIONS: Tuple[str, ...] = ("softmax", "prelu")
-EMBEDDING_LAYERS: Tuple[str, ...] = ("output", "hidden")
+EMBEDDING_LAYERS: Tuple[str, ...] = ("output", "hidden", "hidden_statistics")
 POOLINGS: Tuple[str, ...] = ("last", "mean", "stats")
 SCORINGS: Tuple[str, ...] = ("cosine", "kl")
 BACKENDS: Tuple[str, ...] = ("none", "lda")
 LINKAGES: Tuple[str, ...] = ("ward", "average", "complete")
+LDA_SHRINK_TARGETS: Tuple[str, ...] = ("total", "isotropic")
 
 # Settings added after the first exports, at the values those exports were made with.
 LEGACY_SETTINGS: Dict[str, object] = {"freq_mask": 0, "time_mask": 0, "input_noise": 0.0, "backend": "none",
                                       "linkage": "average", "lda_dims": 0, "lda_shrinkage": 0.05,
-                                      "input_statistics": False}
+                                      "lda_shrink_toward": "isotropic", "input_statistics": False}
 
 # Layer names the embedding choice looks up.
 OUTPUT_LAYER = "distribution"
@@ -122,7 +124,11 @@ class EmbedderConfig:
     clip: bool = False  # seed 002's clipping of outputs into [eps, 1] instead of smoothing
     margin: float = 2.0
     epsilon: float = 1e-7
-    embedding: str = "hidden"  # the "hidden" layer below the output, or the "output" distribution
+    # What an utterance embedding is made of: "hidden_statistics", the hidden layer below the
+    # output joined with the segment's input statistics (which the dense layer also reads; the
+    # back end weighs the two parts against each other, so it needs one); "hidden", the hidden
+    # layer alone; "output", the output distribution (seed 002's).
+    embedding: str = "hidden_statistics"
     scoring: str = "cosine"  # "cosine", or "kl" (negative symmetric KL; output embeddings only)
     eval_hop: int = EVAL_HOP  # frames between the windows of an utterance embedding
     # Back end fitted after training on the training speakers' utterance embeddings and baked into
@@ -135,7 +141,11 @@ class EmbedderConfig:
     # keeps clusters of comparable size; "average" / "complete" link over the scoring's distances.
     linkage: str = "ward"
     lda_dims: int = 0  # 0 = training speakers - 1, capped at the embedding size
-    lda_shrinkage: float = 0.05  # within-speaker covariance pulled toward its mean variance
+    # Regularised LDA: the within-speaker covariance is mixed with `lda_shrinkage` of a target,
+    # the total covariance scaled to its size ("total": each direction regularised in proportion
+    # to its spread) or its mean variance times the identity ("isotropic", before session 6).
+    lda_shrinkage: float = 0.1
+    lda_shrink_toward: str = "total"
 
     def validate(self) -> "EmbedderConfig":
         if self.segment_frames < 1 or self.n_bins < 1:
@@ -178,10 +188,18 @@ class EmbedderConfig:
                               "embeddings); use linkage='average' with scoring='kl'")
         if self.lda_dims < 0 or not 0.0 <= self.lda_shrinkage < 1.0:
             raise ConfigError(f"lda_dims={self.lda_dims}, lda_shrinkage={self.lda_shrinkage}: need >= 0 and [0, 1)")
+        if self.lda_shrink_toward not in LDA_SHRINK_TARGETS:
+            raise ConfigError(f"lda_shrink_toward={self.lda_shrink_toward!r}: expected one of {LDA_SHRINK_TARGETS}")
         if not 0.0 < self.epsilon < 1e-2:
             raise ConfigError(f"epsilon={self.epsilon}: need (0, 1e-2)")
-        if self.embedding == "hidden" and not self.dense_units:
-            raise ConfigError("embedding='hidden' needs at least one dense layer (dense_units)")
+        if self.embedding in ("hidden", "hidden_statistics") and not self.dense_units:
+            raise ConfigError(f"embedding={self.embedding!r} needs at least one dense layer (dense_units)")
+        if self.embedding == "hidden_statistics" and not self.input_statistics:
+            raise ConfigError("embedding='hidden_statistics' joins the input statistics to the hidden layer: it needs "
+                              "input_statistics=True (or set embedding='hidden')")
+        if self.embedding == "hidden_statistics" and self.backend == "none":
+            raise ConfigError("embedding='hidden_statistics' joins two parts of unrelated scales, which only a back end "
+                              "weighs against each other: it needs backend='lda' (or set embedding='hidden')")
         if not 1 <= self.eval_hop <= self.segment_frames:
             raise ConfigError(f"eval_hop={self.eval_hop}: need 1..segment_frames ({self.segment_frames})")
         return self
@@ -291,7 +309,10 @@ def build_base_network(config: EmbedderConfig) -> keras.Model:
         x = SpecAugment(config.freq_mask, config.time_mask, name="spec_augment")(x)
     if config.input_noise:
         x = keras.layers.GaussianNoise(config.input_noise, name="input_noise")(x)
-    statistics = StatisticsPooling(name=INPUT_STATISTICS_LAYER)(x) if config.input_statistics else None
+    # float32 under mixed precision too: the back end weighs these directly (hidden_statistics),
+    # and float16 would quantise them at 5e-4.
+    statistics = (StatisticsPooling(name=INPUT_STATISTICS_LAYER, dtype="float32")(x)
+                  if config.input_statistics else None)
     x = keras.layers.Bidirectional(cudnn_lstm(config.lstm_units, name="lstm_1"), name="blstm_1")(x)
     x = keras.layers.Dropout(config.dropout, name="dropout")(x)
     pool_last = config.pooling == "last"
@@ -328,10 +349,17 @@ def build_siamese_model(base: keras.Model) -> keras.Model:
 
 
 def embedding_model(base: keras.Model, config: EmbedderConfig) -> keras.Model:
-    """The base network cut at the configured embedding layer (the output or the hidden layer)."""
+    """The base network cut at the configured embedding: the output, the hidden layer, or the
+    hidden layer joined with the input statistics layer."""
     if config.embedding == "output":
         return base
-    return keras.Model(base.input, base.get_layer(HIDDEN_LAYER).output, name="embedding_hidden_model")
+    hidden = base.get_layer(HIDDEN_LAYER).output
+    if config.embedding == "hidden":
+        return keras.Model(base.input, hidden, name="embedding_hidden_model")
+    # No new weights: the export and a warm start see the same variables as with "hidden".
+    joined = keras.layers.Concatenate(name="hidden_with_input_statistics", dtype="float32")(
+        [hidden, base.get_layer(INPUT_STATISTICS_LAYER).output])
+    return keras.Model(base.input, joined, name="embedding_hidden_statistics_model")
 
 
 # --------------------------------------------------------------------------------------- loss
@@ -574,15 +602,27 @@ class LinearBackend:
         return {"input_dims": int(self.projection.shape[0]), "output_dims": int(self.projection.shape[1])}
 
 
-def fit_lda(embeddings: np.ndarray, speakers: Sequence[str], dims: int = 0, shrinkage: float = 0.05) -> LinearBackend:
+def fit_lda(embeddings: np.ndarray, speakers: Sequence[str], dims: int = 0, shrinkage: float = 0.1,
+            shrink_toward: str = "total") -> LinearBackend:
     """Linear discriminant analysis of utterance embeddings [U, E] by speaker: the generalised
     eigenvectors of (between-speaker, within-speaker) covariance with the largest eigenvalues,
     scaled so that the within-speaker covariance becomes the identity. `dims` = 0 keeps
-    speakers - 1 (the rank of the between-speaker covariance); `shrinkage` mixes the
-    within-speaker covariance with its mean variance times the identity, which keeps it
-    invertible when there are fewer utterances than dimensions."""
+    speakers - 1 (the rank of the between-speaker covariance).
+
+    `shrinkage` mixes the within-speaker covariance W with a target (regularised discriminant
+    analysis; W is singular where units are dead or utterances are few):
+    `shrink_toward="total"` (default) takes the total covariance T, scaled to W's size
+    (tr(T^-1 W) / E): every direction is regularised in proportion to its own spread, which is
+    ordinary shrinkage in the space whitened by T, and rescaling the embedding's axes changes
+    nothing (up to T's ridge of 1e-6 of its mean variance, which keeps T invertible when units
+    are dead). `"isotropic"` takes W's mean variance times the identity (speechpipe's LDA until
+    session 6), which drowns the directions of small spread, and on a trained network those
+    carry much of what tells unseen speakers apart (docs/embedder.md, "The back end and the
+    embedding (session 6)")."""
     from scipy.linalg import eigh
 
+    if shrink_toward not in LDA_SHRINK_TARGETS:
+        raise ValueError(f"fit_lda: shrink_toward={shrink_toward!r}, expected one of {LDA_SHRINK_TARGETS}")
     x = np.asarray(embeddings, np.float64)
     labels = np.asarray(speakers)
     if x.ndim != 2 or len(x) != len(labels):
@@ -598,7 +638,14 @@ def fit_lda(embeddings: np.ndarray, speakers: Sequence[str], dims: int = 0, shri
     within = (x - means[index]).T @ (x - means[index]) / len(x)
     centred = (means - mean) * np.sqrt(counts / len(x))[:, None]
     between = centred.T @ centred
-    within = (1.0 - shrinkage) * within + shrinkage * np.trace(within) / len(within) * np.eye(len(within))
+    identity = np.eye(len(within))
+    if shrink_toward == "total":
+        total = within + between
+        total += 1e-6 * np.trace(total) / len(total) * identity
+        target = np.trace(np.linalg.solve(total, within)) / len(total) * total
+    else:
+        target = np.trace(within) / len(within) * identity
+    within = (1.0 - shrinkage) * within + shrinkage * target
     keep = min(dims or len(names) - 1, len(names) - 1, x.shape[1])
     values, vectors = eigh(between, within)  # vectors.T @ within @ vectors = I
     order = np.argsort(values)[::-1][:keep]

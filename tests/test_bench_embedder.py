@@ -1,0 +1,36 @@
+"""bench/bench_embedder.py: the ablation's configurations and the reuse of finished runs."""
+from dataclasses import replace
+
+from bench import bench_embedder
+from speechpipe.components.embedder_trainer import EmbedderTrainConfig
+from speechpipe.models.embedder import LEGACY_SETTINGS
+
+
+def test_the_ablation_ends_in_the_default_configuration_one_change_at_a_time():
+    runs = bench_embedder._runs(minutes=20, ablation_steps=1600)
+    default = EmbedderTrainConfig()
+    assert replace(runs["default"], max_seconds=default.max_seconds, max_steps=0) == default
+    assert replace(runs["+hidden_statistics"], max_seconds=default.max_seconds, max_steps=0) == default
+    assert runs["+hidden"].model.embedding == runs["+lda_total"].model.embedding == "hidden"
+    before = runs["+wide_output"].model
+    assert (before.lda_shrink_toward, before.lda_shrinkage) == ("isotropic", 0.05)  # session 4's LDA
+    assert replace(before, lda_shrink_toward="total", lda_shrinkage=default.model.lda_shrinkage,
+                   embedding=default.model.embedding) == default.model
+
+
+def test_a_stored_run_is_reused_only_when_the_settings_that_shape_it_agree():
+    runs = bench_embedder._runs(minutes=20, ablation_steps=1600)
+    for name in ("seed002", "+lda"):
+        expected = runs[name].to_json()
+        # A run stored before lda_shrink_toward existed, with the LDA's settings of its day.
+        stored = {**expected, "model": {k: v for k, v in expected["model"].items() if k != "lda_shrink_toward"}}
+        stored["model"]["lda_shrinkage"] = 0.05
+        stored["model"] = {**LEGACY_SETTINGS, **stored["model"]}
+        assert bench_embedder._same_run(stored, expected)
+    # Without an LDA back end, the LDA's settings do not matter; with one, they do.
+    seed = runs["seed002"].to_json()
+    changed = {**seed, "model": {**seed["model"], "lda_shrinkage": 0.3}}
+    assert bench_embedder._same_run(changed, seed)
+    lda = runs["+lda"].to_json()
+    assert not bench_embedder._same_run({**lda, "model": {**lda["model"], "lda_shrink_toward": "total"}}, lda)
+    assert not bench_embedder._same_run({**seed, "model": {**seed["model"], "margin": 3.0}}, seed)
