@@ -152,7 +152,7 @@ def _train(name: str, config, features: str, pairs: str, out: str) -> Dict[str, 
 
     from speechpipe.components.embedder_trainer import train
     from speechpipe.config import FeatureConfig
-    from speechpipe.models.embedder import LEGACY_SETTINGS
+    from speechpipe.models.embedder import with_legacy_settings
 
     folder = os.path.join(out, "runs", name.replace("+", "plus_"))
     result_path = os.path.join(folder, "result.json")
@@ -167,7 +167,7 @@ def _train(name: str, config, features: str, pairs: str, out: str) -> Dict[str, 
             done = json.load(f)
         # Settings added after a run was trained read as the values it trained with.
         stored = dict(done["config"])
-        stored["model"] = {**LEGACY_SETTINGS, **stored["model"]}
+        stored["model"] = with_legacy_settings(stored["model"])
         if _same_run(stored, expected):
             print(f"[{name}] reusing {result_path}")
             return done

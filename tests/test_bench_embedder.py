@@ -3,7 +3,7 @@ from dataclasses import replace
 
 from bench import bench_embedder
 from speechpipe.components.embedder_trainer import EmbedderTrainConfig
-from speechpipe.models.embedder import LEGACY_SETTINGS
+from speechpipe.models.embedder import with_legacy_settings
 
 
 def test_the_ablation_ends_in_the_default_configuration_one_change_at_a_time():
@@ -25,7 +25,7 @@ def test_a_stored_run_is_reused_only_when_the_settings_that_shape_it_agree():
         # A run stored before lda_shrink_toward existed, with the LDA's settings of its day.
         stored = {**expected, "model": {k: v for k, v in expected["model"].items() if k != "lda_shrink_toward"}}
         stored["model"]["lda_shrinkage"] = 0.05
-        stored["model"] = {**LEGACY_SETTINGS, **stored["model"]}
+        stored["model"] = with_legacy_settings(stored["model"])
         assert bench_embedder._same_run(stored, expected)
     # Without an LDA back end, the LDA's settings do not matter; with one, they do.
     seed = runs["seed002"].to_json()

@@ -83,6 +83,13 @@ LEGACY_SETTINGS: Dict[str, object] = {"freq_mask": 0, "time_mask": 0, "input_noi
                                       "linkage": "average", "lda_dims": 0, "lda_shrinkage": 0.05,
                                       "lda_shrink_toward": "isotropic", "input_statistics": False}
 
+
+def with_legacy_settings(settings: Dict[str, object]) -> Dict[str, object]:
+    """An embedder config's json as recorded (an export's, a bench run's), with the settings it
+    predates at the values it was made with."""
+    return {**LEGACY_SETTINGS, **settings}
+
+
 # Layer names the embedding choice looks up.
 OUTPUT_LAYER = "distribution"
 HIDDEN_LAYER = "embedding_hidden"
@@ -792,7 +799,6 @@ def load_embedder(path: str) -> LoadedEmbedder:
     # Models exported before these settings existed were trained and scored without them: no
     # back end (none is in their graph), no input regularisation, and a clustering threshold
     # chosen with average linkage, which a champion's evaluation must keep.
-    for setting, before in LEGACY_SETTINGS.items():
-        info["embedder"].setdefault(setting, before)
-    return LoadedEmbedder(tf.saved_model.load(path), EmbedderConfig.from_json(info.pop("embedder")),
+    config = EmbedderConfig.from_json(with_legacy_settings(info.pop("embedder")))
+    return LoadedEmbedder(tf.saved_model.load(path), config,
                           FeatureConfig.from_json(info.pop("features")), info)
