@@ -12,7 +12,7 @@ UV_PIN    := $(shell grep -m1 '^uv==' requirements.lock)
 # TFX 1.16 installs on Python 3.9-3.10 only: find a 3.10 on PATH or under pyenv.
 PYTHON310 ?= $(shell for p in python3.10 $$(pyenv root 2>/dev/null)/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
 .PHONY: help env demo test test-fast bench lock clean

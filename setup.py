@@ -1,26 +1,39 @@
-"""Installs speechpipe; also the file Beam's --setup_file ships to remote workers."""
-from setuptools import setup
+"""Installs speechpipe; also the file Beam's --setup_file ships to remote workers.
 
-# The design card puts pipeline/, components/ and schemas/ at the top of the repository; they are
-# installed under the speechpipe namespace so that no generic top-level name is claimed.
-_MAPPED = {"speechpipe.pipeline": "pipeline", "speechpipe.components": "components", "speechpipe.schemas": "schemas"}
+The package lives under src/ so that the repository root never shadows the installed package:
+the checkout, the wheel, the sdist and the image all import the same tree. Its dependencies are
+the top-level requirements of requirements.in (the lock pins them for every install we make)."""
+import os
+
+from setuptools import find_packages, setup
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_DEV_MARKER = "# ---- test and dev tools"
 
 
-def _packages():
-    from setuptools import find_packages
-
-    found = ["speechpipe"] + [f"speechpipe.{p}" for p in find_packages("speechpipe")]
-    for name, folder in _MAPPED.items():
-        found += [name] + [f"{name}.{p}" for p in find_packages(folder)]
+def _runtime_requirements():
+    """requirements.in above its test-and-dev section, without comments."""
+    found = []
+    with open(os.path.join(_HERE, "requirements.in"), encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(_DEV_MARKER):
+                break
+            line = line.split("#", 1)[0].strip()
+            if line:
+                found.append(line)
     return found
 
 
 setup(
     name="speechpipe",
     version="0.1.0",
-    packages=_packages(),
-    package_dir={"speechpipe": "speechpipe", **_MAPPED},
+    description="A distributed speech data-and-training pipeline: Beam features, TFX training, MLflow registry",
+    long_description=open(os.path.join(_HERE, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages("src"),
+    package_dir={"": "src"},
     package_data={"speechpipe.schemas": ["*.json", "*.pbtxt"], "speechpipe.corpus": ["*.txt"]},
     python_requires=">=3.9,<3.11",
+    install_requires=_runtime_requirements(),
     entry_points={"console_scripts": ["speechpipe=speechpipe.cli:main"]},
 )

@@ -28,7 +28,7 @@ def _features(corpus: str, kind: str, normalization: str) -> str:
 
     from speechpipe.config import FeatureConfig
     from speechpipe.pipeline.features_job import run_job
-    from speechpipe.sources import make_spec
+    from speechpipe.audio.sources import make_spec
 
     out = os.path.join(derived_dir(CACHE, corpus), f"features_{kind}_{normalization}")
     if not os.path.exists(os.path.join(out, "summary.json")):

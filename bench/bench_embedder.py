@@ -72,7 +72,7 @@ def _runs(minutes: float, ablation_steps: int) -> Dict[str, object]:
     change on top of the last; the last is speechpipe's default configuration), then
     "default", the same configuration at the full budget."""
     from speechpipe.components.embedder_trainer import EmbedderTrainConfig
-    from speechpipe.models.embedder import SEED002
+    from speechpipe.speakers.embedder import SEED002
 
     # The wall-clock cap only guards against a stalled run; the step budget is what binds.
     default = EmbedderTrainConfig(max_steps=ablation_steps, max_seconds=1800.0)
@@ -115,7 +115,7 @@ def _features(corpus: str, out: str) -> str:
 
     from speechpipe.config import FeatureConfig
     from speechpipe.pipeline.features_job import SUMMARY_FILE, run_job
-    from speechpipe.sources import make_spec
+    from speechpipe.audio.sources import make_spec
 
     folder = os.path.join(out, "features_global")
     if not os.path.exists(os.path.join(folder, SUMMARY_FILE)):
@@ -152,7 +152,7 @@ def _train(name: str, config, features: str, pairs: str, out: str) -> Dict[str, 
 
     from speechpipe.components.embedder_trainer import train
     from speechpipe.config import FeatureConfig
-    from speechpipe.models.embedder import with_legacy_settings
+    from speechpipe.speakers.embedder import with_legacy_settings
 
     folder = os.path.join(out, "runs", name.replace("+", "plus_"))
     result_path = os.path.join(folder, "result.json")
@@ -184,7 +184,7 @@ def _train(name: str, config, features: str, pairs: str, out: str) -> Dict[str, 
 
 
 def _test_audio(corpus: str) -> Tuple[List[str], List[str], List[np.ndarray]]:
-    from speechpipe.audio import decode
+    from speechpipe.audio.decode import decode
 
     with open(os.path.join(corpus, "manifest.jsonl"), encoding="utf-8") as f:
         items = [json.loads(line) for line in f]
@@ -195,7 +195,7 @@ def _test_audio(corpus: str) -> Tuple[List[str], List[str], List[np.ndarray]]:
 
 def _embed_audio(model_dir: str, waves: Sequence[np.ndarray], batch: int = 16):
     """Utterance embeddings through the SavedModel's `embed` signature, on raw audio."""
-    from speechpipe.models.embedder import load_embedder
+    from speechpipe.speakers.embedder import load_embedder
 
     loaded = load_embedder(model_dir)
     out = []
@@ -214,8 +214,8 @@ def _embed_audio(model_dir: str, waves: Sequence[np.ndarray], batch: int = 16):
 def _parity(loaded, utterances: Sequence[str], embeddings: np.ndarray, features: str) -> float:
     """max |embed(raw audio) - mean of embed_segments(feature job windows)| over the test set:
     the serving path against the training path, on the trained model."""
-    from speechpipe import records
-    from speechpipe.models.embedder import segment_windows
+    from speechpipe.io import records
+    from speechpipe.speakers.embedder import segment_windows
 
     stored = {u.utterance: u.features for u in records.read_split(features, "test")}
     worst = 0.0
@@ -227,9 +227,9 @@ def _parity(loaded, utterances: Sequence[str], embeddings: np.ndarray, features:
 
 def _evaluate(name: str, summary: Dict[str, object], features: str, pairs: str, work: str, out: str,
               test: Tuple[List[str], List[str], List[np.ndarray]]) -> Dict[str, object]:
-    from speechpipe import speaker_eval
-    from speechpipe.models.embedder import clustering_distances, score
-    from speechpipe.trials import read_trials
+    from speechpipe.speakers import speaker_eval
+    from speechpipe.speakers.embedder import clustering_distances, score
+    from speechpipe.speakers.trials import read_trials
 
     utterances, speakers, waves = test
     folder = os.path.join(work, "runs", name.replace("+", "plus_"))
@@ -273,7 +273,7 @@ def _evaluate(name: str, summary: Dict[str, object], features: str, pairs: str, 
 
 
 def _report(rows: List[Dict[str, object]], out: str, minutes: float, ablation_steps: int) -> None:
-    from speechpipe import speaker_eval
+    from speechpipe.speakers import speaker_eval
 
     speaker_eval.plot_det({r["run"]: (np.array(r["det"][0]), np.array(r["det"][1])) for r in rows},
                           os.path.join(out, "det.png"), "unseen test speakers, trials_test.txt")

@@ -37,7 +37,7 @@ def window_statistics(features: np.ndarray) -> np.ndarray:
 
 
 def validation_eer(embeddings: np.ndarray, speakers: Sequence[str]) -> float:
-    from speechpipe import speaker_eval
+    from speechpipe.speakers import speaker_eval
 
     e = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     upper = np.triu_indices(len(speakers), 1)
@@ -46,7 +46,7 @@ def validation_eer(embeddings: np.ndarray, speakers: Sequence[str]) -> float:
 
 
 def _load(features: str) -> Tuple[Dict[str, np.ndarray], List[np.ndarray], List[str]]:
-    from speechpipe import records
+    from speechpipe.io import records
 
     train: Dict[str, List[np.ndarray]] = {}
     for u in records.read_split(features, "train"):
@@ -76,7 +76,7 @@ def mlp_eers(train: Dict[str, np.ndarray], validation: List[np.ndarray], speaker
     import tensorflow as tf
     import tf_keras as keras
 
-    from speechpipe.models.embedder import InBatchKLHingeLoss
+    from speechpipe.speakers.embedder import InBatchKLHingeLoss
 
     tf.keras.utils.set_random_seed(seed)
     inputs = keras.Input((next(iter(train.values())).shape[1],))

@@ -57,9 +57,9 @@ def naive(corpus: str, items: List[Dict], out: str) -> Tuple[float, float, float
 
 def floor(corpus: str, items: List[Dict]) -> Tuple[float, float, float]:
     """Features + normalisation on already-decoded arrays; (audio seconds, wall, CPU seconds)."""
-    from speechpipe.audio import decode
+    from speechpipe.audio.decode import decode
     from speechpipe.config import FeatureConfig
-    from speechpipe.features import compute_features, normalise
+    from speechpipe.audio.features import compute_features, normalise
 
     config = FeatureConfig()
     decoded = [decode(os.path.join(corpus, i["audio"]), config.sample_rate).samples for i in items]
@@ -96,7 +96,7 @@ def _child(manifest: str, out: str, mode: str, workers: str) -> None:
 
     from speechpipe.config import FeatureConfig
     from speechpipe.pipeline.features_job import run_job
-    from speechpipe.sources import make_spec
+    from speechpipe.audio.sources import make_spec
 
     def cpu_seconds() -> float:
         # in_memory runs in this process; multi_processing's workers are its children

@@ -10,11 +10,11 @@
    per-speaker cap chosen so that the output is 10 million pairs at 1:1. Wall time, and peak
    memory of the whole process tree (sampled RSS, and getrusage of the children), are printed.
 3. Baseline, same run: a naive in-memory builder that lists every candidate pair (numpy) and
-   samples from them, against speechpipe.pairs on the same subset of speakers: time and peak
+   samples from them, against speechpipe.speakers.pairs on the same subset of speakers: time and peak
    heap (tracemalloc, which sees numpy's buffers) as ratios, and what the naive approach would
    need at full size.
 4. Design: the same pairs stored as joined segment pairs (two 40 x 80 float32 segments in each
-   record) or as utterance references resolved by speechpipe.pair_dataset, in bytes per pair
+   record) or as utterance references resolved by speechpipe.speakers.pair_dataset, in bytes per pair
    and pairs per second through tf.data on this machine.
 
 Nothing is asserted about time: the figures are printed (and saved as JSON next to the data).
@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from speechpipe.config import SPLITS
-from speechpipe.pairs import PairConfig, SpeakerUtterances, SplitPlan, sample_negatives, sample_positives
+from speechpipe.speakers.pairs import PairConfig, SpeakerUtterances, SplitPlan, sample_negatives, sample_positives
 
 SPEAKERS = 6000
 UTTERANCES = 1_100_000
@@ -305,8 +305,8 @@ def design_comparison(work: str, pairs: int = 200_000, joined_pairs: int = 12_00
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from speechpipe.pair_dataset import PairReferences, SegmentTable, pair_dataset
-    from speechpipe.pairs import encode_pair_block
+    from speechpipe.speakers.pair_dataset import PairReferences, SegmentTable, pair_dataset
+    from speechpipe.speakers.pairs import encode_pair_block
 
     frames_per_segment, bins, batch = 40, 80, 256
     rng = np.random.default_rng(seed)

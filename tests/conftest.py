@@ -20,7 +20,7 @@ def tiny_features(tiny_corpus, tmp_path_factory) -> str:
 
     from speechpipe.config import FeatureConfig
     from speechpipe.pipeline import features_job
-    from speechpipe.sources import make_spec
+    from speechpipe.audio.sources import make_spec
 
     out = str(tmp_path_factory.mktemp("tiny_features"))
     features_job.run_job(make_spec(os.path.join(tiny_corpus, "manifest.jsonl")), FeatureConfig(), out,

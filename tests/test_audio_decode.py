@@ -1,4 +1,4 @@
-"""speechpipe.audio's direct reader of plain 16-bit PCM WAV: libsndfile's samples, bit for bit, and
+"""speechpipe.audio.decode's direct reader of plain 16-bit PCM WAV: libsndfile's samples, bit for bit, and
 libsndfile (or a dead-letter reason) for everything else."""
 import io
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechpipe.audio import TOO_LONG, TRUNCATED, AudioRejected, _decode_soundfile, _scan_wav, decode
+from speechpipe.audio.decode import TOO_LONG, TRUNCATED, AudioRejected, _decode_soundfile, _scan_wav, decode
 from tests.audio_inputs import write_bytes, write_wav
 
 

@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from speechpipe import records
+from speechpipe.io import records
 from speechpipe.pipeline import beam_options, features_job, pairs_job
 from speechpipe.pipeline.beam_options import BeamOptionsError, DataflowArgs, DirectArgs, FlinkArgs, PortableArgs
 from tests.test_features_portable import REPO, portable_services  # noqa: F401 - the fixture, shared

@@ -3,7 +3,7 @@ from dataclasses import replace
 
 from bench import bench_embedder
 from speechpipe.components.embedder_trainer import EmbedderTrainConfig
-from speechpipe.models.embedder import with_legacy_settings
+from speechpipe.speakers.embedder import with_legacy_settings
 
 
 def test_the_ablation_ends_in_the_default_configuration_one_change_at_a_time():

@@ -5,11 +5,11 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from speechpipe.audio import decode
+from speechpipe.audio.decode import decode
 from speechpipe.config import FeatureConfig
-from speechpipe.models.ctc import (CTCModelConfig, CTCTrainer, PERResult, beam_decode, build_acoustic_model,
+from speechpipe.phones.ctc_model import (CTCModelConfig, CTCTrainer, PERResult, beam_decode, build_acoustic_model,
                                    ctc_feasible, edit_distance, export_transcriber, greedy_decode)
-from speechpipe.phones import default_inventory
+from speechpipe.phones.inventory import default_inventory
 from speechpipe.training import NonFiniteLossError, StopOnNonFiniteLoss
 from tests.helpers import read_manifest
 
@@ -103,7 +103,7 @@ def test_non_finite_loss_stops_training_with_a_clear_error():
 
 def test_tiny_model_overfits_a_handful_of_utterances_and_exports(tiny_features, tiny_corpus, tmp_path):
     from speechpipe.components.ctc_trainer import CTCTrainConfig, evaluate_per, make_dataset
-    from speechpipe.tf_features import GraphFeatures
+    from speechpipe.audio.tf_features import GraphFeatures
 
     keras.utils.set_random_seed(1)
     # no SpecAugment: the test is that the model can fit these utterances exactly

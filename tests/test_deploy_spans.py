@@ -150,7 +150,7 @@ def test_discovery_names_what_it_did_not_find(tmp_path):
 
 def test_a_discovered_span_is_accepted_by_the_feature_job(tiny_corpus, tmp_path):
     """The paths discovery returns are what make_spec takes: a manifest, a folder."""
-    from speechpipe.sources import make_spec
+    from speechpipe.audio.sources import make_spec
 
     root = tmp_path / "spans"
     shutil.copytree(tiny_corpus, root / "span-0")

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from speechpipe import speaker_eval
-from speechpipe.models import embedder
-from speechpipe.models.embedder import (
+from speechpipe.speakers import speaker_eval
+from speechpipe.speakers import embedder
+from speechpipe.speakers.embedder import (
     EmbedderConfig,
     in_batch_kl_hinge_loss,
     kl_divergence,

@@ -17,12 +17,12 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from speechpipe.audio import decode
+from speechpipe.audio.decode import decode
 from speechpipe.components import embedder_trainer
 from speechpipe.components.embedder_trainer import EmbedderTrainConfig
 from speechpipe.config import FeatureConfig
-from speechpipe.models import embedder
-from speechpipe.models.embedder import EmbedderConfig
+from speechpipe.speakers import embedder
+from speechpipe.speakers.embedder import EmbedderConfig
 from speechpipe.validation import ConfigError
 from tests.helpers import read_manifest
 
@@ -118,7 +118,7 @@ def test_saved_model_round_trip(random_network, exported):
     np.testing.assert_allclose(loaded.embed_segments(segments), base(segments, training=False).numpy(),
                                atol=ROUND_TRIP_TOLERANCE)
     # `embed` = windows of the in-graph features, averaged: the same as the numpy path on them
-    from speechpipe.tf_features import GraphFeatures
+    from speechpipe.audio.tf_features import GraphFeatures
 
     rng = np.random.default_rng(1)
     lengths = np.array([16000, 9000, 5000], np.int32)
@@ -137,7 +137,7 @@ def test_saved_model_round_trip(random_network, exported):
 
 def test_embed_matches_the_feature_job(random_network, exported, tiny_corpus, tiny_features):
     """Serving (raw audio, tf.signal features) against training (the Beam job's librosa features)."""
-    from speechpipe import records
+    from speechpipe.io import records
 
     base, config = random_network
     stored = [u for split in ("train", "test") for u in records.read_split(tiny_features, split)][:6]
@@ -162,7 +162,7 @@ def test_short_waveforms(exported):
 
 
 def test_export_with_an_lda_backend_applies_it_in_both_signatures(random_network, tmp_path):
-    from speechpipe.tf_features import GraphFeatures
+    from speechpipe.audio.tf_features import GraphFeatures
 
     base, config = random_network
     rng = np.random.default_rng(4)

@@ -1,4 +1,4 @@
-"""speechpipe.example_proto: the Example messages and the TFRecord reader, against TensorFlow's."""
+"""speechpipe.io.example_proto: the Example messages and the TFRecord reader, against TensorFlow's."""
 import os
 import subprocess
 import sys
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from speechpipe import records
-from speechpipe.example_proto import CorruptRecordError, read_tfrecord_file
+from speechpipe.io import records
+from speechpipe.io.example_proto import CorruptRecordError, read_tfrecord_file
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +60,7 @@ def test_tensorflow_parses_our_records_and_we_parse_tensorflows():
 
 
 def test_negative_and_large_int64_values_round_trip():
-    from speechpipe.example_proto import Example, Feature, Features, Int64List
+    from speechpipe.io.example_proto import Example, Feature, Features, Int64List
 
     values = [-1, -(2 ** 63), 2 ** 63 - 1, 0, 300]
     ours = Example(features=Features(feature={"x": Feature(int64_list=Int64List(value=values))}))
@@ -82,7 +82,7 @@ def test_reader_matches_tf_data(tmp_path, compression):
 
 def test_framed_records_are_tensorflows_bytes(tmp_path):
     """The feature job's own shard writer frames records as tf.io.TFRecordWriter does."""
-    from speechpipe.example_proto import frame_record
+    from speechpipe.io.example_proto import frame_record
 
     path = str(tmp_path / "tf.tfrecord")
     payloads = [b"", b"a", os.urandom(100_000), b"x" * 7]
@@ -115,11 +115,11 @@ def test_encoding_and_reading_records_never_import_tensorflow(tmp_path):
     ~600 MB per process)."""
     code = (
         "import sys, numpy as np\n"
-        "from speechpipe import records\n"
-        "from speechpipe.example_proto import iter_records\n"
+        "from speechpipe.io import records\n"
+        "from speechpipe.io.example_proto import iter_records\n"
         "u = records.UtteranceFeatures('u', 's', 'x', 'train', np.ones((2, 3), np.float32), 1.0)\n"
         "records.decode_example(records.encode_example(u))\n"
         "import speechpipe.pipeline.features_job\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": _REPO})
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": os.path.join(_REPO, "src")})

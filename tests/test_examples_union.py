@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from tfx.types import artifact_utils, standard_artifacts
 
-from speechpipe import records
+from speechpipe.io import records
 from speechpipe.components import examples_union
 from speechpipe.components.examples_union import ExamplesUnionError, Executor, member_spans
 from tests import ramfs
@@ -25,7 +25,7 @@ def second_features(tmp_path_factory) -> str:
 
     from speechpipe.config import FeatureConfig
     from speechpipe.pipeline import features_job
-    from speechpipe.sources import make_spec
+    from speechpipe.audio.sources import make_spec
 
     corpus = make_tiny_corpus(str(tmp_path_factory.mktemp("span1_corpus")), seed=1, speakers=3, utterances=3,
                               sessions=1)
@@ -65,7 +65,7 @@ def _utterances(root: str, split: str) -> Counter:
     """Utterance ids of every record of a split, read by TensorFlow (local or URI)."""
     import tensorflow as tf
 
-    from speechpipe.storage import glob, join
+    from speechpipe.io.storage import glob, join
 
     found = Counter()
     for path in glob(join(root, f"Split-{split}", "*")):

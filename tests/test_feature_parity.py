@@ -10,9 +10,9 @@ import os
 import numpy as np
 import pytest
 
-from speechpipe.audio import decode
+from speechpipe.audio.decode import decode
 from speechpipe.config import FeatureConfig
-from speechpipe.features import GlobalStats, compute_features, normalise
+from speechpipe.audio.features import GlobalStats, compute_features, normalise
 from tests.helpers import read_manifest
 
 TOLERANCE = 1e-3
@@ -35,7 +35,7 @@ def _batch(waves):
 @pytest.mark.parametrize("kind, normalization", [("logmel", "cmvn"), ("logmel", "minmax"), ("logmel", "global"),
                                                  ("logmel", "none"), ("stft", "cmvn")])
 def test_graph_features_equal_librosa_features(waveforms, kind, normalization):
-    from speechpipe.tf_features import GraphFeatures
+    from speechpipe.audio.tf_features import GraphFeatures
 
     config = FeatureConfig(kind=kind, normalization=normalization)
     raw = [compute_features(w, config) for w in waveforms]
@@ -57,7 +57,7 @@ def test_graph_features_equal_librosa_features(waveforms, kind, normalization):
 
 
 def test_short_waveforms_give_no_frames():
-    from speechpipe.tf_features import GraphFeatures
+    from speechpipe.audio.tf_features import GraphFeatures
 
     features, n = GraphFeatures(FeatureConfig())(np.zeros((2, 100), np.float32), np.array([100, 50]))
     assert features.shape[1] == 0 and list(n.numpy()) == [0, 0]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from speechpipe.config import FeatureConfig
-from speechpipe.features import GlobalStats, cmvn, compute_features, minmax, normalise, num_frames
+from speechpipe.audio.features import GlobalStats, cmvn, compute_features, minmax, normalise, num_frames
 from speechpipe.validation import ConfigError, validate_feature_config
 from tests.audio_inputs import tone
 
@@ -75,7 +75,7 @@ def _librosa_features(samples: np.ndarray, config: FeatureConfig) -> np.ndarray:
 def test_mel_basis_and_window_are_librosas_bits(sample_rate, n_fft, hop, n_mels, fmax):
     import librosa
 
-    from speechpipe.features import _hann_window, _mel_basis
+    from speechpipe.audio.features import _hann_window, _mel_basis
 
     assert np.array_equal(_mel_basis(sample_rate, n_fft, n_mels, 20.0, fmax),
                           librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=20.0, fmax=fmax))

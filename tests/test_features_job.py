@@ -9,12 +9,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from speechpipe import records
-from speechpipe.audio import decode
+from speechpipe.io import records
+from speechpipe.audio.decode import decode
 from speechpipe.config import FeatureConfig
-from speechpipe.features import compute_features
+from speechpipe.audio.features import compute_features
 from speechpipe.pipeline import features_job
-from speechpipe.sources import make_spec
+from speechpipe.audio.sources import make_spec
 from tests.audio_inputs import BAD_AUDIO, UNUSUAL, build_mixed_manifest, write_m4a, write_wav
 from tests.helpers import read_manifest
 

@@ -9,10 +9,10 @@ import time
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from speechpipe import records
+from speechpipe.io import records
 from speechpipe.config import FeatureConfig
 from speechpipe.pipeline import features_job
-from speechpipe.sources import make_spec
+from speechpipe.audio.sources import make_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

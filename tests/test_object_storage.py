@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from speechpipe import records, storage
-from speechpipe.audio import AudioRejected, check_usable, decode
+from speechpipe.io import records, storage
+from speechpipe.audio.decode import AudioRejected, check_usable, decode
 from speechpipe.config import FeatureConfig
 from speechpipe.pipeline import features_job, pairs_job
-from speechpipe.sources import OUTSIDE_ROOT, count_ignored_files, expand_input, make_spec, parse_input, resolve_inside
+from speechpipe.audio.sources import OUTSIDE_ROOT, count_ignored_files, expand_input, make_spec, parse_input, resolve_inside
 from tests import ramfs
 from tests.audio_inputs import BAD_AUDIO, GOOD_PHONES, UNUSUAL, build_mixed_manifest, write_wav
 
@@ -279,7 +279,7 @@ def test_pair_gen_reads_and_writes_object_storage(remote_features, tiny_features
     from tfx.types import standard_artifacts
 
     from speechpipe.components.pair_gen import PairGen, SpeakerPairs
-    from speechpipe.pairs import read_pair_file
+    from speechpipe.speakers.pairs import read_pair_file
 
     _, features, _ = remote_features
     examples = _artifact(standard_artifacts.Examples, features)
@@ -331,10 +331,10 @@ def test_speaker_evaluator_and_registry_pusher_on_object_storage(tmp_path, bucke
     from speechpipe.components.pair_gen import SpeakerPairs
     from speechpipe.components.registry_pusher import PUSH_FILE, Executor
     from speechpipe.components.speaker_evaluator import SpeakerEvaluator
-    from speechpipe.models import embedder
-    from speechpipe.models.embedder import EmbedderConfig
-    from speechpipe.registry import CHAMPION, Registry
-    from speechpipe.trials import write_trials
+    from speechpipe.speakers import embedder
+    from speechpipe.speakers.embedder import EmbedderConfig
+    from speechpipe.results.registry import CHAMPION, Registry
+    from speechpipe.speakers.trials import write_trials
 
     base = f"{bucket}/speaker"
     trials = _write_test_split(f"{base}/examples")
@@ -396,8 +396,8 @@ def test_embedder_trainer_reads_and_exports_on_object_storage(remote_features, b
 
     from speechpipe.components import embedder_trainer
     from speechpipe.components.embedder_trainer import EmbedderTrainConfig
-    from speechpipe.models import embedder
-    from speechpipe.models.embedder import EmbedderConfig
+    from speechpipe.speakers import embedder
+    from speechpipe.speakers.embedder import EmbedderConfig
 
     _, features, summary = remote_features
     base = f"{bucket}/embedder_trainer"
@@ -420,7 +420,7 @@ def test_embedder_trainer_reads_and_exports_on_object_storage(remote_features, b
 
 
 def test_registry_hands_an_object_storage_artifact_root_to_mlflow(tmp_path):
-    from speechpipe.registry import EXPERIMENT, Registry
+    from speechpipe.results.registry import EXPERIMENT, Registry
 
     registry = Registry(f"sqlite:///{tmp_path}/mlflow.db", "gs://bucket/mlflow")
     experiment = registry.client.get_experiment(registry._experiment_id())
@@ -432,10 +432,10 @@ def test_registry_hands_an_object_storage_artifact_root_to_mlflow(tmp_path):
 # The whole TFX pipeline: span and pipeline root under ram://, ML Metadata and MLflow local
 
 def test_tfx_pipeline_with_root_and_span_on_object_storage(remote_features, tmp_path, bucket):
-    from speechpipe import report
+    from speechpipe.results import report
     from speechpipe.pipeline.local_runner import run_pipeline
     from speechpipe.pipeline.run_config import CTCBudget, RunConfig
-    from speechpipe.registry import Registry
+    from speechpipe.results.registry import Registry
 
     @dataclass(frozen=True)
     class RemoteRootConfig(RunConfig):

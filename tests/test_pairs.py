@@ -1,4 +1,4 @@
-"""The pair builder: sampling rules (speechpipe.pairs) and the Beam job (pipeline/pairs_job.py).
+"""The pair builder: sampling rules (speechpipe.speakers.pairs) and the Beam job (pipeline/pairs_job.py).
 
 Index files are generated here (`write_index`) in the feature job's layout, so these tests do
 not depend on the feature job."""
@@ -19,7 +19,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from speechpipe.cli import main as cli_main
 from speechpipe.config import FeatureConfig
-from speechpipe.pairs import (
+from speechpipe.speakers.pairs import (
     DIFFERENT,
     SAME,
     PairConfig,
@@ -38,7 +38,7 @@ from speechpipe.pairs import (
     sample_positives,
 )
 from speechpipe.pipeline import pairs_job
-from speechpipe.trials import Trial, read_trials, write_trials
+from speechpipe.speakers.trials import Trial, read_trials, write_trials
 from tests.helpers import read_manifest
 
 IN_MEMORY = "--direct_running_mode=in_memory"

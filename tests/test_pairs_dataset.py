@@ -11,8 +11,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from speechpipe import records  # noqa: E402
-from speechpipe.pair_dataset import (  # noqa: E402
+from speechpipe.io import records  # noqa: E402
+from speechpipe.speakers.pair_dataset import (  # noqa: E402
     MissingUtteranceError,
     PairReferences,
     SegmentTable,
@@ -21,7 +21,7 @@ from speechpipe.pair_dataset import (  # noqa: E402
     training_offsets,
     utterance_windows,
 )
-from speechpipe.pairs import (  # noqa: E402
+from speechpipe.speakers.pairs import (  # noqa: E402
     DIFFERENT,
     SAME,
     decode_pair_example,

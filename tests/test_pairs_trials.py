@@ -1,11 +1,11 @@
-"""VoxCeleb trial lists (speechpipe.trials): strict reading, writing, round trips."""
+"""VoxCeleb trial lists (speechpipe.speakers.trials): strict reading, writing, round trips."""
 from __future__ import annotations
 
 import random
 
 import pytest
 
-from speechpipe.trials import (
+from speechpipe.speakers.trials import (
     Trial,
     TrialFormatError,
     format_trial,

@@ -2,7 +2,7 @@ import pytest
 
 from speechpipe.corpus.espeak import EspeakEngine, EspeakVoice
 from speechpipe.corpus.synth import load_sentences
-from speechpipe.phones import UnknownPhoneError, default_inventory
+from speechpipe.phones.inventory import UnknownPhoneError, default_inventory
 from tests.helpers import read_manifest
 
 

@@ -12,7 +12,7 @@ from tfx.types import standard_artifacts
 from speechpipe.components import registry_champion
 from speechpipe.components.evaluator import champion_origin, present_champion, serving_dir
 from speechpipe.components.registry_champion import NO_CHAMPION_FILE, Executor, champion_absent
-from speechpipe.registry import Registry
+from speechpipe.results.registry import Registry
 from tests import ramfs
 
 NAME = "speechpipe-ctc"

@@ -2,9 +2,9 @@ import os
 
 import numpy as np
 
-from speechpipe import records
-from speechpipe.phones import default_inventory
-from speechpipe.schema import anomalies_in, load_schema
+from speechpipe.io import records
+from speechpipe.phones.inventory import default_inventory
+from speechpipe.io.schema import anomalies_in, load_schema
 
 
 

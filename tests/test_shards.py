@@ -1,4 +1,4 @@
-"""speechpipe.shards: the feature job's one sink for its TFRecords, index and dead letter."""
+"""speechpipe.io.shards: the feature job's one sink for its TFRecords, index and dead letter."""
 import glob
 import gzip
 import os
@@ -7,8 +7,8 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from speechpipe.example_proto import read_tfrecord_file
-from speechpipe.shards import LINES, TFRECORD, ShardedOutput, WriteShards, _finalize
+from speechpipe.io.example_proto import read_tfrecord_file
+from speechpipe.io.shards import LINES, TFRECORD, ShardedOutput, WriteShards, _finalize
 
 IN_MEMORY = ["--direct_running_mode=in_memory"]
 

@@ -18,7 +18,7 @@ import pytest
 
 from speechpipe.pipeline.local_runner import run_pipeline
 from speechpipe.pipeline.run_config import CTCBudget, RunConfig, validate_run_config
-from speechpipe.registry import CHAMPION, Registry
+from speechpipe.results.registry import CHAMPION, Registry
 from speechpipe.validation import ConfigError
 from tests.helpers import make_tiny_corpus, read_jsonl
 

@@ -7,7 +7,7 @@ import sys
 import time
 
 from speechpipe.pipeline.local_runner import run_pipeline
-from speechpipe.report import run_nodes
+from speechpipe.results.report import run_nodes
 from tests.test_tfx_pipeline import tiny_config
 
 

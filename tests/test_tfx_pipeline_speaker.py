@@ -16,7 +16,7 @@ import pytest
 
 from speechpipe.pipeline.local_runner import run_pipeline
 from speechpipe.pipeline.run_config import CTCBudget, EmbedderBudget, RunConfig
-from speechpipe.registry import CHAMPION, Registry
+from speechpipe.results.registry import CHAMPION, Registry
 from tests.helpers import make_tiny_corpus, read_manifest
 
 TINY_CTC = CTCBudget(lstm_units=(16,), max_epochs=1, max_minutes=1.0, batch_size=8, patience=1)
@@ -64,7 +64,7 @@ def test_first_run_pushes_both_models(runs):
 def test_embedder_registry_version_is_smoke_tested_and_embeds_raw_audio(runs):
     import tensorflow as tf
 
-    from speechpipe.audio import decode
+    from speechpipe.audio.decode import decode
 
     model = runs["registry"]["speechpipe-embedder"]
     assert model["aliases"] == {CHAMPION: "1"}

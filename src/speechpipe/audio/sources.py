@@ -1,0 +1,357 @@
+"""Inputs of the feature job: a VoxCeleb-layout root, a JSON Lines manifest, or a Kaldi data
+directory, turned into `SourceRecord`s, or into `DeadLetter`s that say why not.
+
+Audio paths are confined to the data root: `..`, absolute paths elsewhere and symlinks that
+lead out are refused, and a Kaldi wav.scp command (`... |`) is never executed.
+
+The input may be on object storage (gs://, s3://: any URI Beam's FileSystems reads). Its data
+root is then a URI prefix, and the same confinement holds on URIs: `..` is normalised away, and
+a path that leads to another bucket or scheme, or a local absolute path, is outside the root.
+Object stores have no symlinks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+from dataclasses import asdict, dataclass
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from speechpipe.io import storage
+from speechpipe.audio.decode import AUDIO_EXTENSIONS
+
+# Input-side dead-letter reasons (the audio-side ones are in speechpipe.audio.decode).
+INVALID_UTF8 = "invalid_utf8"
+INVALID_JSON = "invalid_json"
+MISSING_FIELD = "missing_field"
+OUTSIDE_ROOT = "outside_root"
+COMMAND_NOT_SUPPORTED = "command_not_supported"
+UNKNOWN_PHONE = "unknown_phone"
+DUPLICATE_UTTERANCE = "duplicate_utterance"
+BAD_LAYOUT = "bad_layout"
+MISSING_SPEAKER = "missing_speaker"
+INVALID_SPLIT = "invalid_split"
+
+VOXCELEB, MANIFEST, KALDI = "voxceleb", "manifest", "kaldi"
+MANIFEST_REQUIRED = ("utterance", "audio", "speaker")
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one feature job reads; `data_root` confines every audio path."""
+
+    kind: str
+    path: str
+    data_root: str
+    split_fractions: Tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class RawInput:
+    """One input item before parsing: a manifest line, a file, or a wav.scp entry."""
+
+    order: int  # position in the input, for choosing among duplicates
+    source: str  # where it came from, for the dead letter: "manifest.jsonl:12", a path
+    payload: object
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    utterance: str
+    audio_path: str  # resolved, inside the data root
+    source: str
+    order: int
+    speaker: str
+    session: str
+    split: str
+    text: Optional[str] = None
+    # IPA as given; after the feature job's parse step, the phones joined by single spaces.
+    phones: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    source: str
+    stage: str
+    reason: str
+    detail: str
+    utterance: Optional[str] = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+
+
+class InputError(ValueError):
+    """The input as a whole is unusable (no such file, unknown kind): the job cannot start."""
+
+
+def detect_kind(path: str) -> str:
+    if storage.is_uri(path):
+        # No folders on object storage: an object at the path is a manifest, a prefix a folder.
+        if storage.beam_exists(path):
+            return MANIFEST
+        if storage.beam_exists(posixpath.join(path, "wav.scp")):
+            return KALDI
+        if storage.beam_has_objects(path):
+            return VOXCELEB
+        raise InputError(f"input {path!r} is neither a manifest object nor a prefix holding objects")
+    if os.path.isfile(path):
+        return MANIFEST
+    if os.path.isdir(path):
+        return KALDI if os.path.isfile(os.path.join(path, "wav.scp")) else VOXCELEB
+    raise InputError(f"input {path!r} is neither a manifest file nor a folder")
+
+
+def make_spec(path: str, kind: Optional[str] = None, data_root: Optional[str] = None, **split) -> InputSpec:
+    if storage.is_uri(path):
+        return _make_uri_spec(path, kind, data_root, **split)
+    path = os.path.abspath(path)
+    kind = kind or detect_kind(path)
+    if kind not in (VOXCELEB, MANIFEST, KALDI):
+        raise InputError(f"input kind {kind!r}: expected {VOXCELEB}, {MANIFEST} or {KALDI}")
+    root = data_root or (os.path.dirname(path) if kind == MANIFEST else path)
+    if not os.path.isdir(root):
+        raise InputError(f"data root {root!r} is not a folder")
+    return InputSpec(kind=kind, path=path, data_root=os.path.abspath(root), **split)
+
+
+def _make_uri_spec(path: str, kind: Optional[str], data_root: Optional[str], **split) -> InputSpec:
+    """make_spec for an input on object storage: paths stay URIs, normalised, without a trailing '/'."""
+    path = normalise_uri(path)
+    kind = kind or detect_kind(path)
+    if kind not in (VOXCELEB, MANIFEST, KALDI):
+        raise InputError(f"input kind {kind!r}: expected {VOXCELEB}, {MANIFEST} or {KALDI}")
+    root = data_root or (posixpath.dirname(path) if kind == MANIFEST else path)
+    if storage.is_uri(root):
+        root = normalise_uri(root)
+        # The URI form of "is a folder": a prefix with objects under it (one short listing).
+        if not storage.beam_has_objects(root):
+            raise InputError(f"data root {root!r} holds no objects")
+    else:
+        if not os.path.isdir(root):
+            raise InputError(f"data root {root!r} is not a folder")
+        root = os.path.abspath(root)
+    return InputSpec(kind=kind, path=path, data_root=root, **split)
+
+
+def normalise_uri(uri: str) -> str:
+    """`scheme://bucket/key` with '.', '..' and repeated '/' resolved as in a POSIX path, the
+    scheme in lower case and no trailing '/'. The bucket is the first path component, so a '..'
+    that climbs above it names another bucket (never the same one)."""
+    scheme, _, rest = uri.partition("://")
+    normal = posixpath.normpath("/" + rest).lstrip("/")
+    return f"{scheme.lower()}://{'' if normal == '.' else normal}"
+
+
+def resolve_inside(root: str, path: str) -> Tuple[Optional[str], str]:
+    """(resolved path, '') when `path` stays inside `root` after resolving symlinks and '..';
+    (None, why) when it escapes."""
+    if storage.is_uri(root):
+        return _resolve_inside_uri(root, path)
+    candidate = path if os.path.isabs(path) else os.path.join(root, path)
+    real, real_root = os.path.realpath(candidate), os.path.realpath(root)
+    if real == real_root or real.startswith(real_root + os.sep):
+        return real, ""
+    # If normalising the text of the path gives another place than resolving it, a symlink did.
+    how = "a symlink leads" if os.path.normpath(os.path.abspath(candidate)) != real else "the path leads"
+    return None, f"{path!r}: {how} outside the data root {root!r} (to {real!r})"
+
+
+def _resolve_inside_uri(root: str, path: str) -> Tuple[Optional[str], str]:
+    """resolve_inside for a data root on object storage. A relative path is joined to the root,
+    a URI is taken as it is, and both are normalised ('..' resolved); the result is inside when it
+    has the root's scheme and bucket and lies under the root's prefix. A local absolute path is
+    elsewhere by definition. There are no symlinks to resolve on object storage."""
+    if os.path.isabs(path) and not storage.is_uri(path):
+        return None, f"{path!r}: a local path is outside the data root {root!r} on object storage"
+    normal_root = normalise_uri(root)
+    resolved = normalise_uri(path if storage.is_uri(path) else f"{normal_root}/{path}")
+    if resolved == normal_root or resolved.startswith(normal_root + "/"):
+        return resolved, ""
+    return None, f"{path!r}: the path leads outside the data root {root!r} (to {resolved!r})"
+
+
+def assign_split(speaker: str, fractions: Tuple[float, float, float], seed: int) -> str:
+    """A split drawn from the speaker id alone, so every utterance of a speaker lands together
+    and a speaker keeps its split when more data arrives."""
+    digest = hashlib.sha256(f"{seed}:{speaker}".encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < fractions[0]:
+        return "train"
+    return "validation" if u < fractions[0] + fractions[1] else "test"
+
+
+# ---------------------------------------------------------------- listing (one worker, cheap)
+
+def expand_input(spec: InputSpec) -> Iterator[RawInput]:
+    """Every input item, in a stable order. Lines and file names only: no audio is read here."""
+    if spec.kind == MANIFEST:
+        for number, line in enumerate(_lines(spec.path), start=1):
+            if line.strip():
+                yield RawInput(number, f"{spec.path}:{number}", line.rstrip(b"\r\n"))
+    elif spec.kind == VOXCELEB and storage.is_uri(spec.path):
+        # One listing of the prefix, in the order os.walk gives a local folder, so that the same
+        # files are the same inputs (orders, sources) wherever they are.
+        prefix = spec.path.rstrip("/") + "/"
+        relative = [uri[len(prefix):] for uri in storage.beam_list(spec.path)]
+        order = 0
+        for name in sorted(relative, key=storage.walk_order):
+            if name.lower().endswith(AUDIO_EXTENSIONS):
+                yield RawInput(order, prefix + name, name)
+                order += 1
+    elif spec.kind == VOXCELEB:
+        order = 0
+        for folder, dirs, files in os.walk(spec.path, followlinks=False):
+            dirs.sort()
+            for name in sorted(files):
+                if name.lower().endswith(AUDIO_EXTENSIONS):
+                    full = os.path.join(folder, name)
+                    yield RawInput(order, full, os.path.relpath(full, spec.path))
+                    order += 1
+    else:
+        yield from _expand_kaldi(spec)
+
+
+def _lines(path: str) -> Iterator[bytes]:
+    """A file's lines as bytes, line ends kept: a local file, or an object through Beam's FileSystems."""
+    if storage.is_uri(path):
+        yield from storage.beam_lines(path)
+        return
+    with open(path, "rb") as f:
+        yield from f
+
+
+def count_ignored_files(spec: InputSpec) -> int:
+    """Files in a VoxCeleb root that are not audio by name; reported, not processed."""
+    if spec.kind != VOXCELEB:
+        return 0
+    if storage.is_uri(spec.path):
+        # A name ending in '/' is a console-made "folder" placeholder, not a file.
+        return sum(1 for uri in storage.beam_list(spec.path)
+                   if not uri.endswith("/") and not uri.lower().endswith(AUDIO_EXTENSIONS))
+    return sum(
+        1 for _, _, files in os.walk(spec.path) for n in files if not n.lower().endswith(AUDIO_EXTENSIONS)
+    )
+
+
+def _read_kaldi_table(path: str) -> Dict[str, str]:
+    table: Dict[str, str] = {}
+    if storage.is_uri(path):
+        if not storage.beam_exists(path):
+            return table
+        stream = storage.beam_text(path)
+    elif os.path.isfile(path):
+        stream = open(path, encoding="utf-8")
+    else:
+        return table
+    with stream as f:
+        for line in f:
+            key, _, value = line.strip().partition(" ")
+            if key:
+                table[key] = value.strip()
+    return table
+
+
+def _expand_kaldi(spec: InputSpec) -> Iterator[RawInput]:
+    join = storage.join
+    utt2spk = _read_kaldi_table(join(spec.path, "utt2spk"))
+    text = _read_kaldi_table(join(spec.path, "text"))
+    phones = _read_kaldi_table(join(spec.path, "phones"))  # ours: IPA per utterance
+    scp = join(spec.path, "wav.scp")
+    for number, line in enumerate(_lines(scp), start=1):
+        if line.strip():
+            utt = line.split(None, 1)[0].decode("utf-8", "replace")
+            extra = {"speaker": utt2spk.get(utt), "text": text.get(utt), "phones": phones.get(utt)}
+            yield RawInput(number, f"{scp}:{number}", (line.rstrip(b"\r\n"), extra))
+
+
+# ---------------------------------------------------------------- parsing (parallel)
+
+def parse_input(item: RawInput, spec: InputSpec):
+    """A `SourceRecord`, or a `DeadLetter` saying why the item cannot be one."""
+    if spec.kind == MANIFEST:
+        return _parse_manifest_line(item, spec)
+    if spec.kind == VOXCELEB:
+        return _parse_voxceleb(item, spec)
+    return _parse_kaldi(item, spec)
+
+
+def _dead(item: RawInput, reason: str, detail: str, utterance: Optional[str] = None) -> DeadLetter:
+    return DeadLetter(source=item.source, stage="input", reason=reason, detail=detail, utterance=utterance)
+
+
+def _record(item: RawInput, spec: InputSpec, utterance: str, audio: str, speaker: str, session: str,
+            split: Optional[str], text: Optional[str], phones: Optional[str]):
+    resolved, why = resolve_inside(spec.data_root, audio)
+    if resolved is None:
+        return _dead(item, OUTSIDE_ROOT, why, utterance)
+    if split is None:
+        split = assign_split(speaker, spec.split_fractions, spec.split_seed)
+    elif split not in SPLITS:
+        return _dead(item, INVALID_SPLIT, f"split {split!r} is not one of {SPLITS}", utterance)
+    return SourceRecord(utterance=utterance, audio_path=resolved, source=item.source, order=item.order,
+                        speaker=speaker, session=session, split=split, text=text, phones=phones)
+
+
+def _parse_manifest_line(item: RawInput, spec: InputSpec):
+    try:
+        line = item.payload.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return _dead(item, INVALID_UTF8, f"byte {error.start}: {error.reason}")
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as error:
+        return _dead(item, INVALID_JSON, f"{error.msg} at column {error.colno}")
+    if not isinstance(obj, dict):
+        return _dead(item, INVALID_JSON, f"a JSON {type(obj).__name__}, not an object")
+    missing = [k for k in MANIFEST_REQUIRED if not isinstance(obj.get(k), str) or not obj.get(k)]
+    if missing:
+        return _dead(item, MISSING_FIELD, f"missing or empty: {', '.join(missing)}", obj.get("utterance"))
+    parts = obj["utterance"].split("/")
+    session = obj.get("session") or (parts[1] if len(parts) == 3 else obj["utterance"])
+    return _record(item, spec, obj["utterance"], obj["audio"], obj["speaker"], str(session),
+                   obj.get("split"), obj.get("text"), obj.get("phones"))
+
+
+def _parse_voxceleb(item: RawInput, spec: InputSpec):
+    parts = item.payload.split("/" if storage.is_uri(spec.path) else os.sep)
+    if len(parts) != 3:
+        return _dead(item, BAD_LAYOUT, f"{item.payload!r} is not <speaker>/<session>/<utterance>.<ext>")
+    speaker, session, name = parts
+    utterance = f"{speaker}/{session}/{os.path.splitext(name)[0]}"
+    return _record(item, spec, utterance, item.payload, speaker, session, None, None, None)
+
+
+def _parse_kaldi(item: RawInput, spec: InputSpec):
+    raw, extra = item.payload
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return _dead(item, INVALID_UTF8, f"byte {error.start}: {error.reason}")
+    utterance, _, audio = line.strip().partition(" ")
+    audio = audio.strip()
+    if not audio:
+        return _dead(item, MISSING_FIELD, "wav.scp line has no audio path", utterance)
+    if audio.endswith("|") or audio.startswith("|"):
+        return _dead(item, COMMAND_NOT_SUPPORTED, f"wav.scp command {audio!r} is never executed; convert the audio to files", utterance)
+    if not extra["speaker"]:
+        return _dead(item, MISSING_SPEAKER, "utterance not in utt2spk", utterance)
+    parts = utterance.split("/")
+    session = parts[1] if len(parts) == 3 else utterance
+    return _record(item, spec, utterance, audio, extra["speaker"], session, None, extra["text"], extra["phones"])
+
+
+def keep_first(utterance: str, records: List[SourceRecord]) -> Tuple[SourceRecord, List[DeadLetter]]:
+    """Among inputs that share an utterance id, the first in input order is kept; the others
+    go to the dead letter naming the one that was kept."""
+    ordered = sorted(records, key=lambda r: (r.order, r.source))
+    kept = ordered[0]
+    dead = [
+        DeadLetter(source=r.source, stage="input", reason=DUPLICATE_UTTERANCE,
+                   detail=f"utterance {utterance!r} already given by {kept.source}", utterance=utterance)
+        for r in ordered[1:]
+    ]
+    return kept, dead

@@ -1,0 +1,135 @@
+"""SpeakerEvaluator: EER on the fixed test span's trial list, clustering of its speakers, the
+thresholds, and the comparison with the champion embedder; its output is a `ModelBlessing`.
+
+The test speakers are never seen in training (the feature job's splits are speaker-disjoint).
+Candidate and champion are loaded back as SavedModels through TensorFlow alone and embed the
+same test utterances through their `embed_segments` signature (the feature job's windows, the
+mean per utterance), so the comparison is like for like and proves the export loads. The
+blessing's folder holds evaluation.json, the DET curve (det.png) and a 2-D projection of the
+test embeddings coloured by speaker (embeddings.png) for the run report. Artifact URIs may be
+local folders or object storage (TFX's fileio).
+"""
+# No `from __future__ import annotations`: TFX reads the component signature's annotations as types.
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
+
+from speechpipe.io import storage
+from speechpipe.components.pair_gen import SpeakerPairs
+
+DET_PLOT = "det.png"
+PROJECTION_PLOT = "embeddings.png"
+MODEL_KIND = "speaker"
+
+
+def read_test_split(test_split_uri: str) -> List[object]:
+    """The test split's utterances (records.UtteranceFeatures), read once for every model
+    evaluated on them; an error when it has fewer than 2 speakers (EER needs both kinds of trial).
+    The split is a local folder or a URI: its shards are listed through fileio, read by tf.data."""
+    import tensorflow as tf
+
+    from speechpipe.io import records
+
+    items = []
+    for path in storage.glob(storage.join(test_split_uri.rstrip("/"), f"{records.SHARD_PREFIX}-*")):
+        dataset = tf.data.TFRecordDataset(path, compression_type=records.compression_of(path))
+        items += [records.decode_example(record) for record in dataset.as_numpy_iterator()]
+    speakers = {item.speaker for item in items}
+    if len(speakers) < 2:
+        raise ValueError(f"the test split {test_split_uri} has {len(speakers)} speaker(s): EER needs 2 or more")
+    return items
+
+
+def embedder_metrics(saved_model_dir: str, test_items: Sequence[object], trials: Sequence[Tuple[int, str, str]],
+                     plot_dir: Optional[str] = None, label: str = "candidate") -> Dict[str, object]:
+    """EER and minDCF on a trial list, and agglomerative clustering of the test utterances with
+    the number of speakers given and with the model's own threshold (chosen on its validation
+    speakers), for an exported embedder. With `plot_dir`, the projection PNG is written there;
+    the DET points are returned for the caller to plot."""
+    import numpy as np
+
+    from speechpipe.speakers import speaker_eval
+    from speechpipe.speakers.embedder import clustering_distances, load_embedder, score, segment_windows
+
+    loaded = load_embedder(saved_model_dir)  # a local folder or gs://
+    config = loaded.config
+    utterances = [item.utterance for item in test_items]
+    speakers = [item.speaker for item in test_items]
+    embeddings = np.stack([
+        loaded.embed_segments(segment_windows(item.features, config.segment_frames, config.eval_hop)).mean(axis=0)
+        for item in test_items])
+    scoring = config.scoring
+    scores, labels = speaker_eval.trial_scores(dict(zip(utterances, embeddings)), trials,
+                                               lambda a, b: score(a, b, scoring))
+    result = speaker_eval.verification(scores, labels)
+    fpr, fnr = speaker_eval.det_curve(scores, labels)
+    clusters = speaker_eval.clustering(clustering_distances(embeddings, config), speakers,
+                                       threshold=loaded.info.get("cluster_threshold"), method=config.linkage)
+    metrics: Dict[str, object] = {
+        "eer": float(result.eer), "min_dcf": float(result.min_dcf), "trials": int(len(labels)),
+        "utterances": len(utterances), "speakers": len(set(speakers)),
+        "mr": float(clusters.mr_known), "ari": float(clusters.ari_known),
+        "mr_threshold": float(clusters.mr_threshold), "clusters_threshold": int(clusters.clusters_threshold),
+        "det": [fpr.tolist(), fnr.tolist()],
+    }
+    if plot_dir:
+        metrics["projection_png"] = speaker_eval.plot_embeddings(
+            embeddings, speakers, storage.join(plot_dir, f"{label}_{PROJECTION_PLOT}"),
+            title=f"{label}: test speakers never seen in training")
+    return metrics
+
+
+@component
+def SpeakerEvaluator(  # noqa: N802
+    model: InputArtifact[standard_artifacts.Model],
+    examples: InputArtifact[standard_artifacts.Examples],
+    pairs: InputArtifact[SpeakerPairs],
+    blessing: OutputArtifact[standard_artifacts.ModelBlessing],
+    champion: InputArtifact[standard_artifacts.Model] = None,
+    max_eer: Parameter[float] = 0.4,
+    min_eer_improvement: Parameter[float] = 0.0,
+    data_key: Parameter[str] = "",
+) -> None:
+    import numpy as np
+
+    from speechpipe.speakers import speaker_eval
+    from speechpipe.components.evaluator import champion_origin, decide, present_champion, serving_dir, write_blessing
+    from speechpipe.pipeline.pairs_job import TRIALS_FILE
+    from speechpipe.speakers.trials import read_trials
+
+    storage.makedirs(blessing.uri)
+    test_uri = storage.join(examples.uri, "Split-test")
+    trials = storage.join(pairs.uri, TRIALS_FILE.format(split="test"))
+    if not storage.exists(trials):
+        raise FileNotFoundError(f"no test trial list at {trials}: the test split of span {examples.span} has no "
+                                "pairs (it needs 2 or more speakers with utterances of one segment or longer)")
+    test_items, trial_list = read_test_split(test_uri), read_trials(trials)
+    candidate = embedder_metrics(serving_dir(model.uri), test_items, trial_list, blessing.uri, "candidate")
+    champion_metrics = None
+    champion = present_champion(champion)  # None also for a registry champion marked absent
+    if champion is not None:
+        champion_metrics = embedder_metrics(serving_dir(champion.uri), test_items, trial_list, blessing.uri, "champion")
+    curves = {"candidate": (np.array(candidate["det"][0]), np.array(candidate["det"][1]))}
+    if champion_metrics:
+        curves["champion"] = (np.array(champion_metrics["det"][0]), np.array(champion_metrics["det"][1]))
+    speaker_eval.plot_det(curves, storage.join(blessing.uri, DET_PLOT), "test speakers never seen in training")
+
+    reasons = decide({"eer": candidate["eer"]}, {"eer": champion_metrics["eer"]} if champion_metrics else None,
+                     {"eer": max_eer}, {"eer": min_eer_improvement})
+    blessed = not reasons
+    why = ("blessed: EER within the threshold" + (" and better than the champion" if champion_metrics else
+                                                  " (no champion yet)")) if blessed else "; ".join(reasons)
+    strip = lambda m: {k: v for k, v in m.items() if k != "det"}  # noqa: E731 - the DET points are in the PNG
+    evaluation = {
+        "model_kind": MODEL_KIND, "blessed": blessed, "reasons": reasons, "why": why,
+        "candidate": {"model_id": model.id, "uri": model.uri, **strip(candidate)},
+        "champion": ({"model_id": champion.id, "uri": champion.uri, **champion_origin(champion), **strip(champion_metrics)}
+                     if champion_metrics else None),
+        "thresholds": {"max_eer": max_eer, "min_eer_improvement": min_eer_improvement},
+        "test_examples": {"id": examples.id, "span": examples.span, "uri": test_uri},
+        "trials": trials, "det_png": storage.join(blessing.uri, DET_PLOT), "data_key": data_key,
+    }
+    write_blessing(blessing, evaluation, model, champion, data_key, MODEL_KIND, "eer")

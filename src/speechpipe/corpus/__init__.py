@@ -1,0 +1,1 @@
+"""The demo corpus: German speech synthesised with espeak-ng, with IPA transcripts."""

@@ -1,0 +1,331 @@
+"""The typed configuration of one `speechpipe run`, with its defaults, and its validation.
+
+Everything the TFX pipeline needs is here, explicitly: the home folder (pipeline root, ML
+Metadata, the embedded MLflow registry, reports), the spans of audio to train on, the feature
+configuration, the trainers' budgets, the blessing thresholds and the registry's tracking URI.
+This module imports neither TensorFlow nor TFX, so the CLI can validate a run before paying for
+either.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+from dataclasses import asdict, dataclass, field, replace
+from typing import Dict, List, Optional, Tuple
+
+from speechpipe.config import FeatureConfig
+from speechpipe.io.storage import walk_order
+from speechpipe.validation import ConfigError, validate_feature_config
+
+PIPELINE_NAME = "speechpipe"
+CTC_MODEL_NAME = "speechpipe-ctc"
+EMBEDDER_MODEL_NAME = "speechpipe-embedder"
+
+
+@dataclass(frozen=True)
+class CTCBudget:
+    """What the CTC trainer may spend; becomes `CTCTrainConfig` json (components/ctc_trainer.py)."""
+
+    lstm_units: Tuple[int, ...] = (100, 100, 150)
+    frame_stack: int = 2
+    dropout: float = 0.1
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    max_epochs: int = 200
+    # The demo run has 25 minutes in all on 2 cores, both branches: 8 here (checked at epoch
+    # ends, so up to one epoch more), 4 for the embedder. bench/ proves learning on 20 minutes.
+    max_minutes: Optional[float] = 8.0
+    patience: int = 6
+    seed: int = 0
+
+    def trainer_json(self) -> Dict[str, object]:
+        return {
+            "model": {"lstm_units": list(self.lstm_units), "frame_stack": self.frame_stack, "dropout": self.dropout},
+            "batch_size": self.batch_size, "learning_rate": self.learning_rate, "max_epochs": self.max_epochs,
+            "max_minutes": self.max_minutes, "patience": self.patience, "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class EmbedderBudget:
+    """What the speaker-embedder trainer may spend; becomes `EmbedderTrainConfig` json
+    (components/embedder_trainer.py)."""
+
+    max_seconds: float = 240.0
+    max_steps: int = 0  # 0 = no step limit
+    eval_every_steps: int = 100
+    speakers_per_batch: int = 16
+    segments_per_speaker: int = 8
+    seed: int = 0
+
+    def trainer_json(self) -> Dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run of the TFX pipeline. Span i is `spans[i]` (a manifest.jsonl, a VoxCeleb-layout folder
+    or a Kaldi data folder); the fixed test split is the test split of span `test_span`."""
+
+    home: str = "speechpipe_home"
+    spans: Tuple[str, ...] = ()
+    pipeline_name: str = PIPELINE_NAME
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    # The speaker embedder's features: the same analysis, normalised globally (docs/embedder.md:
+    # per-utterance cmvn, best for the CTC model, removes most of what tells speakers apart).
+    speaker_features: FeatureConfig = field(default_factory=lambda: FeatureConfig(normalization="global"))
+    ctc: CTCBudget = field(default_factory=CTCBudget)
+    embedder: EmbedderBudget = field(default_factory=EmbedderBudget)
+    # The speaker branch (pair builder + siamese embedder + EER blessing + push). It needs 2 or more
+    # validation and test speakers and `embedder.speakers_per_batch` training speakers.
+    include_speaker: bool = True
+    warm_start: bool = True  # start the CTC trainer from the champion's weights when shapes agree
+    test_span: int = 0
+    # Validation gate: anomalies from ExampleValidator always stop the run; so do these.
+    max_dead_letter_fraction: float = 0.2
+    min_train_examples: int = 1
+    # Blessing: absolute thresholds, and the margin by which a candidate must beat the champion.
+    max_per: float = 0.95
+    max_eer: float = 0.40
+    min_per_improvement: float = 0.0
+    min_eer_improvement: float = 0.0
+    # Registry: None = $MLFLOW_TRACKING_URI when set, else SQLite under the home folder.
+    tracking_uri: Optional[str] = None
+    registry_model_name: str = CTC_MODEL_NAME
+    embedder_model_name: str = EMBEDDER_MODEL_NAME
+    # Beam options for the Beam-based components; () = DirectRunner multi_processing, one per core.
+    beam_args: Tuple[str, ...] = ()
+    enable_cache: bool = True
+    # Where each branch's champion comes from: "resolver" (ML Metadata, ChampionStrategy; LocalDagRunner,
+    # Vertex AI) or "registry" (the MLflow registry's `champion` alias, read by a container step:
+    # open-source KFP runs no resolver tasks; `speechpipe compile --champion-from registry`).
+    champion_from: str = "resolver"
+    split_fractions: Tuple[float, float, float] = (0.8, 0.1, 0.1)  # for inputs without splits
+
+    # ---------------------------------------------------------------- derived paths
+    # A home on object storage (gs://, s3://: any URI with a scheme) is kept as given, not made
+    # absolute against the working folder: it is where a cluster deployment (`speechpipe compile`)
+    # puts the pipeline root.
+    @property
+    def home_abs(self) -> str:
+        return self.home.rstrip("/") if is_remote(self.home) else os.path.abspath(self.home)
+
+    @property
+    def pipeline_root(self) -> str:
+        return join_path(self.home_abs, "pipeline_root", self.pipeline_name)
+
+    @property
+    def metadata_path(self) -> str:
+        if is_remote(self.home):
+            # SQLite cannot live on object storage; a cluster run records into the orchestrator's
+            # own metadata store instead, and never asks for this path.
+            raise ConfigError(f"home={self.home!r}: ML Metadata is a local SQLite file, so `speechpipe run` needs a "
+                              "local home (or a mounted volume); a home on object storage is for `speechpipe "
+                              "compile`, whose runs use the cluster's metadata store")
+        return os.path.join(self.home_abs, "metadata", f"{self.pipeline_name}.sqlite")
+
+    @property
+    def reports_dir(self) -> str:
+        return join_path(self.home_abs, "reports")
+
+    @property
+    def registry_uri(self) -> str:
+        """The MLflow tracking (and registry) URI this run uses."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        return embedded_tracking_uri(self.home_abs)
+
+    @property
+    def effective_beam_args(self) -> List[str]:
+        if self.beam_args:
+            return list(self.beam_args)
+        return ["--direct_running_mode=multi_processing", f"--direct_num_workers={os.cpu_count() or 1}"]
+
+    def to_json(self) -> Dict[str, object]:
+        return asdict(self)
+
+
+def embedded_tracking_uri(home: str) -> str:
+    return "sqlite:///" + os.path.join(os.path.abspath(home), "mlflow", "mlflow.db")
+
+
+def embedded_artifact_root(home: str) -> str:
+    return os.path.join(os.path.abspath(home), "mlflow", "artifacts")
+
+
+def is_remote(path: str) -> bool:
+    """True for a URI with a scheme (gs://, s3://, hdfs://, ...): object storage, read through
+    Beam's FileSystems and never resolved against the working folder (speechpipe.io.storage's rule)."""
+    from speechpipe.io.storage import is_uri
+
+    return is_uri(path)
+
+
+def join_path(base: str, *parts: str) -> str:
+    """os.path.join for local paths; '/'-joined for URIs, whatever the local separator."""
+    return posixpath.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
+
+
+def _manifest_audio(content: bytes) -> List[str]:
+    """The `audio` paths a manifest's lines name (lines that are not JSON objects are the
+    feature job's to dead-letter, not the fingerprint's)."""
+    paths = []
+    for line in content.decode("utf-8", errors="replace").splitlines():
+        try:
+            audio = json.loads(line).get("audio")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(audio, str):
+            paths.append(audio)
+    return paths
+
+
+def span_fingerprint(path: str) -> str:
+    """Names the content of a span's input cheaply: every file's relative path, size and mtime
+    (the manifest's own bytes too). New or changed audio changes it, so the span's feature
+    generation runs again; an unchanged span is served from the ML Metadata cache. A span on
+    object storage gets the same fingerprint from one listing of its prefix
+    (`_remote_span_fingerprint`)."""
+    if is_remote(path):
+        return _remote_span_fingerprint(path)
+    path = os.path.abspath(path)
+    digest = hashlib.sha256()
+    def add(full: str, root: str) -> None:
+        try:
+            stat = os.stat(full)
+            digest.update(f"{os.path.relpath(full, root)}\0{stat.st_size}\0{int(stat.st_mtime)}\n".encode())
+        except OSError:
+            digest.update(f"{full}\0missing\n".encode())
+
+    if os.path.isfile(path):
+        # A manifest: its bytes, and the audio files its lines name (not the whole folder).
+        root = os.path.dirname(path)
+        with open(path, "rb") as f:
+            content = f.read()
+        digest.update(content)
+        for audio in _manifest_audio(content):
+            add(audio if os.path.isabs(audio) else os.path.join(root, audio), root)
+    else:
+        for folder, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                add(os.path.join(folder, name), path)
+    return digest.hexdigest()[:16]
+
+
+def _remote_span_fingerprint(uri: str) -> str:
+    """span_fingerprint for a span on object storage. Object listings carry each object's size
+    and update time, so one listing of the span's prefix replaces a stat per file: a
+    million-utterance span costs about a thousand list calls instead of a million requests."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    from speechpipe.pipeline.spans import list_objects
+
+    uri = uri.rstrip("/")
+    digest = hashlib.sha256()
+
+    def add(full: str, root: str, objects: Dict[str, Tuple[int, float]]) -> None:
+        if full in objects:
+            size, updated = objects[full]
+            digest.update(f"{posixpath.relpath(full, root)}\0{size}\0{int(updated)}\n".encode())
+        else:
+            digest.update(f"{full}\0missing\n".encode())
+
+    if FileSystems.exists(uri):
+        # A manifest: its bytes, and the audio files its lines name, looked up in one listing of
+        # the manifest's folder (the data root its relative paths start from).
+        root = posixpath.dirname(uri)
+        with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            content = f.read()
+        digest.update(content)
+        objects = list_objects(root)
+        for audio in _manifest_audio(content):
+            add(audio if is_remote(audio) else posixpath.join(root, audio), root, objects)
+    else:
+        # A folder is a prefix: every object under it, in the order os.walk visits a local folder
+        # (a folder's files, then its subfolders, each sorted), so that the same files give the
+        # same fingerprint wherever they are.
+        objects = list_objects(uri)
+        for full in sorted(objects, key=lambda p: walk_order(p[len(uri) + 1:])):
+            add(full, uri, objects)
+    return digest.hexdigest()[:16]
+
+
+def data_key(config: RunConfig, fingerprints: List[str]) -> str:
+    """Names the training data of a run: the spans' fingerprints and the feature config. The
+    champion resolver skips models blessed on this same key, so a re-run with nothing new resolves
+    the same champion as the run before it, and every node is a cache hit."""
+    payload = json.dumps({"spans": fingerprints, "features": config.features.to_json(),
+                          "speaker_features": config.speaker_features.to_json()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _span_exists(span: str) -> bool:
+    """A local file or folder, or an object (a manifest) or prefix (a folder) on object storage."""
+    if not is_remote(span):
+        return os.path.exists(span)
+    from apache_beam.io.filesystems import FileSystems
+
+    from speechpipe.pipeline.spans import list_objects
+
+    return FileSystems.exists(span) or bool(list_objects(span))
+
+
+def validate_run_config(config: RunConfig) -> RunConfig:
+    """Returns the config when it is valid; raises ConfigError naming the first bad value."""
+    if not config.spans:
+        raise ConfigError("spans: need at least one input (a manifest.jsonl or an audio folder)")
+    for i, span in enumerate(config.spans):
+        if not _span_exists(span):
+            raise ConfigError(f"spans[{i}]={span!r}: no such file or folder")
+    if len(set(s if is_remote(s) else os.path.abspath(s) for s in config.spans)) != len(config.spans):
+        raise ConfigError(f"spans: the same input is listed twice: {list(config.spans)}")
+    if not 0 <= config.test_span < len(config.spans):
+        raise ConfigError(f"test_span={config.test_span}: need 0..{len(config.spans) - 1}")
+    if not config.pipeline_name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"pipeline_name={config.pipeline_name!r}: letters, digits, '-' and '_' only")
+    validate_feature_config(config.features)
+    validate_feature_config(config.speaker_features)
+    c = config.ctc
+    if not c.lstm_units or any(u < 1 for u in c.lstm_units):
+        raise ConfigError(f"ctc.lstm_units={c.lstm_units}: need one or more positive sizes")
+    if c.frame_stack < 1 or c.batch_size < 1 or c.max_epochs < 1 or c.patience < 1:
+        raise ConfigError(f"ctc: frame_stack, batch_size, max_epochs and patience must be >= 1 ({c})")
+    if c.max_minutes is not None and c.max_minutes <= 0:
+        raise ConfigError(f"ctc.max_minutes={c.max_minutes}: must be positive (or None for no budget)")
+    if not 0 <= c.dropout < 1 or c.learning_rate <= 0:
+        raise ConfigError(f"ctc: dropout in [0, 1) and a positive learning rate, got {c.dropout}, {c.learning_rate}")
+    e = config.embedder
+    if (e.max_seconds <= 0 and e.max_steps <= 0) or e.eval_every_steps < 1:
+        raise ConfigError(f"embedder: need a budget (max_seconds or max_steps > 0) and eval_every_steps >= 1, got {e}")
+    if e.speakers_per_batch < 2 or e.segments_per_speaker < 2:
+        raise ConfigError(f"embedder: speakers_per_batch and segments_per_speaker must be >= 2, got {e}")
+    if not config.max_per > 0:
+        raise ConfigError(f"max_per={config.max_per}: must be positive (PER can exceed 1 with insertions)")
+    for name in ("max_dead_letter_fraction", "max_eer"):
+        value = getattr(config, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name}={value}: need a fraction in [0, 1]")
+    for name in ("min_per_improvement", "min_eer_improvement"):
+        if not 0.0 <= getattr(config, name) < 1.0:
+            raise ConfigError(f"{name}={getattr(config, name)}: need a fraction in [0, 1)")
+    if config.min_train_examples < 0:
+        raise ConfigError(f"min_train_examples={config.min_train_examples}: must be >= 0")
+    if len(config.split_fractions) != 3 or abs(sum(config.split_fractions) - 1.0) > 1e-6 or min(config.split_fractions) < 0:
+        raise ConfigError(f"split_fractions={config.split_fractions}: three non-negative fractions summing to 1")
+    if config.champion_from not in ("resolver", "registry"):
+        raise ConfigError(f"champion_from={config.champion_from!r}: resolver or registry")
+    if not config.registry_model_name or not config.embedder_model_name:
+        raise ConfigError("registry model names must not be empty")
+    if config.include_speaker and config.registry_model_name == config.embedder_model_name:
+        raise ConfigError("registry_model_name and embedder_model_name must differ")
+    return config
+
+
+def with_overrides(config: RunConfig, **changes) -> RunConfig:
+    return replace(config, **changes)

@@ -1,0 +1,546 @@
+"""Seeded, bounded sampling of same/different-speaker pairs: the logic of `speechpipe pairs`.
+
+Nothing here enumerates candidate pairs. Every pair is drawn as an *index* into an implicit set
+of candidates and decoded in O(log sessions), so the work for one speaker is proportional to the
+pairs it yields, never to the square of its utterance count, and never to the size of the split.
+
+Rules (docs/pairs.md has the reasoning and the measured figures):
+
+* **Eligibility.** An utterance with fewer frames than one segment (`segment_frames`, default
+  40) is excluded before pairing and reported; there is no padding.
+* **Positives (label 1).** Each speaker yields `min(speaker_cap, available)` pairs, drawn
+  uniformly without replacement from its candidate pairs: all unordered pairs of two different
+  utterances, or, with `cross_session` (the default, as VoxCeleb's trials pair different
+  videos), only pairs whose utterances come from different sessions.
+* **Negatives (label 0).** A split with `P` positives gets `round(P * different / same)`
+  negatives. Speakers are put in a seeded random order (their rank) and each unordered pair of
+  speakers {r, r + o} (offset o = 1 .. S // 2, modulo S) is a *link*, owned by the lower-offset
+  side so that no speaker pair is visited twice. The negatives are spread over the links,
+  offset by offset (nearest first), so every speaker takes part in the same number of negatives
+  give or take two, whatever its utterance count. Within a link the pairs are distinct cells of
+  the n_a x n_b grid of the two speakers' utterances.
+* **No self-pairs, no duplicates.** Positives are distinct index pairs i < j of distinct
+  utterances; negatives are distinct grid cells of one link, and links are disjoint.
+* **Splits.** Pairs are built within one split; a speaker found in two splits is an error.
+* **Determinism.** Every random draw comes from `random.Random` seeded with a string made of the
+  seed, the split and the speaker, consumed in a fixed order, so a seed gives the same pairs
+  whatever the runner, the bundling or the number of workers.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
+
+from speechpipe.config import SPLITS, FeatureConfig
+
+SAME = 1  # label of a same-speaker pair, as in VoxCeleb's trial lists
+DIFFERENT = 0
+
+# The pair record the trainer reads: a tf.train.Example with these keys (see encode_pair_example).
+LABEL_KEY = "label"
+UTTERANCE_A_KEY = "utterance_a"
+UTTERANCE_B_KEY = "utterance_b"
+
+
+class PairsInputError(ValueError):
+    """The input (an index, a manifest, a trial list or an option) is malformed or inconsistent.
+
+    The message names the file and line, or the speaker, at fault."""
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """How pairs are drawn. `speechpipe pairs --help` documents each option."""
+
+    seed: int = 0
+    same: int = 1  # the same:different ratio, as two positive integers
+    different: int = 1
+    speaker_cap: int = 200  # positives per speaker, at most
+    cross_session: bool = True  # positives only from two different sessions
+    segment_frames: int = 40  # one embedder segment; shorter utterances are excluded
+    eval_hop: int = 20  # hop between evaluation windows (pair_dataset.utterance_windows)
+
+    def validate(self) -> "PairConfig":
+        if self.same < 1 or self.different < 0:
+            raise PairsInputError(
+                f"ratio {self.same}:{self.different}: need same >= 1 and different >= 0"
+            )
+        if self.speaker_cap < 1:
+            raise PairsInputError(f"speaker_cap={self.speaker_cap}: need at least 1")
+        if self.segment_frames < 1:
+            raise PairsInputError(f"segment_frames={self.segment_frames}: need at least 1")
+        if not 1 <= self.eval_hop <= self.segment_frames:
+            raise PairsInputError(
+                f"eval_hop={self.eval_hop}: need 1..segment_frames ({self.segment_frames})"
+            )
+        return self
+
+    def negatives_for(self, positives: int) -> int:
+        """round(positives * different / same), halves up, in integers (no float drift)."""
+        return (2 * positives * self.different + self.same) // (2 * self.same)
+
+    def to_json(self) -> Dict[str, object]:
+        return {
+            "seed": self.seed,
+            "ratio": f"{self.same}:{self.different}",
+            "speaker_cap": self.speaker_cap,
+            "cross_session": self.cross_session,
+            "segment_frames": self.segment_frames,
+            "eval_hop": self.eval_hop,
+        }
+
+
+def parse_ratio(text: str) -> Tuple[int, int]:
+    """'1:1' -> (1, 1): the same:different ratio."""
+    parts = text.split(":")
+    try:
+        same, different = (int(p) for p in parts)
+    except ValueError:
+        raise PairsInputError(f"ratio {text!r}: expected SAME:DIFFERENT, two integers such as 1:1") from None
+    if same < 1 or different < 0:
+        raise PairsInputError(f"ratio {text!r}: need same >= 1 and different >= 0")
+    return same, different
+
+
+def frames_for_duration(duration: float, features: FeatureConfig) -> int:
+    """Frames the feature job makes of `duration` seconds: not centred, so
+    1 + (samples - n_fft) // hop_length, and 0 for audio shorter than one window."""
+    samples = int(round(duration * features.sample_rate))
+    if samples < features.n_fft:
+        return 0
+    return 1 + (samples - features.n_fft) // features.hop_length
+
+
+# ----------------------------------------------------------------------------------------------
+# Index records
+
+@dataclass(frozen=True)
+class UtteranceRef:
+    """One line of the feature job's utterance index (or of a demo-corpus manifest)."""
+
+    utterance: str
+    speaker: str
+    session: str
+    split: str
+    num_frames: int
+
+
+def parse_index_record(record: object, features: FeatureConfig, where: str) -> UtteranceRef:
+    """Checks one decoded index/manifest line; `where` ('file:line') goes into every error.
+
+    `num_frames` is taken as given; a manifest line without it gets it from `duration`."""
+
+    def fail(message: str) -> PairsInputError:
+        return PairsInputError(f"{where}: {message}")
+
+    if not isinstance(record, dict):
+        raise fail(f"expected a JSON object, got {type(record).__name__}")
+    values = {}
+    for key in ("utterance", "speaker", "session", "split"):
+        value = record.get(key)
+        if not isinstance(value, str) or not value:
+            raise fail(f"field {key!r} missing or not a non-empty string")
+        if any(c.isspace() for c in value):
+            raise fail(f"field {key!r}={value!r} contains whitespace (trial lists are space-separated)")
+        values[key] = value
+    if values["split"] not in SPLITS:
+        raise fail(f"split {values['split']!r} is not one of {', '.join(SPLITS)}")
+    # Utterance ids are <speaker>/<session>/<name>, as in VoxCeleb and the demo corpus. Requiring
+    # the speaker prefix makes an id unique to its speaker's group, so duplicates are caught when
+    # a speaker's utterances are grouped, without a shuffle over every utterance id.
+    if not values["utterance"].startswith(values["speaker"] + "/"):
+        raise fail(f"utterance {values['utterance']!r} does not start with its speaker {values['speaker']!r}/")
+    if values["utterance"].lower().endswith(".wav"):
+        raise fail(f"utterance {values['utterance']!r}: ids carry no .wav extension")
+    if "num_frames" in record:
+        frames = record["num_frames"]
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
+            raise fail(f"num_frames={frames!r}: need a non-negative integer")
+    elif "duration" in record:
+        duration = record["duration"]
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not duration >= 0:
+            raise fail(f"duration={duration!r}: need a non-negative number of seconds")
+        frames = frames_for_duration(float(duration), features)
+    else:
+        raise fail("neither num_frames nor duration given")
+    return UtteranceRef(num_frames=frames, **values)
+
+
+# ----------------------------------------------------------------------------------------------
+# One speaker's utterances
+
+@dataclass(frozen=True)
+class SpeakerUtterances:
+    """A speaker's eligible utterances, sorted by (session, utterance id), so that each session
+    is one contiguous block starting at `session_starts[k]`."""
+
+    split: str
+    speaker: str
+    utterances: Tuple[str, ...]
+    session_starts: Tuple[int, ...]
+
+    @classmethod
+    def build(cls, split: str, speaker: str, items: Iterable[Tuple[str, str]]) -> "SpeakerUtterances":
+        """From (utterance, session) pairs; a repeated utterance id is an error."""
+        ordered = sorted((session, utterance) for utterance, session in items)
+        if not ordered:
+            raise PairsInputError(f"speaker {speaker!r}: no utterances")
+        utterances = tuple(u for _, u in ordered)
+        if len(set(utterances)) != len(utterances):
+            repeated = sorted(u for u, c in Counter(utterances).items() if c > 1)
+            raise PairsInputError(f"speaker {speaker!r}: utterance {repeated[0]!r} is listed twice")
+        starts = [k for k in range(len(ordered)) if k == 0 or ordered[k][0] != ordered[k - 1][0]]
+        return cls(split, speaker, utterances, tuple(starts))
+
+    @property
+    def sessions(self) -> int:
+        return len(self.session_starts)
+
+    def _blocks(self, cross_session: bool) -> Sequence[int]:
+        """Block starts: sessions for cross-session positives, else every utterance alone."""
+        return self.session_starts if cross_session else range(len(self.utterances))
+
+    def positives_available(self, cross_session: bool) -> int:
+        n = len(self.utterances)
+        if not cross_session:
+            return n * (n - 1) // 2
+        bounds = list(self.session_starts) + [n]
+        same_session = sum((b - a) * (b - a - 1) // 2 for a, b in zip(bounds, bounds[1:]))
+        return n * (n - 1) // 2 - same_session
+
+
+def _rng(config: PairConfig, kind: str, split: str, speaker: str) -> random.Random:
+    # random.Random seeds a str through SHA-512: stable across runs, processes and platforms,
+    # and independent of PYTHONHASHSEED.
+    return random.Random(f"speechpipe.speakers.pairs/{config.seed}/{kind}/{split}/{speaker}")
+
+
+def sample_distinct(rng: random.Random, population: int, k: int) -> List[int]:
+    """k distinct integers of range(population), in draw order (Floyd's algorithm).
+
+    O(k) time and memory whatever the population, and it uses only randrange, whose output for a
+    seed has been stable across Python releases (random.sample's internals have not)."""
+    if not 0 <= k <= population:
+        raise ValueError(f"cannot draw {k} distinct values from {population}")
+    chosen: Dict[int, None] = {}  # insertion-ordered set
+    for j in range(population - k, population):
+        t = rng.randrange(j + 1)
+        chosen[j if t in chosen else t] = None
+    return list(chosen)
+
+
+def sample_positives(group: SpeakerUtterances, config: PairConfig) -> Tuple[List[Tuple[str, str]], int]:
+    """(same-speaker pairs, candidates available). At most `speaker_cap` pairs.
+
+    Candidate t is decoded without listing candidates: block u (a session, or one utterance
+    when sessions may repeat) owns the pairs whose first utterance lies in it and whose second
+    lies in a later block; there are size_u * after_u of them, and t's offset inside that range
+    gives both utterances directly."""
+    n = len(group.utterances)
+    starts = list(group._blocks(config.cross_session))
+    ends = starts[1:] + [n]
+    first: List[int] = []  # cumulative candidate count before each block
+    total = 0
+    for a, b in zip(starts, ends):
+        first.append(total)
+        total += (b - a) * (n - b)
+    k = min(config.speaker_cap, total)
+    rng = _rng(config, "same", group.split, group.speaker)
+    pairs = []
+    for t in sample_distinct(rng, total, k):
+        u = bisect.bisect_right(first, t) - 1
+        after = n - ends[u]
+        i, j = divmod(t - first[u], after)
+        pairs.append((group.utterances[starts[u] + i], group.utterances[ends[u] + j]))
+    return pairs, total
+
+
+# ----------------------------------------------------------------------------------------------
+# A split's plan: speaker order, positive total, negative links
+
+def speaker_rank_key(seed: int, split: str, speaker: str) -> bytes:
+    """Speakers are ranked by a keyed hash: a seeded shuffle that needs no global RNG state."""
+    return hashlib.blake2b(f"{seed}/{split}/{speaker}".encode(), digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """Everything a speaker's worker needs to draw its negatives: the speakers of the split in
+    rank order with their utterances, and the number of negatives to spread over the links.
+
+    Its size is that of the split's utterance ids, whatever the number of pairs."""
+
+    split: str
+    speakers: Tuple[str, ...]  # rank order
+    utterances: Tuple[Tuple[str, ...], ...]  # per rank, as in SpeakerUtterances
+    positives: int  # planned over the split: sum of min(cap, available)
+    negatives: int  # target over the split
+    capped_speakers: int  # speakers with more candidates than the cap
+    ranks: Dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.ranks:
+            self.ranks.update((s, r) for r, s in enumerate(self.speakers))
+
+    @classmethod
+    def build(cls, split: str, groups: Iterable[SpeakerUtterances], config: PairConfig) -> "SplitPlan":
+        groups = sorted(groups, key=lambda g: speaker_rank_key(config.seed, split, g.speaker))
+        positives = capped = 0
+        for g in groups:
+            if g.split != split:
+                raise PairsInputError(f"speaker {g.speaker!r} of split {g.split!r} planned in {split!r}")
+            available = g.positives_available(config.cross_session)
+            positives += min(config.speaker_cap, available)
+            capped += available > config.speaker_cap
+        return cls(
+            split=split,
+            speakers=tuple(g.speaker for g in groups),
+            utterances=tuple(g.utterances for g in groups),
+            positives=positives,
+            negatives=config.negatives_for(positives),
+            capped_speakers=capped,
+        )
+
+    @property
+    def links(self) -> int:
+        s = len(self.speakers)
+        return s * (s - 1) // 2
+
+    def links_from(self, rank: int) -> Iterator[Tuple[int, int]]:
+        """(partner rank, negatives on the link) for the links that `rank` owns.
+
+        Links are numbered offset-major, (o - 1) * S + rank, and the negatives dealt over them in
+        that order (N // L each, one more for the first N % L), so while negatives are fewer than
+        links, whole rounds of offsets go to every speaker alike. Iteration stops at the first
+        link without a negative, so the work is bounded by the negatives yielded."""
+        s = len(self.speakers)
+        total_links = self.links
+        if total_links == 0 or self.negatives == 0:
+            return
+        base, extra = divmod(self.negatives, total_links)
+        half = s // 2
+        for offset in range(1, half + 1):
+            if s % 2 == 0 and offset == half and rank >= half:
+                break  # {r, r + S/2} is the same link as {r + S/2, r}: owned by the lower rank
+            quota = base + ((offset - 1) * s + rank < extra)
+            if quota == 0:
+                break
+            yield (rank + offset) % s, quota
+
+
+def sample_negatives(group: SpeakerUtterances, plan: SplitPlan, config: PairConfig) -> Tuple[List[Tuple[str, str]], int]:
+    """(different-speaker pairs owned by this speaker, shortfall).
+
+    The shortfall counts negatives a link could not take because the two speakers have fewer
+    utterance combinations than its quota (only in tiny splits); it is reported, not hidden."""
+    rank = plan.ranks.get(group.speaker)
+    if rank is None:
+        raise PairsInputError(f"speaker {group.speaker!r} is not in the plan of split {plan.split!r}")
+    mine = group.utterances
+    rng = _rng(config, "different", group.split, group.speaker)
+    pairs: List[Tuple[str, str]] = []
+    shortfall = 0
+    for partner, quota in plan.links_from(rank):
+        theirs = plan.utterances[partner]
+        m = len(theirs)
+        grid = len(mine) * m
+        take = min(quota, grid)
+        shortfall += quota - take
+        for cell in sample_distinct(rng, grid, take):
+            i, j = divmod(cell, m)
+            pairs.append((mine[i], theirs[j]))
+    return pairs, shortfall
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer's pair record, encoded without TensorFlow
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+_SMALL_VARINTS = tuple(_varint(n) for n in range(1 << 14))  # every length a pair record has
+
+
+def _length(value: int) -> bytes:
+    return _SMALL_VARINTS[value] if value < 16384 else _varint(value)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2) whose tag byte is `tag`."""
+    return tag + _length(len(payload)) + payload
+
+
+_T1, _T2, _T3 = b"\x0a", b"\x12", b"\x1a"  # field 1, 2 and 3, wire type 2
+
+
+def _feature_entry(key: bytes, feature: bytes) -> bytes:
+    # Features.feature is map<string, Feature>: repeated entries {1: key, 2: value}
+    return _field(_T1, _field(_T1, key) + _field(_T2, feature))
+
+
+def _bytes_feature(value: bytes) -> bytes:
+    return _field(_T1, _field(_T1, value))  # Feature.bytes_list(1) -> BytesList.value(1)
+
+
+_LABEL_ENTRIES = {  # Feature.int64_list(3) -> Int64List.value(1), packed
+    label: _feature_entry(LABEL_KEY.encode(), _field(_T3, _field(_T1, _varint(label))))
+    for label in (SAME, DIFFERENT)
+}
+_KEY_A, _KEY_B = UTTERANCE_A_KEY.encode(), UTTERANCE_B_KEY.encode()
+
+
+def encode_pair_example(label: int, utterance_a: str, utterance_b: str) -> bytes:
+    """A serialized tf.train.Example {label: int64, utterance_a: bytes, utterance_b: bytes}.
+
+    Written by hand (the wire format is fixed) because building 10 million protos through
+    tf.train.Example costs more than drawing the pairs; tests check it against TensorFlow."""
+    features = (
+        _LABEL_ENTRIES[label]
+        + _feature_entry(_KEY_A, _bytes_feature(utterance_a.encode()))
+        + _feature_entry(_KEY_B, _bytes_feature(utterance_b.encode()))
+    )
+    return _field(_T1, features)
+
+
+def _crc32c_function():
+    try:
+        import google_crc32c
+
+        return google_crc32c.value
+    except ImportError:  # crcmod comes with Beam; slower, same result
+        import crcmod.predefined
+
+        return crcmod.predefined.mkPredefinedCrcFun("crc-32c")
+
+
+_crc32c = _crc32c_function()
+
+
+def _masked_crc(data: bytes) -> bytes:
+    crc = _crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8 & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def tfrecord_frame(record: bytes) -> bytes:
+    """One TFRecord: length (uint64 LE), its masked CRC-32C, the data, the data's masked CRC."""
+    length = len(record).to_bytes(8, "little")
+    return length + _masked_crc(length) + record + _masked_crc(record)
+
+
+def encode_pair_block(pairs: Iterable[Tuple[int, str, str]]) -> bytes:
+    """Framed TFRecords of (label, utterance_a, utterance_b) pairs, back to back: what a
+    TFRecord file holds, so blocks can be written as they are (see pairs_job.PairRecordSink)."""
+    return b"".join(tfrecord_frame(encode_pair_example(label, a, b)) for label, a, b in pairs)
+
+
+def decode_pair_block(block: bytes) -> List[bytes]:
+    """The records of a block (checksums verified): for tests and tools."""
+    records = []
+    position = 0
+    while position < len(block):
+        length_bytes = block[position:position + 8]
+        if len(length_bytes) < 8 or block[position + 8:position + 12] != _masked_crc(length_bytes):
+            raise ValueError(f"corrupt TFRecord length at byte {position}")
+        length = int.from_bytes(length_bytes, "little")
+        record = block[position + 12:position + 12 + length]
+        if len(record) != length or block[position + 12 + length:position + 16 + length] != _masked_crc(record):
+            raise ValueError(f"corrupt TFRecord data at byte {position}")
+        records.append(record)
+        position += 16 + length
+    return records
+
+
+def _read_varint(data: bytes, position: int) -> Tuple[int, int]:
+    value = shift = 0
+    while True:
+        if position >= len(data):
+            raise ValueError("truncated varint")
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, position
+
+
+def _message_fields(data: bytes) -> Iterator[Tuple[int, int, object]]:
+    """(field number, wire type, value) of a protobuf message: varints and length-delimited
+    fields only, which is all a pair Example holds."""
+    position = 0
+    while position < len(data):
+        key, position = _read_varint(data, position)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, position = _read_varint(data, position)
+            yield number, wire, value
+        elif wire == 2:
+            length, position = _read_varint(data, position)
+            if position + length > len(data):
+                raise ValueError("truncated field")
+            yield number, wire, data[position:position + length]
+            position += length
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+
+
+def decode_pair_example(record: bytes) -> Tuple[int, str, str]:
+    """(label, utterance_a, utterance_b) of a pair Example, without TensorFlow (tests, tools)."""
+    values: Dict[str, object] = {}
+    for number, _, features in _message_fields(record):
+        if number != 1:
+            continue
+        for _, _, entry in _message_fields(features):  # map entries
+            key, feature = None, b""
+            for n, _, v in _message_fields(entry):
+                if n == 1:
+                    key = v.decode("utf-8")
+                elif n == 2:
+                    feature = v
+            for kind, _, payload in _message_fields(feature):
+                if kind == 1:  # BytesList
+                    values[key] = [v.decode("utf-8") for n, _, v in _message_fields(payload) if n == 1]
+                elif kind == 3:  # Int64List, packed or not
+                    ints: List[int] = []
+                    for n, wire, v in _message_fields(payload):
+                        if wire == 0:
+                            ints.append(v)
+                        else:
+                            p = 0
+                            while p < len(v):
+                                x, p = _read_varint(v, p)
+                                ints.append(x)
+                    values[key] = ints
+    try:
+        (label,), (a,), (b,) = values[LABEL_KEY], values[UTTERANCE_A_KEY], values[UTTERANCE_B_KEY]
+    except (KeyError, ValueError):
+        raise ValueError(f"not a pair Example: keys {sorted(values)}") from None
+    return int(label), a, b
+
+
+def read_pair_file(path: str) -> List[Tuple[int, str, str]]:
+    """Every (label, utterance_a, utterance_b) of one of the job's pair files (GZIP TFRecord),
+    without TensorFlow: for tests and tools. The trainer reads them with pair_dataset. `path` is
+    local, or a URI read through Beam's FileSystems (which the pair job writes with)."""
+    import gzip
+
+    if "://" in path:
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(path, compression_type=CompressionTypes.GZIP) as f:
+            return [decode_pair_example(record) for record in decode_pair_block(f.read())]
+    with gzip.open(path, "rb") as f:
+        return [decode_pair_example(record) for record in decode_pair_block(f.read())]
