@@ -20,6 +20,7 @@ export PYTHONWARNINGS ?= ignore::FutureWarning
 help:
 	@echo "make demo   synthesise the demo corpus and run the pipeline on embedded defaults"
 	@echo "make test   run the test suite (installs the environment first)"
+	@echo "make test-fast  the suite without end-to-end runs and learning tests (markers e2e, slow)"
 	@echo "make bench  run the benchmarks in bench/"
 	@echo "make lock   re-resolve requirements.in into requirements.lock"
 
@@ -41,6 +42,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not e2e and not slow"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -1,4 +1,4 @@
-"""Beam options for Dataflow, Flink and portable runners (pipeline/beam_options.py): each builder's
+"""Beam options for Dataflow, Flink and portable runners (src/speechpipe/pipeline/beam_options.py): each builder's
 flags are real Beam options, bad values are refused by name, and the feature and pair jobs run
 with the Flink builder's flags through the PortableRunner, against Beam's own job service and an
 external worker pool (the services of tests/test_features_portable.py)."""

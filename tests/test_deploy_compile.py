@@ -1,4 +1,4 @@
-"""`speechpipe compile` (pipeline/kubeflow_v2_runner.py): the compiled spec parses with KFP's own
+"""`speechpipe compile` (src/speechpipe/pipeline/kubeflow_v2_runner.py): the compiled spec parses with KFP's own
 pipeline-spec protos, holds every node of the local DAG, requests GPUs for the trainers and for
 nothing else, runs every container on the image, roots the pipeline on object storage and passes
 the cluster's Beam options to the Beam stages."""

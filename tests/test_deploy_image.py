@@ -1,7 +1,8 @@
-"""deploy/Dockerfile and /.dockerignore (no Docker daemon here: the build itself is not run). The
-image is built from the lock with the lock's uv, for the Python and Beam versions the lock pins,
-installs the project where the compiled pipeline looks for it, runs as a non-root user and starts
-Beam's worker boot program; the build context lets in the project and nothing else."""
+"""deploy/Dockerfile and /.dockerignore, read as text (tests/test_deploy_image_steps.py runs the
+build stage's steps). The image is built from the lock with the lock's uv, for the Python and Beam
+versions the lock pins, installs the project where the compiled pipeline looks for it, runs as a
+non-root user and starts Beam's worker boot program; the build context lets in the project and
+nothing else."""
 import os
 import re
 
@@ -22,6 +23,7 @@ def _lock_pin(package: str) -> str:
 
 
 DOCKERFILE = _read("deploy", "Dockerfile")
+STEPS = _read("deploy", "image_steps.sh")  # the build stage's steps (tests/test_deploy_image_steps.py runs them)
 
 
 def _arg(name: str) -> str:
@@ -41,19 +43,20 @@ def test_the_image_has_the_locked_python_and_beam():
 
 def test_the_image_is_built_from_the_lock():
     assert "COPY requirements.lock ./" in DOCKERFILE
-    assert "\"$(grep -m1 '^uv==' requirements.lock)\"" in DOCKERFILE  # uv at the lock's version
-    assert "uv pip sync --python /opt/venv/bin/python requirements.lock" in DOCKERFILE
+    assert '"uv==$(lock_pin uv)"' in STEPS  # uv at the lock's version
+    assert 'uv" pip sync --python "$VENV/bin/python" requirements.lock' in STEPS
     # The CUDA libraries come as tensorflow's extra at the lock's tensorflow version.
-    assert "tensorflow[${TF_EXTRA}]==$(sed -n 's/^tensorflow==" in DOCKERFILE
+    assert '"tensorflow[$TF_EXTRA]==$(lock_pin tensorflow)"' in STEPS
     assert _arg("TF_EXTRA") == "and-cuda"
+    assert "ENV VENV=/opt/venv" in DOCKERFILE
 
 
 def test_the_project_is_installed_where_the_pipeline_reads_it():
     assert f"WORKDIR {IMAGE_ROOT}" in DOCKERFILE
     assert f"COPY --from=build {IMAGE_ROOT} {IMAGE_ROOT}" in DOCKERFILE
-    assert "--no-deps --no-cache ." in DOCKERFILE  # installed, not editable
-    assert IMAGE_SCHEMA_FILE == f"{IMAGE_ROOT}/schemas/features.pbtxt" and os.path.exists(
-        os.path.join(REPO, "schemas", "features.pbtxt"))
+    assert "--no-deps --no-cache ." in STEPS  # installed, not editable
+    assert IMAGE_SCHEMA_FILE == f"{IMAGE_ROOT}/src/speechpipe/schemas/features.pbtxt" and os.path.exists(
+        os.path.join(REPO, "src", "speechpipe", "schemas", "features.pbtxt"))
     assert IMAGE_SETUP_FILE == f"{IMAGE_ROOT}/setup.py"
 
 
@@ -67,9 +70,8 @@ def test_the_build_context_is_the_project_only():
     lines = [line.strip() for line in _read(".dockerignore").splitlines() if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"  # everything is out unless let in
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    # What setup.py packages and builds from, and the lock.
-    setup = _read("setup.py")
-    packages = set(re.findall(r'"speechpipe\.\w+": "(\w+)"', setup)) | {"speechpipe"}
-    assert packages | {"setup.py", "pyproject.toml", "requirements.lock"} == allowed
+    # The package's source tree, what setup.py and the sdist build from, the lock, and the steps.
+    assert allowed == {"src", "setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "requirements.in",
+                       "requirements.lock", "deploy/image_steps.sh", "deploy/check_install.py"}
     for heavy in (".venv", ".git", "speechpipe_home", "bench", "tests"):
         assert heavy not in allowed

@@ -1,4 +1,4 @@
-"""Scheduled retraining (pipeline/schedules.py) and run submission (pipeline/submit.py), without a
+"""Scheduled retraining (src/speechpipe/pipeline/schedules.py) and run submission (src/speechpipe/pipeline/submit.py), without a
 cluster: the launcher is a valid KFP pipeline that runs `speechpipe compile` with the schedule's
 options, the KFP recurring-run body is the one kfp.Client itself sends, the Vertex schedule parses
 as aiplatform's Schedule, and submissions make the calls the clients expect."""

@@ -1,5 +1,5 @@
 """Homes and spans on object storage (RunConfig's paths, span fingerprints) and span discovery
-(pipeline/spans.py), locally and on an in-memory object store (tests/memfs.py)."""
+(src/speechpipe/pipeline/spans.py), locally and on an in-memory object store (tests/memfs.py)."""
 import json
 import os
 import shutil

@@ -1,4 +1,4 @@
-"""ExamplesUnion (components/examples_union.py): two spans' feature outputs -> one Examples
+"""ExamplesUnion (src/speechpipe/components/examples_union.py): two spans' feature outputs -> one Examples
 artifact holding every shard, locally and on object storage (TensorFlow's ram://, as in
 tests/test_object_storage.py)."""
 import json
@@ -36,7 +36,7 @@ def second_features(tmp_path_factory) -> str:
 
 
 def _member(uri: str, span: int, artifact_id: int, summary_dir: str = None) -> standard_artifacts.Examples:
-    """An Examples artifact as FeatureGen publishes it (components/feature_gen.py)."""
+    """An Examples artifact as FeatureGen publishes it (src/speechpipe/components/feature_gen.py)."""
     with open(os.path.join(summary_dir or uri, "summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
     artifact = standard_artifacts.Examples()

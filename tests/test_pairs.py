@@ -1,4 +1,4 @@
-"""The pair builder: sampling rules (speechpipe.speakers.pairs) and the Beam job (pipeline/pairs_job.py).
+"""The pair builder: sampling rules (speechpipe.speakers.pairs) and the Beam job (src/speechpipe/pipeline/pairs_job.py).
 
 Index files are generated here (`write_index`) in the feature job's layout, so these tests do
 not depend on the feature job."""

@@ -1,4 +1,4 @@
-"""RegistryChampion (components/registry_champion.py, `speechpipe compile --champion-from registry`):
+"""RegistryChampion (src/speechpipe/components/registry_champion.py, `speechpipe compile --champion-from registry`):
 the champion from a local SQLite MLflow registry's `champion` alias, published as a Model
 artifact, or marked absent, which the trainers and evaluators then treat as "no champion"."""
 import json

@@ -1,18 +1,36 @@
-"""A `speechpipe run` killed part-way (SIGKILL while the Trainer runs) resumes on the next run: the
-nodes that completed are ML Metadata cache hits with the very same artifacts, and the rest run."""
+"""A `speechpipe run` killed part-way (the process dies inside the Trainer) resumes on the next run:
+the nodes that completed are ML Metadata cache hits with the very same artifacts, and the rest run.
+
+The kill is injected, not timed: the run's process is `speechpipe run` with the CTC trainer's
+run_fn replaced by one that SIGKILLs its own process, so it always dies at the same point, inside
+the Trainer's execution, whatever the machine's speed."""
 import os
-import signal
 import subprocess
 import sys
-import time
+
+import pytest
 
 from speechpipe.pipeline.local_runner import run_pipeline
 from speechpipe.results.report import run_nodes
 from tests.test_tfx_pipeline import tiny_config
 
+pytestmark = pytest.mark.e2e
+
+# `speechpipe run` in a process whose CTC trainer kills the process the moment it starts training.
+_KILLED_RUN = """
+import os, signal, sys
+from speechpipe.components import ctc_pipeline_trainer
+def run_fn(fn_args):
+    print("[test] killing the run inside the Trainer", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+ctc_pipeline_trainer.run_fn = run_fn
+from speechpipe.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
 
 def _cli_args(home, span):
-    return [sys.executable, "-m", "speechpipe.cli", "run", "--home", str(home), "--span", span, "--in-memory",
+    return ["run", "--home", str(home), "--span", span, "--in-memory", "--no-speaker",
             "--lstm-units", "16", "--max-epochs", "1", "--max-minutes", "1", "--batch-size", "8", "--patience", "1",
             "--max-per", "10"]
 
@@ -20,22 +38,11 @@ def _cli_args(home, span):
 def test_killed_run_resumes_with_the_same_artifacts(tiny_corpus, tmp_path):
     span = os.path.join(tiny_corpus, "manifest.jsonl")
     home = tmp_path / "home"
-    process = subprocess.Popen(_cli_args(home, span), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
-    lines = []
-    deadline = time.time() + 480
-    try:
-        for line in process.stdout:
-            lines.append(line)
-            if line.strip().endswith("Trainer ..."):
-                time.sleep(3)  # inside training
-                os.killpg(process.pid, signal.SIGKILL)
-                break
-            assert time.time() < deadline, "".join(lines)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    done = subprocess.run([sys.executable, "-c", _KILLED_RUN, *_cli_args(home, span)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=600)
+    lines = done.stdout.splitlines(keepends=True)
+    assert done.returncode == -9, (done.returncode, done.stdout[-3000:], done.stderr[-3000:])
+    assert "[test] killing the run inside the Trainer" in done.stdout
     assert any("Trainer ..." in line for line in lines), "".join(lines)
     killed_run = lines[0].split()[1].rstrip(":")
     config = tiny_config(home, [span])

@@ -141,8 +141,26 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+# FutureWarnings that Google's client libraries raise on import, about versions the lock pins
+# (grpcio, google-cloud-storage): every process, Beam worker and TFX node would print them.
+_GOOGLE_FUTURE_WARNINGS = ("google.auth.transport.grpc", "google.cloud.aiplatform.models")
+
+
+def quiet_dependency_warnings() -> None:
+    """Hides those warnings here and, through PYTHONWARNINGS, in every subprocess; a user's own
+    PYTHONWARNINGS is kept and comes first."""
+    import warnings
+
+    for module in _GOOGLE_FUTURE_WARNINGS:
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module.replace(".", r"\.") + "$")
+    ours = ",".join(f"ignore::FutureWarning:{module}" for module in _GOOGLE_FUTURE_WARNINGS)
+    user = os.environ.get("PYTHONWARNINGS", "")
+    os.environ["PYTHONWARNINGS"] = f"{user},{ours}" if user and ours not in user else (user or ours)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     quiet_tensorflow()
+    quiet_dependency_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in BEAM_JOBS:
         # argparse's REMAINDER does not take leading --options: hand the job its argv directly.

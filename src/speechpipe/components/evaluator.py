@@ -32,7 +32,7 @@ def serving_dir(model_uri: str) -> str:
 
 def present_champion(champion):
     """The champion to compare with, or None: none resolved, or one published as absent (the
-    registry step of `--champion-from registry`, components/registry_champion.py, always
+    registry step of `--champion-from registry`, src/speechpipe/components/registry_champion.py, always
     publishes a Model artifact and marks it absent when the registry has no champion)."""
     if champion is None or not champion.uri:
         return None

@@ -222,7 +222,7 @@ def union_examples(members: Sequence[Tuple[int, types.Artifact]], output: types.
 def member_spans(examples: Sequence[types.Artifact]) -> List[Tuple[str, str]]:
     """(span, ML Metadata id) of every span behind some Examples artifacts, in span order: a
     union stands for its members (its `spans` and `span_examples_ids`), any other artifact for
-    itself. For lineage tags (components/registry_pusher.py)."""
+    itself. For lineage tags (src/speechpipe/components/registry_pusher.py)."""
     out: List[Tuple[str, str]] = []
     for artifact in sorted(examples, key=lambda a: a.span or 0):
         spans = artifact.get_string_custom_property("spans") if artifact.has_custom_property("spans") else ""

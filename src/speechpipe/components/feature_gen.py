@@ -1,4 +1,4 @@
-"""FeatureGen: the feature job (pipeline/features_job.py) as a TFX component.
+"""FeatureGen: the feature job (src/speechpipe/pipeline/features_job.py) as a TFX component.
 
 One FeatureGen node per span. Its output is an `Examples` artifact in TFX's layout
 (`Split-{train,validation,test}/`), with `span` set and the feature job's summary, dead-letter

@@ -1,4 +1,4 @@
-"""PairGen: the pair builder (pipeline/pairs_job.py) as a TFX component, one node per span.
+"""PairGen: the pair builder (src/speechpipe/pipeline/pairs_job.py) as a TFX component, one node per span.
 
 Its output, a `SpeakerPairs` artifact, holds the span's same/different-speaker pairs
 (`pairs/<split>/`) and its VoxCeleb-format trial lists (`trials_<split>.txt`); the speaker

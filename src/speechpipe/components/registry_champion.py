@@ -2,9 +2,9 @@
 
 `speechpipe compile --champion-from registry`. Open-source Kubeflow Pipelines runs no resolver
 tasks ("resolver executors not implemented"), so the ML Metadata champion resolver
-(components/champion_resolver.py) cannot run there. This container step stands in for it: it asks
-the registry (speechpipe/results/registry.py) for the version of the branch's model that holds the alias
-`champion` (moved by components/registry_pusher.py after each blessed, smoke-tested push),
+(src/speechpipe/components/champion_resolver.py) cannot run there. This container step stands in for it: it asks
+the registry (src/speechpipe/results/registry.py) for the version of the branch's model that holds the alias
+`champion` (moved by src/speechpipe/components/registry_pusher.py after each blessed, smoke-tested push),
 downloads that version's SavedModel and publishes it as the `model` output, a standard Model
 artifact with the SavedModel in `Format-Serving/`, which the trainer (warm start, `base_model`)
 and the evaluator (champion comparison) consume as they consume a resolved champion.
@@ -18,7 +18,7 @@ No champion (no registered model, no alias, or only versions on this data key): 
 publishes its outputs, so the Model artifact is published *marked absent*: custom property
 `champion` = 0 with `why`, no SavedModel, and a `NO_CHAMPION` file in `Format-Serving/`. The
 consumers treat it exactly as the resolver's empty answer: the evaluators compare with nothing
-(`components/evaluator.py`, `present_champion`) and the trainers, whose run_fn is then one of the
+(`src/speechpipe/components/evaluator.py`, `present_champion`) and the trainers, whose run_fn is then one of the
 wrappers below, get no `base_model` (warm start: "no champion yet" / "no champion given").
 
 Caching: the step's execution parameters are the registry, the model name and this run's data
@@ -165,7 +165,7 @@ def _drop_absent_champion(fn_args) -> None:
 
 
 def ctc_run_fn(fn_args) -> None:
-    """The CTC trainer's run_fn (components/ctc_pipeline_trainer.py) with a registry champion."""
+    """The CTC trainer's run_fn (src/speechpipe/components/ctc_pipeline_trainer.py) with a registry champion."""
     from speechpipe.components import ctc_pipeline_trainer
 
     _drop_absent_champion(fn_args)
@@ -173,7 +173,7 @@ def ctc_run_fn(fn_args) -> None:
 
 
 def embedder_run_fn(fn_args) -> None:
-    """The speaker embedder's run_fn (components/embedder_trainer.py) with a registry champion."""
+    """The speaker embedder's run_fn (src/speechpipe/components/embedder_trainer.py) with a registry champion."""
     from speechpipe.components import embedder_trainer
 
     _drop_absent_champion(fn_args)

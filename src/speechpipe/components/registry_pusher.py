@@ -62,7 +62,7 @@ class Executor(base_executor.BaseExecutor):
         model = artifact_utils.get_single_instance(input_dict["model"])
         blessing = artifact_utils.get_single_instance(input_dict["model_blessing"])
         # The spans behind the training examples: a multi-span pipeline's ExamplesUnion stands for its
-        # members (components/examples_union.py), so the tags name every span and its FeatureGen output.
+        # members (src/speechpipe/components/examples_union.py), so the tags name every span and its FeatureGen output.
         spans = member_spans(input_dict["examples"])
         pushed = artifact_utils.get_single_instance(output_dict["pushed_model"])
         run_id = (self._context.pipeline_run_id if self._context else None) or "unknown"
@@ -113,7 +113,7 @@ class Executor(base_executor.BaseExecutor):
             "warm_start": str(bool(warm.get("warm_start"))),
             "champion_before": str(evaluation.get("champion", {}) and evaluation["champion"].get("model_id") or ""),
         }
-        if champion.get("registry_version"):  # a registry champion (components/registry_champion.py)
+        if champion.get("registry_version"):  # a registry champion (src/speechpipe/components/registry_champion.py)
             tags["champion_before_version"] = str(champion["registry_version"])
         params = {f"{kind}_config": json.dumps(training.get("config", {})), "model_uri": model.uri}
         files = {}

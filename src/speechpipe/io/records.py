@@ -14,7 +14,7 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
-# Feature keys; schemas/features.pbtxt describes the same keys for TFDV.
+# Feature keys; src/speechpipe/schemas/features.pbtxt describes the same keys for TFDV.
 UTTERANCE = "utterance"
 SPEAKER = "speaker"
 SESSION = "session"

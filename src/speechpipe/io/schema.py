@@ -8,7 +8,7 @@ SCHEMA_FILE = "features.pbtxt"
 
 
 def schema_path() -> str:
-    """Path of schemas/features.pbtxt (ImportSchemaGen takes a path)."""
+    """Path of src/speechpipe/schemas/features.pbtxt (ImportSchemaGen takes a path)."""
     return str(resources.files("speechpipe.schemas").joinpath(SCHEMA_FILE))
 
 

@@ -1,6 +1,6 @@
 """German IPA phone inventory and the tokenizer from an IPA string to phones.
 
-Policy (also written in schemas/phones_de.json and docs/phones.md):
+Policy (also written in src/speechpipe/schemas/phones_de.json and docs/phones.md):
 - affricates (pf, ts, tʃ, dʒ), long vowels (with ː) and diphthongs are single phones;
 - a length mark belongs to the vowel before it; a length mark that forms no phone is an error;
 - stress marks (ˈ ˌ), syllable boundaries (.), linking (‿) and word spaces carry no phone and are

@@ -40,6 +40,23 @@ ENVIRONMENT_TYPES = ("DOCKER", "EXTERNAL", "PROCESS", "LOOPBACK")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 
 
+# Beam's SDK workers log two warnings on every start that hold for every speechpipe job and ask
+# nothing of a user: no staged main session (speechpipe defines no DoFn in __main__), and the
+# DirectRunner-only flags a worker does not parse. Those two loggers are set to ERROR on the workers;
+# anything else they log still shows. A user's own --sdk_harness_log_level_overrides wins.
+WORKER_LOG_OVERRIDES = "--sdk_harness_log_level_overrides=" + json.dumps(
+    {"apache_beam.runners.worker.sdk_worker_main": "ERROR", "apache_beam.options.pipeline_options": "ERROR"},
+    separators=(",", ":"))
+
+
+def with_quiet_workers(args: Sequence[str]) -> List[str]:
+    """`args` with WORKER_LOG_OVERRIDES, unless they set the overrides themselves."""
+    args = list(args)
+    if any(a.split("=", 1)[0] == "--sdk_harness_log_level_overrides" for a in args):
+        return args
+    return args + [WORKER_LOG_OVERRIDES]
+
+
 class BeamOptionsError(ValueError):
     """A Beam option is missing, out of range or inconsistent with another."""
 
@@ -70,8 +87,8 @@ class DirectArgs:
             raise BeamOptionsError(f"num_workers={self.num_workers}: must be >= 0 (0 = one per core)")
 
     def to_args(self) -> List[str]:
-        return ["--runner=DirectRunner", f"--direct_running_mode={self.running_mode}",
-                f"--direct_num_workers={self.num_workers}"]
+        return with_quiet_workers(["--runner=DirectRunner", f"--direct_running_mode={self.running_mode}",
+                                   f"--direct_num_workers={self.num_workers}"])
 
 
 @dataclass(frozen=True)
@@ -202,7 +219,7 @@ RunnerArgs = Union[DirectArgs, DataflowArgs, PortableArgs, FlinkArgs]
 def add_arguments(parser: argparse.ArgumentParser, runner_flag: str = "--beam-runner") -> None:
     """The options of every builder, as flags (shared by `speechpipe compile` and this module's
     command line). `runner_flag` is omitted (empty) where the runner is a positional argument."""
-    group = parser.add_argument_group("Beam stages (pipeline/beam_options.py)")
+    group = parser.add_argument_group("Beam stages (src/speechpipe/pipeline/beam_options.py)")
     if runner_flag:
         group.add_argument(runner_flag, dest="beam_runner", choices=RUNNERS, default="direct",
                            help="where the Beam stages run (default: direct, inside each stage's pod)")

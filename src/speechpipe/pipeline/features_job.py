@@ -325,7 +325,7 @@ def write_outputs(outputs: Dict[str, beam.PCollection], out_dir: str, num_shards
 
 def read_back(out_dir: str) -> Dict[str, Dict[str, int]]:
     """Reads every shard (each record's checksums verified) and counts its examples:
-    {split: {shard file name: count}}. No TensorFlow: see speechpipe/io/example_proto.py."""
+    {split: {shard file name: count}}. No TensorFlow: see src/speechpipe/io/example_proto.py."""
     from speechpipe.io.example_proto import Example, read_tfrecord_file
 
     found: Dict[str, Dict[str, int]] = {}
@@ -407,7 +407,9 @@ def run(argv: Optional[List[str]] = None) -> int:
         hop_length=args.hop_length, n_mels=args.n_mels, normalization=args.normalization,
         max_seconds=args.max_seconds,
     ))
-    options = PipelineOptions(beam_args)
+    from speechpipe.pipeline.beam_options import with_quiet_workers
+
+    options = PipelineOptions(with_quiet_workers(beam_args))
     options.view_as(SetupOptions).save_main_session = False
     direct = options.view_as(DirectOptions)
     # Users get all cores by default; tests pass --direct_running_mode=in_memory.

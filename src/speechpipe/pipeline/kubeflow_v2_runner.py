@@ -12,14 +12,14 @@ run` option applies), compiled by TFX's KubeflowV2DagRunner. What changes for a 
 - every node runs the one image (deploy/Dockerfile), which holds the project at IMAGE_ROOT;
 - the home is on object storage (gs://, s3://): the pipeline root lies under it, and ML Metadata
   is the cluster's own store;
-- the trainers (TRAINER_NODE_IDS), and only they, request GPUs (pipeline/cluster_resources.py);
-- the Beam stages get the runner options of pipeline/beam_options.py (Dataflow, Flink, ...);
+- the trainers (TRAINER_NODE_IDS), and only they, request GPUs (src/speechpipe/pipeline/cluster_resources.py);
+- the Beam stages get the runner options of src/speechpipe/pipeline/beam_options.py (Dataflow, Flink, ...);
 - the registry is an MLflow server the pods reach (`--tracking-uri`), not SQLite under the home;
 - KFP's resolver queries stand in for the ML Metadata champion strategy (`_champion_queries`), or,
   with `--champion-from registry` (open-source KFP runs no resolver tasks), a container step reads
-  the MLflow registry's `champion` alias (components/registry_champion.py);
+  the MLflow registry's `champion` alias (src/speechpipe/components/registry_champion.py);
 - several spans compile as they run locally: KFP v2 compiles no channel union, so the trainers
-  read one ExamplesUnion node's output (components/examples_union.py), in both DAGs.
+  read one ExamplesUnion node's output (src/speechpipe/components/examples_union.py), in both DAGs.
 
 Output: `--target kubeflow` writes YAML, the PipelineSpec followed by its Kubernetes PlatformSpec
 (GPU node selectors), as `kfp.Client` and the KFP UI upload it. `--target vertex` writes the
@@ -187,7 +187,7 @@ def _explain(error: Exception) -> str:
     if "Only single Channel is supported" in text:
         return (f"{text}: KubeflowV2DagRunner compiles no union of channels; every node input must be one "
                 "upstream output (several spans reach the trainers through an ExamplesUnion node, "
-                "components/examples_union.py)")
+                "src/speechpipe/components/examples_union.py)")
     if "Invalid custom artifact type name" in text:
         return (f"{text}: KFP v2 needs custom artifact type names shaped <namespace>.<Name> "
                 "(e.g. speechpipe.ValidationResult); docs/deploy.md, 'Limits'")
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", required=True, help="the image built from deploy/Dockerfile, as the cluster pulls it")
     parser.add_argument("--home", required=True, help="gs://BUCKET/PATH or s3://BUCKET/PATH: the pipeline root's parent")
     span_discovery.add_arguments(parser)
-    resources = parser.add_argument_group("trainer resources (pipeline/cluster_resources.py)")
+    resources = parser.add_argument_group("trainer resources (src/speechpipe/pipeline/cluster_resources.py)")
     resources.add_argument("--accelerator-type", default="L4",
                            help=f"the trainers' GPU: {', '.join(ACCELERATORS)}, a Vertex type (NVIDIA_...) or a "
                                 "Kubernetes resource (nvidia.com/gpu); 'none' for CPU-only trainers")
@@ -283,13 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 "cloud.google.com/gke-accelerator=<gpu>; 'none' for no selector)")
     resources.add_argument("--component-cpu", type=float, default=None, help="vCPUs for every other node")
     resources.add_argument("--component-memory", type=float, default=None, help="GB of memory for every other node")
-    champion = parser.add_argument_group("champion (components/registry_champion.py)")
+    champion = parser.add_argument_group("champion (src/speechpipe/components/registry_champion.py)")
     champion.add_argument("--champion-from", choices=("resolver", "registry"), default="resolver",
                           help="resolver: KFP resolver tasks query ML Metadata (Vertex AI runs them); registry: a "
                                "container step reads the MLflow registry's `champion` alias (open-source KFP, "
                                "whose backend runs no resolver tasks)")
     beam_options.add_arguments(parser)
-    submit = parser.add_argument_group("submission and schedule (pipeline/submit.py, pipeline/schedules.py)")
+    submit = parser.add_argument_group("submission and schedule (src/speechpipe/pipeline/submit.py, src/speechpipe/pipeline/schedules.py)")
     submit.add_argument("--schema-file", default=IMAGE_SCHEMA_FILE, help="the TFMD schema as the pods see it")
     submit.add_argument("--submit", action="store_true", help="start a run of the compiled pipeline")
     submit.add_argument("--kfp-host", default=None, help="kubeflow: the KFP API (default: in-cluster / "

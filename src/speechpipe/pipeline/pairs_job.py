@@ -656,7 +656,9 @@ def pipeline_options(beam_args: List[str], input_bytes: int = 0) -> PipelineOpti
         args.append(f"--direct_running_mode={mode}")
         if mode == "multi_processing" and not _has_option(args, "--direct_num_workers"):
             args.append("--direct_num_workers=0")  # 0: one worker per core
-    options = PipelineOptions(args)
+    from speechpipe.pipeline.beam_options import with_quiet_workers
+
+    options = PipelineOptions(with_quiet_workers(args))
     options.view_as(SetupOptions).save_main_session = False  # DoFns live in importable modules
     return options
 

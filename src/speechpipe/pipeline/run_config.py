@@ -26,7 +26,7 @@ EMBEDDER_MODEL_NAME = "speechpipe-embedder"
 
 @dataclass(frozen=True)
 class CTCBudget:
-    """What the CTC trainer may spend; becomes `CTCTrainConfig` json (components/ctc_trainer.py)."""
+    """What the CTC trainer may spend; becomes `CTCTrainConfig` json (src/speechpipe/components/ctc_trainer.py)."""
 
     lstm_units: Tuple[int, ...] = (100, 100, 150)
     frame_stack: int = 2
@@ -51,7 +51,7 @@ class CTCBudget:
 @dataclass(frozen=True)
 class EmbedderBudget:
     """What the speaker-embedder trainer may spend; becomes `EmbedderTrainConfig` json
-    (components/embedder_trainer.py)."""
+    (src/speechpipe/components/embedder_trainer.py)."""
 
     max_seconds: float = 240.0
     max_steps: int = 0  # 0 = no step limit
@@ -141,9 +141,11 @@ class RunConfig:
 
     @property
     def effective_beam_args(self) -> List[str]:
+        from speechpipe.pipeline.beam_options import with_quiet_workers
+
         if self.beam_args:
-            return list(self.beam_args)
-        return ["--direct_running_mode=multi_processing", f"--direct_num_workers={os.cpu_count() or 1}"]
+            return with_quiet_workers(self.beam_args)
+        return with_quiet_workers(["--direct_running_mode=multi_processing", f"--direct_num_workers={os.cpu_count() or 1}"])
 
     def to_json(self) -> Dict[str, object]:
         return asdict(self)

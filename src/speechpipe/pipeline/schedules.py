@@ -102,7 +102,7 @@ def kfp_recurring_run(launcher_spec: Dict[str, Any], cron: str, display_name: st
 
     return kfp_server_api.V2beta1RecurringRun(
         display_name=display_name,
-        description="speechpipe scheduled retraining (pipeline/schedules.py)",
+        description="speechpipe scheduled retraining (src/speechpipe/pipeline/schedules.py)",
         experiment_id=experiment_id,
         pipeline_spec=launcher_spec,
         runtime_config=kfp_server_api.V2beta1RuntimeConfig(parameters={}),

@@ -120,7 +120,7 @@ def resolve_spans(explicit: Sequence[str], spans_from: Optional[str] = None,
         if not found:
             marker = f" with a {ready_marker!r} marker" if ready_marker else ""
             raise ConfigError(f"--spans-from {spans_from!r}: no span{marker} found (a span is a folder holding "
-                              f"{MANIFEST}, {KALDI_TABLE} or VoxCeleb-layout audio; see pipeline/spans.py)")
+                              f"{MANIFEST}, {KALDI_TABLE} or VoxCeleb-layout audio; see src/speechpipe/pipeline/spans.py)")
         spans += [s for s in found if s not in spans]
     return tuple(spans)
 

@@ -1,7 +1,7 @@
 """Starting a run of a compiled pipeline: on Kubeflow Pipelines through `kfp.Client`, on Vertex AI
 through `aiplatform.PipelineJob`.
 
-`speechpipe compile --submit` calls `submit`; the scheduled launcher (pipeline/schedules.py) runs
+`speechpipe compile --submit` calls `submit`; the scheduled launcher (src/speechpipe/pipeline/schedules.py) runs
 exactly that command inside the cluster, so a schedule compiles against the spans published by
 then and starts the run. The client factories are parameters so that the requests can be checked
 without a cluster.

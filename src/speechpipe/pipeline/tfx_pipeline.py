@@ -14,9 +14,9 @@
                             -> SpeakerRegistryPusher
     with champion_from="registry" (open-source KFP runs no resolver tasks): RegistryChampion and
     SpeakerRegistryChampion, container steps reading the MLflow registry's `champion` alias, stand
-    in for the two resolvers (components/registry_champion.py).
+    in for the two resolvers (src/speechpipe/components/registry_champion.py).
 
-`pipeline/local_runner.py` runs it with LocalDagRunner, Beam's DirectRunner and SQLite ML Metadata
+`src/speechpipe/pipeline/local_runner.py` runs it with LocalDagRunner, Beam's DirectRunner and SQLite ML Metadata
 under one home folder; the same function serves other orchestrators (KFP) unchanged.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ CTC_RUN_FN = "speechpipe.components.ctc_pipeline_trainer.run_fn"
 EMBEDDER_RUN_FN = "speechpipe.components.embedder_trainer.run_fn"
 
 # The node ids of the trainers: the only nodes a cluster deployment gives GPUs to
-# (pipeline/kubeflow_v2_runner.py). "SpeakerTrainer" exists when the speaker branch is on.
+# (src/speechpipe/pipeline/kubeflow_v2_runner.py). "SpeakerTrainer" exists when the speaker branch is on.
 CTC_TRAINER_ID = "Trainer"
 SPEAKER_TRAINER_ID = "SpeakerTrainer"
 TRAINER_NODE_IDS = (CTC_TRAINER_ID, SPEAKER_TRAINER_ID)
@@ -75,7 +75,7 @@ def create_pipeline(
     """spans: (input path, content fingerprint) per span, span number = position. champion_from:
     "resolver" (the champion through ML Metadata, ChampionStrategy) or "registry" (a container
     step reads the MLflow registry's `champion` alias: for orchestrators without resolver tasks,
-    open-source KFP; components/registry_champion.py)."""
+    open-source KFP; src/speechpipe/components/registry_champion.py)."""
     if champion_from not in CHAMPION_SOURCES:
         raise ValueError(f"champion_from={champion_from!r}: one of {', '.join(CHAMPION_SOURCES)}")
     from speechpipe.components.evaluator import SpeechEvaluator
@@ -86,7 +86,7 @@ def create_pipeline(
     components: List = []
     feature_json = json.dumps(feature_config.to_json(), sort_keys=True)
 
-    # The TFMD schema is part of the code (schemas/features.pbtxt), not inferred from whatever data
+    # The TFMD schema is part of the code (src/speechpipe/schemas/features.pbtxt), not inferred from whatever data
     # arrived: a span that drifts from it must fail, not redefine it.
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
     components.append(schema_gen)
@@ -188,7 +188,7 @@ def create_pipeline(
 
 def examples_of_all_spans(span_examples: List, gates: List, node_id: str):
     """(channel, node or None): the one Examples channel that holds every span's splits. One span:
-    its FeatureGen's channel, no node. More: an ExamplesUnion node (components/examples_union.py)
+    its FeatureGen's channel, no node. More: an ExamplesUnion node (src/speechpipe/components/examples_union.py)
     with one input per span, run only after every span passed its gate, and its output."""
     if len(span_examples) == 1:
         return span_examples[0], None
@@ -231,7 +231,7 @@ def champion_node(champion_from: str, data_key: str, model_kind: str, tracking_u
 
 def _run_fn(run_fn: str, champion_from: str) -> str:
     """A trainer's run_fn; with a registry champion, its wrapper that drops a champion published
-    as absent (components/registry_champion.py), so the trainer sees no base model, as when the
+    as absent (src/speechpipe/components/registry_champion.py), so the trainer sees no base model, as when the
     resolver finds none."""
     if champion_from != "registry":
         return run_fn
