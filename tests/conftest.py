@@ -4,7 +4,7 @@ import pytest
 
 from tests.helpers import make_tiny_corpus
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ def span(tmp_path_factory) -> str:
 
 
 def _config(spans, include_speaker: bool) -> RunConfig:
-    return RunConfig(home=HOME, spans=tuple(spans), include_speaker=include_speaker, tracking_uri=TRACKING,
+    return RunConfig(home=HOME, spans=tuple(spans), branches=("ctc", "speaker") if include_speaker else ("ctc",), tracking_uri=TRACKING,
                      beam_args=tuple(DATAFLOW.to_args()))
 
 
@@ -155,7 +155,7 @@ def test_the_compiled_spec(span, tmp_path, target, out, include_speaker):
     kinds = ["ctc", "speaker"] if include_speaker else ["ctc"]
     assert sorted(resolver_filters) == sorted(
         'schema_title="tfx.ModelBlessing" AND state=LIVE AND metadata.blessed.number_value=1 AND '
-        f'metadata.model_kind.string_value="{kind}" AND metadata.data_key.string_value!="{compiled.data_key}"'
+        f'metadata.model_kind.string_value="{kind}" AND metadata.data_key.string_value!="{compiled.data_keys[kind]}"'
         for kind in kinds)
 
 

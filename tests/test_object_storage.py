@@ -451,7 +451,7 @@ def test_tfx_pipeline_with_root_and_span_on_object_storage(remote_features, tmp_
     span, _, _ = remote_features
     root = f"{bucket}/pipeline_root"
     config = RemoteRootConfig(
-        home=str(tmp_path / "home"), spans=(f"{span}/manifest.jsonl",), include_speaker=False, max_per=10.0,
+        home=str(tmp_path / "home"), spans=(f"{span}/manifest.jsonl",), branches=("ctc",), max_per=10.0,
         ctc=CTCBudget(lstm_units=(16,), max_epochs=1, max_minutes=1.0, batch_size=8, patience=1),
         beam_args=tuple(IN_MEMORY), remote_root=root)
     summary = run_pipeline(config)

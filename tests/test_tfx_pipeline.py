@@ -29,7 +29,7 @@ def tiny_config(home, spans, **changes) -> RunConfig:
     # The tiny corpus has one validation and one test speaker: the CTC branch only
     # (tests/test_tfx_pipeline_speaker.py runs both).
     base = RunConfig(home=str(home), spans=tuple(spans), ctc=TINY_CTC, beam_args=("--direct_running_mode=in_memory",),
-                     max_per=10.0, include_speaker=False)  # an untrained tiny model must still be blessed on run 1
+                     max_per=10.0, branches=("ctc",))  # an untrained tiny model must still be blessed on run 1
     return replace(base, **changes)
 
 

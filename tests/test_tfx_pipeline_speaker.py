@@ -25,7 +25,7 @@ TINY_EMBEDDER = EmbedderBudget(max_seconds=60.0, max_steps=20, eval_every_steps=
 
 
 def speaker_config(home, spans, **changes) -> RunConfig:
-    base = RunConfig(home=str(home), spans=tuple(spans), ctc=TINY_CTC, embedder=TINY_EMBEDDER, include_speaker=True,
+    base = RunConfig(home=str(home), spans=tuple(spans), ctc=TINY_CTC, embedder=TINY_EMBEDDER, branches=("ctc", "speaker"),
                      beam_args=("--direct_running_mode=in_memory",), max_per=10.0, max_eer=1.0)
     return replace(base, **changes)
 

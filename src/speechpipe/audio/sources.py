@@ -28,6 +28,7 @@ MISSING_FIELD = "missing_field"
 OUTSIDE_ROOT = "outside_root"
 COMMAND_NOT_SUPPORTED = "command_not_supported"
 UNKNOWN_PHONE = "unknown_phone"
+UNPHONEMISABLE = "unphonemisable"  # text that espeak-ng cannot turn into the inventory's phones
 DUPLICATE_UTTERANCE = "duplicate_utterance"
 BAD_LAYOUT = "bad_layout"
 MISSING_SPEAKER = "missing_speaker"

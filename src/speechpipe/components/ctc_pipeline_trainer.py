@@ -9,7 +9,6 @@ differs (another feature config or LSTM sizes) it logs why and trains from scrat
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 from speechpipe.io import storage
 

@@ -144,11 +144,13 @@ def SpeechEvaluator(  # noqa: N802
     data_key: Parameter[str] = "",
 ) -> None:
     test_uri = storage.join(examples.uri, "Split-test")
-    candidate = transcriber_per(serving_dir(model.uri), test_uri)
+    # The inventory the test transcripts were tokenised with (FeatureGen records it).
+    inventory = examples.get_string_custom_property("phone_inventory") or "phones_de.json"
+    candidate = transcriber_per(serving_dir(model.uri), test_uri, inventory=inventory)
     champion_metrics = None
     champion = present_champion(champion)
     if champion is not None:
-        champion_metrics = transcriber_per(serving_dir(champion.uri), test_uri)
+        champion_metrics = transcriber_per(serving_dir(champion.uri), test_uri, inventory=inventory)
     reasons = decide({"per": candidate["per"]}, {"per": champion_metrics["per"]} if champion_metrics else None,
                      {"per": max_per}, {"per": min_per_improvement})
     blessed = not reasons

@@ -31,7 +31,8 @@ def FeatureGen(  # noqa: N802 - TFX names components in CamelCase
     input_fingerprint: Parameter[str],
     beam_args: Parameter[str] = "[]",
     split_fractions: Parameter[str] = "0.8,0.1,0.1",
-    inventory: Parameter[str] = "phones_de.json",
+    inventory: Parameter[str] = "",
+    language: Parameter[str] = "",
 ) -> None:
     from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
@@ -45,7 +46,7 @@ def FeatureGen(  # noqa: N802 - TFX names components in CamelCase
     spec = make_spec(input_path, split_fractions=fractions)
     options = PipelineOptions(json.loads(beam_args))
     options.view_as(SetupOptions).save_main_session = False
-    summary = run_job(spec, config, examples.uri, options, inventory_name=inventory)
+    summary = run_job(spec, config, examples.uri, options, inventory_name=inventory, language=language)
 
     examples.span = span
     examples.version = 0
@@ -57,3 +58,4 @@ def FeatureGen(  # noqa: N802 - TFX names components in CamelCase
     examples.set_string_custom_property("dead_letter", json.dumps(summary["dead_letter"], sort_keys=True))
     examples.set_int_custom_property("inputs", int(summary["inputs"]))
     examples.set_float_custom_property("audio_hours", sum(summary["audio_seconds"].values()) / 3600)
+    examples.set_string_custom_property("phone_inventory", summary["phone_inventory"])

@@ -102,7 +102,9 @@ def SpeakerEvaluator(  # noqa: N802
 
     storage.makedirs(blessing.uri)
     test_uri = storage.join(examples.uri, "Split-test")
-    trials = storage.join(pairs.uri, TRIALS_FILE.format(split="test"))
+    # The test span's own list, or the official list PairGen checked against it.
+    listed = pairs.get_string_custom_property("test_trials_file") or TRIALS_FILE.format(split="test")
+    trials = storage.join(pairs.uri, listed)
     if not storage.exists(trials):
         raise FileNotFoundError(f"no test trial list at {trials}: the test split of span {examples.span} has no "
                                 "pairs (it needs 2 or more speakers with utterances of one segment or longer)")
@@ -131,5 +133,7 @@ def SpeakerEvaluator(  # noqa: N802
         "thresholds": {"max_eer": max_eer, "min_eer_improvement": min_eer_improvement},
         "test_examples": {"id": examples.id, "span": examples.span, "uri": test_uri},
         "trials": trials, "det_png": storage.join(blessing.uri, DET_PLOT), "data_key": data_key,
+        # What the EER is measured on, as the report names it.
+        "trial_list": pairs.get_string_custom_property("official_trials") or "built from the test split",
     }
     write_blessing(blessing, evaluation, model, champion, data_key, MODEL_KIND, "eer")

@@ -1,9 +1,10 @@
 """ValidationGate: stops the run before training when a span's data is not fit to train on.
 
 ExampleValidator only *reports* anomalies; this node reads its report (and the feature job's
-dead-letter counts) and fails the execution when anything is wrong. The Trainer depends on every
-span's gate, so a failed gate means no trainer, no evaluation and no push in that run; the run
-ends with `ValidationGateError` naming the span and the reasons, and the report says so.
+dead-letter counts) and fails the execution when anything is wrong. A branch's Trainer depends on
+the gate of every span it reads, so a failed gate means no training, evaluation or push in that
+branch (the other branch, on other spans, goes on); the run ends with `ValidationGateError`
+naming the span and the reasons, and the report says which branch stopped and why.
 """
 # No `from __future__ import annotations`: TFX reads the component signature's annotations as types.
 
@@ -90,7 +91,6 @@ def ValidationGate(  # noqa: N802
     storage.makedirs(result.uri)
     storage.write_json(storage.join(result.uri, "validation.json"), verdict, indent=1)
     if reasons:
-        raise ValidationGateError(f"span {examples.span} failed validation, nothing is trained or pushed: "
-                                  + "; ".join(reasons))
+        raise ValidationGateError(f"span {examples.span} failed validation: " + "; ".join(reasons))
     result.set_int_custom_property("passed", 1)
     result.set_int_custom_property("span", examples.span)

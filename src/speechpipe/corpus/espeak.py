@@ -2,6 +2,16 @@
 
 espeak-ng keeps its state in process globals, so one `EspeakEngine` exists per process
 (`EspeakEngine.get()`); parallel synthesis uses processes, never threads.
+
+Two kinds of that state decide an utterance's samples besides its text and voice:
+- espeak-ng's own random generator (`espeak_rand`: breath noise and the Klatt voices' noise
+  source), which `espeak_Initialize` seeds from the clock. Voices with breath (Alicia, f2, f3,
+  f5, sandro, victor) came out different in every run. `synthesize` therefore seeds it for every
+  utterance (`espeak_ng_SetRandSeed`), so the samples no longer depend on when a process started.
+- static wave-generator state (pitch-flutter phase, gain control, Klatt filter memories) that no
+  call resets, so an utterance also depends on what the process synthesised before it: the corpus
+  synthesiser renders each speaker in a fresh process, in a fixed order
+  (tests/known_issues/test_espeak_static_state.py).
 """
 from __future__ import annotations
 
@@ -54,6 +64,8 @@ class EspeakEngine:
         import espeakng_loader  # imported here: only the corpus synthesiser needs it
 
         self._lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        self._lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        self._lib.espeak_ng_SetRandSeed.restype = None
         self._lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
         self._lib.espeak_TextToPhonemes.argtypes = [
             ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int
@@ -97,10 +109,12 @@ class EspeakEngine:
                 raise EspeakError(f"espeak-ng refused parameter {param}={value}")
         self._voice = voice
 
-    def synthesize(self, text: str, voice: EspeakVoice) -> np.ndarray:
-        """Returns int16 samples at `self.sample_rate`."""
+    def synthesize(self, text: str, voice: EspeakVoice, seed: int = 0) -> np.ndarray:
+        """Returns int16 samples at `self.sample_rate`. `seed` seeds espeak-ng's noise generator
+        for this utterance (breath and Klatt noise), so the same seed gives the same noise."""
         with self._lock:
             self._set_voice(voice)
+            self._lib.espeak_ng_SetRandSeed(int(seed) & 0x7FFFFFFF)
             self._chunks = []
             data = text.encode("utf-8")
             err = self._lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, _CHARS_UTF8, None, None)

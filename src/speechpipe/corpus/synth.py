@@ -164,7 +164,9 @@ def render_utterance(
 
     engine = EspeakEngine.get()
     espeak_voice = voice.espeak_voice()
-    raw = engine.synthesize(text, espeak_voice).astype(np.float64) / 32768.0
+    # espeak-ng's own noise (breath, Klatt) from the utterance's seed, not from the clock.
+    espeak_seed = int(np.random.default_rng([*noise_seed, 0xE5]).integers(0, 2**31))
+    raw = engine.synthesize(text, espeak_voice, espeak_seed).astype(np.float64) / 32768.0
     ipa = engine.phonemize(text, espeak_voice)
     # Playing the synthesiser's output as if it had been recorded at vtl * its rate scales the
     # formants (and the pitch and tempo) by vtl: a shorter or longer vocal tract.

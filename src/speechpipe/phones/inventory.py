@@ -18,6 +18,18 @@ from importlib import resources
 from typing import Dict, FrozenSet, List, Sequence, Tuple
 
 DEFAULT_INVENTORY = "phones_de.json"
+# The inventory of each corpus language speechpipe phonemises (espeak-ng's voice names).
+LANGUAGE_INVENTORIES: Dict[str, str] = {"de": "phones_de.json", "en-us": "phones_en.json"}
+
+
+def inventory_for(language: str = "") -> str:
+    """The inventory file of a corpus language; German's when no language is given."""
+    if not language:
+        return DEFAULT_INVENTORY
+    if language not in LANGUAGE_INVENTORIES:
+        raise ValueError(f"language {language!r}: speechpipe has phone inventories for "
+                         f"{', '.join(sorted(LANGUAGE_INVENTORIES))}")
+    return LANGUAGE_INVENTORIES[language]
 
 
 class UnknownPhoneError(ValueError):

@@ -33,8 +33,10 @@ from speechpipe.io.shards import LINES, TFRECORD, ShardedOutput, WriteShards
 from speechpipe.audio.decode import AudioRejected, check_usable, decode
 from speechpipe.config import FEATURE_KINDS, NORMALISATIONS, SPLITS, FeatureConfig
 from speechpipe.audio.features import GlobalStats, compute_features, normalise
+from speechpipe.phones.inventory import inventory_for
 from speechpipe.audio.sources import (
     UNKNOWN_PHONE,
+    UNPHONEMISABLE,
     DeadLetter,
     InputSpec,
     RawInput,
@@ -66,29 +68,51 @@ class ReadBackError(RuntimeError):
 
 class ParseInputFn(beam.DoFn):
     """RawInput -> SourceRecord (main) or DeadLetter (tagged); transcripts tokenized here so a
-    bad phone costs no decoding."""
+    bad phone costs no decoding. With a `language`, a transcript given as ordinary text (no IPA
+    `phones`) is phonemised by espeak-ng first, one engine per worker; a word it cannot turn into
+    the inventory's phones dead-letters the utterance, naming the word and the symbol."""
 
-    def __init__(self, spec: InputSpec, inventory_name: str) -> None:
+    def __init__(self, spec: InputSpec, inventory_name: str, language: str = "") -> None:
         self._spec = spec
         self._inventory_name = inventory_name
+        self._language = language
         self._inventory = None
+        self._phonemizer = None
 
     def setup(self) -> None:
         from speechpipe.phones.inventory import load_inventory
 
         self._inventory = load_inventory(self._inventory_name)
+        if self._language:
+            from speechpipe.phones.phonemizer import Phonemizer
+
+            self._phonemizer = Phonemizer(self._language)
+
+    def _transcribe(self, record: SourceRecord, item: RawInput):
+        """The record with its phones tokenised (from IPA, or from text through espeak-ng), or a
+        DeadLetter saying why not."""
+        from speechpipe.phones.inventory import UnknownPhoneError
+
+        try:
+            if record.phones is not None:
+                return replace(record, phones=" ".join(self._inventory.tokenize(record.phones)))
+            from speechpipe.phones.phonemizer import PhonemizeError
+
+            try:
+                return replace(record, phones=" ".join(self._phonemizer.phones(record.text)))
+            except PhonemizeError as error:
+                return DeadLetter(source=item.source, stage="transcript", reason=UNPHONEMISABLE,
+                                  detail=str(error), utterance=record.utterance)
+        except UnknownPhoneError as error:
+            return DeadLetter(source=item.source, stage="transcript", reason=UNKNOWN_PHONE,
+                              detail=str(error), utterance=record.utterance)
 
     def process(self, item: RawInput):
         Metrics.counter(METRICS_NAMESPACE, "inputs").inc()
         result = parse_input(item, self._spec)
-        if isinstance(result, SourceRecord) and result.phones is not None:
-            from speechpipe.phones.inventory import UnknownPhoneError
-
-            try:
-                result = replace(result, phones=" ".join(self._inventory.tokenize(result.phones)))
-            except UnknownPhoneError as error:
-                result = DeadLetter(source=item.source, stage="transcript", reason=UNKNOWN_PHONE,
-                                    detail=str(error), utterance=result.utterance)
+        if isinstance(result, SourceRecord) and (
+                result.phones is not None or (self._phonemizer is not None and result.text is not None)):
+            result = self._transcribe(result, item)
         if isinstance(result, DeadLetter):
             Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{result.reason}").inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, result)
@@ -244,7 +268,8 @@ def _index_line(example: records.UtteranceFeatures) -> str:
 
 # ---------------------------------------------------------------------------------- the DAG
 
-def build(pipeline: beam.Pipeline, spec: InputSpec, config: FeatureConfig, inventory_name: str = "phones_de.json") -> Dict[str, beam.PCollection]:
+def build(pipeline: beam.Pipeline, spec: InputSpec, config: FeatureConfig, inventory_name: str = "phones_de.json",
+          language: str = "") -> Dict[str, beam.PCollection]:
     """Adds the feature job's transforms; returns its PCollections by name (for tests and for
     `write_outputs`): examples, dead_letter and totals ({"counts": ..., "global_stats": ...})."""
     raw = (
@@ -256,7 +281,7 @@ def build(pipeline: beam.Pipeline, spec: InputSpec, config: FeatureConfig, inven
     # Listing runs on one worker, and so does parsing (a line or a path each, as cheap as
     # listing it): GroupByUtterance is the redistribution, before decoding, the expensive step.
     # A Reshuffle here as well cost a stage and an encoded copy of every input.
-    parsed = raw | "ParseInput" >> beam.ParDo(ParseInputFn(spec, inventory_name)).with_outputs(DEAD_LETTER, main=GOOD)
+    parsed = raw | "ParseInput" >> beam.ParDo(ParseInputFn(spec, inventory_name, language)).with_outputs(DEAD_LETTER, main=GOOD)
     unique = (
         parsed[GOOD]
         | "KeyByUtterance" >> beam.Map(lambda r: (r.utterance, r))
@@ -392,7 +417,10 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
     parser.add_argument("--split-fractions", default="0.8,0.1,0.1", help="train,validation,test by speaker when the input has no splits")
     parser.add_argument("--num-shards", type=int, default=0, help="shards per split (0: the runner decides)")
     parser.add_argument("--compression", choices=records.COMPRESSIONS, default="none", help="TFRecord compression, default none")
-    parser.add_argument("--inventory", default="phones_de.json", help="phone inventory for transcripts")
+    parser.add_argument("--inventory", default="", help="phone inventory for transcripts (default: the "
+                                                         "--language's, else phones_de.json)")
+    parser.add_argument("--language", default="", help="corpus language (de, en-us): transcripts given as text are "
+                                                       "phonemised with espeak-ng (default: transcripts are IPA)")
     return parser.parse_known_args(argv)
 
 
@@ -416,7 +444,8 @@ def run(argv: Optional[List[str]] = None) -> int:
     if not any(a.startswith("--direct_running_mode") for a in beam_args):
         direct.direct_running_mode = "multi_processing"
         direct.direct_num_workers = direct.direct_num_workers or os.cpu_count() or 1
-    result = run_job(spec, config, args.out, options, args.num_shards, args.inventory, args.compression)
+    result = run_job(spec, config, args.out, options, args.num_shards, args.inventory, args.compression,
+                     language=args.language)
     print(json.dumps({k: result[k] for k in ("inputs", "good", "dead_letter", "audio_seconds", "wall_seconds")}, indent=1))
     print(f"features written to {args.out}")
     return 0
@@ -445,14 +474,18 @@ def local_runner(options: PipelineOptions):
 
 
 def run_job(spec: InputSpec, config: FeatureConfig, out_dir: str, options: PipelineOptions,
-            num_shards: int = 0, inventory_name: str = "phones_de.json", compression: str = "none") -> Dict[str, object]:
-    """Runs the job, reads the output back, writes and returns summary.json."""
+            num_shards: int = 0, inventory_name: str = "", compression: str = "none",
+            language: str = "") -> Dict[str, object]:
+    """Runs the job, reads the output back, writes and returns summary.json. `inventory_name`
+    defaults to the language's inventory, or German's when no language is given."""
+    inventory_name = inventory_name or inventory_for(language)
     if storage.beam_exists(storage.join(out_dir, SUMMARY_FILE)):
         raise FileExistsError(f"{out_dir} already holds a feature job's output ({SUMMARY_FILE})")
     started = time.time()
     with beam.Pipeline(runner=local_runner(options), options=options) as pipeline:
-        write_outputs(build(pipeline, spec, config, inventory_name), out_dir, num_shards, compression)
+        write_outputs(build(pipeline, spec, config, inventory_name, language), out_dir, num_shards, compression)
     summary = summarise(out_dir, spec, config, inventory_name, time.time() - started)
+    summary["language"] = language or None
     storage.beam_write_bytes(storage.join(out_dir, SUMMARY_FILE),
                              (json.dumps(summary, indent=1, sort_keys=True) + "\n").encode("utf-8"),
                              mime_type="application/json")

@@ -43,7 +43,7 @@ from speechpipe.pipeline.cluster_resources import (
     apply_resources,
     kubernetes_platform_spec,
 )
-from speechpipe.pipeline.run_config import RunConfig, data_key, is_remote, span_fingerprint, validate_run_config
+from speechpipe.pipeline.run_config import RunConfig, data_keys, is_remote, span_fingerprint, validate_run_config
 from speechpipe.validation import ConfigError
 
 # Where deploy/Dockerfile puts the project's source inside the image: the nodes read the TFMD
@@ -94,7 +94,7 @@ class CompiledPipeline:
     job: Dict
     platform_spec: Dict
     trainer_tasks: List[str]
-    data_key: str
+    data_keys: Dict[str, str]  # per branch (src/speechpipe/pipeline/run_config.py, data_key)
     fingerprints: List[str]
 
     @property
@@ -117,17 +117,17 @@ def build_pipeline(config: RunConfig, cluster: ClusterConfig):
     if not is_remote(config.home):
         raise ConfigError(f"home={config.home!r}: a cluster pipeline needs its home on object storage (gs://, s3://), "
                           "which every pod reaches")
-    fingerprints = [span_fingerprint(s) for s in config.spans]
-    key = data_key(config, fingerprints)
+    fingerprints = [span_fingerprint(s) for s in config.all_spans]
+    keys = data_keys(config, fingerprints)
     pipeline = create_pipeline(
-        **pipeline_arguments(config, fingerprints, key),
+        **pipeline_arguments(config, fingerprints, keys),
         schema_path=cluster.schema_file,
         tracking_uri=cluster.tracking_uri,
         # The MLflow server's default artifact root (e.g. gs://BUCKET/mlflow) holds the models.
         artifact_root="",
         metadata_connection_config=None,
     )
-    return pipeline, key, fingerprints
+    return pipeline, keys, fingerprints
 
 
 def _champion_queries(pipeline) -> Dict[str, str]:
@@ -204,7 +204,7 @@ def compile_pipeline(config: RunConfig, cluster: ClusterConfig) -> CompiledPipel
     from speechpipe.pipeline.tfx_pipeline import TRAINER_NODE_IDS
 
     config = validate_run_config(config)
-    pipeline, key, fingerprints = build_pipeline(config, cluster)
+    pipeline, keys, fingerprints = build_pipeline(config, cluster)
     trainer_ids = apply_resources(pipeline, cluster.target, cluster.trainer, TRAINER_NODE_IDS, cluster.others)
     clauses = _champion_queries(pipeline)
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
@@ -220,7 +220,7 @@ def compile_pipeline(config: RunConfig, cluster: ClusterConfig) -> CompiledPipel
     platform = (kubernetes_platform_spec(spec, trainers, cluster.trainer.gpu_node_selector())
                 if cluster.target == "kubeflow" else {})
     return CompiledPipeline(target=cluster.target, job=job, platform_spec=platform, trainer_tasks=trainers,
-                            data_key=key, fingerprints=fingerprints)
+                            data_keys=keys, fingerprints=fingerprints)
 
 
 def check_out(out: str, target: str) -> None:
@@ -321,8 +321,9 @@ def configs_from_args(args: argparse.Namespace) -> Tuple[RunConfig, ClusterConfi
     from speechpipe.pipeline import local_runner
 
     explicit = args.spans or []
-    if not explicit and not args.spans_from:
-        raise ConfigError("spans: give --span URI (repeat) or --spans-from ROOT; a cluster has no demo corpus")
+    if not explicit and not args.spans_from and not args.ctc_spans and not args.speaker_spans:
+        raise ConfigError("spans: give --span URI (repeat), --spans-from ROOT, --ctc-span or --speaker-span; "
+                          "a cluster has no demo corpus")
     config = local_runner.config_from_args(args)
     # The spans are resolved here whatever config_from_args made of them: it defaults to the demo
     # corpus under the home, which a cluster does not have.

@@ -14,57 +14,57 @@ import argparse
 import datetime
 import logging
 import os
-import re
 import sys
 import time
 import uuid
 from dataclasses import replace
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from speechpipe.pipeline import spans as spans_module
 from speechpipe.pipeline.run_config import (
+    BRANCHES,
+    CTC,
+    SPEAKER,
     CTCBudget,
     EmbedderBudget,
     RunConfig,
-    data_key,
+    data_keys,
     embedded_artifact_root,
     is_remote,
     span_fingerprint,
     validate_run_config,
 )
+from speechpipe.phones.inventory import inventory_for
+from speechpipe.validation import ConfigError
 
-class _Progress(logging.Handler):
-    """Turns TFX's launcher log lines into one progress line per node."""
-
-    _running = re.compile(r"Component (\S+) is running")
-    _finished = re.compile(r"Component (\S+) is finished")
-    _cached = re.compile(r"A cached execution \d+ is used")
-    _skipped = re.compile(r"Skipping execution for")
+class _Progress:
+    """One line per node as the run goes: started, then executed, served from the cache, failed
+    or skipped (src/speechpipe/pipeline/local_dag.py reports each)."""
 
     def __init__(self, out) -> None:
-        super().__init__(logging.INFO)
-        self.out, self.started, self.node, self.node_started, self.cached = out, time.time(), None, 0.0, False
+        self.out, self.started = out, time.time()
         self.nodes: List[Dict[str, object]] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001
-            return
-        m = self._running.search(message)
-        if m:
-            self.node, self.node_started, self.cached = m.group(1), time.time(), False
-            print(f"[run {self._clock()}] {self.node} ...", file=self.out, flush=True)
-            return
-        if self._cached.search(message) or self._skipped.search(message):
-            self.cached = True
-            return
-        m = self._finished.search(message)
-        if m:
-            seconds = time.time() - self.node_started
-            how = "cached" if self.cached else "done"
-            self.nodes.append({"node": m.group(1), "how": how, "seconds": round(seconds, 1)})
-            print(f"[run {self._clock()}] {m.group(1)}: {how} ({seconds:.1f} s)", file=self.out, flush=True)
+    def start(self, node: str) -> None:
+        print(f"[run {self._clock()}] {node} ...", file=self.out, flush=True)
+
+    def end(self, outcome) -> None:
+        from speechpipe.pipeline.local_dag import FAILED, SKIPPED
+
+        entry = {"node": outcome.node, "how": outcome.how, "seconds": round(outcome.seconds, 1)}
+        if outcome.error is not None:
+            entry["error"] = f"{type(outcome.error).__name__}: {outcome.error}"
+        if outcome.why:
+            entry["why"] = outcome.why
+        self.nodes.append(entry)
+        if outcome.how == SKIPPED:
+            print(f"[run {self._clock()}] {outcome.node}: skipped ({outcome.why})", file=self.out, flush=True)
+        elif outcome.how == FAILED:
+            print(f"[run {self._clock()}] {outcome.node}: failed ({outcome.seconds:.1f} s): "
+                  f"{type(outcome.error).__name__}: {outcome.error}", file=self.out, flush=True)
+        else:
+            print(f"[run {self._clock()}] {outcome.node}: {outcome.how} ({outcome.seconds:.1f} s)", file=self.out,
+                  flush=True)
 
     def _clock(self) -> str:
         s = int(time.time() - self.started)
@@ -75,18 +75,25 @@ def new_run_id() -> str:
     return datetime.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def pipeline_arguments(config: RunConfig, fingerprints: List[str], key: str) -> Dict[str, object]:
+def pipeline_arguments(config: RunConfig, fingerprints: List[str], keys: Dict[str, str]) -> Dict[str, object]:
     """`create_pipeline`'s arguments that come from the run's configuration, the same for every
     orchestrator; each runner adds its own (metadata connection, schema file, registry URI and
-    artifact root)."""
+    artifact root). `fingerprints` are those of `config.all_spans`, `keys` the branches' data keys."""
+    def where(path: str) -> str:
+        return path if is_remote(path) else os.path.abspath(path)
+
     return dict(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        spans=[(s if is_remote(s) else os.path.abspath(s), f) for s, f in zip(config.spans, fingerprints)],
+        spans=[(where(s), f) for s, f in zip(config.all_spans, fingerprints)],
+        ctc_spans=list(config.span_numbers(CTC)),
+        speaker_spans=list(config.span_numbers(SPEAKER)),
         feature_config=config.features,
-        ctc_config=config.ctc.trainer_json(),
+        # The trainer's phone set is the one the feature job tokenised the transcripts with.
+        ctc_config={**config.ctc.trainer_json(), "inventory": inventory_for(config.language)},
         model_name=config.registry_model_name,
-        data_key=key,
+        data_key=keys.get(CTC, ""),
+        speaker_data_key=keys.get(SPEAKER, ""),
         test_span=config.test_span,
         max_per=config.max_per,
         min_per_improvement=config.min_per_improvement,
@@ -95,14 +102,15 @@ def pipeline_arguments(config: RunConfig, fingerprints: List[str], key: str) -> 
         warm_start=config.warm_start,
         beam_args=config.effective_beam_args,
         split_fractions=config.split_fractions,
-        include_speaker=config.include_speaker,
         speaker_feature_config=config.speaker_features,
         embedder_config=config.embedder.trainer_json(),
         embedder_model_name=config.embedder_model_name,
+        trials_file=where(config.trials_file) if config.trials_file else "",
         max_eer=config.max_eer,
         min_eer_improvement=config.min_eer_improvement,
         enable_cache=config.enable_cache,
         champion_from=config.champion_from,
+        language=config.language,
     )
 
 
@@ -113,52 +121,64 @@ def build(config: RunConfig):
     from speechpipe.pipeline.tfx_pipeline import create_pipeline
     from speechpipe.io.schema import schema_path
 
-    fingerprints = [span_fingerprint(s) for s in config.spans]
-    key = data_key(config, fingerprints)
+    fingerprints = [span_fingerprint(s) for s in config.all_spans]
+    keys = data_keys(config, fingerprints)
     os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
     artifact_root = embedded_artifact_root(config.home_abs) if config.registry_uri.startswith("sqlite:") else ""
     pipeline = create_pipeline(
-        **pipeline_arguments(config, fingerprints, key),
+        **pipeline_arguments(config, fingerprints, keys),
         schema_path=schema_path(),
         tracking_uri=config.registry_uri,
         artifact_root=artifact_root,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
     )
-    return pipeline, key, fingerprints
+    return pipeline, keys, fingerprints
 
 
-def _execute(pipeline, run_id: str) -> None:
+def _execute(pipeline, run_id: str, progress: _Progress) -> None:
     from tfx.dsl.compiler import compiler
-    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.portable import runtime_parameter_utils
+
+    from speechpipe.pipeline.local_dag import run_ir
 
     ir = compiler.Compiler().compile(pipeline)
     # Our own run id (LocalDagRunner would use the clock alone): the report and the registry name it.
     runtime_parameter_utils.substitute_runtime_parameter(ir, {"pipeline-run-id": run_id})
-    LocalDagRunner().run_with_ir(ir)
+    run_ir(ir, on_start=progress.start, on_end=progress.end)
+
+
+def log_path(config: RunConfig, run_id: str) -> str:
+    """The run's full log (TFX's, Beam's and speechpipe's own lines), next to its report."""
+    return os.path.join(config.home_abs, "logs", f"{run_id}.log")
 
 
 def run_pipeline(config: RunConfig, run_id: Optional[str] = None, out=sys.stdout, report: bool = True) -> Dict[str, object]:
     """Runs the pipeline once; returns the run's summary (see `speechpipe.results.report.collect`). Does
-    not raise on a failed run: the summary's `status` is `failed` and `error` says why."""
+    not raise on a failed run: the summary's `status` is `failed` and `error` says why. A failed
+    node stops its own branch; the other branch still runs to its end."""
     config = validate_run_config(config)
     run_id = run_id or new_run_id()
     os.makedirs(config.home_abs, exist_ok=True)
     started = time.time()
-    print(f"[run] {run_id}: {len(config.spans)} span(s), home {config.home_abs}", file=out, flush=True)
-    pipeline, key, fingerprints = build(config)
+    branches = ", ".join(f"{b} on {len(config.branch_spans(b))} span(s)" for b in config.branches)
+    print(f"[run] {run_id}: {branches}, home {config.home_abs}", file=out, flush=True)
+    pipeline, keys, fingerprints = build(config)
 
     from absl import logging as absl_logging
 
     progress = _Progress(out)
+    # TFX's and Beam's own lines go to the run's log file only: the terminal gets one line per event.
+    os.makedirs(os.path.dirname(log_path(config, run_id)), exist_ok=True)
+    log_file = logging.FileHandler(log_path(config, run_id), encoding="utf-8")
+    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     tfx_logger = logging.getLogger("absl")
     previous = (tfx_logger.level, tfx_logger.propagate, absl_logging.get_verbosity())
     absl_logging.set_verbosity(absl_logging.INFO)
     tfx_logger.setLevel(logging.INFO)
     tfx_logger.propagate = False
-    tfx_logger.addHandler(progress)
-    # speechpipe's own INFO lines (the trainers' epoch lines, warm start) as progress too.
-    # Not propagated: a root handler (Beam and TFX install one) would print every line again.
+    tfx_logger.addHandler(log_file)
+    # speechpipe's own INFO lines (the trainers' epoch lines, warm start) on the terminal too. Not
+    # propagated: a root handler (Beam and TFX install one) would print every line again.
     ours = logging.getLogger("speechpipe")
     ours_previous = (ours.level, ours.propagate)
     epoch_lines = logging.StreamHandler(out)
@@ -166,14 +186,17 @@ def run_pipeline(config: RunConfig, run_id: Optional[str] = None, out=sys.stdout
     ours.setLevel(logging.INFO)
     ours.propagate = False
     ours.addHandler(epoch_lines)
+    ours.addHandler(log_file)
     error: Optional[BaseException] = None
     try:
-        _execute(pipeline, run_id)
+        _execute(pipeline, run_id, progress)
     except Exception as e:  # noqa: BLE001 - reported, then returned as status=failed
         error = e
     finally:
-        tfx_logger.removeHandler(progress)
+        tfx_logger.removeHandler(log_file)
         ours.removeHandler(epoch_lines)
+        ours.removeHandler(log_file)
+        log_file.close()
         ours.setLevel(ours_previous[0])
         ours.propagate = ours_previous[1]
         tfx_logger.setLevel(previous[0])
@@ -181,7 +204,7 @@ def run_pipeline(config: RunConfig, run_id: Optional[str] = None, out=sys.stdout
         absl_logging.set_verbosity(previous[2])
     from speechpipe.results import report as report_module
 
-    summary = report_module.collect(config, run_id, error=error, data_key=key, fingerprints=fingerprints,
+    summary = report_module.collect(config, run_id, error=error, data_key=keys, fingerprints=fingerprints,
                                     wall_seconds=time.time() - started, progress=progress.nodes)
     if report:
         summary["report"] = report_module.write(config, summary)
@@ -203,8 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", default=d.home, help=f"home folder of the run (default {d.home})")
     parser.add_argument("--span", action="append", default=None, dest="spans",
-                        help="an input span (manifest.jsonl, VoxCeleb or Kaldi folder); repeat, oldest first. "
-                             "Default: HOME/corpus/manifest.jsonl, synthesised when missing")
+                        help="an input span for both branches (manifest.jsonl, VoxCeleb or Kaldi folder); repeat, "
+                             "oldest first. Default: HOME/corpus/manifest.jsonl, synthesised when missing")
+    parser.add_argument("--ctc-span", action="append", default=[], dest="ctc_spans", metavar="PATH",
+                        help="a span for the CTC branch only (a transcribed corpus); repeat, oldest first")
+    parser.add_argument("--speaker-span", action="append", default=[], dest="speaker_spans", metavar="PATH",
+                        help="a span for the speaker branch only (VoxCeleb: no transcripts needed); repeat, "
+                             "oldest first")
+    parser.add_argument("--branches", default=None, metavar="ctc,speaker",
+                        help="which branches run: ctc, speaker or ctc,speaker (default: both, or the ones "
+                             "--ctc-span / --speaker-span alone name)")
+    parser.add_argument("--trials", default="", metavar="FILE",
+                        help="an official VoxCeleb trial list (veri_test2.txt, list_test_hard2.txt, ...): the "
+                             "speaker branch's test protocol and blessing metric, on the test span's test split")
+    parser.add_argument("--language", default="",
+                        help="the corpus language (de, en-us) for transcripts given as ordinary text: espeak-ng "
+                             "turns them into the language's phones (default: transcripts are IPA)")
     spans_module.add_arguments(parser)
     parser.add_argument("--pipeline-name", default=d.pipeline_name)
     parser.add_argument("--test-span", type=int, default=d.test_span, help="span whose test split is the fixed test set")
@@ -232,27 +269,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embedder-minutes", type=float, default=e.max_seconds / 60, help="speaker embedder budget")
     parser.add_argument("--embedder-model-name", default=d.embedder_model_name)
     speaker = parser.add_mutually_exclusive_group()
-    speaker.add_argument("--speaker", dest="speaker", action="store_true", default=d.include_speaker,
-                         help="train, evaluate and push the speaker embedder too" +
-                              (" (the default)" if d.include_speaker else ""))
+    speaker.add_argument("--speaker", dest="speaker", action="store_true", default=None,
+                         help="both branches (the same as --branches ctc,speaker)")
     speaker.add_argument("--no-speaker", dest="speaker", action="store_false",
-                         help="the CTC branch only" + ("" if d.include_speaker else " (the default)"))
+                         help="the CTC branch only (the same as --branches ctc)")
     return parser
 
 
+def branches_from_args(args: argparse.Namespace) -> Tuple[str, ...]:
+    """--branches, else --speaker/--no-speaker, else the branches --ctc-span / --speaker-span name
+    when they are the only spans given, else both."""
+    if args.branches is not None:
+        chosen = tuple(b.strip() for b in args.branches.split(",") if b.strip())
+        if args.speaker is not None:
+            raise ConfigError("--branches and --speaker/--no-speaker: give one of them")
+        return chosen
+    if args.speaker is not None:
+        return BRANCHES if args.speaker else (CTC,)
+    if not args.spans and not getattr(args, "spans_from", None) and (args.ctc_spans or args.speaker_spans):
+        return tuple(b for b, own in ((CTC, args.ctc_spans), (SPEAKER, args.speaker_spans)) if own)
+    return BRANCHES
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    spans = (list(spans_module.resolve_spans(args.spans or [], args.spans_from, args.span_marker))
-             or [os.path.join(args.home, "corpus", "manifest.jsonl")])
+    branches = branches_from_args(args)
+    shared = list(spans_module.resolve_spans(args.spans or [], args.spans_from, args.span_marker))
+    if not shared and not args.ctc_spans and not args.speaker_spans:
+        shared = [os.path.join(args.home, "corpus", "manifest.jsonl")]
     d = RunConfig()
     ctc = replace(CTCBudget(), lstm_units=tuple(int(u) for u in args.lstm_units.split(",") if u),
                   max_epochs=args.max_epochs, max_minutes=args.max_minutes, batch_size=args.batch_size,
                   patience=args.patience)
     return replace(
-        d, home=args.home, spans=tuple(spans), pipeline_name=args.pipeline_name, test_span=args.test_span,
+        d, home=args.home, spans=tuple(shared), ctc_spans=tuple(args.ctc_spans), speaker_spans=tuple(args.speaker_spans),
+        branches=branches, trials_file=args.trials, language=args.language,
+        pipeline_name=args.pipeline_name, test_span=args.test_span,
         features=replace(d.features, normalization=args.normalization), ctc=ctc, max_per=args.max_per,
         min_per_improvement=args.min_per_improvement, max_dead_letter_fraction=args.max_dead_letter_fraction,
         warm_start=not args.no_warm_start, tracking_uri=args.tracking_uri, registry_model_name=args.model_name,
-        enable_cache=not args.no_cache, include_speaker=args.speaker,
+        enable_cache=not args.no_cache,
         speaker_features=replace(d.speaker_features, normalization=args.speaker_normalization),
         embedder=replace(d.embedder, max_seconds=60.0 * args.embedder_minutes), max_eer=args.max_eer,
         min_eer_improvement=args.min_eer_improvement, embedder_model_name=args.embedder_model_name,
@@ -268,7 +323,7 @@ def _ensure_demo_corpus(config: RunConfig, out=sys.stdout) -> None:
     from speechpipe.corpus.synth import read_corpus_settings, synthesize_corpus
 
     default = os.path.join(config.home, "corpus", "manifest.jsonl")
-    if config.spans != (default,):
+    if config.all_spans != (default,):
         return
     folder = os.path.dirname(default)
     if not os.path.exists(default):

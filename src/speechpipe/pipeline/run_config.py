@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import posixpath
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from speechpipe.config import FeatureConfig
@@ -20,6 +20,10 @@ from speechpipe.io.storage import walk_order
 from speechpipe.validation import ConfigError, validate_feature_config
 
 PIPELINE_NAME = "speechpipe"
+# The pipeline's two branches: the CTC phone recogniser and the speaker embedder. Each trains,
+# is evaluated, gated and pushed on its own spans.
+CTC, SPEAKER = "ctc", "speaker"
+BRANCHES: Tuple[str, ...] = (CTC, SPEAKER)
 CTC_MODEL_NAME = "speechpipe-ctc"
 EMBEDDER_MODEL_NAME = "speechpipe-embedder"
 
@@ -66,11 +70,18 @@ class EmbedderBudget:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One run of the TFX pipeline. Span i is `spans[i]` (a manifest.jsonl, a VoxCeleb-layout folder
-    or a Kaldi data folder); the fixed test split is the test split of span `test_span`."""
+    """One run of the TFX pipeline. A span is a manifest.jsonl, a VoxCeleb-layout folder or a Kaldi
+    data folder. `spans` feed both branches; `ctc_spans` and `speaker_spans` feed one branch only
+    (a transcribed corpus for the phone recogniser, VoxCeleb for the embedder). A branch's spans
+    are `spans` then its own, oldest first (`branch_spans`); its fixed test split is the test
+    split of its span number `test_span`."""
 
     home: str = "speechpipe_home"
     spans: Tuple[str, ...] = ()
+    ctc_spans: Tuple[str, ...] = ()
+    speaker_spans: Tuple[str, ...] = ()
+    # Which branches run; a branch that is off has no node in the pipeline.
+    branches: Tuple[str, ...] = BRANCHES
     pipeline_name: str = PIPELINE_NAME
     features: FeatureConfig = field(default_factory=FeatureConfig)
     # The speaker embedder's features: the same analysis, normalised globally (docs/embedder.md:
@@ -78,9 +89,12 @@ class RunConfig:
     speaker_features: FeatureConfig = field(default_factory=lambda: FeatureConfig(normalization="global"))
     ctc: CTCBudget = field(default_factory=CTCBudget)
     embedder: EmbedderBudget = field(default_factory=EmbedderBudget)
-    # The speaker branch (pair builder + siamese embedder + EER blessing + push). It needs 2 or more
-    # validation and test speakers and `embedder.speakers_per_batch` training speakers.
-    include_speaker: bool = True
+    # An official VoxCeleb trial list (veri_test2.txt, ...) as the speaker branch's test protocol, in
+    # place of the trial list built from the test span's test split; "" = built.
+    trials_file: str = ""
+    # The corpus language, for transcripts given as ordinary text: espeak-ng phonemises them and
+    # the language's inventory tokenises the result ("" = transcripts must be IPA).
+    language: str = ""
     warm_start: bool = True  # start the CTC trainer from the champion's weights when shapes agree
     test_span: int = 0
     # Validation gate: anomalies from ExampleValidator always stop the run; so do these.
@@ -103,6 +117,37 @@ class RunConfig:
     # open-source KFP runs no resolver tasks; `speechpipe compile --champion-from registry`).
     champion_from: str = "resolver"
     split_fractions: Tuple[float, float, float] = (0.8, 0.1, 0.1)  # for inputs without splits
+
+    # ---------------------------------------------------------------- spans per branch
+    @property
+    def include_speaker(self) -> bool:
+        """The speaker branch (pair builder + siamese embedder + EER blessing + push). It needs 2 or
+        more validation and test speakers and `embedder.speakers_per_batch` training speakers."""
+        return SPEAKER in self.branches
+
+    @property
+    def include_ctc(self) -> bool:
+        return CTC in self.branches
+
+    def branch_spans(self, branch: str) -> Tuple[str, ...]:
+        """The spans one branch trains on, oldest first: the shared ones, then its own."""
+        own = {CTC: self.ctc_spans, SPEAKER: self.speaker_spans}[branch]
+        return tuple(self.spans) + tuple(own) if branch in self.branches else ()
+
+    @property
+    def all_spans(self) -> Tuple[str, ...]:
+        """Every span of the run once, numbered by position: the shared ones, then the CTC
+        branch's own, then the speaker branch's own (each has one FeatureGen per feature set)."""
+        out: List[str] = []
+        for span in self.branch_spans(CTC) + self.branch_spans(SPEAKER):
+            if span not in out:
+                out.append(span)
+        return tuple(out)
+
+    def span_numbers(self, branch: str) -> Tuple[int, ...]:
+        """A branch's spans as numbers into `all_spans`."""
+        everything = self.all_spans
+        return tuple(everything.index(s) for s in self.branch_spans(branch))
 
     # ---------------------------------------------------------------- derived paths
     # A home on object storage (gs://, s3://: any URI with a scheme) is kept as given, not made
@@ -258,13 +303,20 @@ def _remote_span_fingerprint(uri: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def data_key(config: RunConfig, fingerprints: List[str]) -> str:
-    """Names the training data of a run: the spans' fingerprints and the feature config. The
-    champion resolver skips models blessed on this same key, so a re-run with nothing new resolves
-    the same champion as the run before it, and every node is a cache hit."""
-    payload = json.dumps({"spans": fingerprints, "features": config.features.to_json(),
-                          "speaker_features": config.speaker_features.to_json()}, sort_keys=True)
+def data_key(config: RunConfig, fingerprints: List[str], branch: str = CTC) -> str:
+    """Names one branch's training data: its spans' fingerprints and its feature config
+    (`fingerprints` are those of `config.all_spans`). The champion resolver skips models blessed on
+    this same key, so a re-run with nothing new resolves the same champion as the run before it,
+    and every node is a cache hit; a new span of the other branch changes nothing here."""
+    mine = [fingerprints[i] for i in config.span_numbers(branch)]
+    features = config.features if branch == CTC else config.speaker_features
+    payload = json.dumps({"branch": branch, "spans": mine, "features": features.to_json()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def data_keys(config: RunConfig, fingerprints: List[str]) -> Dict[str, str]:
+    """{branch: data key} for the branches that run."""
+    return {branch: data_key(config, fingerprints, branch) for branch in config.branches}
 
 
 def _span_exists(span: str) -> bool:
@@ -280,15 +332,38 @@ def _span_exists(span: str) -> bool:
 
 def validate_run_config(config: RunConfig) -> RunConfig:
     """Returns the config when it is valid; raises ConfigError naming the first bad value."""
-    if not config.spans:
+    unknown = [b for b in config.branches if b not in BRANCHES]
+    if not config.branches or unknown or len(set(config.branches)) != len(config.branches):
+        raise ConfigError(f"branches={list(config.branches)}: one or both of {', '.join(BRANCHES)}, each once")
+    for branch, own in ((CTC, config.ctc_spans), (SPEAKER, config.speaker_spans)):
+        if own and branch not in config.branches:
+            raise ConfigError(f"{branch}_spans: given, but the {branch} branch is off (branches={list(config.branches)})")
+    if not config.all_spans:
         raise ConfigError("spans: need at least one input (a manifest.jsonl or an audio folder)")
-    for i, span in enumerate(config.spans):
+    for branch in config.branches:
+        spans = config.branch_spans(branch)
+        if not spans:
+            raise ConfigError(f"spans: the {branch} branch has no span (give --span or --{branch}-span)")
+        normal = [s if is_remote(s) else os.path.abspath(s) for s in spans]
+        if len(set(normal)) != len(normal):
+            raise ConfigError(f"spans: the same input is listed twice for the {branch} branch: {list(spans)}")
+        if not 0 <= config.test_span < len(spans):
+            raise ConfigError(f"test_span={config.test_span}: need 0..{len(spans) - 1} (the {branch} branch's spans)")
+    for i, span in enumerate(config.all_spans):
         if not _span_exists(span):
             raise ConfigError(f"spans[{i}]={span!r}: no such file or folder")
-    if len(set(s if is_remote(s) else os.path.abspath(s) for s in config.spans)) != len(config.spans):
-        raise ConfigError(f"spans: the same input is listed twice: {list(config.spans)}")
-    if not 0 <= config.test_span < len(config.spans):
-        raise ConfigError(f"test_span={config.test_span}: need 0..{len(config.spans) - 1}")
+    if config.language:
+        from speechpipe.phones.inventory import inventory_for
+
+        try:
+            inventory_for(config.language)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    if config.trials_file:
+        if not config.include_speaker:
+            raise ConfigError("trials_file: an official trial list is the speaker branch's; that branch is off")
+        if not (is_remote(config.trials_file) or os.path.isfile(config.trials_file)):
+            raise ConfigError(f"trials_file={config.trials_file!r}: no such file")
     if not config.pipeline_name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"pipeline_name={config.pipeline_name!r}: letters, digits, '-' and '_' only")
     validate_feature_config(config.features)
@@ -324,10 +399,8 @@ def validate_run_config(config: RunConfig) -> RunConfig:
         raise ConfigError(f"champion_from={config.champion_from!r}: resolver or registry")
     if not config.registry_model_name or not config.embedder_model_name:
         raise ConfigError("registry model names must not be empty")
-    if config.include_speaker and config.registry_model_name == config.embedder_model_name:
+    if len(config.branches) == 2 and config.registry_model_name == config.embedder_model_name:
         raise ConfigError("registry_model_name and embedder_model_name must differ")
     return config
 
 
-def with_overrides(config: RunConfig, **changes) -> RunConfig:
-    return replace(config, **changes)

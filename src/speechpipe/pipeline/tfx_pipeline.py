@@ -1,15 +1,20 @@
 """The speechpipe TFX pipeline, built from explicit arguments (`create_pipeline`).
 
+Two branches, each on its own spans (a span may feed both):
+
+    the CTC branch, on each of its spans i:
     FeatureGen_span<i> -> StatisticsGen_span<i> -> ExampleValidator_span<i> (<- ImportSchemaGen)
-                       -> ValidationGate_span<i>  (fails the run on anomalies / dead letters)
+                       -> ValidationGate_span<i>  (fails on anomalies / dead letters)
     ExamplesUnion (only with 2+ spans, after every gate: every span's splits as one Examples artifact)
     ChampionResolver (ML Metadata) -> Trainer (CTC; warm start from the champion, after every gate)
                                    -> SpeechEvaluator (PER threshold + champion comparison -> ModelBlessing)
                                    -> RegistryPusher (MLflow; only when blessed; alias `champion`)
-    with include_speaker (the speaker branch, same pattern):
-    SpeakerFeatureGen_span<i> (when the embedder's features differ; after ValidationGate_span<i>)
-    SpeakerExamplesUnion (2+ spans and the embedder's own features; else the trainers share ExamplesUnion)
-    PairGen (pair builder on the test span: trial lists)
+    the speaker branch, same pattern:
+    SpeakerFeatureGen_span<i> (the embedder's own features: after ValidationGate_span<i> on a span
+        the CTC branch checks too; on a span of its own, with SpeakerStatisticsGen_span<i>,
+        SpeakerExampleValidator_span<i> and SpeakerValidationGate_span<i>)
+    SpeakerExamplesUnion (2+ spans; the trainers share ExamplesUnion when spans and features agree)
+    PairGen (trial list of the test span's test split, or the official list it is given)
     SpeakerChampionResolver -> SpeakerTrainer (siamese embedder) -> SpeakerEvaluator (EER, clustering)
                             -> SpeakerRegistryPusher
     with champion_from="registry" (open-source KFP runs no resolver tasks): RegistryChampion and
@@ -22,7 +27,7 @@ under one home folder; the same function serves other orchestrators (KFP) unchan
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from tfx import v1 as tfx
 
@@ -63,118 +68,55 @@ def create_pipeline(
     warm_start: bool = True,
     beam_args: Sequence[str] = ("--direct_running_mode=in_memory",),
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    include_speaker: bool = False,
+    ctc_spans: Optional[Sequence[int]] = None,
+    speaker_spans: Sequence[int] = (),
     speaker_feature_config: FeatureConfig = None,
     embedder_config: Dict[str, object] = None,
     embedder_model_name: str = "speechpipe-embedder",
+    speaker_data_key: str = "",
+    trials_file: str = "",
     max_eer: float = 0.4,
     min_eer_improvement: float = 0.0,
     enable_cache: bool = True,
     champion_from: str = "resolver",
+    language: str = "",
 ) -> tfx.dsl.Pipeline:
-    """spans: (input path, content fingerprint) per span, span number = position. champion_from:
-    "resolver" (the champion through ML Metadata, ChampionStrategy) or "registry" (a container
-    step reads the MLflow registry's `champion` alias: for orchestrators without resolver tasks,
-    open-source KFP; src/speechpipe/components/registry_champion.py)."""
+    """spans: (input path, content fingerprint) per span, span number = position. ctc_spans and
+    speaker_spans: the numbers of each branch's spans, oldest first (None: every span for the CTC
+    branch; empty: the branch is off); `test_span` indexes each branch's own list. data_key and
+    speaker_data_key name each branch's training data (src/speechpipe/pipeline/run_config.py).
+    trials_file: an official VoxCeleb trial list for the speaker evaluator ("" = the test span's
+    own). language: the corpus language, for transcripts given as text ("" = IPA only).
+    champion_from: "resolver" (the champion through ML Metadata, ChampionStrategy) or "registry"
+    (a container step reads the MLflow registry's `champion` alias: for orchestrators without
+    resolver tasks, open-source KFP; src/speechpipe/components/registry_champion.py)."""
     if champion_from not in CHAMPION_SOURCES:
         raise ValueError(f"champion_from={champion_from!r}: one of {', '.join(CHAMPION_SOURCES)}")
-    from speechpipe.components.evaluator import SpeechEvaluator
-    from speechpipe.components.feature_gen import FeatureGen
-    from speechpipe.components.registry_pusher import RegistryPusher
-    from speechpipe.components.validation_gate import ValidationGate
+    ctc_spans = list(range(len(spans))) if ctc_spans is None else list(ctc_spans)
+    speaker_spans = list(speaker_spans)
+    if not ctc_spans and not speaker_spans:
+        raise ValueError("no branch has a span: give ctc_spans, speaker_spans or both")
 
     components: List = []
-    feature_json = json.dumps(feature_config.to_json(), sort_keys=True)
-
     # The TFMD schema is part of the code (src/speechpipe/schemas/features.pbtxt), not inferred from whatever data
     # arrived: a span that drifts from it must fail, not redefine it.
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
     components.append(schema_gen)
+    checked = _SpanFeatures(spans, schema_gen, beam_args, split_fractions, max_dead_letter_fraction,
+                            min_train_examples, language, components)
 
-    gates, span_examples = [], []
-    for span, (path, fingerprint) in enumerate(spans):
-        # One feature job per span: an unchanged span is an ML Metadata cache hit; only new audio
-        # pays for decoding and spectrograms.
-        features = FeatureGen(
-            input_path=path, span=span, feature_config=feature_json, input_fingerprint=fingerprint,
-            beam_args=json.dumps(list(beam_args)), split_fractions=",".join(str(f) for f in split_fractions),
-        ).with_id(f"FeatureGen_span{span}")
-        # Statistics of every split, for the validator and the report.
-        statistics = tfx.components.StatisticsGen(examples=features.outputs["examples"]).with_id(f"StatisticsGen_span{span}")
-        # Checks the span against the imported schema; it only reports.
-        validator = tfx.components.ExampleValidator(
-            statistics=statistics.outputs["statistics"], schema=schema_gen.outputs["schema"],
-        ).with_id(f"ExampleValidator_span{span}")
-        # The explicit gate: anomalies or too many dead letters fail the run before training.
-        gate = ValidationGate(
-            examples=features.outputs["examples"], anomalies=validator.outputs["anomalies"],
-            max_dead_letter_fraction=max_dead_letter_fraction, min_train_examples=min_train_examples,
-        ).with_id(f"ValidationGate_span{span}")
-        components += [features, statistics, validator, gate]
-        gates.append(gate)
-        span_examples.append(features.outputs["examples"])
-    # The trainers and pushers read ONE channel holding every span (KubeflowV2DagRunner compiles no
-    # channel union): the span's own Examples for one span, else an ExamplesUnion node's copy.
-    all_examples, union_node = examples_of_all_spans(span_examples, gates, UNION_ID)
-    if union_node is not None:
-        components.append(union_node)
-
-    # The current champion, resolved through ML Metadata: the latest blessed model trained on
-    # other data than this run's (so a re-run with nothing new resolves what the last run did).
-    # (Or, with champion_from="registry", the version holding the registry's `champion` alias.)
-    champion = champion_node(champion_from, data_key, "ctc", tracking_uri, model_name)
-    components.append(champion)
-
-    # The CTC phone recogniser on every span's train split, stopping on the validation splits'
-    # PER; warm-started from the champion when there is one.
-    trainer = gated_trainer(_run_fn(CTC_RUN_FN, champion_from), all_examples, champion, gates,
-                            {"features": feature_config.to_json(), "ctc": ctc_config, "warm_start": warm_start},
-                            ).with_id(CTC_TRAINER_ID)
-    components.append(trainer)
-
-    # PER on the fixed test split (span `test_span`) against the threshold and the champion.
-    evaluator = SpeechEvaluator(
-        model=trainer.outputs["model"], examples=span_examples[test_span], champion=champion.outputs["model"],
-        max_per=max_per, min_per_improvement=min_per_improvement, data_key=data_key,
-    )
-    components.append(evaluator)
-
-    # Registers, loads back, smoke-tests and crowns the model, only when it is blessed.
-    pusher = RegistryPusher(
-        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"], examples=all_examples,
-        tracking_uri=tracking_uri, artifact_root=artifact_root, model_name=model_name,
-        pipeline_name=pipeline_name, data_key=data_key, feature_config=feature_json,
-    )
-    components.append(pusher)
-
-    if include_speaker:
+    if ctc_spans:
+        components += _ctc_branch(
+            checked, ctc_spans, feature_config, ctc_config, test_span, warm_start, data_key, max_per,
+            min_per_improvement, tracking_uri, artifact_root, model_name, pipeline_name, champion_from)
+    if speaker_spans:
         speaker_feature_config = speaker_feature_config or feature_config
-        speaker_examples = span_examples
-        # Same features: the speaker trainer reads the CTC branch's union (or single span).
-        shared_union = (all_examples, union_node)
-        if speaker_feature_config != feature_config:
-            shared_union = None
-            # The embedder's own features (by default globally normalised: a per-utterance
-            # normalisation removes the long-term spectrum, which carries the speaker). Same audio,
-            # so the CTC features' statistics, validation and gate stand for them too.
-            speaker_json = json.dumps(speaker_feature_config.to_json(), sort_keys=True)
-            speaker_examples = []
-            for span, (path, fingerprint) in enumerate(spans):
-                node = FeatureGen(
-                    input_path=path, span=span, feature_config=speaker_json, input_fingerprint=fingerprint,
-                    beam_args=json.dumps(list(beam_args)),
-                    split_fractions=",".join(str(f) for f in split_fractions),
-                ).with_id(f"SpeakerFeatureGen_span{span}")
-                node.add_upstream_node(gates[span])
-                components.append(node)
-                speaker_examples.append(node.outputs["examples"])
         components += _speaker_branch(
-            features=speaker_examples, gates=gates, test_span=test_span, feature_config=speaker_feature_config,
-            embedder_config=embedder_config or {}, warm_start=warm_start, beam_args=beam_args, data_key=data_key,
-            max_eer=max_eer, min_eer_improvement=min_eer_improvement, tracking_uri=tracking_uri,
-            artifact_root=artifact_root, model_name=embedder_model_name, pipeline_name=pipeline_name,
-            feature_json=json.dumps(speaker_feature_config.to_json(), sort_keys=True), shared_union=shared_union,
-            champion_from=champion_from)
+            checked, speaker_spans, ctc_spans, feature_config, speaker_feature_config, test_span=test_span,
+            embedder_config=embedder_config or {}, warm_start=warm_start, beam_args=beam_args,
+            data_key=speaker_data_key or data_key, max_eer=max_eer, min_eer_improvement=min_eer_improvement,
+            tracking_uri=tracking_uri, artifact_root=artifact_root, model_name=embedder_model_name,
+            pipeline_name=pipeline_name, champion_from=champion_from, trials_file=trials_file)
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
@@ -184,6 +126,113 @@ def create_pipeline(
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_args),
     )
+
+
+class _SpanFeatures:
+    """The feature nodes of every span, made once per (span, feature set) and shared by the
+    branches that read them. The first feature set made for a span is checked (statistics,
+    validator, gate); a second feature set of the same audio runs after that gate, which stands
+    for it too (same audio, same dead letters)."""
+
+    def __init__(self, spans, schema_gen, beam_args, split_fractions, max_dead_letter_fraction, min_train_examples,
+                 language, components: List) -> None:
+        self.spans, self.schema_gen, self.components = spans, schema_gen, components
+        self.beam_args, self.split_fractions = json.dumps(list(beam_args)), ",".join(str(f) for f in split_fractions)
+        self.max_dead_letter_fraction, self.min_train_examples = max_dead_letter_fraction, min_train_examples
+        self.language = language
+        self._made: Dict[Tuple[int, str], Tuple[object, object]] = {}  # (span, features) -> (examples, gate)
+        self._gates: Dict[int, object] = {}
+        self._unions: Dict[Tuple[Tuple[int, ...], str], object] = {}
+
+    def get(self, span: int, config: FeatureConfig, prefix: str) -> Tuple[object, object]:
+        """(examples channel, gate node) of `span` computed with `config`; `prefix` names new
+        nodes ("" for the CTC branch's feature set, "Speaker" for the embedder's)."""
+        from speechpipe.components.feature_gen import FeatureGen
+        from speechpipe.components.validation_gate import ValidationGate
+
+        feature_json = json.dumps(config.to_json(), sort_keys=True)
+        if (span, feature_json) in self._made:
+            return self._made[(span, feature_json)]
+        path, fingerprint = self.spans[span]
+        # One feature job per span: an unchanged span is an ML Metadata cache hit; only new audio
+        # pays for decoding and spectrograms.
+        features = FeatureGen(
+            input_path=path, span=span, feature_config=feature_json, input_fingerprint=fingerprint,
+            beam_args=self.beam_args, split_fractions=self.split_fractions, language=self.language,
+        ).with_id(f"{prefix}FeatureGen_span{span}")
+        self.components.append(features)
+        if span in self._gates:
+            gate = self._gates[span]
+            features.add_upstream_node(gate)
+        else:
+            # Statistics of every split, for the validator and the report.
+            statistics = tfx.components.StatisticsGen(examples=features.outputs["examples"]).with_id(
+                f"{prefix}StatisticsGen_span{span}")
+            # Checks the span against the imported schema; it only reports.
+            validator = tfx.components.ExampleValidator(
+                statistics=statistics.outputs["statistics"], schema=self.schema_gen.outputs["schema"],
+            ).with_id(f"{prefix}ExampleValidator_span{span}")
+            # The explicit gate: anomalies or too many dead letters stop this span's branches before training.
+            gate = ValidationGate(
+                examples=features.outputs["examples"], anomalies=validator.outputs["anomalies"],
+                max_dead_letter_fraction=self.max_dead_letter_fraction, min_train_examples=self.min_train_examples,
+            ).with_id(f"{prefix}ValidationGate_span{span}")
+            self.components += [statistics, validator, gate]
+            self._gates[span] = gate
+        self._made[(span, feature_json)] = (features.outputs["examples"], gate)
+        return self._made[(span, feature_json)]
+
+    def union(self, span_numbers: Sequence[int], config: FeatureConfig, prefix: str) -> Tuple[object, List]:
+        """(the one Examples channel holding every listed span, their gates): the span's own
+        channel for one span, else an ExamplesUnion node (`<prefix>ExamplesUnion`), made once per
+        (spans, feature set), so two branches on the same spans and features share it."""
+        made = [self.get(span, config, prefix) for span in span_numbers]
+        examples, gates = [m[0] for m in made], [m[1] for m in made]
+        key = (tuple(span_numbers), json.dumps(config.to_json(), sort_keys=True))
+        if key not in self._unions:
+            channel, node = examples_of_all_spans(examples, gates, f"{prefix}{UNION_ID}")
+            if node is not None:
+                self.components.append(node)
+            self._unions[key] = channel
+        return self._unions[key], gates
+
+
+def _ctc_branch(checked: _SpanFeatures, span_numbers: List[int], feature_config: FeatureConfig,
+                ctc_config: Dict[str, object], test_span: int, warm_start: bool, data_key: str, max_per: float,
+                min_per_improvement: float, tracking_uri: str, artifact_root: str, model_name: str,
+                pipeline_name: str, champion_from: str) -> List:
+    """The CTC phone recogniser's nodes, on its own spans' Examples and gates."""
+    from speechpipe.components.evaluator import SpeechEvaluator
+    from speechpipe.components.registry_pusher import RegistryPusher
+
+    # The trainers and pushers read ONE channel holding every span (KubeflowV2DagRunner compiles no
+    # channel union): the span's own Examples for one span, else an ExamplesUnion node's copy.
+    all_examples, gates = checked.union(span_numbers, feature_config, "")
+    test_examples = checked.get(span_numbers[test_span], feature_config, "")[0]
+    components: List = []
+    # The current champion, resolved through ML Metadata: the latest blessed model trained on
+    # other data than this run's (so a re-run with nothing new resolves what the last run did).
+    # (Or, with champion_from="registry", the version holding the registry's `champion` alias.)
+    champion = champion_node(champion_from, data_key, "ctc", tracking_uri, model_name)
+    components.append(champion)
+    # The CTC phone recogniser on every span's train split, stopping on the validation splits'
+    # PER; warm-started from the champion when there is one.
+    trainer = gated_trainer(_run_fn(CTC_RUN_FN, champion_from), all_examples, champion, gates,
+                            {"features": feature_config.to_json(), "ctc": ctc_config, "warm_start": warm_start},
+                            ).with_id(CTC_TRAINER_ID)
+    # PER on the fixed test split (the branch's span `test_span`) against the threshold and the champion.
+    evaluator = SpeechEvaluator(
+        model=trainer.outputs["model"], examples=test_examples, champion=champion.outputs["model"],
+        max_per=max_per, min_per_improvement=min_per_improvement, data_key=data_key,
+    )
+    # Registers, loads back, smoke-tests and crowns the model, only when it is blessed.
+    pusher = RegistryPusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"], examples=all_examples,
+        tracking_uri=tracking_uri, artifact_root=artifact_root, model_name=model_name,
+        pipeline_name=pipeline_name, data_key=data_key,
+        feature_config=json.dumps(feature_config.to_json(), sort_keys=True),
+    )
+    return components + [trainer, evaluator, pusher]
 
 
 def examples_of_all_spans(span_examples: List, gates: List, node_id: str):
@@ -251,23 +300,31 @@ def champion_resolver(data_key: str, model_kind: str) -> tfx.dsl.Resolver:
     )
 
 
-def _speaker_branch(features: List, gates: List, test_span: int, feature_config: FeatureConfig,
+def _speaker_branch(checked: _SpanFeatures, span_numbers: List[int], ctc_span_numbers: List[int],
+                    ctc_feature_config: FeatureConfig, feature_config: FeatureConfig, test_span: int,
                     embedder_config: Dict[str, object], warm_start: bool, beam_args: Sequence[str], data_key: str,
                     max_eer: float, min_eer_improvement: float, tracking_uri: str, artifact_root: str,
-                    model_name: str, pipeline_name: str, feature_json: str, shared_union=None,
-                    champion_from: str = "resolver") -> List:
-    """The speaker embedder's nodes, on the same Examples and gates as the CTC branch."""
+                    model_name: str, pipeline_name: str, champion_from: str = "resolver",
+                    trials_file: str = "") -> List:
+    """The speaker embedder's nodes, on its own spans' Examples and gates. On a span the CTC
+    branch also reads, the embedder's features (by default globally normalised: a per-utterance
+    normalisation removes the long-term spectrum, which carries the speaker) run after that span's
+    gate; the two branches share one union when they read the same spans with the same features."""
     from speechpipe.components.pair_gen import PairGen
     from speechpipe.components.registry_pusher import RegistryPusher
     from speechpipe.components.speaker_evaluator import SpeakerEvaluator
 
-    # The union of the spans: the CTC branch's when both branches read the same features.
-    all_examples, union_node = (shared_union if shared_union is not None
-                                else examples_of_all_spans(features, gates, SPEAKER_UNION_ID))
-    # The trial list of the fixed test span (VoxCeleb format), after its gate passed. The
-    # trainer's default in-batch form draws its own pairs, so no other span needs pairs.
-    pairs = PairGen(examples=features[test_span], beam_args=json.dumps(list(beam_args))).with_id("PairGen")
-    pairs.add_upstream_node(gates[test_span])
+    for span in span_numbers:
+        if span in ctc_span_numbers:  # the CTC features and their gate come first on a shared span
+            checked.get(span, ctc_feature_config, "")
+    all_examples, gates = checked.union(span_numbers, feature_config, "Speaker")
+    test_examples, test_gate = checked.get(span_numbers[test_span], feature_config, "Speaker")
+    # The trial list of the fixed test span (VoxCeleb format), after its gate passed, or the
+    # official list it is given, checked against that split. The trainer's default in-batch form
+    # draws its own pairs, so no other span needs pairs.
+    pairs = PairGen(examples=test_examples, beam_args=json.dumps(list(beam_args)),
+                    trials_file=trials_file).with_id("PairGen")
+    pairs.add_upstream_node(test_gate)
     # The speaker champion: the same rule as the CTC one, among the speaker blessings.
     champion = champion_node(champion_from, data_key, "speaker", tracking_uri, model_name)
     # The siamese embedder on every span's training speakers, best weights by validation EER.
@@ -276,7 +333,7 @@ def _speaker_branch(features: List, gates: List, test_span: int, feature_config:
                              "warm_start": warm_start}).with_id(SPEAKER_TRAINER_ID)
     # EER on the test span's trial list (speakers never seen), against the threshold and the champion.
     evaluator = SpeakerEvaluator(
-        model=trainer.outputs["model"], examples=features[test_span], pairs=pairs.outputs["pairs"],
+        model=trainer.outputs["model"], examples=test_examples, pairs=pairs.outputs["pairs"],
         champion=champion.outputs["model"], max_eer=max_eer, min_eer_improvement=min_eer_improvement,
         data_key=data_key,
     ).with_id("SpeakerEvaluator")
@@ -284,7 +341,7 @@ def _speaker_branch(features: List, gates: List, test_span: int, feature_config:
     pusher = RegistryPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"], examples=all_examples,
         tracking_uri=tracking_uri, artifact_root=artifact_root, model_name=model_name,
-        pipeline_name=pipeline_name, data_key=data_key, feature_config=feature_json, model_kind="speaker",
+        pipeline_name=pipeline_name, data_key=data_key,
+        feature_config=json.dumps(feature_config.to_json(), sort_keys=True), model_kind="speaker",
     ).with_id("SpeakerRegistryPusher")
-    return ([union_node] if union_node is not None and shared_union is None else []) + \
-        [pairs, champion, trainer, evaluator, pusher]
+    return [pairs, champion, trainer, evaluator, pusher]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Dict, List, Optional, Sequence
 
 from speechpipe.io import storage
@@ -102,60 +103,80 @@ def _statistics(uri: str) -> Dict[str, Dict[str, object]]:
     return out
 
 
-def collect(config, run_id: str, error: Optional[BaseException] = None, data_key: str = "",
+# The feature nodes of a span, by kind: the CTC branch's feature set names them plainly, the
+# embedder's own feature set on a span of its own with "Speaker" in front.
+_SPAN_NODE = re.compile(r"^(Speaker)?(FeatureGen|StatisticsGen|ValidationGate)_span(\d+)$")
+
+
+def _span_nodes(nodes: Dict[str, Dict[str, object]], kind: str) -> Dict[int, Dict[str, object]]:
+    """{span: node} for one kind of span node; where both feature sets have one, the CTC one."""
+    found: Dict[int, Dict[str, object]] = {}
+    for node in sorted(nodes, key=lambda n: n.startswith("Speaker")):
+        m = _SPAN_NODE.match(node)
+        if m and m.group(2) == kind and int(m.group(3)) not in found:
+            found[int(m.group(3))] = nodes[node]
+    return found
+
+
+def collect(config, run_id: str, error: Optional[BaseException] = None, data_key=None,
             fingerprints: Sequence[str] = (), wall_seconds: float = 0.0, progress: Sequence[dict] = ()) -> Dict[str, object]:
-    """Everything the report and the CLI print, for one run."""
+    """Everything the report and the CLI print, for one run. `data_key`: the branches' data keys
+    ({branch: key}); `progress`: what happened to each node as the run went (local_dag's outcomes,
+    including the nodes skipped after a failure, which ML Metadata never sees)."""
     try:
         nodes = run_nodes(config, run_id)
     except Exception as e:  # noqa: BLE001 - a report must come out even when MLMD is unreadable
         nodes = {"_error": {"state": "unknown", "outputs": {}, "error": str(e)}}
+    keys = data_key if isinstance(data_key, dict) else ({"ctc": data_key} if data_key else {})
     summary: Dict[str, object] = {
         "run_id": run_id, "status": "failed" if error else "succeeded",
         "error": (f"{type(error).__name__}: {error}" if error else None),
-        "home": config.home_abs, "spans": list(config.spans), "fingerprints": list(fingerprints),
-        "data_key": data_key, "wall_seconds": round(wall_seconds, 1), "tracking_uri": config.registry_uri,
+        "home": config.home_abs, "spans": list(config.all_spans), "fingerprints": list(fingerprints),
+        "branches": list(config.branches),
+        "branch_spans": {b: list(config.span_numbers(b)) for b in config.branches},
+        "data_key": keys.get("ctc", ""), "data_keys": keys, "wall_seconds": round(wall_seconds, 1),
+        "tracking_uri": config.registry_uri,
         "nodes": {n: {"state": v["state"]} for n, v in nodes.items()}, "progress": list(progress),
     }
     # Resolvers are not components: they query ML Metadata on every run and are never cached.
     executed = [n for n, v in nodes.items() if v["state"] == "complete" and not n.endswith("Resolver")]
     summary["executed"] = executed
     summary["cached"] = [n for n, v in nodes.items() if v["state"] == "cached"]
+    summary["skipped"] = {p["node"]: p.get("why", "") for p in progress if p.get("how") == "skipped"}
     spans = []
-    for node, info in sorted(nodes.items()):
-        if node.startswith("FeatureGen_span"):
-            for a in info["outputs"].get("examples", []):
-                p = a["props"]
-                spans.append({"span": p.get("span"), "examples_id": a["id"], "uri": a["uri"], "input": p.get("input_path"),
-                              "good": json.loads(p.get("good") or "{}"), "dead_letter": json.loads(p.get("dead_letter") or "{}"),
-                              "audio_hours": p.get("audio_hours")})
+    for span, info in sorted(_span_nodes(nodes, "FeatureGen").items()):
+        for a in info["outputs"].get("examples", []):
+            p = a["props"]
+            spans.append({"span": p.get("span", span), "examples_id": a["id"], "uri": a["uri"],
+                          "input": p.get("input_path"), "good": json.loads(p.get("good") or "{}"),
+                          "dead_letter": json.loads(p.get("dead_letter") or "{}"), "audio_hours": p.get("audio_hours")})
     summary["data"] = sorted(spans, key=lambda s: s["span"] if s["span"] is not None else -1)
-    stats = {}
-    for node, info in nodes.items():
-        if node.startswith("StatisticsGen_span"):
-            for a in info["outputs"].get("statistics", []):
-                stats[node[len("StatisticsGen_span"):]] = _statistics(a["uri"])
-    summary["statistics"] = stats
-    validation = {}
-    for node, info in nodes.items():
-        if node.startswith("ValidationGate_span"):
-            for a in info["outputs"].get("result", []):
-                validation[node[len("ValidationGate_span"):]] = _read_json(storage.join(a["uri"], "validation.json"))
-    if error is not None and "failed validation" in str(error):
-        summary["gate"] = str(error).split("failed validation, nothing is trained or pushed: ")[-1]
-    summary["validation"] = validation
-    trainer = nodes.get("Trainer", {}).get("outputs", {}).get("model", [])
-    if trainer:
-        serving = storage.join(trainer[0]["uri"], "Format-Serving")
-        summary["training"] = _read_json(storage.join(serving, "training_result.json"))
-        summary["warm_start"] = _read_json(storage.join(serving, "warm_start.json"))
-        summary["model_id"] = trainer[0]["id"]
-    blessing = nodes.get("SpeechEvaluator", {}).get("outputs", {}).get("blessing", [])
-    if blessing:
-        summary["evaluation"] = _read_json(storage.join(blessing[0]["uri"], "evaluation.json"))
-    pushed = nodes.get("RegistryPusher", {}).get("outputs", {}).get("pushed_model", [])
-    if pushed:
-        summary["push"] = _read_json(storage.join(pushed[0]["uri"], "push.json"))
-    summary["outcome"] = _outcome(summary)
+    summary["statistics"] = {str(span): _statistics(a["uri"])
+                             for span, info in _span_nodes(nodes, "StatisticsGen").items()
+                             for a in info["outputs"].get("statistics", [])}
+    summary["validation"] = {str(span): _read_json(storage.join(a["uri"], "validation.json"))
+                             for span, info in _span_nodes(nodes, "ValidationGate").items()
+                             for a in info["outputs"].get("result", [])}
+    failed_gates = {p["node"]: p.get("error", "") for p in progress
+                    if p.get("how") == "failed" and "ValidationGate_span" in p["node"]}
+    if failed_gates:
+        summary["gate"] = "; ".join(failed_gates.values())
+    if config.include_ctc:
+        trainer = nodes.get("Trainer", {}).get("outputs", {}).get("model", [])
+        if trainer:
+            serving = storage.join(trainer[0]["uri"], "Format-Serving")
+            summary["training"] = _read_json(storage.join(serving, "training_result.json"))
+            summary["warm_start"] = _read_json(storage.join(serving, "warm_start.json"))
+            summary["model_id"] = trainer[0]["id"]
+        blessing = nodes.get("SpeechEvaluator", {}).get("outputs", {}).get("blessing", [])
+        if blessing:
+            summary["evaluation"] = _read_json(storage.join(blessing[0]["uri"], "evaluation.json"))
+        pushed = nodes.get("RegistryPusher", {}).get("outputs", {}).get("pushed_model", [])
+        if pushed:
+            summary["push"] = _read_json(storage.join(pushed[0]["uri"], "push.json"))
+        summary["outcome"] = _branch_outcome(summary, "RegistryPusher", summary.get("push"))
+    else:
+        summary["outcome"] = "the CTC branch is off (--branches speaker): nothing trained or pushed"
     if config.include_speaker:
         summary["speaker"] = _speaker(nodes, summary)
     return summary
@@ -175,26 +196,26 @@ def _speaker(nodes: Dict[str, Dict[str, object]], summary: Dict[str, object]) ->
     pushed = nodes.get("SpeakerRegistryPusher", {}).get("outputs", {}).get("pushed_model", [])
     if pushed:
         out["push"] = _read_json(storage.join(pushed[0]["uri"], "push.json"))
-    state = nodes.get("SpeakerRegistryPusher", {}).get("state")
-    if summary.get("gate"):
-        out["outcome"] = "stopped at the validation gate, nothing trained or pushed"
-    elif out.get("push") and state == "cached":
-        out["outcome"] = ("nothing new, nothing pushed: the pusher came from the ML Metadata cache (its result in run "
-                          f"{out['push'].get('pipeline_run_id')}: {out['push'].get('why', '')})")
-    elif out.get("push"):
-        out["outcome"] = out["push"].get("why", "")
-    else:
-        out["outcome"] = f"failed: {summary['error']}" if summary["status"] == "failed" else "no push recorded"
+    out["outcome"] = _branch_outcome(summary, "SpeakerRegistryPusher", out.get("push"))
     return out
 
 
-def _outcome(summary: Dict[str, object]) -> str:
-    if summary.get("gate"):
-        return f"stopped at the validation gate, nothing trained or pushed: {summary['gate']}"
-    if summary["status"] == "failed":
-        return f"failed: {summary['error']}"
-    push = summary.get("push")
-    if push and summary["nodes"].get("RegistryPusher", {}).get("state") == "cached":
+def _branch_outcome(summary: Dict[str, object], pusher: str, push: Optional[dict]) -> str:
+    """One branch's outcome, read from its pusher: what it pushed and why, or the failure that
+    stopped the branch before it (a failed gate, trainer, evaluator: the first failed node
+    upstream, which the pusher's skip names)."""
+    progress = {p["node"]: p for p in summary.get("progress", [])}
+    entry = progress.get(pusher)
+    if entry is None and summary["status"] == "failed":
+        return f"failed: {summary['error']}"  # the run stopped before its nodes ran
+    if entry is not None and entry.get("how") in ("skipped", "failed"):
+        culprit = entry["why"][:-len(" failed")] if entry.get("how") == "skipped" else pusher
+        error = progress.get(culprit, {}).get("error", "")
+        if "ValidationGate_span" in culprit:
+            return f"stopped at the validation gate ({culprit}), nothing trained or pushed: {error}"
+        return f"failed at {culprit}: {error}"
+    state = summary["nodes"].get(pusher, {}).get("state")
+    if push and state == "cached":
         return (f"nothing new, nothing pushed: the model and its blessing are unchanged and the pusher came from "
                 f"the ML Metadata cache (its result in run {push.get('pipeline_run_id')}: {push.get('why', '')})")
     if push:
