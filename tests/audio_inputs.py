@@ -28,12 +28,13 @@ def write_wav(path: str, seconds: float = 1.0, rate: int = 16000, channels: int 
     return path
 
 
-def write_m4a(path: str, seconds: float = 1.0, rate: int = 16000) -> str:
-    """AAC in an MP4 container, as VoxCeleb2 ships, encoded with PyAV's bundled FFmpeg."""
+def write_m4a(path: str, seconds: float = 1.0, rate: int = 16000, samples: np.ndarray = None) -> str:
+    """AAC in an MP4 container, as VoxCeleb2 ships, encoded with PyAV's bundled FFmpeg: a tone,
+    or the given float32 mono `samples`."""
     import av
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    samples = tone(seconds, rate)
+    samples = tone(seconds, rate) if samples is None else np.asarray(samples, dtype=np.float32)
     with av.open(path, "w", format="mp4") as container:
         stream = container.add_stream("aac", rate=rate)
         stream.layout = "mono"

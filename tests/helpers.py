@@ -38,3 +38,59 @@ def tree_bytes(root: str) -> Dict[str, bytes]:
             with open(path, "rb") as f:
                 out[os.path.relpath(path, root)] = f.read()
     return out
+
+
+def voxceleb_layout(corpus_dir: str, out_dir: str, version: int, test_speakers: List[str]) -> str:
+    """A synthesised corpus rewritten as VoxCeleb ships: VoxCeleb1 (`wav/<spk>/<video>/<n>.wav` and a
+    tab-separated vox1_meta.csv) or VoxCeleb2 (`dev/aac/...` and `test/aac/...` as AAC .m4a, and a
+    comma-separated vox2_meta.csv). No transcripts. `test_speakers` get Set=test."""
+    import shutil
+
+    import soundfile as sf
+
+    from tests.audio_inputs import write_m4a
+
+    speakers = sorted({line["speaker"] for line in read_manifest(corpus_dir)})
+    for line in read_manifest(corpus_dir):
+        source = os.path.join(corpus_dir, line["audio"])
+        relative = os.path.relpath(source, os.path.join(corpus_dir, "wav"))
+        if version == 1:
+            target = os.path.join(out_dir, "wav", relative)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(source, target)
+        else:
+            folder = "test" if line["speaker"] in test_speakers else "dev"
+            samples, rate = sf.read(source, dtype="float32")
+            write_m4a(os.path.join(out_dir, folder, "aac", os.path.splitext(relative)[0] + ".m4a"), rate=rate,
+                      samples=samples)
+    if version == 1:
+        rows = ["VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet"]
+        rows += [f"{s}\tPerson_{s}\tf\tGermany\t{'test' if s in test_speakers else 'dev'}" for s in speakers]
+        name = "vox1_meta.csv"
+    else:
+        rows = ["VoxCeleb2 ID ,VGGFace2 ID ,Gender ,Set "]
+        rows += [f"{s} ,n{s[2:]} ,m ,{'test' if s in test_speakers else 'dev'} " for s in speakers]
+        name = "vox2_meta.csv"
+    with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+        f.write("\n".join(rows) + "\n")
+    return out_dir
+
+
+def write_official_trials(corpus_dir: str, speakers: List[str], path: str) -> str:
+    """A VoxCeleb-format trial list over `speakers`' utterances (paths as the official lists
+    write them): every same-speaker pair across sessions and one different-speaker pair each."""
+    by_speaker: Dict[str, List[str]] = {}
+    for line in read_manifest(corpus_dir):
+        if line["speaker"] in speakers:
+            by_speaker.setdefault(line["speaker"], []).append(line["utterance"])
+    lines = []
+    ordered = sorted(by_speaker)
+    for i, speaker in enumerate(ordered):
+        utterances = sorted(by_speaker[speaker])
+        other = sorted(by_speaker[ordered[(i + 1) % len(ordered)]])
+        for a, b in zip(utterances, utterances[1:]):
+            lines.append(f"1 {a}.wav {b}.wav")
+        lines.append(f"0 {utterances[0]}.wav {other[-1]}.wav")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path

@@ -101,6 +101,7 @@ def test_non_finite_loss_stops_training_with_a_clear_error():
 
 # ----------------------------------------------------------------------- learning and export
 
+@pytest.mark.slow  # trains to a learning threshold
 def test_tiny_model_overfits_a_handful_of_utterances_and_exports(tiny_features, tiny_corpus, tmp_path):
     from speechpipe.components.ctc_trainer import CTCTrainConfig, evaluate_per, make_dataset
     from speechpipe.audio.tf_features import GraphFeatures

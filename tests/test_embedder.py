@@ -301,6 +301,7 @@ def _eer_of(model, config, utterances, speakers):
     return speaker_eval.equal_error_rate(scores, labels).eer
 
 
+@pytest.mark.slow  # trains to a learning threshold
 def test_in_batch_training_learns_to_tell_speakers_apart():
     """Trained with the in-batch loss, the network separates new utterances of its speakers
     far better than the untrained one. (Unseen speakers are the bench's business: generalising

@@ -431,6 +431,7 @@ def test_registry_hands_an_object_storage_artifact_root_to_mlflow(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # The whole TFX pipeline: span and pipeline root under ram://, ML Metadata and MLflow local
 
+@pytest.mark.e2e
 def test_tfx_pipeline_with_root_and_span_on_object_storage(remote_features, tmp_path, bucket):
     from speechpipe.results import report
     from speechpipe.pipeline.local_runner import run_pipeline

@@ -22,6 +22,8 @@ from speechpipe.results.report import run_nodes
 from speechpipe.validation import ConfigError
 from tests.helpers import make_tiny_corpus, read_jsonl
 
+pytestmark = pytest.mark.e2e  # LocalDagRunner runs of the whole pipeline
+
 TINY_CTC = CTCBudget(lstm_units=(16,), max_epochs=1, max_minutes=1.0, batch_size=8, patience=1)
 
 

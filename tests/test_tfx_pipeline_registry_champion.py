@@ -17,6 +17,8 @@ from speechpipe.pipeline.local_runner import run_pipeline
 from tests.helpers import make_tiny_corpus
 from tests.test_tfx_pipeline import tiny_config
 
+pytestmark = pytest.mark.e2e  # LocalDagRunner runs of the whole pipeline
+
 
 @pytest.fixture(scope="module")
 def runs(tiny_corpus, tmp_path_factory):

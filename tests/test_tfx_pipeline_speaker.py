@@ -19,6 +19,8 @@ from speechpipe.pipeline.run_config import CTCBudget, EmbedderBudget, RunConfig
 from speechpipe.results.registry import CHAMPION, Registry
 from tests.helpers import make_tiny_corpus, read_manifest
 
+pytestmark = pytest.mark.e2e  # LocalDagRunner runs of the whole pipeline
+
 TINY_CTC = CTCBudget(lstm_units=(16,), max_epochs=1, max_minutes=1.0, batch_size=8, patience=1)
 TINY_EMBEDDER = EmbedderBudget(max_seconds=60.0, max_steps=20, eval_every_steps=10, speakers_per_batch=4,
                                segments_per_speaker=2)

@@ -15,8 +15,8 @@ import hashlib
 import json
 import os
 import posixpath
-from dataclasses import asdict, dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 from speechpipe.io import storage
 from speechpipe.audio.decode import AUDIO_EXTENSIONS
@@ -39,15 +39,77 @@ MANIFEST_REQUIRED = ("utterance", "audio", "speaker")
 SPLITS = ("train", "validation", "test")
 
 
+# VoxCeleb's meta files, as the datasets ship them: one line per speaker with its id and its
+# `Set` (dev or test). VoxCeleb1's is tab-separated, VoxCeleb2's comma-separated with padding.
+VOXCELEB_META_FILES = ("vox1_meta.csv", "vox2_meta.csv")
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """What one feature job reads; `data_root` confines every audio path."""
+    """What one feature job reads; `data_root` confines every audio path. `speaker_sets`: each
+    speaker's split (train, validation or test) from a VoxCeleb meta file (`meta_file`): its test
+    speakers are the test split, and a fixed share of its dev speakers validates."""
 
     kind: str
     path: str
     data_root: str
     split_fractions: Tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_seed: int = 0
+    meta_file: str = ""
+    speaker_sets: Optional[Mapping[str, str]] = field(default=None, compare=False, hash=False, repr=False)
+
+    def split_rule(self) -> str:
+        """How this input's utterances get their splits, for the job's summary."""
+        if self.speaker_sets is not None:
+            sets = list(self.speaker_sets.values())
+            dev = sets.count("train") + sets.count("validation")
+            return (f"{os.path.basename(self.meta_file)}'s Set column: its {sets.count('test')} test speakers are "
+                    f"the test split; {sets.count('validation')} of its {dev} dev speakers (a share of "
+                    f"{validation_share(self.split_fractions):.4f}, those first in a hash of their ids with seed "
+                    f"{self.split_seed}) validate, the rest train")
+        return (f"by speaker id, fractions {list(self.split_fractions)} with seed {self.split_seed}, where an "
+                "input line names no split")
+
+
+def validation_share(fractions: Tuple[float, float, float]) -> float:
+    """The share of a meta file's dev speakers that validate: the configured validation share of
+    the speakers that are not test speakers."""
+    return fractions[1] / (fractions[0] + fractions[1]) if fractions[0] + fractions[1] > 0 else 0.0
+
+
+def read_voxceleb_meta(path: str) -> Dict[str, str]:
+    """{speaker id: "dev" | "test"} from vox1_meta.csv or vox2_meta.csv (a local file or a URI).
+    Raises InputError on a file without an id and a Set column, or with another Set value."""
+    lines = [line.decode("utf-8") for line in _lines(path)]
+    rows = [[cell.strip() for cell in (line.split("\t") if "\t" in line else line.split(","))]
+            for line in lines if line.strip()]
+    if not rows:
+        raise InputError(f"{path}: an empty VoxCeleb meta file")
+    header = [h.lower() for h in rows[0]]
+    try:
+        id_column = next(i for i, h in enumerate(header) if h.startswith("voxceleb") and h.endswith("id"))
+        set_column = header.index("set")
+    except (StopIteration, ValueError):
+        raise InputError(f"{path}: expected VoxCeleb's header with a 'VoxCeleb1 ID' (or 'VoxCeleb2 ID') and a "
+                         f"'Set' column, found {rows[0]}") from None
+    sets: Dict[str, str] = {}
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) <= max(id_column, set_column):
+            raise InputError(f"{path}:{number}: {len(row)} columns, expected {len(header)}")
+        speaker, which = row[id_column], row[set_column].lower()
+        if which not in ("dev", "test"):
+            raise InputError(f"{path}:{number}: Set {row[set_column]!r} for {speaker}, expected dev or test")
+        sets[speaker] = which
+    return sets
+
+
+def _find_meta(root: str) -> str:
+    """The VoxCeleb meta file in a VoxCeleb root, or ''."""
+    for name in VOXCELEB_META_FILES:
+        candidate = storage.join(root, name) if storage.is_uri(root) else os.path.join(root, name)
+        if (storage.beam_exists(candidate) if storage.is_uri(root) else os.path.isfile(candidate)):
+            return candidate
+    return ""
 
 
 @dataclass(frozen=True)
@@ -116,7 +178,30 @@ def make_spec(path: str, kind: Optional[str] = None, data_root: Optional[str] = 
     root = data_root or (os.path.dirname(path) if kind == MANIFEST else path)
     if not os.path.isdir(root):
         raise InputError(f"data root {root!r} is not a folder")
-    return InputSpec(kind=kind, path=path, data_root=os.path.abspath(root), **split)
+    return _with_meta(InputSpec(kind=kind, path=path, data_root=os.path.abspath(root), **split))
+
+
+def _with_meta(spec: InputSpec) -> InputSpec:
+    """A VoxCeleb root with its meta file: the meta file decides the test split."""
+    if spec.kind != VOXCELEB:
+        return spec
+    meta = _find_meta(spec.path)
+    if not meta:
+        return spec
+    from dataclasses import replace
+
+    return replace(spec, meta_file=meta, speaker_sets=voxceleb_splits(read_voxceleb_meta(meta), spec))
+
+
+def voxceleb_splits(sets: Mapping[str, str], spec: InputSpec) -> Dict[str, str]:
+    """{speaker: split} for a meta file's speakers: test speakers test; of the dev speakers, the
+    round(share x count) first by a seeded hash of their ids validate (an exact, recorded number
+    that does not depend on the order of the file), the others train."""
+    dev = sorted((s for s, which in sets.items() if which == "dev"),
+                 key=lambda s: hashlib.sha256(f"{spec.split_seed}:{s}".encode("utf-8")).digest())
+    validating = set(dev[:round(validation_share(spec.split_fractions) * len(dev))])
+    return {s: ("test" if which == "test" else "validation" if s in validating else "train")
+            for s, which in sets.items()}
 
 
 def _make_uri_spec(path: str, kind: Optional[str], data_root: Optional[str], **split) -> InputSpec:
@@ -135,7 +220,7 @@ def _make_uri_spec(path: str, kind: Optional[str], data_root: Optional[str], **s
         if not os.path.isdir(root):
             raise InputError(f"data root {root!r} is not a folder")
         root = os.path.abspath(root)
-    return InputSpec(kind=kind, path=path, data_root=root, **split)
+    return _with_meta(InputSpec(kind=kind, path=path, data_root=root, **split))
 
 
 def normalise_uri(uri: str) -> str:
@@ -318,12 +403,22 @@ def _parse_manifest_line(item: RawInput, spec: InputSpec):
 
 
 def _parse_voxceleb(item: RawInput, spec: InputSpec):
+    """A VoxCeleb file: <speaker>/<session>/<utterance>.<ext>, directly under the root, or, in a
+    root with a meta file (the datasets as they ship), under their audio folder: VoxCeleb1's
+    wav/, VoxCeleb2's dev/aac/ and test/aac/. The utterance id is what the official trial lists
+    name: `id10270/x6uYqmx31kE/00001`."""
     parts = item.payload.split("/" if storage.is_uri(spec.path) else os.sep)
-    if len(parts) != 3:
+    nested = spec.speaker_sets is not None and len(parts) > 3
+    if len(parts) != 3 and not nested:
         return _dead(item, BAD_LAYOUT, f"{item.payload!r} is not <speaker>/<session>/<utterance>.<ext>")
-    speaker, session, name = parts
+    speaker, session, name = parts[-3:]
     utterance = f"{speaker}/{session}/{os.path.splitext(name)[0]}"
-    return _record(item, spec, utterance, item.payload, speaker, session, None, None, None)
+    split = None
+    if spec.speaker_sets is not None:
+        split = spec.speaker_sets.get(speaker)
+        if split is None:
+            return _dead(item, MISSING_SPEAKER, f"speaker {speaker!r} is not in {spec.meta_file}", utterance)
+    return _record(item, spec, utterance, item.payload, speaker, session, split, None, None)
 
 
 def _parse_kaldi(item: RawInput, spec: InputSpec):

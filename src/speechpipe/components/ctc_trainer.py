@@ -94,10 +94,15 @@ class InputCounts:
 
 # ------------------------------------------------------------------------------------ input
 
-def scan_inputs(files: Sequence[str], frame_stack: int) -> InputCounts:
-    """Counts usable and skipped utterances with the same rules the dataset filter applies."""
+def scan_inputs(files: Sequence[str], frame_stack: int, num_phones: Optional[int] = None) -> InputCounts:
+    """Counts usable and skipped utterances with the same rules the dataset filter applies. With
+    `num_phones`, a label outside the inventory (records tokenised with another inventory) is an
+    error: the schema cannot bound ids that differ per language."""
     counts = InputCounts()
     for example in record_dataset(files).map(lambda e: {"n": e["num_frames"], "ids": e["phone_ids"]}).as_numpy_iterator():
+        if num_phones is not None and len(example["ids"]) and int(max(example["ids"])) >= num_phones:
+            raise ValueError(f"phone id {int(max(example['ids']))} in {list(files)[:1]}... is outside the inventory's "
+                             f"{num_phones} phones: the records were tokenised with another inventory (language)")
         if len(example["ids"]) == 0:
             counts.no_transcript += 1
         elif not ctc_feasible(list(example["ids"]), int(example["n"]) // frame_stack):
@@ -232,8 +237,8 @@ def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config:
     keras.utils.set_random_seed(config.seed)
     set_mixed_precision(config.mixed_precision)
     inventory = load_inventory(config.inventory)
-    counts = {"train": scan_inputs(train_files, config.model.frame_stack).to_json(),
-              "validation": scan_inputs(eval_files, config.model.frame_stack).to_json()}
+    counts = {"train": scan_inputs(train_files, config.model.frame_stack, inventory.size).to_json(),
+              "validation": scan_inputs(eval_files, config.model.frame_stack, inventory.size).to_json()}
     if counts["train"]["used"] == 0:
         raise ValueError(f"no usable training utterance (need transcripts that CTC can align): {counts['train']}")
     strategy = distribution_strategy()

@@ -381,7 +381,8 @@ def summarise(out_dir: str, spec: InputSpec, config: FeatureConfig, inventory_na
         raise ReadBackError(f"{inputs} inputs but {sum(good.values())} good + {sum(dead.values())} dead-lettered")
     return {
         "input": {"kind": spec.kind, "path": spec.path, "data_root": spec.data_root,
-                  "ignored_non_audio_files": count_ignored_files(spec)},
+                  "ignored_non_audio_files": count_ignored_files(spec), "meta_file": spec.meta_file or None},
+        "splits_from": spec.split_rule(),
         "inputs": inputs,
         "good": good,
         "dead_letter": {"total": sum(dead.values()), "by_reason": dict(sorted(dead.items()))},

@@ -243,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the corpus language (de, en-us) for transcripts given as ordinary text: espeak-ng "
                              "turns them into the language's phones (default: transcripts are IPA)")
     spans_module.add_arguments(parser)
+    parser.add_argument("--split-fractions", default=",".join(str(f) for f in d.split_fractions),
+                        metavar="TRAIN,VALIDATION,TEST",
+                        help="speaker shares of the splits, for inputs that name no split (a VoxCeleb meta file "
+                             "names the test speakers: then the validation share of the dev speakers is "
+                             "VALIDATION / (TRAIN + VALIDATION)); default %(default)s")
     parser.add_argument("--pipeline-name", default=d.pipeline_name)
     parser.add_argument("--test-span", type=int, default=d.test_span, help="span whose test split is the fixed test set")
     parser.add_argument("--normalization", default=d.features.normalization, help="feature normalisation")
@@ -303,6 +308,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return replace(
         d, home=args.home, spans=tuple(shared), ctc_spans=tuple(args.ctc_spans), speaker_spans=tuple(args.speaker_spans),
         branches=branches, trials_file=args.trials, language=args.language,
+        split_fractions=tuple(float(f) for f in args.split_fractions.split(",")),
         pipeline_name=args.pipeline_name, test_span=args.test_span,
         features=replace(d.features, normalization=args.normalization), ctc=ctc, max_per=args.max_per,
         min_per_improvement=args.min_per_improvement, max_dead_letter_fraction=args.max_dead_letter_fraction,

@@ -305,7 +305,7 @@ def _plots(summary: Dict[str, object], folder: str) -> Dict[str, str]:
 def _speaker_markdown(speaker: Optional[Dict[str, object]], folder: str) -> List[str]:
     md = ["", "## Speaker embedder", ""]
     if speaker is None:
-        return md + ["Not part of this run (`--no-speaker`): no EER, DET curve or projection.", ""]
+        return md + ["Not part of this run (`--branches ctc`): no EER, DET curve or projection.", ""]
     training = speaker.get("training") or {}
     if training:
         md += [f"{training.get('steps')} steps ({training.get('segments_seen')} segments) in "
@@ -322,7 +322,7 @@ def _speaker_markdown(speaker: Optional[Dict[str, object]], folder: str) -> List
     evaluation = speaker.get("evaluation") or {}
     if evaluation:
         md += [f"Test speakers never seen in training: span {evaluation['test_examples']['span']}'s test split, trial list "
-               f"`{evaluation['trials']}`.", "",
+               f"{evaluation.get('trial_list', 'built from the test split')} (`{evaluation['trials']}`).", "",
                "| model | ML Metadata id | EER | minDCF | MR (k given) | ARI (k given) | MR (threshold) | clusters | trials |",
                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name in ("candidate", "champion"):
@@ -351,13 +351,19 @@ def write(config, summary: Dict[str, object]) -> str:
     plots = _plots(summary, folder)
     md: List[str] = [f"# speechpipe run {summary['run_id']}", "",
                      f"**Status:** {summary['status']} in {summary['wall_seconds']:.0f} s  ",
-                     f"**Outcome:** {summary['outcome']}  ",
-                     f"**Home:** `{summary['home']}`  ", f"**Registry:** `{summary['tracking_uri']}`  ",
-                     f"**Data key:** `{summary['data_key']}`", ""]
+                     f"**CTC outcome:** {summary['outcome']}  "]
+    if summary.get("speaker"):
+        md.append(f"**Speaker outcome:** {summary['speaker'].get('outcome')}  ")
+    spans = summary.get("branch_spans") or {}
+    md += [f"**Branches:** " + ", ".join(f"{b} on span(s) {', '.join(str(s) for s in spans.get(b, []))}"
+                                         for b in summary.get("branches", [])) + "  ",
+           f"**Home:** `{summary['home']}`  ", f"**Registry:** `{summary['tracking_uri']}`  ",
+           f"**Data keys:** `{json.dumps(summary.get('data_keys') or {}, sort_keys=True)}`", ""]
     if summary.get("error"):
         md += ["## Error", "", "```", str(summary["error"])[:4000], "```", ""]
     md += ["## Nodes", "", "| node | state |", "| --- | --- |"]
     md += [f"| {n} | {v['state']} |" for n, v in summary["nodes"].items()]
+    md += [f"| {n} | skipped: {why} |" for n, why in (summary.get("skipped") or {}).items()]
     md += ["", "## Data", "", "| span | input | train | validation | test | dead-lettered | reasons | hours |",
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in summary.get("data", []):
