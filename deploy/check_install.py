@@ -56,7 +56,11 @@ def check(expect_prefix: str = "") -> List[str]:
     print(f"{len(modules)} modules imported" if not problems else f"{len(modules)} modules checked")
     for package, names in DATA_FILES.items():
         for name in names:
-            if not resources.files(package).joinpath(name).is_file():
+            try:
+                present = resources.files(package).joinpath(name).is_file()
+            except ModuleNotFoundError:
+                present = False
+            if not present:
                 problems.append(f"data file {package}/{name} is missing")
     return problems
 

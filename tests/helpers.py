@@ -94,3 +94,25 @@ def write_official_trials(corpus_dir: str, speakers: List[str], path: str) -> st
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return path
+
+
+def kaldi_text_dir(corpus_dir: str, out_dir: str) -> str:
+    """A synthesised corpus as a Kaldi data directory with ordinary text and no IPA: wav.scp
+    (paths relative to the directory), utt2spk and text. Utterance ids are Kaldi-style
+    (`<speaker>-<session>-<n>`), so every split is assigned from the speaker id."""
+    import shutil
+
+    os.makedirs(out_dir, exist_ok=True)
+    scp, utt2spk, text = [], [], []
+    for line in read_manifest(corpus_dir):
+        utterance = line["utterance"].replace("/", "-")
+        target = os.path.join("audio", utterance + ".wav")
+        os.makedirs(os.path.join(out_dir, "audio"), exist_ok=True)
+        shutil.copyfile(os.path.join(corpus_dir, line["audio"]), os.path.join(out_dir, target))
+        scp.append(f"{utterance} {target}")
+        utt2spk.append(f"{utterance} {line['speaker']}")
+        text.append(f"{utterance} {line['text']}")
+    for name, rows in (("wav.scp", scp), ("utt2spk", utt2spk), ("text", text)):
+        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+            f.write("\n".join(sorted(rows)) + "\n")
+    return out_dir

@@ -95,4 +95,12 @@ def test_installed_distribution_runs_outside_the_repository(kind, distributions,
                 "--patience", "1", "--max-per", "10"], cwd=str(work), env=env)
     assert "RegistryPusher: done" in done.stdout, done.stdout
     assert "pushed" in done.stdout
+    # One line per event: no log line twice, none of Beam's worker start-up warnings, none of
+    # TensorFlow's C++ start-up errors, no dependency FutureWarnings.
+    said = done.stdout + done.stderr
+    for noise in ("INFO:speechpipe", "Discarding unparseable args", "semi_persistent_directory",
+                  "Unable to register", "FutureWarning"):
+        assert noise not in said, (noise, said[-4000:])
+    epochs = [line for line in done.stdout.splitlines() if "epoch 1:" in line]
+    assert len(epochs) == 1, done.stdout
     shutil.rmtree(venv)  # 3-4 GB of links and copies: not kept for pytest's last three sessions

@@ -90,3 +90,45 @@ def test_a_failing_ctc_span_stops_the_ctc_branch_only(speaker_corpus, tiny_corpu
     with open(summary["report"], encoding="utf-8") as f:
         report = f.read()
     assert "ValidationGate_span0" in report and "stopped at the validation gate" in report
+
+
+def test_a_kaldi_directory_with_german_text_trains_and_pushes_the_ctc_model_alone(tmp_path):
+    import numpy as np
+    import soundfile as sf
+    import tensorflow as tf
+
+    from speechpipe.audio.sources import assign_split
+    from speechpipe.phones.inventory import load_inventory
+    from tests.helpers import kaldi_text_dir
+
+    corpus = make_tiny_corpus(str(tmp_path / "corpus"), speakers=10, utterances=3, sessions=1)
+    fractions = (0.6, 0.2, 0.2)
+    speakers = sorted({line["speaker"] for line in read_manifest(corpus)})
+    splits = {assign_split(s, fractions, 0) for s in speakers}
+    assert splits == {"train", "validation", "test"}, "the tiny corpus's speakers must fill every split"
+    data = kaldi_text_dir(corpus, str(tmp_path / "data" / "train"))
+    with open(os.path.join(data, "text"), encoding="utf-8") as f:
+        assert not any(c in f.read() for c in "ˈʃçː")  # ordinary German text, no IPA
+
+    home = tmp_path / "home"
+    summary = run_pipeline(_config(home, branches=("ctc",), ctc_spans=(data,), language="de",
+                                   split_fractions=fractions))
+    assert summary["status"] == "succeeded", summary["error"]
+    assert not any(n.startswith("Speaker") or n == "PairGen" for n in summary["nodes"]), summary["nodes"]
+    (span,) = summary["data"]
+    assert span["dead_letter"]["total"] == 0, span["dead_letter"]
+    assert summary["push"]["pushed"] is True, summary["outcome"]
+    assert summary["evaluation"]["candidate"]["reference_phones"] > 0
+
+    registry = Registry(_config(home).registry_uri)
+    (model,) = registry.list()
+    assert model["name"] == "speechpipe-ctc"
+    saved = registry.download("speechpipe-ctc", "1", str(tmp_path / "v1"))
+    transcriber = tf.saved_model.load(os.path.join(saved, "model") if os.path.isdir(os.path.join(saved, "model"))
+                                      else saved)
+    audio, rate = sf.read(os.path.join(corpus, read_manifest(corpus)[0]["audio"]), dtype="float32")
+    out = transcriber.signatures["transcribe"](waveforms=tf.constant(audio[None, :]),
+                                              lengths=tf.constant([audio.shape[0]], tf.int32))
+    phones = out["phones"].numpy()[0].decode("utf-8").split()
+    assert set(phones) <= set(load_inventory("phones_de.json").phones), phones
+    assert np.isfinite(summary["evaluation"]["candidate"]["per"])

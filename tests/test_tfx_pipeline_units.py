@@ -78,8 +78,11 @@ def test_fingerprint_changes_with_new_audio(tmp_path):
     first = span_fingerprint(str(folder))
     (folder / "id1" / "s1" / "2.wav").write_bytes(b"y")
     assert span_fingerprint(str(folder)) != first
-    config = RunConfig(spans=(str(manifest),))
-    assert data_key(config, ["a"]) != data_key(config, ["a", "b"])
+    config = RunConfig(spans=(str(manifest),), ctc_spans=(str(folder),))
+    assert data_key(config, ["a", "b"]) != data_key(config, ["a", "c"])  # the CTC branch's own span changed
+    # ... which is no data of the speaker branch's: its key stays.
+    assert data_key(config, ["a", "b"], "speaker") == data_key(config, ["a", "c"], "speaker")
+    assert data_key(config, ["a", "b"], "speaker") != data_key(config, ["z", "b"], "speaker")
 
 
 def test_an_older_demo_corpus_is_used_as_it_is_with_a_notice(tmp_path):
