@@ -67,6 +67,10 @@ BEAM_JOBS: Dict[str, str] = {
 }
 
 
+# The commands on the registry's models whose --input runs the batch-inference Beam job.
+CORPUS_COMMANDS = ("transcribe", "embed", "cluster")
+
+
 def _beam_job(module: str) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         import importlib
@@ -125,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_registry_list)
 
+    from speechpipe.serving.commands import add_commands
+
+    add_commands(commands)
+
     phones = commands.add_parser("phones", help="show the phone inventory, or tokenize an IPA string")
     phones.add_argument("ipa", nargs="?", help="IPA string to split into phones")
     phones.add_argument("--inventory", default="phones_de.json")
@@ -165,8 +173,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] in BEAM_JOBS:
         # argparse's REMAINDER does not take leading --options: hand the job its argv directly.
         args = argparse.Namespace(handler=_beam_job(BEAM_JOBS[argv[0]]), job_args=argv[1:])
+    elif argv and argv[0] in CORPUS_COMMANDS:
+        # Their --input runs a Beam job: options they do not know go to Beam, as for the jobs above.
+        args, rest = build_parser().parse_known_args(argv)
+        unknown = [a for a in rest if not a.startswith("--")]
+        if unknown:
+            build_parser().error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.beam_args = rest
     else:
         args = build_parser().parse_args(argv)
+    from speechpipe.serving.commands import finish_args
+
+    args = finish_args(args)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

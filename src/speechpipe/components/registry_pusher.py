@@ -1,9 +1,12 @@
 """RegistryPusher: pushes a blessed model to the MLflow Model Registry, never an unblessed one.
 
 For a blessed model it registers a new version carrying its metrics, data spans, pipeline run id,
-ML Metadata artifact ids, feature config and git commit; downloads the version back from the
-registry; smoke-tests it through its serving signature (`transcribe`, or `embed` for the speaker embedder); and only then moves the
-`champion` alias. An unblessed model is recorded as not pushed, with the evaluator's reason.
+ML Metadata artifact ids, feature config and git commit, as an MLflow model (the pyfunc flavor of
+src/speechpipe/serving/pyfunc.py, the SavedModel inside it); a speaker model also carries its
+decision threshold (tags and operating_point.json). It downloads the version back from the
+registry, smoke-tests the SavedModel's serving signature (`transcribe`, or `embed` for the
+speaker embedder) and the pyfunc flavor, and only then moves the `champion` alias. An unblessed
+model is recorded as not pushed, with the evaluator's reason.
 
 A custom executor (not a Python-function component) because the executor context carries the
 pipeline run id, which must not be an execution parameter: it would defeat the cache. Artifact
@@ -13,6 +16,7 @@ read from a local folder).
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from typing import Any, Dict, List
 
@@ -24,6 +28,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from speechpipe.io import storage
 
 PUSH_FILE = "push.json"
+OPERATING_POINT_FILE = "operating_point.json"
 
 
 class RegistryPusherSpec(types.ComponentSpec):
@@ -58,6 +63,8 @@ class Executor(base_executor.BaseExecutor):
         from speechpipe.components.evaluator import EVALUATION_FILE, serving_dir
         from speechpipe.components.examples_union import member_spans
         from speechpipe.results.registry import SMOKE_TESTS, Registry, SmokeTestError, git_commit, speechpipe_version
+        from speechpipe.serving.pyfunc import save_flavor, smoke_test_flavor
+        from speechpipe.serving.resolve import saved_model_in
 
         model = artifact_utils.get_single_instance(input_dict["model"])
         blessing = artifact_utils.get_single_instance(input_dict["model_blessing"])
@@ -119,17 +126,36 @@ class Executor(base_executor.BaseExecutor):
         files = {}
         if storage.exists(storage.join(blessing.uri, EVALUATION_FILE)):
             files["evaluation"] = storage.join(blessing.uri, EVALUATION_FILE)
+        operating = evaluation.get("operating_point") or {}
+        if kind == "speaker" and operating.get("threshold") is not None:
+            # What `speechpipe verify` decides with, and where it came from.
+            tags.update({"decision_threshold": repr(float(operating["threshold"])),
+                         "decision_threshold_source": operating.get("source", ""),
+                         "target_far": repr(float(operating.get("target_far", 0.0)))})
         registry = Registry(exec_properties["tracking_uri"], exec_properties.get("artifact_root") or None)
         name = exec_properties["model_name"]
-        registered = registry.register(name, model_dir, {k: v for k, v in metrics.items() if v is not None}, tags,
-                                       params, files)
+        sample_rate = int(json.loads(exec_properties["feature_config"]).get("sample_rate", 16000))
+        with tempfile.TemporaryDirectory() as staging:
+            # The version is an MLflow model (pyfunc flavor) holding the SavedModel: the flavor is
+            # written from a local copy of the trainer's export (which may be on object storage).
+            local_model = (storage.copy_tree_to_local(model_dir, os.path.join(staging, "saved_model"))
+                           if storage.is_uri(model_dir) else model_dir)
+            flavor = save_flavor(local_model, kind, os.path.join(staging, "flavor"), sample_rate,
+                                 {"model_kind": kind, "pipeline_run_id": run_id})
+            if operating:
+                with open(os.path.join(staging, OPERATING_POINT_FILE), "w", encoding="utf-8") as f:
+                    json.dump(operating, f, indent=1, sort_keys=True)
+                files["operating_point"] = os.path.join(staging, OPERATING_POINT_FILE)
+            registered = registry.register(name, flavor, {k: v for k, v in metrics.items() if v is not None}, tags,
+                                           params, files)
         record.update({"model_name": name, "version": registered.version, "mlflow_run_id": registered.run_id,
                        "source": registered.source, "tracking_uri": registry.tracking_uri, "tags": tags,
                        "metrics": metrics})
         with tempfile.TemporaryDirectory() as tmp:
             loaded = registry.download(name, registered.version, tmp)
             try:
-                smoke = SMOKE_TESTS[kind](loaded)
+                smoke = SMOKE_TESTS[kind](saved_model_in(loaded))
+                smoke.update(smoke_test_flavor(loaded, kind))
             except Exception as error:
                 registry.tag_version(name, registered.version, "smoke_test", "failed")
                 finish(False, f"registered as v{registered.version} but its smoke test failed, champion unchanged: {error}")

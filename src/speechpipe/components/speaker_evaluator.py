@@ -25,6 +25,11 @@ PROJECTION_PLOT = "embeddings.png"
 MODEL_KIND = "speaker"
 
 
+def read_split(split_uri: str) -> List[object]:
+    """A split's utterances (records.UtteranceFeatures); an error when it has fewer than 2 speakers."""
+    return read_test_split(split_uri)
+
+
 def read_test_split(test_split_uri: str) -> List[object]:
     """The test split's utterances (records.UtteranceFeatures), read once for every model
     evaluated on them; an error when it has fewer than 2 speakers (EER needs both kinds of trial).
@@ -43,8 +48,47 @@ def read_test_split(test_split_uri: str) -> List[object]:
     return items
 
 
+# All pairs of validation utterances are the trials the decision threshold is fitted on; a larger
+# validation split is sampled down to this many (seeded), which pins the threshold to well under
+# a percent of FAR at the default target.
+MAX_THRESHOLD_TRIALS = 200_000
+DEFAULT_TARGET_FAR = 0.01
+
+
+def operating_point(embed, validation_items: Sequence[object], score_fn, target_far: float,
+                    test_scores, test_labels, where: str) -> Dict[str, object]:
+    """The decision threshold a speaker model ships: fitted on the validation speakers (never the
+    test ones), at the target false-accept rate, with the EER threshold beside it; and the test
+    false-accept and false-reject rates at it, which is what a user of the threshold will get."""
+    import numpy as np
+
+    from speechpipe.speakers import speaker_eval
+
+    utterances = [item.utterance for item in validation_items]
+    speakers = [item.speaker for item in validation_items]
+    trials = speaker_eval.all_pairs_trials(utterances, speakers)
+    if len(trials) > MAX_THRESHOLD_TRIALS:
+        keep = np.random.default_rng(0).choice(len(trials), MAX_THRESHOLD_TRIALS, replace=False)
+        trials = [trials[i] for i in sorted(keep)]
+    embeddings = dict(zip(utterances, embed(validation_items)))
+    scores, labels = speaker_eval.trial_scores(embeddings, trials, score_fn)
+    threshold = speaker_eval.threshold_at_far(scores, labels, target_far)
+    eer = speaker_eval.equal_error_rate(scores, labels)
+    test_far, test_frr = speaker_eval.rates_at(test_scores, test_labels, threshold)
+    eer_far, eer_frr = speaker_eval.rates_at(test_scores, test_labels, eer.threshold)
+    return {"threshold": threshold, "target_far": target_far,
+            "source": f"fitted at FAR {target_far:g} on {len(set(speakers))} validation speakers of {where} "
+                      f"({len(trials)} trials)",
+            "validation_eer": float(eer.eer), "eer_threshold": float(eer.threshold),
+            "test_far": test_far, "test_frr": test_frr, "test_far_at_eer_threshold": eer_far,
+            "test_frr_at_eer_threshold": eer_frr, "validation_speakers": len(set(speakers)),
+            "validation_trials": len(trials)}
+
+
 def embedder_metrics(saved_model_dir: str, test_items: Sequence[object], trials: Sequence[Tuple[int, str, str]],
-                     plot_dir: Optional[str] = None, label: str = "candidate") -> Dict[str, object]:
+                     plot_dir: Optional[str] = None, label: str = "candidate",
+                     validation_items: Optional[Sequence[object]] = None, target_far: float = DEFAULT_TARGET_FAR,
+                     where: str = "the test span") -> Dict[str, object]:
     """EER and minDCF on a trial list, and agglomerative clustering of the test utterances with
     the number of speakers given and with the model's own threshold (chosen on its validation
     speakers), for an exported embedder. With `plot_dir`, the projection PNG is written there;
@@ -58,12 +102,15 @@ def embedder_metrics(saved_model_dir: str, test_items: Sequence[object], trials:
     config = loaded.config
     utterances = [item.utterance for item in test_items]
     speakers = [item.speaker for item in test_items]
-    embeddings = np.stack([
-        loaded.embed_segments(segment_windows(item.features, config.segment_frames, config.eval_hop)).mean(axis=0)
-        for item in test_items])
+    def embed(items):
+        return np.stack([
+            loaded.embed_segments(segment_windows(item.features, config.segment_frames, config.eval_hop)).mean(axis=0)
+            for item in items])
+
+    embeddings = embed(test_items)
     scoring = config.scoring
-    scores, labels = speaker_eval.trial_scores(dict(zip(utterances, embeddings)), trials,
-                                               lambda a, b: score(a, b, scoring))
+    score_fn = lambda a, b: score(a, b, scoring)  # noqa: E731
+    scores, labels = speaker_eval.trial_scores(dict(zip(utterances, embeddings)), trials, score_fn)
     result = speaker_eval.verification(scores, labels)
     fpr, fnr = speaker_eval.det_curve(scores, labels)
     clusters = speaker_eval.clustering(clustering_distances(embeddings, config), speakers,
@@ -75,6 +122,9 @@ def embedder_metrics(saved_model_dir: str, test_items: Sequence[object], trials:
         "mr_threshold": float(clusters.mr_threshold), "clusters_threshold": int(clusters.clusters_threshold),
         "det": [fpr.tolist(), fnr.tolist()],
     }
+    if validation_items:
+        metrics["operating_point"] = operating_point(embed, validation_items, score_fn, target_far, scores, labels,
+                                                     where)
     if plot_dir:
         metrics["projection_png"] = speaker_eval.plot_embeddings(
             embeddings, speakers, storage.join(plot_dir, f"{label}_{PROJECTION_PLOT}"),
@@ -92,6 +142,7 @@ def SpeakerEvaluator(  # noqa: N802
     max_eer: Parameter[float] = 0.4,
     min_eer_improvement: Parameter[float] = 0.0,
     data_key: Parameter[str] = "",
+    target_far: Parameter[float] = 0.01,
 ) -> None:
     import numpy as np
 
@@ -109,7 +160,13 @@ def SpeakerEvaluator(  # noqa: N802
         raise FileNotFoundError(f"no test trial list at {trials}: the test split of span {examples.span} has no "
                                 "pairs (it needs 2 or more speakers with utterances of one segment or longer)")
     test_items, trial_list = read_test_split(test_uri), read_trials(trials)
-    candidate = embedder_metrics(serving_dir(model.uri), test_items, trial_list, blessing.uri, "candidate")
+    no_threshold = ""
+    try:
+        validation_items = read_split(storage.join(examples.uri, "Split-validation"))
+    except ValueError as error:  # the test span validates too few speakers: no threshold is shipped
+        validation_items, no_threshold = None, f"no decision threshold: {error}"
+    candidate = embedder_metrics(serving_dir(model.uri), test_items, trial_list, blessing.uri, "candidate",
+                                 validation_items, target_far, f"span {examples.span}")
     champion_metrics = None
     champion = present_champion(champion)  # None also for a registry champion marked absent
     if champion is not None:
@@ -125,6 +182,8 @@ def SpeakerEvaluator(  # noqa: N802
     why = ("blessed: EER within the threshold" + (" and better than the champion" if champion_metrics else
                                                   " (no champion yet)")) if blessed else "; ".join(reasons)
     strip = lambda m: {k: v for k, v in m.items() if k != "det"}  # noqa: E731 - the DET points are in the PNG
+    operating = candidate.pop("operating_point", None) or ({"threshold": None, "why": no_threshold}
+                                                           if no_threshold else None)
     evaluation = {
         "model_kind": MODEL_KIND, "blessed": blessed, "reasons": reasons, "why": why,
         "candidate": {"model_id": model.id, "uri": model.uri, **strip(candidate)},
@@ -135,5 +194,7 @@ def SpeakerEvaluator(  # noqa: N802
         "trials": trials, "det_png": storage.join(blessing.uri, DET_PLOT), "data_key": data_key,
         # What the EER is measured on, as the report names it.
         "trial_list": pairs.get_string_custom_property("official_trials") or "built from the test split",
+        # The decision threshold the pusher ships with the model (`speechpipe verify` uses it).
+        "operating_point": operating,
     }
     write_blessing(blessing, evaluation, model, champion, data_key, MODEL_KIND, "eer")

@@ -108,6 +108,7 @@ def pipeline_arguments(config: RunConfig, fingerprints: List[str], keys: Dict[st
         trials_file=where(config.trials_file) if config.trials_file else "",
         max_eer=config.max_eer,
         min_eer_improvement=config.min_eer_improvement,
+        target_far=config.target_far,
         enable_cache=config.enable_cache,
         champion_from=config.champion_from,
         language=config.language,
@@ -271,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-eer", type=float, default=d.max_eer, help="bless the embedder only at or below this test EER")
     parser.add_argument("--min-eer-improvement", type=float, default=d.min_eer_improvement,
                         help="margin by which a candidate embedder must beat the champion's EER")
+    parser.add_argument("--target-far", type=float, default=d.target_far,
+                        help="the embedder's shipped decision threshold: this false-accept rate on its validation "
+                             "speakers (default %(default)s)")
     parser.add_argument("--embedder-minutes", type=float, default=e.max_seconds / 60, help="speaker embedder budget")
     parser.add_argument("--embedder-model-name", default=d.embedder_model_name)
     speaker = parser.add_mutually_exclusive_group()
@@ -317,6 +321,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         speaker_features=replace(d.speaker_features, normalization=args.speaker_normalization),
         embedder=replace(d.embedder, max_seconds=60.0 * args.embedder_minutes), max_eer=args.max_eer,
         min_eer_improvement=args.min_eer_improvement, embedder_model_name=args.embedder_model_name,
+        target_far=args.target_far,
         beam_args=("--direct_running_mode=in_memory",) if args.in_memory else (),
     )
 

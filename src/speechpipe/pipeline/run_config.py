@@ -105,6 +105,9 @@ class RunConfig:
     max_eer: float = 0.40
     min_per_improvement: float = 0.0
     min_eer_improvement: float = 0.0
+    # The speaker model's shipped decision threshold: the one with this false-accept rate on its
+    # validation speakers (`speechpipe verify` decides with it).
+    target_far: float = 0.01
     # Registry: None = $MLFLOW_TRACKING_URI when set, else SQLite under the home folder.
     tracking_uri: Optional[str] = None
     registry_model_name: str = CTC_MODEL_NAME
@@ -384,6 +387,8 @@ def validate_run_config(config: RunConfig) -> RunConfig:
         raise ConfigError(f"embedder: speakers_per_batch and segments_per_speaker must be >= 2, got {e}")
     if not config.max_per > 0:
         raise ConfigError(f"max_per={config.max_per}: must be positive (PER can exceed 1 with insertions)")
+    if not 0.0 < config.target_far < 1.0:
+        raise ConfigError(f"target_far={config.target_far}: need a false-accept rate in (0, 1)")
     for name in ("max_dead_letter_fraction", "max_eer"):
         value = getattr(config, name)
         if not 0.0 <= value <= 1.0:

@@ -77,6 +77,7 @@ def create_pipeline(
     trials_file: str = "",
     max_eer: float = 0.4,
     min_eer_improvement: float = 0.0,
+    target_far: float = 0.01,
     enable_cache: bool = True,
     champion_from: str = "resolver",
     language: str = "",
@@ -115,6 +116,7 @@ def create_pipeline(
             checked, speaker_spans, ctc_spans, feature_config, speaker_feature_config, test_span=test_span,
             embedder_config=embedder_config or {}, warm_start=warm_start, beam_args=beam_args,
             data_key=speaker_data_key or data_key, max_eer=max_eer, min_eer_improvement=min_eer_improvement,
+            target_far=target_far,
             tracking_uri=tracking_uri, artifact_root=artifact_root, model_name=embedder_model_name,
             pipeline_name=pipeline_name, champion_from=champion_from, trials_file=trials_file)
 
@@ -305,7 +307,7 @@ def _speaker_branch(checked: _SpanFeatures, span_numbers: List[int], ctc_span_nu
                     embedder_config: Dict[str, object], warm_start: bool, beam_args: Sequence[str], data_key: str,
                     max_eer: float, min_eer_improvement: float, tracking_uri: str, artifact_root: str,
                     model_name: str, pipeline_name: str, champion_from: str = "resolver",
-                    trials_file: str = "") -> List:
+                    trials_file: str = "", target_far: float = 0.01) -> List:
     """The speaker embedder's nodes, on its own spans' Examples and gates. On a span the CTC
     branch also reads, the embedder's features (by default globally normalised: a per-utterance
     normalisation removes the long-term spectrum, which carries the speaker) run after that span's
@@ -335,7 +337,7 @@ def _speaker_branch(checked: _SpanFeatures, span_numbers: List[int], ctc_span_nu
     evaluator = SpeakerEvaluator(
         model=trainer.outputs["model"], examples=test_examples, pairs=pairs.outputs["pairs"],
         champion=champion.outputs["model"], max_eer=max_eer, min_eer_improvement=min_eer_improvement,
-        data_key=data_key,
+        data_key=data_key, target_far=target_far,
     ).with_id("SpeakerEvaluator")
     # Registers, loads back, smoke-tests `embed` and crowns the embedder, only when blessed.
     pusher = RegistryPusher(

@@ -251,6 +251,10 @@ def summary_lines(summary: Dict[str, object]) -> List[str]:
         lines.append(f"[run]   test EER {100 * c['eer']:.2f} %, minDCF {c['min_dcf']:.3f}, MR {c['mr']:.3f} "
                      f"({c['speakers']} unseen speakers)"
                      + (f" vs champion (model {champ['model_id']}) EER {100 * champ['eer']:.2f} %" if champ else " (no champion yet)"))
+    operating = (s_eval or {}).get("operating_point") or {}
+    if operating.get("threshold") is not None:
+        lines.append(f"[run]   decision threshold {operating['threshold']:.4f} ({operating['source']}): on the test "
+                     f"speakers FAR {100 * operating['test_far']:.2f} %, FRR {100 * operating['test_frr']:.2f} %")
     if speaker:
         lines.append(f"[run]   speaker outcome: {speaker.get('outcome')}")
     if summary.get("report"):
@@ -331,6 +335,15 @@ def _speaker_markdown(speaker: Optional[Dict[str, object]], folder: str) -> List
                 md.append(f"| {name} | {m['model_id']} | {100 * m['eer']:.2f} % | {m['min_dcf']:.3f} | {m['mr']:.3f} | "
                           f"{m['ari']:.3f} | {m['mr_threshold']:.3f} | {m['clusters_threshold']} / {m['speakers']} | {m['trials']} |")
         md += ["", f"**Blessed:** {evaluation['blessed']} - {evaluation['why']}", ""]
+        operating = evaluation.get("operating_point") or {}
+        if operating.get("threshold") is not None:
+            md += [f"**Decision threshold shipped with the model:** {operating['threshold']:.4f}, {operating['source']}. "
+                   f"What a user gets on the test speakers: false accepts {100 * operating['test_far']:.2f} %, false "
+                   f"rejects {100 * operating['test_frr']:.2f} % (at the validation EER threshold "
+                   f"{operating['eer_threshold']:.4f}: {100 * operating['test_far_at_eer_threshold']:.2f} % / "
+                   f"{100 * operating['test_frr_at_eer_threshold']:.2f} %).", ""]
+        elif operating.get("why"):
+            md += [f"**Decision threshold:** {operating['why']}", ""]
         source = speaker.get("blessing_uri") or ""
         for png, title in (("det.png", "DET curve"), ("candidate_embeddings.png", "test embeddings (t-SNE)")):
             if source and storage.exists(storage.join(source, png)):

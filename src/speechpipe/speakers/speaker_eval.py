@@ -92,6 +92,27 @@ def min_dcf(scores: Sequence[float], labels: Sequence[int], p_target: float = VO
     return float(cost.min() / min(c_miss * p_target, c_fa * (1.0 - p_target)))
 
 
+def threshold_at_far(scores: Sequence[float], labels: Sequence[int], target_far: float) -> float:
+    """The lowest threshold ("accept when score >= t") whose false-accept rate on these trials is
+    at most `target_far`: the operating point a deployment that bounds false accepts ships."""
+    if not 0.0 <= target_far < 1.0:
+        raise ValueError(f"target_far={target_far}: need [0, 1)")
+    thresholds, fpr, _ = operating_points(scores, labels)
+    ok = np.flatnonzero(fpr <= target_far)
+    i = int(ok[-1])  # fpr rises with i, so the last one within the target is the lowest threshold
+    if not np.isfinite(thresholds[i]):  # no score passes: accept nothing above the highest non-target
+        scores, labels = _check_trials(scores, labels)
+        return float(np.nextafter(scores[labels == 0].max(), np.inf))
+    return float(thresholds[i])
+
+
+def rates_at(scores: Sequence[float], labels: Sequence[int], threshold: float) -> Tuple[float, float]:
+    """(false-accept rate, false-reject rate) of "accept when score >= threshold" on these trials."""
+    scores, labels = _check_trials(scores, labels)
+    accepted = scores >= threshold
+    return float(accepted[labels == 0].mean()), float((~accepted[labels == 1]).mean())
+
+
 def det_curve(scores: Sequence[float], labels: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
     """(FPR, FNR) at every operating point."""
     _, fpr, fnr = operating_points(scores, labels)
