@@ -1,5 +1,6 @@
 """Real speech: the speaker embedder's yardstick on LibriSpeech clips, next to a no-learning floor.
 
+    .venv/bin/python -m bench bench_realspeech --model models:/NAME@champion
     .venv/bin/python -m bench.bench_realspeech [--model PATH_OR_URI ...] [--data DIR] [--json OUT]
         [--tracking-uri URI] [--home speechpipe_home] [--draws 1000] [--seed 0]
 
@@ -15,8 +16,9 @@ machine without the shared folder, the bench says so and skips, so that `make be
 the others.
 
 Models (`--model`, repeatable, or BENCH_REALSPEECH_MODELS, comma-separated): an exported
-embedder's SavedModel folder (or a gs:// URI), or a registry reference `models:/NAME@ALIAS`
-(e.g. @champion) or `models:/NAME/VERSION`, resolved through `--tracking-uri` (default:
+embedder's SavedModel folder (or a gs:// URI, or a downloaded registry version), or a registry
+reference `models:/NAME@ALIAS` (e.g. @champion) or `models:/NAME/VERSION`, resolved as the
+serving commands resolve it (speechpipe.serving.resolve) through `--tracking-uri` (default:
 $MLFLOW_TRACKING_URI, else the embedded SQLite registry of `--home`). Every clip goes through
 the SavedModel's `embed` signature on the raw 16 kHz waveform, and pairs are scored with the
 model's own scoring (its exported config: cosine, or KL), as the pipeline's evaluator does.
@@ -38,9 +40,9 @@ Protocols (EER and minDCF, speechpipe.speakers.speaker_eval.verification):
                every train-clean-100 utterance as non-targets (251 unseen impostors, never a pair
                of two train-clean-100 clips).
 Every target trial pairs two utterances of one LibriVox chapter (each test-other speaker's 10
-clips come from a single chapter): same session, same microphone. That flatters every system,
-the floor most, since a fixed channel shows in the long-term spectrum; read the figures as an
-upper bound on what cross-session trials would give. Nothing about time is asserted.
+clips come from a single chapter): same session, same microphone. That flatters every system
+(a fixed channel shows in the long-term spectrum as the voice does); read the figures as a
+bound on what cross-session trials would give. Nothing about time is asserted.
 """
 from __future__ import annotations
 
@@ -231,47 +233,19 @@ def evaluate(embeddings: Dict[str, np.ndarray], clips: Sequence[Clip],
 
 # ---------------------------------------------------------------------------------- models
 
-def parse_registry_reference(spec: str) -> Tuple[str, Optional[str], Optional[str]]:
-    """'models:/NAME@ALIAS' -> (NAME, ALIAS, None); 'models:/NAME/VERSION' -> (NAME, None, VERSION)."""
-    body = spec[len("models:/"):].strip("/")
-    if "@" in body:
-        name, alias = body.rsplit("@", 1)
-        if name and alias:
-            return name, alias, None
-    elif "/" in body:
-        name, version = body.rsplit("/", 1)
-        if name and version.isdigit():
-            return name, None, version
-    raise ValueError(f"{spec!r}: expected models:/NAME@ALIAS (e.g. @champion) or models:/NAME/VERSION")
-
-
 def resolve_model(spec: str, tracking_uri: str, workdir: str) -> Tuple[str, Dict[str, str]]:
-    """(the local or gs:// SavedModel folder of `spec`, where it came from): a folder as it is, a
-    registry reference downloaded from the registry's artifact store into `workdir`."""
-    if not spec.startswith("models:/"):
-        if "://" not in spec and not os.path.exists(os.path.join(spec, "saved_model.pb")):
-            raise FileNotFoundError(f"--model {spec}: no saved_model.pb there (an exported embedder's folder, "
-                                    "or models:/NAME@champion)")
-        return spec, {"model_dir": spec}
-    from mlflow.exceptions import MlflowException
+    """(the SavedModel folder of `spec`, where it came from), through the resolver the serving
+    commands use (speechpipe.serving.resolve): a folder, or a registry version downloaded into
+    `workdir`, whether the version is the SavedModel itself or an MLflow model holding it."""
+    if "://" in spec and not spec.startswith("models:/"):
+        return spec, {"model_dir": spec}  # gs://, s3://: TensorFlow's gfile reads it where it is
+    from speechpipe.serving.resolve import resolve
 
-    from speechpipe.results.registry import Registry
-
-    name, alias, version = parse_registry_reference(spec)
-    if tracking_uri.startswith("sqlite:///") and not os.path.exists(tracking_uri[len("sqlite:///"):]):
-        raise FileNotFoundError(f"--model {spec}: no registry at {tracking_uri} (nothing pushed yet; "
-                                "--home or --tracking-uri name another)")
-    registry = Registry(tracking_uri)
-    try:
-        if alias is not None:
-            version = str(registry.client.get_model_version_by_alias(name, alias).version)
-        local = registry.download(name, version, os.path.join(workdir, f"{name}-v{version}"))
-    except MlflowException as error:
-        raise FileNotFoundError(f"--model {spec}: not in the registry at {tracking_uri}: {error}") from error
-    if not os.path.exists(os.path.join(local, "saved_model.pb")):
-        raise FileNotFoundError(f"--model {spec} (v{version}): no saved_model.pb in the downloaded artifact {local}")
-    print(f"{spec}: version {version}, downloaded from {tracking_uri}")
-    return local, {"registry": tracking_uri, "name": name, "version": version}
+    resolved = resolve(spec, tracking_uri, workdir)
+    if not resolved.version:
+        return resolved.saved_model_dir, {"model_dir": spec}
+    print(f"{spec}: {resolved.describe()}, from {tracking_uri}")
+    return resolved.saved_model_dir, {"registry": tracking_uri, "name": resolved.name, "version": resolved.version}
 
 
 def model_embeddings(model_dir: str, waves: Sequence[np.ndarray]):
@@ -335,9 +309,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             raise SystemExit(f"bench_realspeech: {error}") from None
         print(f"bench_realspeech: skipped: {error}")
         return
-    from speechpipe.pipeline.run_config import embedded_tracking_uri
+    from speechpipe.serving.resolve import tracking_uri_for
 
-    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri(args.home)
+    tracking_uri = tracking_uri_for(args.tracking_uri, args.home)
     other = [c for c in clips if c.subset == TEST_OTHER]
     print(f"{data}: {len(other)} {TEST_OTHER} clips of {len({c.speaker for c in other})} speakers, "
           f"{len(clips) - len(other)} {TRAIN_CLEAN} clips of {len({c.speaker for c in clips if c.subset == TRAIN_CLEAN})} "
@@ -365,7 +339,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         for spec in specs:
             from speechpipe.speakers.embedder import score
 
-            model_dir, source = resolve_model(spec, tracking_uri, workdir)
+            try:
+                model_dir, source = resolve_model(spec, tracking_uri, workdir)
+            except ValueError as error:  # ModelNotFound: say which --model, no traceback
+                raise SystemExit(f"bench_realspeech: --model {spec}: {error}") from None
             embeddings, loaded = model_embeddings(model_dir, waves)
             config = loaded.config
             figures = evaluate(dict(zip(utterances, embeddings)), clips,

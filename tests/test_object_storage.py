@@ -377,8 +377,10 @@ def test_speaker_evaluator_and_registry_pusher_on_object_storage(tmp_path, bucke
     assert push["smoke_test"]["signature"] == "embed"
     registry = Registry(tracking)
     assert registry.champion("ram-embedder") == "1"
-    downloaded = registry.download("ram-embedder", "1", str(tmp_path / "downloaded"))
-    # The whole SavedModel was staged and logged, the embedder's config included.
+    from speechpipe.serving.resolve import saved_model_in
+
+    downloaded = saved_model_in(registry.download("ram-embedder", "1", str(tmp_path / "downloaded")))
+    # The whole SavedModel was staged and logged (inside the MLflow model), the embedder's config included.
     assert os.path.exists(os.path.join(downloaded, "assets.extra", embedder.CONFIG_FILE))
     assert "embed" in tf.saved_model.load(downloaded).signatures
     (model_info,) = [m for m in registry.list() if m["name"] == "ram-embedder"]

@@ -164,6 +164,26 @@ def test_nothing_is_held_over_into_the_next_text(en):
     assert en.phones("cat") == ["k", "æ", "t"]
 
 
+def test_what_another_caller_left_held_back_is_flushed_first():
+    EspeakEngine.get().phonemize("a – b", EspeakVoice(language="en-us"))  # leaves "b" held back
+    assert Phonemizer("en-us").phonemize("hello") == "həlˈoʊ"
+
+
+class _HoldingEngine:
+    """An engine that still holds part of the text after the call, as espeak-ng can."""
+
+    def phonemize(self, text, voice):
+        return "bˈiː" if text == " " else "ˈeɪ"
+
+
+def test_a_word_still_held_back_after_the_text_is_an_error():
+    phonemizer = Phonemizer("en-us")
+    phonemizer.phonemize("warm")  # takes the engine
+    phonemizer._engine = _HoldingEngine()
+    with pytest.raises(PhonemizeError, match="held back 'bˈiː'"):
+        phonemizer.phones("a – b")
+
+
 _CHILD = """
 import json, sys
 from speechpipe.phones.phonemizer import Phonemizer

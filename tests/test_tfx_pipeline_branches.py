@@ -123,9 +123,9 @@ def test_a_kaldi_directory_with_german_text_trains_and_pushes_the_ctc_model_alon
     registry = Registry(_config(home).registry_uri)
     (model,) = registry.list()
     assert model["name"] == "speechpipe-ctc"
-    saved = registry.download("speechpipe-ctc", "1", str(tmp_path / "v1"))
-    transcriber = tf.saved_model.load(os.path.join(saved, "model") if os.path.isdir(os.path.join(saved, "model"))
-                                      else saved)
+    from speechpipe.serving.resolve import saved_model_in
+
+    transcriber = tf.saved_model.load(saved_model_in(registry.download("speechpipe-ctc", "1", str(tmp_path / "v1"))))
     audio, rate = sf.read(os.path.join(corpus, read_manifest(corpus)[0]["audio"]), dtype="float32")
     out = transcriber.signatures["transcribe"](waveforms=tf.constant(audio[None, :]),
                                               lengths=tf.constant([audio.shape[0]], tf.int32))

@@ -76,7 +76,9 @@ def test_embedder_registry_version_is_smoke_tested_and_embeds_raw_audio(runs):
     assert '"normalization": "global"' in v1["tags"]["feature_config"]  # the embedder's own features
     assert {"test_eer", "test_min_dcf", "test_mr"} <= set(v1["metrics"])
     registry = Registry(speaker_config(runs["home"], []).registry_uri)
-    local = registry.download("speechpipe-embedder", "1", os.path.join(runs["home"], "downloaded"))
+    from speechpipe.serving.resolve import saved_model_in
+
+    local = saved_model_in(registry.download("speechpipe-embedder", "1", os.path.join(runs["home"], "downloaded")))
     item = [m for m in read_manifest(runs["span0"]) if m["split"] == "test"][0]
     wave = decode(os.path.join(runs["span0"], item["audio"]), 16000).samples
     out = tf.saved_model.load(local).signatures["embed"](waveforms=tf.constant(wave[None], tf.float32),
@@ -108,3 +110,148 @@ def test_new_span_resolves_the_speaker_champion_and_is_refused_with_a_reason(run
     assert not evaluation["blessed"] and "does not beat the champion" in evaluation["why"]
     assert speaker["push"]["pushed"] is False and "not blessed" in speaker["outcome"]
     assert [v["version"] for v in runs["registry"]["speechpipe-embedder"]["versions"]] == ["1"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Using the champions the first run pushed: the pyfunc flavor, the shipped threshold, the commands,
+# `mlflow models serve` over HTTP.
+
+def _test_audio(runs, count: int = 4):
+    lines = [m for m in read_manifest(runs["span0"]) if m["split"] == "test"]
+    return [os.path.join(runs["span0"], m["audio"]) for m in lines[:count]], lines[:count]
+
+
+def test_registry_versions_load_as_mlflow_pyfunc_models(runs, monkeypatch):
+    import mlflow
+    import soundfile as sf
+
+    from speechpipe.phones.inventory import load_inventory
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", speaker_config(runs["home"], []).registry_uri)
+    mlflow.set_tracking_uri(speaker_config(runs["home"], []).registry_uri)
+    files, _ = _test_audio(runs, 2)
+    waves = [sf.read(f, dtype="float32") for f in files]
+    import pandas as pd
+
+    frame = pd.DataFrame({"waveform": [w.tolist() for w, _ in waves], "sample_rate": [r for _, r in waves]})
+    embedded = mlflow.pyfunc.load_model("models:/speechpipe-embedder@champion").predict(frame)
+    assert len(embedded) == 2 and all(np.isfinite(e).all() and len(e) > 0 for e in embedded["embedding"])
+    transcribed = mlflow.pyfunc.load_model("models:/speechpipe-ctc@champion").predict(frame)
+    phones = set(" ".join(transcribed["phones"]).split())
+    assert phones <= set(load_inventory().phones)
+
+
+def test_the_embedder_ships_its_decision_threshold(runs):
+    operating = runs["first"]["speaker"]["evaluation"]["operating_point"]
+    assert operating["target_far"] == 0.01 and operating["validation_speakers"] == 2
+    assert 0.0 <= operating["test_far"] <= 1.0 and 0.0 <= operating["test_frr"] <= 1.0
+    tags = runs["registry"]["speechpipe-embedder"]["versions"][0]["tags"]
+    assert float(tags["decision_threshold"]) == operating["threshold"]
+    assert "validation speakers" in tags["decision_threshold_source"]
+    text = open(runs["first"]["report"], encoding="utf-8").read()
+    assert "Decision threshold shipped with the model" in text and "false accepts" in text
+
+
+def test_transcribe_and_verify_commands(runs, capsys, tmp_path):
+    import json
+
+    from speechpipe.cli import main
+
+    files, lines = _test_audio(runs, 4)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio")
+    assert main(["transcribe", *files[:2], str(broken), "--home", runs["home"]]) == 1  # one input failed
+    out = capsys.readouterr()
+    rows = [json.loads(line) for line in out.out.splitlines()]
+    assert [r["file"] for r in rows] == files[:2] and all(r["seconds"] > 0 for r in rows)
+    assert str(broken) in out.err
+    by_speaker = {}
+    for path, line in zip(files, lines):
+        by_speaker.setdefault(line["speaker"], []).append(path)
+    same = next(paths for paths in by_speaker.values() if len(paths) >= 2)
+    other = next(paths[0] for s, paths in by_speaker.items() if paths[0] not in same)
+    for a, b in ((same[0], same[1]), (same[0], other)):
+        assert main(["verify", a, b, "--home", runs["home"]]) == 0
+        (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert row["same_speaker"] == (row["score"] >= row["threshold"])
+        assert "validation speakers" in row["threshold_source"]
+
+
+def test_embed_and_cluster_commands_on_the_test_split(runs, tmp_path, capsys):
+    import json
+
+    from speechpipe.cli import main
+
+    test = [m for m in read_manifest(runs["span0"]) if m["split"] == "test"]
+    # Next to the corpus's own manifest: audio paths stay inside the manifest's folder, its data root.
+    manifest = os.path.join(runs["span0"], "test_split.jsonl")
+    with open(manifest, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(m) + "\n" for m in test)
+    out = tmp_path / "embedded"
+    assert main(["embed", "--input", str(manifest), "--out", str(out), "--home", runs["home"],
+                 "--direct_running_mode=in_memory"]) == 0
+    embeddings = np.load(out / "embeddings.npy")
+    index = [json.loads(line) for line in open(out / "utterances.jsonl", encoding="utf-8")]
+    assert embeddings.shape[0] == len(index) == len(test)
+    assert np.load(out / "speaker_means.npy").shape == (len({m["speaker"] for m in test}), embeddings.shape[1])
+    capsys.readouterr()
+    assert main(["cluster", "--input", str(manifest), "--out", str(tmp_path / "clustered"), "--home", runs["home"],
+                 "--num-speakers", "2"]) == 0
+    said = capsys.readouterr().out
+    assert "2 clusters among" in said and "MR" in said
+    table = open(tmp_path / "clustered" / "clusters.tsv", encoding="utf-8").read().splitlines()
+    assert table[0] == "file\tutterance\tcluster" and len(table) == len(test) + 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_over_http(runs):
+    """The real `mlflow models serve` on 127.0.0.1 (a free port, a bounded wait, stopped at the end)
+    gives a transcription and an embedding back for a recording."""
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import soundfile as sf
+
+    files, _ = _test_audio(runs, 1)
+    wave, rate = sf.read(files[0], dtype="float32")
+    body = json.dumps({"dataframe_records": [{"waveform": wave.tolist(), "sample_rate": rate}]}).encode()
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": speaker_config(runs["home"], []).registry_uri,
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    answers = {}
+    for name in ("speechpipe-ctc", "speechpipe-embedder"):
+        port = _free_port()
+        server = subprocess.Popen([os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
+                                   "-h", "127.0.0.1", "-p", str(port), "--env-manager", "local"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            deadline = time.time() + 180
+            while True:
+                try:
+                    if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200:
+                        break
+                except OSError:
+                    pass
+                assert server.poll() is None, server.stderr.read().decode()[-3000:]
+                assert time.time() < deadline, "the model server did not answer /ping within 180 s"
+                time.sleep(1)
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                             headers={"Content-Type": "application/json"})
+            answers[name] = json.load(urllib.request.urlopen(request, timeout=120))["predictions"]
+        finally:
+            os.killpg(server.pid, 15)
+            server.wait(timeout=30)
+    (ctc,) = answers["speechpipe-ctc"]
+    assert isinstance(ctc["phones"], str) and ctc["num_phones"] == len(ctc["phones"].split())
+    (speaker,) = answers["speechpipe-embedder"]
+    assert len(speaker["embedding"]) > 0 and speaker["num_segments"] >= 1

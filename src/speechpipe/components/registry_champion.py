@@ -130,10 +130,13 @@ def publish_champion(model: types.Artifact, tracking_uri: str, name: str, data_k
         model.set_int_custom_property("champion", 0)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            local = registry.download(name, found["version"], tmp)
-            if not os.path.exists(os.path.join(local, "saved_model.pb")):
-                raise FileNotFoundError(f"{name} v{found['version']} ({found['source']}): no saved_model.pb in the "
-                                        "registered model")
+            from speechpipe.serving.resolve import ModelNotFound, saved_model_in
+
+            downloaded = registry.download(name, found["version"], tmp)
+            try:  # an MLflow model folder (the pyfunc flavor) or, pushed before it, the SavedModel itself
+                local = saved_model_in(downloaded)
+            except ModelNotFound as error:
+                raise FileNotFoundError(f"{name} v{found['version']} ({found['source']}): {error}") from None
             record["files"] = upload_tree(local, serving)
         tags = found["tags"]
         record.update({"version": found["version"], "source": found["source"], "mlflow_run_id": found["run_id"],

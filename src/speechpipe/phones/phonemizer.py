@@ -267,7 +267,7 @@ class Phonemizer:
         if not found:
             # The switch shows only in context (a word next to its neighbours): name the text.
             found = [LanguageSwitch(None, language, ipa) for language in self._foreign(ipa)]
-        if False:
+        if self.language_switch == "error":
             first = found[0]
             where = (f"word {first.word!r} in {_quote(normal)}" if first.word is not None
                      else f"{_quote(normal)} (no single word of it switches on its own)")

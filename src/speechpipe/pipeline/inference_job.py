@@ -14,9 +14,13 @@ feature job (DirectRunner here; Dataflow or Flink by options). Outputs under --o
     dead_letter-SSSSS-of-NNNNN.jsonl   one line per input that could not be used, with the reason
     summary.json                       counts; written last
 
-Beam's TFModelHandlerTensor loads Keras models; speechpipe's SavedModels are tf.Modules with named
-signatures, so `SignatureModelHandler` loads them with tf.saved_model.load and calls a signature
-on each batch, zero-padded with the real lengths.
+The model handler is Beam's ModelHandler interface for a TensorFlow SavedModel: Beam's own
+TFModelHandlerTensor cannot serve here, since it loads Keras models only (speechpipe's SavedModels
+are tf.Modules with named signatures) and its module imports tensorflow-hub, whose 0.15 release
+(the one TFX 1.16 allows) fails to import under TensorFlow 2.16 (no tf.compat.v1.estimator).
+`SavedModelSignatureHandler` loads the SavedModel with tf.saved_model.load, once per worker, and
+calls one signature per batch, zero-padded with the real lengths; RunInference does the
+batching, model sharing and metrics.
 """
 from __future__ import annotations
 
@@ -26,7 +30,6 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
-from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerTensor
 
 from speechpipe.audio.decode import AudioRejected, check_usable, decode
 from speechpipe.audio.sources import DeadLetter, InputSpec, SourceRecord, expand_input, parse_input
@@ -38,33 +41,39 @@ RESULTS_PREFIX, DEAD_LETTER_PREFIX, SUMMARY = "results", "dead_letter", "summary
 NAMESPACE = "speechpipe.inference"
 
 
-def _signature_inference(signature: str):
-    def infer(model, batch: Sequence, inference_args: Optional[Dict] = None, model_id: Optional[str] = None
-              ) -> Iterable[PredictionResult]:
-        import numpy as np
-        import tensorflow as tf
-
-        from speechpipe.serving.batching import pad_waveforms as pad
-
-        waveforms, lengths = pad([np.asarray(w, np.float32) for w in batch])
-        out = model.signatures[signature](waveforms=tf.constant(waveforms), lengths=tf.constant(lengths))
-        rows = {key: value.numpy() for key, value in out.items()}
-        for i, example in enumerate(batch):
-            yield PredictionResult(example, {key: value[i] for key, value in rows.items()}, model_id)
-
-    return infer
-
-
-class SignatureModelHandler(TFModelHandlerTensor):
-    """Beam's TensorFlow model handler for a SavedModel whose serving entry is a named signature."""
+class SavedModelSignatureHandler(ModelHandler):
+    """RunInference's handler for a TensorFlow SavedModel's named signature. Elements are
+    `(record, waveform)` pairs; each prediction keeps the pair as its example."""
 
     def __init__(self, saved_model_dir: str, signature: str, max_batch_size: int = 16) -> None:
-        super().__init__(saved_model_dir, inference_fn=_signature_inference(signature), max_batch_size=max_batch_size)
+        super().__init__()
+        self._saved_model_dir, self._signature, self._max_batch_size = saved_model_dir, signature, max_batch_size
 
     def load_model(self):
         import tensorflow as tf
 
-        return tf.saved_model.load(self._model_uri)
+        return tf.saved_model.load(self._saved_model_dir)
+
+    def run_inference(self, batch: Sequence, model, inference_args: Optional[Dict] = None) -> Iterable[PredictionResult]:
+        import numpy as np
+        import tensorflow as tf
+
+        from speechpipe.serving.batching import pad_waveforms
+
+        waveforms, lengths = pad_waveforms([np.asarray(samples, np.float32) for _, samples in batch])
+        out = model.signatures[self._signature](waveforms=tf.constant(waveforms), lengths=tf.constant(lengths))
+        rows = {key: value.numpy() for key, value in out.items()}
+        for i, example in enumerate(batch):
+            yield PredictionResult(example, {key: value[i] for key, value in rows.items()}, self._saved_model_dir)
+
+    def batch_elements_kwargs(self) -> Dict[str, int]:
+        return {"max_batch_size": self._max_batch_size}
+
+    def get_num_bytes(self, batch: Sequence) -> int:
+        return sum(int(samples.nbytes) for _, samples in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return NAMESPACE
 
 
 class DecodeFn(beam.DoFn):
@@ -117,7 +126,7 @@ def build(pipeline: beam.Pipeline, spec: InputSpec, saved_model_dir: str, kind: 
               | "ParseInputs" >> beam.FlatMap(_parse, spec=spec).with_outputs(DEAD_LETTER, main=GOOD))
     decoded = parsed[GOOD] | "Decode" >> beam.ParDo(DecodeFn(sample_rate, max_seconds, min_samples)).with_outputs(
         DEAD_LETTER, main=GOOD)
-    handler = KeyedModelHandler(_ExampleHandler(SignatureModelHandler(saved_model_dir, SIGNATURES[kind])))
+    handler = KeyedModelHandler(SavedModelSignatureHandler(saved_model_dir, SIGNATURES[kind]))
     results = (decoded[GOOD]
                | "RunInference" >> RunInference(handler)
                | "Format" >> beam.Map(_format, kind=kind, rate=sample_rate))
@@ -126,28 +135,6 @@ def build(pipeline: beam.Pipeline, spec: InputSpec, saved_model_dir: str, kind: 
     dead | "DeadLetterLines" >> beam.Map(DeadLetter.to_json) | "WriteDeadLetter" >> beam.io.WriteToText(
         storage.join(out_dir, DEAD_LETTER_PREFIX), file_name_suffix=".jsonl")
     return {"results": results, "dead_letter": dead}
-
-
-class _ExampleHandler(ModelHandler):
-    """Passes (record, waveform) pairs to the TensorFlow handler as waveforms, keeping the record
-    in the prediction's example for the output line."""
-
-    def __init__(self, inner: SignatureModelHandler) -> None:
-        self._inner = inner
-
-    def load_model(self):
-        return self._inner.load_model()
-
-    def run_inference(self, batch, model, inference_args=None):
-        results = self._inner.run_inference([samples for _, samples in batch], model, inference_args)
-        for item, result in zip(batch, results):
-            yield PredictionResult(item, result.inference, result.model_id)
-
-    def batch_elements_kwargs(self):
-        return self._inner.batch_elements_kwargs()
-
-    def get_metrics_namespace(self) -> str:
-        return NAMESPACE
 
 
 def read_lines(out_dir: str, prefix: str) -> List[dict]:

@@ -14,14 +14,17 @@ to the model's). Output: `phones` (space-separated) and `num_phones` for the tra
 """
 from __future__ import annotations
 
+import logging
 import os
-import warnings
 from typing import Dict, List, Optional, Sequence
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 
 from speechpipe.serving.batching import pad_waveforms
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 SAVED_MODEL_ARTIFACT = "saved_model"
 KINDS = ("ctc", "speaker")
@@ -36,47 +39,42 @@ def _to_model_rate(samples: Sequence[float], rate: int, model_rate: int) -> np.n
     return soxr.resample(audio, rate, model_rate, quality="HQ").astype(np.float32)
 
 
-# MLflow warns at class definition when `predict` has no type hints it can infer a signature from;
-# this model declares its signature explicitly (`signature`: a column of waveform arrays), so the
-# warning is silenced for this class alone.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)
+class SpeechModel(mlflow.pyfunc.PythonModel):
+    """One of the two SavedModels behind MLflow's pyfunc interface."""
 
-    class SpeechModel(mlflow.pyfunc.PythonModel):
-        """One of the two SavedModels behind MLflow's pyfunc interface."""
+    def __init__(self, kind: str, sample_rate: int = 16000) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r}: one of {KINDS}")
+        self.kind = kind
+        self.sample_rate = int(sample_rate)  # the rate the SavedModel's in-graph features expect
+        self._model = None
 
-        def __init__(self, kind: str, sample_rate: int = 16000) -> None:
-            if kind not in KINDS:
-                raise ValueError(f"kind={kind!r}: one of {KINDS}")
-            self.kind = kind
-            self.sample_rate = int(sample_rate)  # the rate the SavedModel's in-graph features expect
-            self._model = None
+    def load_context(self, context) -> None:
+        import tensorflow as tf
 
-        def load_context(self, context) -> None:
-            import tensorflow as tf
+        self._model = tf.saved_model.load(context.artifacts[SAVED_MODEL_ARTIFACT])
 
-            self._model = tf.saved_model.load(context.artifacts[SAVED_MODEL_ARTIFACT])
+    # A DataFrame type hint: MLflow then takes the explicit signature (`signature` below: a column of
+    # waveform arrays) instead of inferring one from the hint.
+    def predict(self, context, model_input: pd.DataFrame, params: Optional[Dict[str, object]] = None):
+        import tensorflow as tf
 
-        def predict(self, context, model_input, params: Optional[Dict[str, object]] = None):
-            import pandas as pd
-            import tensorflow as tf
-
-            frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-            if "waveform" not in frame.columns:
-                raise ValueError(f"input needs a `waveform` column (mono float samples); got {list(frame.columns)}")
-            rates = frame["sample_rate"] if "sample_rate" in frame.columns else [self.sample_rate] * len(frame)
-            waveforms = [_to_model_rate(w, int(r) if r == r else self.sample_rate, self.sample_rate)
-                         for w, r in zip(frame["waveform"], rates)]
-            if any(w.shape[0] == 0 for w in waveforms):
-                raise ValueError("an empty waveform: every row needs samples")
-            padded, lengths = pad_waveforms(waveforms)
-            signature = "transcribe" if self.kind == "ctc" else "embed"
-            out = self._model.signatures[signature](waveforms=tf.constant(padded), lengths=tf.constant(lengths))
-            if self.kind == "ctc":
-                return pd.DataFrame({"phones": [p.decode("utf-8") for p in out["phones"].numpy()],
-                                     "num_phones": out["num_phones"].numpy().astype(np.int64)})
-            return pd.DataFrame({"embedding": [row.astype(np.float64).tolist() for row in out["embeddings"].numpy()],
-                                 "num_segments": out["num_segments"].numpy().astype(np.int64)})
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if "waveform" not in frame.columns:
+            raise ValueError(f"input needs a `waveform` column (mono float samples); got {list(frame.columns)}")
+        rates = frame["sample_rate"] if "sample_rate" in frame.columns else [self.sample_rate] * len(frame)
+        waveforms = [_to_model_rate(w, int(r) if r == r else self.sample_rate, self.sample_rate)
+                     for w, r in zip(frame["waveform"], rates)]
+        if any(w.shape[0] == 0 for w in waveforms):
+            raise ValueError("an empty waveform: every row needs samples")
+        padded, lengths = pad_waveforms(waveforms)
+        signature = "transcribe" if self.kind == "ctc" else "embed"
+        out = self._model.signatures[signature](waveforms=tf.constant(padded), lengths=tf.constant(lengths))
+        if self.kind == "ctc":
+            return pd.DataFrame({"phones": [p.decode("utf-8") for p in out["phones"].numpy()],
+                                 "num_phones": out["num_phones"].numpy().astype(np.int64)})
+        return pd.DataFrame({"embedding": [row.astype(np.float64).tolist() for row in out["embeddings"].numpy()],
+                             "num_segments": out["num_segments"].numpy().astype(np.int64)})
 
 
 def signature(kind: str):
@@ -106,9 +104,23 @@ def save_flavor(saved_model_dir: str, kind: str, out_dir: str, sample_rate: int 
 
         named = os.path.join(staging, SAVED_MODEL_ARTIFACT)
         shutil.copytree(saved_model_dir, named)
-        mlflow.pyfunc.save_model(
-            path=out_dir, python_model=SpeechModel(kind, sample_rate), artifacts={SAVED_MODEL_ARTIFACT: named},
-            signature=signature(kind), pip_requirements=requirements, metadata=dict(metadata or {}))
+        # Half a second of quiet noise: MLflow stores it with the model and checks that the model
+        # answers it, so a flavor that cannot serve fails here, at push time.
+        example = {"waveform": [(0.01 * np.random.default_rng(0).standard_normal(sample_rate // 2)).tolist()],
+                   "sample_rate": [sample_rate]}
+
+        # MLflow logs, at WARNING, that a python_model object is pickled (a caution about loading
+        # models from untrusted sources; these are the pipeline's own): kept out of the run's output.
+        mlflow_log = logging.getLogger("mlflow.pyfunc")
+        level = mlflow_log.level
+        mlflow_log.setLevel(logging.ERROR)
+        try:
+            mlflow.pyfunc.save_model(
+                path=out_dir, python_model=SpeechModel(kind, sample_rate), artifacts={SAVED_MODEL_ARTIFACT: named},
+                signature=signature(kind), input_example=pd.DataFrame(example), pip_requirements=requirements,
+                metadata=dict(metadata or {}))
+        finally:
+            mlflow_log.setLevel(level)
     return out_dir
 
 
@@ -126,7 +138,6 @@ def smoke_test_flavor(model_dir: str, kind: str, sample_rate: int = 16000) -> Di
     t = np.arange(rate) / rate
     rows = [{"waveform": (0.3 * np.sin(2 * np.pi * (200 + 400 * t) * t)).tolist(), "sample_rate": rate},
             {"waveform": (0.05 * rng.standard_normal(rate * 3 // 4)).tolist(), "sample_rate": rate}]
-    import pandas as pd
 
     out = mlflow.pyfunc.load_model(model_dir).predict(pd.DataFrame(rows))
     if len(out) != 2:
@@ -134,8 +145,6 @@ def smoke_test_flavor(model_dir: str, kind: str, sample_rate: int = 16000) -> Di
     return {"pyfunc_rows": len(out), "columns": list(out.columns)}
 
 
-def rows_from(waveforms: List[np.ndarray], rate: int):
+def rows_from(waveforms: List[np.ndarray], rate: int) -> pd.DataFrame:
     """A pyfunc input frame from waveforms at one rate."""
-    import pandas as pd
-
     return pd.DataFrame({"waveform": [w.astype(np.float64).tolist() for w in waveforms], "sample_rate": [rate] * len(waveforms)})
