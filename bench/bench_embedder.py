@@ -33,7 +33,7 @@ run), BENCH_EMBEDDER_ABLATION_STEPS (1600, each ablation run), BENCH_EMBEDDER_RU
                        summary before the dense layers
       +wide_output     1,024 outputs instead of 128 (the rows above keep 128)
       +lda_total       the LDA's within-speaker covariance shrunk toward the total covariance
-                       instead of its mean variance (the rows above: session 4's LDA)
+                       instead of its mean variance (the rows above: the isotropic LDA)
       +hidden_statistics  the embedding is the hidden layer joined with the input statistics:
                        speechpipe's default configuration (EmbedderTrainConfig())
       default          the same configuration with the full budget (the learning proof)
@@ -90,7 +90,7 @@ def _runs(minutes: float, ablation_steps: int) -> Dict[str, object]:
     in_batch = replace(margin, form="in_batch", keras_accuracy=False)
     spec_augment = replace(in_batch, model=replace(in_batch.model, freq_mask=d.freq_mask, time_mask=d.time_mask,
                                                    input_noise=d.input_noise))
-    # Session 4's LDA: its within-speaker covariance shrunk toward its mean variance.
+    # The isotropic LDA: its within-speaker covariance shrunk toward its mean variance.
     lda = replace(spec_augment, model=replace(spec_augment.model, backend=d.backend, linkage=d.linkage,
                                               lda_shrinkage=0.05, lda_shrink_toward="isotropic"))
     hidden = replace(lda, model=replace(lda.model, embedding="hidden"))

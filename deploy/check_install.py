@@ -18,7 +18,7 @@ from typing import List
 
 # The data files the package reads at run time, by the package that holds them.
 DATA_FILES = {
-    "speechpipe.schemas": ["features.pbtxt", "phones_de.json"],
+    "speechpipe.schemas": ["features.pbtxt", "phones_de.json", "phones_en.json"],
     "speechpipe.corpus": ["sentences_de.txt"],
 }
 

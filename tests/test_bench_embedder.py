@@ -13,7 +13,7 @@ def test_the_ablation_ends_in_the_default_configuration_one_change_at_a_time():
     assert replace(runs["+hidden_statistics"], max_seconds=default.max_seconds, max_steps=0) == default
     assert runs["+hidden"].model.embedding == runs["+lda_total"].model.embedding == "hidden"
     before = runs["+wide_output"].model
-    assert (before.lda_shrink_toward, before.lda_shrinkage) == ("isotropic", 0.05)  # session 4's LDA
+    assert (before.lda_shrink_toward, before.lda_shrinkage) == ("isotropic", 0.05)  # the isotropic LDA of older runs
     assert replace(before, lda_shrink_toward="total", lda_shrinkage=default.model.lda_shrinkage,
                    embedding=default.model.embedding) == default.model
 

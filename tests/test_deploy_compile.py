@@ -380,3 +380,30 @@ def test_champion_from_the_registry(span, tmp_path, target):
 def test_champion_from_is_checked(span):
     with pytest.raises(ConfigError, match="champion_from"):
         _compile(replace(_config([span], include_speaker=False), champion_from="mlmd"), _cluster("kubeflow"))
+
+
+def test_each_branch_on_its_own_span_compiles_with_its_own_gates(tmp_path):
+    """`--ctc-span A --speaker-span B` on a cluster: each branch's trainer waits for its own span's
+    gate only, so a failed CTC span leaves the embedder's tasks free to run (KFP and Vertex run
+    every task whose inputs are ready)."""
+    ctc, speaker = _span(str(tmp_path / "ctc")), _span(str(tmp_path / "speaker"))
+    config = replace(_config([], True), ctc_spans=(ctc,), speaker_spans=(speaker,))
+    compiled = _compile(config, _cluster("kubeflow"))
+    tasks = compiled.pipeline_spec["root"]["dag"]["tasks"]
+    assert {"FeatureGen_span0", "ValidationGate_span0", "SpeakerFeatureGen_span1", "SpeakerStatisticsGen_span1",
+            "SpeakerExampleValidator_span1", "SpeakerValidationGate_span1"} <= set(tasks)
+    assert "FeatureGen_span1" not in tasks and "SpeakerFeatureGen_span0" not in tasks
+
+    def upstream(task: str) -> set:
+        found, todo = set(), [task]
+        while todo:
+            for parent in tasks[todo.pop()].get("dependentTasks", []):
+                if parent not in found:
+                    found.add(parent)
+                    todo.append(parent)
+        return found
+
+    ctc_upstream, speaker_upstream = upstream("Trainer"), upstream("SpeakerTrainer")
+    assert "ValidationGate_span0" in ctc_upstream and "SpeakerValidationGate_span1" not in ctc_upstream
+    assert "SpeakerValidationGate_span1" in speaker_upstream and "ValidationGate_span0" not in speaker_upstream
+    assert set(compiled.data_keys) == {"ctc", "speaker"} and compiled.data_keys["ctc"] != compiled.data_keys["speaker"]

@@ -233,7 +233,7 @@ def test_an_export_older_than_the_new_settings_loads_with_the_values_it_was_made
     # no back end in its graph, and the average linkage its clustering threshold was chosen with
     assert config.backend == "none" and config.linkage == "average" and config.freq_mask == 0
     assert not config.input_statistics
-    assert (config.lda_shrink_toward, config.lda_shrinkage) == ("isotropic", 0.05)  # session 4's LDA
+    assert (config.lda_shrink_toward, config.lda_shrinkage) == ("isotropic", 0.05)  # the isotropic LDA of older exports
     defaults = EmbedderConfig()  # today's defaults differ
     assert defaults.backend == "lda" and defaults.linkage == "ward" and defaults.input_statistics
 

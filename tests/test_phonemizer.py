@@ -281,6 +281,22 @@ def test_a_language_switch_is_an_error_by_default(de):
     assert isinstance(error.value, PhonemizeError)
 
 
+class _SwitchingEngine:
+    """An engine that reads every word with British English's phoneme table, back to en-us."""
+
+    def phonemize(self, text, voice):
+        return "" if not text.strip() else "(en)tˈɒp(en-us)"
+
+
+def test_british_english_is_a_switch_for_american_english():
+    phonemizer = Phonemizer("en-us")
+    phonemizer.phonemize("warm")  # takes the engine
+    phonemizer._engine = _SwitchingEngine()
+    with pytest.raises(LanguageSwitchError) as error:
+        phonemizer.phones("top")
+    assert (error.value.word, error.value.language) == ("top", "en")
+
+
 def test_a_language_switch_kept_is_listed_and_its_phones_checked():
     keep = Phonemizer("de", language_switch="keep")
     transcription = keep.transcribe("Das war richtig cool.")

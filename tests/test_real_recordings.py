@@ -212,3 +212,21 @@ def test_features_are_finite_and_cmvn_normalised_where_there_is_signal(job):
         high = std[ABOVE_4K2]
         assert float(high[-1]) < 1e-3, entry["audio"]
         assert int(np.count_nonzero(high < 0.5)) >= 10, (entry["audio"], np.round(high, 3))
+
+
+def test_the_real_transcripts_become_english_phones_in_the_feature_job(tmp_path):
+    """The recordings' ordinary English text, phonemised by espeak-ng inside the job
+    (--language en-us) and tokenised by phones_en.json: every utterance gets phones, none is
+    dead-lettered, and every phone is in the English inventory."""
+    from speechpipe.phones.inventory import load_inventory
+
+    out = str(tmp_path / "features")
+    summary = features_job.run_job(make_spec(MANIFEST), CONFIG, out, PipelineOptions(IN_MEMORY), language="en-us")
+    assert summary["dead_letter"]["total"] == 0, summary["dead_letter"]
+    assert summary["phone_inventory"] == "phones_en.json"
+    english = set(load_inventory("phones_en.json").phones)
+    examples = [example for split in SPLITS for example in records.read_split(out, split)]
+    assert len(examples) == len(ENTRIES)
+    for example in examples:
+        assert example.phones and set(example.phones) <= english, (example.utterance, example.phones)
+        assert len(example.phone_ids) == len(example.phones)

@@ -255,3 +255,26 @@ def test_mlflow_models_serve_answers_over_http(runs):
     assert isinstance(ctc["phones"], str) and ctc["num_phones"] == len(ctc["phones"].split())
     (speaker,) = answers["speechpipe-embedder"]
     assert len(speaker["embedding"]) > 0 and speaker["num_segments"] >= 1
+
+
+def test_both_serving_signatures_take_real_recordings(runs, monkeypatch):
+    """Real speech through the pushed models' pyfunc flavors: LibriVox read speech at 16 kHz and
+    8 kHz telephone prompts (resampled by the flavor), tests/data/realspeech_debian."""
+    import json
+
+    import mlflow
+    import pandas as pd
+    import soundfile as sf
+
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "realspeech_debian")
+    with open(os.path.join(data, "manifest.jsonl"), encoding="utf-8") as f:
+        entries = [json.loads(line) for line in f if line.strip()]
+    waves = [sf.read(os.path.join(data, e["audio"]), dtype="float32") for e in entries]
+    assert {rate for _, rate in waves} == {8000, 16000}
+    frame = pd.DataFrame({"waveform": [w.tolist() for w, _ in waves], "sample_rate": [r for _, r in waves]})
+    mlflow.set_tracking_uri(speaker_config(runs["home"], []).registry_uri)
+    embedded = mlflow.pyfunc.load_model("models:/speechpipe-embedder@champion").predict(frame)
+    assert len(embedded) == len(entries) and all(np.isfinite(e).all() for e in embedded["embedding"])
+    assert (embedded["num_segments"] >= 1).all()
+    transcribed = mlflow.pyfunc.load_model("models:/speechpipe-ctc@champion").predict(frame)
+    assert len(transcribed) == len(entries) and transcribed["phones"].map(lambda p: isinstance(p, str)).all()

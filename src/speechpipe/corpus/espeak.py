@@ -129,7 +129,9 @@ class EspeakEngine:
         mode = _PHONEMES_IPA | ((ord(separator) << 8) if separator else 0)
         with self._lock:
             self._set_voice(voice)
-            buffer = ctypes.c_char_p(text.encode("utf-8"))
+            # Without a trailing space espeak_TextToPhonemes holds back a final one-letter word
+            # after a clause break ("a - b") and writes it at the start of the next call.
+            buffer = ctypes.c_char_p((text + " ").encode("utf-8"))
             cursor = ctypes.pointer(buffer)
             clauses = []
             # espeak_TextToPhonemes returns one clause per call and advances the cursor.

@@ -1,6 +1,7 @@
-"""German IPA phone inventory and the tokenizer from an IPA string to phones.
+"""IPA phone inventories (German, phones_de.json; English, phones_en.json) and the tokenizer from an
+IPA string to phones.
 
-Policy (also written in src/speechpipe/schemas/phones_de.json and docs/phones.md):
+Policy (also written in each inventory's `policy` block under src/speechpipe/schemas/):
 - affricates (pf, ts, tʃ, dʒ), long vowels (with ː) and diphthongs are single phones;
 - a length mark belongs to the vowel before it; a length mark that forms no phone is an error;
 - stress marks (ˈ ˌ), syllable boundaries (.), linking (‿) and word spaces carry no phone and are

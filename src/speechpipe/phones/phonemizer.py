@@ -267,7 +267,7 @@ class Phonemizer:
         if not found:
             # The switch shows only in context (a word next to its neighbours): name the text.
             found = [LanguageSwitch(None, language, ipa) for language in self._foreign(ipa)]
-        if self.language_switch == "error":
+        if found and self.language_switch == "error":
             first = found[0]
             where = (f"word {first.word!r} in {_quote(normal)}" if first.word is not None
                      else f"{_quote(normal)} (no single word of it switches on its own)")
@@ -278,11 +278,12 @@ class Phonemizer:
         return tuple(found)
 
     def _foreign(self, ipa: str) -> List[str]:
-        """Languages other than this one that `ipa` switches to, in order, each once."""
-        own = {self.language, self.language.split("-")[0]}
+        """Languages other than this one that `ipa` switches to, in order, each once. A marker
+        names espeak-ng's phoneme table: "(de)" and "(en-us)" are the way back to these
+        voices, and "(en)" is British English, foreign to en-us too."""
         out: List[str] = []
         for language in _SWITCH_MARKER.findall(ipa):
-            if language not in own and language not in out:
+            if language != self.language and language not in out:
                 out.append(language)
         return out
 

@@ -86,7 +86,8 @@ class ParseInputFn(beam.DoFn):
         if self._language:
             from speechpipe.phones.phonemizer import Phonemizer
 
-            self._phonemizer = Phonemizer(self._language)
+            # The inventory IPA lines are tokenised with and ToExampleFn numbers phones by.
+            self._phonemizer = Phonemizer(self._language, inventory=self._inventory)
 
     def _transcribe(self, record: SourceRecord, item: RawInput):
         """The record with its phones tokenised (from IPA, or from text through espeak-ng), or a

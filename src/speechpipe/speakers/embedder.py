@@ -150,7 +150,7 @@ class EmbedderConfig:
     lda_dims: int = 0  # 0 = training speakers - 1, capped at the embedding size
     # Regularised LDA: the within-speaker covariance is mixed with `lda_shrinkage` of a target,
     # the total covariance scaled to its size ("total": each direction regularised in proportion
-    # to its spread) or its mean variance times the identity ("isotropic", before session 6).
+    # to its spread) or its mean variance times the identity ("isotropic", the older rule that exports made before it keep).
     lda_shrinkage: float = 0.1
     lda_shrink_toward: str = "total"
 
@@ -622,10 +622,10 @@ def fit_lda(embeddings: np.ndarray, speakers: Sequence[str], dims: int = 0, shri
     (tr(T^-1 W) / E): every direction is regularised in proportion to its own spread, which is
     ordinary shrinkage in the space whitened by T, and rescaling the embedding's axes changes
     nothing (up to T's ridge of 1e-6 of its mean variance, which keeps T invertible when units
-    are dead). `"isotropic"` takes W's mean variance times the identity (speechpipe's LDA until
-    session 6), which drowns the directions of small spread, and on a trained network those
-    carry much of what tells unseen speakers apart (docs/embedder.md, "The back end and the
-    embedding (session 6)")."""
+    are dead). `"isotropic"` takes W's mean variance times the identity (the older rule, kept for
+    exports made with it), which drowns the directions of small spread, and on a trained network
+    those carry much of what tells unseen speakers apart (docs/embedder.md, on the back end and
+    the embedding)."""
     from scipy.linalg import eigh
 
     if shrink_toward not in LDA_SHRINK_TARGETS:
