@@ -3,7 +3,6 @@ of one-recording speakers into pseudo-utterances, the seeded validation speakers
 corpus's manifest and WAV pieces (read back by the feature job's manifest parser), the mixed
 manifest, the report table, and that the trainer's sampler can draw K segments of a speaker
 that has a single utterance."""
-import json
 import os
 
 import numpy as np
