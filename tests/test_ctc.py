@@ -88,6 +88,7 @@ def test_loss_uses_real_lengths_not_padding():
     assert float(per_row[0]) == pytest.approx(float(alone), rel=1e-5)
 
 
+@pytest.mark.slow  # runs a trainer
 def test_non_finite_loss_stops_training_with_a_clear_error():
     acoustic = build_acoustic_model(4, NUM_CLASSES, CTCModelConfig(lstm_units=(4,)))
     trainer = CTCTrainer(acoustic, BLANK, 1)

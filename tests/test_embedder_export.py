@@ -196,6 +196,7 @@ def test_export_with_an_lda_backend_applies_it_in_both_signatures(random_network
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # runs a trainer
 def test_trainer_fits_the_lda_backend_on_the_training_speakers(tiny_features, tmp_path):
     with open(os.path.join(tiny_features, "summary.json"), encoding="utf-8") as f:
         features = FeatureConfig.from_json(json.load(f)["features"])
@@ -253,6 +254,7 @@ def _fn_args(features_dir, tmp_path, custom, train_steps=None):
                   train_steps=train_steps, custom_config=custom)
 
 
+@pytest.mark.slow  # runs a trainer
 def test_run_fn_trains_logs_and_exports(tiny_features, tmp_path):
     with open(os.path.join(tiny_features, "summary.json"), encoding="utf-8") as f:
         features = json.load(f)["features"]
@@ -274,6 +276,7 @@ def test_run_fn_trains_logs_and_exports(tiny_features, tmp_path):
     assert emb.shape == (2, TINY_MODEL.output_dim) and np.allclose(emb.sum(1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow  # runs a trainer
 def test_pairs_form_trains_on_the_pair_builder_output(tiny_features, tmp_path):
     from speechpipe.pipeline import pairs_job
 

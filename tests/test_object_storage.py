@@ -390,6 +390,7 @@ def test_speaker_evaluator_and_registry_pusher_on_object_storage(tmp_path, bucke
     assert "evaluation" in artifacts  # the blessing's evaluation.json, staged from ram://
 
 
+@pytest.mark.slow  # runs a trainer
 def test_embedder_trainer_reads_and_exports_on_object_storage(remote_features, bucket):
     """The speaker trainer's run_fn with its examples, serving folder and TensorBoard logs under
     ram://: the SavedModel, its assets.extra config and training_result.json land there, and the
