@@ -26,25 +26,21 @@ MODEL_KIND = "speaker"
 
 
 def read_split(split_uri: str) -> List[object]:
-    """A split's utterances (records.UtteranceFeatures); an error when it has fewer than 2 speakers."""
-    return read_test_split(split_uri)
-
-
-def read_test_split(test_split_uri: str) -> List[object]:
-    """The test split's utterances (records.UtteranceFeatures), read once for every model
-    evaluated on them; an error when it has fewer than 2 speakers (EER needs both kinds of trial).
+    """A split's utterances (records.UtteranceFeatures): the test split, read once for every model
+    evaluated on it, or the validation split the decision threshold is fitted on; an error when it
+    has fewer than 2 speakers (EER needs both kinds of trial).
     The split is a local folder or a URI: its shards are listed through fileio, read by tf.data."""
     import tensorflow as tf
 
     from speechpipe.io import records
 
     items = []
-    for path in storage.glob(storage.join(test_split_uri.rstrip("/"), f"{records.SHARD_PREFIX}-*")):
+    for path in storage.glob(storage.join(split_uri.rstrip("/"), f"{records.SHARD_PREFIX}-*")):
         dataset = tf.data.TFRecordDataset(path, compression_type=records.compression_of(path))
         items += [records.decode_example(record) for record in dataset.as_numpy_iterator()]
     speakers = {item.speaker for item in items}
     if len(speakers) < 2:
-        raise ValueError(f"the test split {test_split_uri} has {len(speakers)} speaker(s): EER needs 2 or more")
+        raise ValueError(f"the split {split_uri} has {len(speakers)} speaker(s): EER needs 2 or more")
     return items
 
 
@@ -159,7 +155,7 @@ def SpeakerEvaluator(  # noqa: N802
     if not storage.exists(trials):
         raise FileNotFoundError(f"no test trial list at {trials}: the test split of span {examples.span} has no "
                                 "pairs (it needs 2 or more speakers with utterances of one segment or longer)")
-    test_items, trial_list = read_test_split(test_uri), read_trials(trials)
+    test_items, trial_list = read_split(test_uri), read_trials(trials)
     no_threshold = ""
     try:
         validation_items = read_split(storage.join(examples.uri, "Split-validation"))

@@ -143,8 +143,3 @@ def smoke_test_flavor(model_dir: str, kind: str, sample_rate: int = 16000) -> Di
     if len(out) != 2:
         raise ValueError(f"the pyfunc flavor gave {len(out)} rows for 2 waveforms")
     return {"pyfunc_rows": len(out), "columns": list(out.columns)}
-
-
-def rows_from(waveforms: List[np.ndarray], rate: int) -> pd.DataFrame:
-    """A pyfunc input frame from waveforms at one rate."""
-    return pd.DataFrame({"waveform": [w.astype(np.float64).tolist() for w in waveforms], "sample_rate": [rate] * len(waveforms)})
