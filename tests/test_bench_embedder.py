@@ -9,10 +9,17 @@ from speechpipe.speakers.embedder import with_legacy_settings
 def test_the_ablation_ends_in_the_default_configuration_one_change_at_a_time():
     runs = bench_embedder._runs(minutes=20, ablation_steps=1600)
     default = EmbedderTrainConfig()
-    assert replace(runs["default"], max_seconds=default.max_seconds, max_steps=0) == default
-    assert replace(runs["+hidden_statistics"], max_seconds=default.max_seconds, max_steps=0) == default
-    assert runs["+hidden"].model.embedding == runs["+lda_total"].model.embedding == "hidden"
-    before = runs["+wide_output"].model
+    assert replace(runs["default"].config, max_seconds=default.max_seconds, max_steps=0) == default
+    assert replace(runs["+hidden_statistics"].config, max_seconds=default.max_seconds, max_steps=0) == default
+    assert runs["+hidden"].config.model.embedding == runs["+lda_total"].config.model.embedding == "hidden"
+    # Seed 002's form is the bench's own (bench/seed002.py) up to +margin; the product's from +in_batch.
+    assert all(runs[name].seed002 is not None for name in ("seed002", "+softmax", "+symmetric", "+margin"))
+    assert all(run.seed002 is None for name, run in runs.items()
+               if name not in ("seed002", "+softmax", "+symmetric", "+margin"))
+    assert runs["seed002"].seed002.output_activation == "prelu" and not runs["seed002"].seed002.symmetric
+    assert runs["+symmetric"].seed002.symmetric and runs["+symmetric"].seed002.output_activation == "softmax"
+    assert runs["+margin"].config == runs["+in_batch"].config
+    before = runs["+wide_output"].config.model
     assert (before.lda_shrink_toward, before.lda_shrinkage) == ("isotropic", 0.05)  # the isotropic LDA of older runs
     assert replace(before, lda_shrink_toward="total", lda_shrinkage=default.model.lda_shrinkage,
                    embedding=default.model.embedding) == default.model
@@ -24,6 +31,7 @@ def test_a_stored_run_is_reused_only_when_the_settings_that_shape_it_agree():
         expected = runs[name].to_json()
         # A run stored before lda_shrink_toward existed, with the LDA's settings of its day.
         stored = {**expected, "model": {k: v for k, v in expected["model"].items() if k != "lda_shrink_toward"}}
+        assert ("seed002" in expected) == (name == "seed002")
         stored["model"]["lda_shrinkage"] = 0.05
         stored["model"] = with_legacy_settings(stored["model"])
         assert bench_embedder._same_run(stored, expected)
@@ -34,3 +42,4 @@ def test_a_stored_run_is_reused_only_when_the_settings_that_shape_it_agree():
     lda = runs["+lda"].to_json()
     assert not bench_embedder._same_run({**lda, "model": {**lda["model"], "lda_shrink_toward": "total"}}, lda)
     assert not bench_embedder._same_run({**seed, "model": {**seed["model"], "margin": 3.0}}, seed)
+    assert not bench_embedder._same_run({**seed, "seed002": {**seed["seed002"], "symmetric": True}}, seed)

@@ -340,7 +340,7 @@ def test_champion_from_the_registry(span, tmp_path, target):
     branch reads the MLflow registry's `champion` alias and feeds the trainer (base_model) and the
     evaluator (champion); no resolver task is left; GPUs still on the trainers alone."""
     from speechpipe.cli import main
-    from speechpipe.components import registry_champion
+    from speechpipe.pipeline.tfx_pipeline import CTC_RUN_FN, EMBEDDER_RUN_FN
 
     out = tmp_path / ("pipeline.yaml" if target == "kubeflow" else "pipeline.json")
     second = _span(str(tmp_path / "span1"))
@@ -354,9 +354,9 @@ def test_champion_from_the_registry(span, tmp_path, target):
     assert not [label for label, e in executors.items() if "resolver" in e]
     assert not [t for t in tasks if "Resolver" in t]
     for champion, trainer, evaluator, model_name, kind, run_fn in (
-            ("RegistryChampion", "Trainer", "SpeechEvaluator", "speechpipe-ctc", "ctc", registry_champion.CTC_RUN_FN),
+            ("RegistryChampion", "Trainer", "SpeechEvaluator", "speechpipe-ctc", "ctc", CTC_RUN_FN),
             ("SpeakerRegistryChampion", "SpeakerTrainer", "SpeakerEvaluator", "speechpipe-embedder", "speaker",
-             registry_champion.EMBEDDER_RUN_FN)):
+             EMBEDDER_RUN_FN)):
         task = tasks[champion]
         assert "artifacts" not in task.get("inputs", {})  # no upstream: it asks the registry
         parameters = json.dumps(task["inputs"]["parameters"])

@@ -18,7 +18,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from speechpipe.audio.decode import decode
-from speechpipe.components import embedder_trainer
+from speechpipe.components import embedder_trainer, trainer_contract
 from speechpipe.components.embedder_trainer import EmbedderTrainConfig
 from speechpipe.config import FeatureConfig
 from speechpipe.speakers import embedder
@@ -262,7 +262,7 @@ def test_run_fn_trains_logs_and_exports(tiny_features, tmp_path):
     embedder_trainer.run_fn(_fn_args(tiny_features, tmp_path, {"features": features, "embedder": config.to_json()},
                                      train_steps=4))
     serving = str(tmp_path / "serving")
-    with open(os.path.join(serving, embedder_trainer.RESULT_FILE), encoding="utf-8") as f:
+    with open(os.path.join(serving, trainer_contract.RESULT_FILE), encoding="utf-8") as f:
         result = json.load(f)
     assert result["steps"] == 4 and [h["step"] for h in result["history"]] == [2, 4]
     assert all(0.0 <= h["val_eer"] <= 1.0 and np.isfinite(h["loss"]) for h in result["history"])
@@ -276,24 +276,6 @@ def test_run_fn_trains_logs_and_exports(tiny_features, tmp_path):
     assert emb.shape == (2, TINY_MODEL.output_dim) and np.allclose(emb.sum(1), 1.0, atol=1e-5)
 
 
-@pytest.mark.slow  # runs a trainer
-def test_pairs_form_trains_on_the_pair_builder_output(tiny_features, tmp_path):
-    from speechpipe.pipeline import pairs_job
-
-    pairs = str(tmp_path / "pairs")
-    pairs_job.run(["--features", tiny_features, "--out", pairs, "--direct_running_mode=in_memory"])
-    seed002 = dataclasses.replace(embedder.SEED002, lstm_units=8, dense_units=(16,), output_dim=8)
-    config = EmbedderTrainConfig(model=seed002, form="pairs", pairs_dir=pairs,
-        pairs_per_batch=4, max_steps=2, eval_every_steps=2, keras_accuracy=True)
-    with open(os.path.join(tiny_features, "summary.json"), encoding="utf-8") as f:
-        features = FeatureConfig.from_json(json.load(f)["features"])
-    result = embedder_trainer.train([os.path.join(tiny_features, "Split-train")],
-                                    [os.path.join(tiny_features, "Split-validation"),
-                                     os.path.join(tiny_features, "Split-test")], features, None, None, config)
-    assert result.summary["steps"] == 2 and result.summary["inputs"]["train_pairs"] > 0
-    assert 0.0 <= result.summary["history"][0]["keras_accuracy"] <= 1.0
-
-
 def test_trainer_errors_are_clear(tiny_features, tmp_path):
     features = FeatureConfig()
     train, val = [os.path.join(tiny_features, "Split-train")], [os.path.join(tiny_features, "Split-validation")]
@@ -301,8 +283,8 @@ def test_trainer_errors_are_clear(tiny_features, tmp_path):
         embedder_trainer.run_fn(_fn_args(tiny_features, tmp_path, {}))
     with pytest.raises(ConfigError, match="unknown"):
         embedder_trainer.run_fn(_fn_args(tiny_features, tmp_path, {"features": {}, "embeder": {}}))
-    with pytest.raises(ConfigError, match="pairs_dir"):
-        EmbedderTrainConfig(form="pairs").validate()
+    with pytest.raises(ConfigError, match="unknown"):
+        EmbedderTrainConfig.from_json({"form": "pairs"})
     with pytest.raises(ConfigError, match="speakers_per_batch=16"):
         embedder_trainer.train(train, val + [os.path.join(tiny_features, "Split-test")], features,
                                config=EmbedderTrainConfig(model=TINY_MODEL, max_steps=1))

@@ -292,15 +292,22 @@ def test_pair_gen_reads_and_writes_object_storage(remote_features, tiny_features
     there = storage.read_json(f"{bucket}/pairs/{pairs_job.SUMMARY}")
     assert json.loads(pairs.get_string_custom_property("pairs")) == {s: c["pairs"] for s, c in here["splits"].items()}
     assert pairs.get_int_custom_property("span") == 0
-    # The same pairs and trial lists as the job on the local copy.
+    # PairGen: the same counts and test trial list as the job on the local copy, and no pair
+    # records (the trainer draws its own pairs).
     for split in SPLITS:
         assert there["splits"][split]["pairs"] == here["splits"][split]["pairs"], split
-        drawn = sorted(p for f in storage.beam_match(f"{bucket}/pairs/pairs/{split}/pairs-*") for p in read_pair_file(f))
-        assert drawn == sorted(p for f in here["splits"][split]["pair_files"]
-                               for p in read_pair_file(os.path.join(local, f))), split
-        if here["splits"][split]["trials_file"]:
-            assert storage.beam_read_bytes(f"{bucket}/pairs/trials_{split}.txt") == \
-                open(os.path.join(local, f"trials_{split}.txt"), "rb").read()
+        assert not storage.beam_match(f"{bucket}/pairs/pairs/{split}/pairs-*"), split
+    assert pairs.get_string_custom_property("test_trials_file") == "trials_test.txt"
+    assert storage.beam_read_bytes(f"{bucket}/pairs/trials_test.txt") == \
+        open(os.path.join(local, "trials_test.txt"), "rb").read()
+    assert not storage.beam_match(f"{bucket}/pairs/trials_train.txt")
+    # The job itself writes every split's pair records to object storage, as it does locally.
+    pairs_job.run(["--features", features, "--out", f"{bucket}/all_pairs", "--seed", "0"] + IN_MEMORY)
+    for split in SPLITS:
+        drawn = sorted(p for f in storage.beam_match(f"{bucket}/all_pairs/pairs/{split}/pairs-*")
+                       for p in read_pair_file(f))
+        assert drawn and drawn == sorted(p for f in here["splits"][split]["pair_files"]
+                                         for p in read_pair_file(os.path.join(local, f))), split
 
 
 def _write_test_split(uri: str, speakers: int = 3, utterances: int = 4, frames: int = 120, bins: int = 80):
@@ -397,7 +404,7 @@ def test_embedder_trainer_reads_and_exports_on_object_storage(remote_features, b
     model loads back from the URI."""
     from tfx.components.trainer.fn_args_utils import FnArgs
 
-    from speechpipe.components import embedder_trainer
+    from speechpipe.components import embedder_trainer, trainer_contract
     from speechpipe.components.embedder_trainer import EmbedderTrainConfig
     from speechpipe.speakers import embedder
     from speechpipe.speakers.embedder import EmbedderConfig
@@ -410,7 +417,7 @@ def test_embedder_trainer_reads_and_exports_on_object_storage(remote_features, b
         train_files=[f"{features}/Split-train"], eval_files=[f"{features}/Split-validation", f"{features}/Split-test"],
         serving_model_dir=f"{base}/serving", model_run_dir=f"{base}/run", train_steps=2,
         custom_config={"features": summary["features"], "embedder": config.to_json()}))
-    result = storage.read_json(f"{base}/serving/{embedder_trainer.RESULT_FILE}")
+    result = storage.read_json(f"{base}/serving/{trainer_contract.RESULT_FILE}")
     assert result["steps"] == 2
     assert storage.exists(f"{base}/serving/saved_model.pb")
     assert storage.glob(f"{base}/run/tensorboard/train/events.out.tfevents.*")

@@ -10,7 +10,7 @@ import pytest
 from tfx.types import standard_artifacts
 
 from speechpipe.components import registry_champion
-from speechpipe.components.evaluator import champion_origin, present_champion, serving_dir
+from speechpipe.components.blessing import champion_origin, present_champion, serving_dir
 from speechpipe.components.registry_champion import NO_CHAMPION_FILE, Executor, champion_absent
 from speechpipe.results.registry import Registry
 from tests import ramfs
@@ -75,9 +75,10 @@ def test_no_champion_is_published_marked_absent(registry, tmp_path):
     # The consumers: the evaluators compare with nothing, the trainers get no base model.
     assert present_champion(model) is None and champion_origin(model) == {}
     assert champion_absent(serving) and champion_absent(model.uri)
-    fn_args = SimpleNamespace(base_model=serving)
-    registry_champion._drop_absent_champion(fn_args)
-    assert fn_args.base_model is None
+    from speechpipe.components import trainer_contract
+
+    fn_args = SimpleNamespace(base_model=serving, custom_config={"features": {}}, train_files=[], train_steps=None)
+    assert trainer_contract.read_inputs(fn_args, "ctc").champion is None
 
 
 def test_the_alias_version_is_published_as_a_model(registry, tmp_path):
@@ -93,9 +94,10 @@ def test_the_alias_version_is_published_as_a_model(registry, tmp_path):
     assert os.path.exists(os.path.join(serving, "saved_model.pb")) and not champion_absent(serving)
     assert present_champion(model) is model
     assert champion_origin(model) == {"registry_model": NAME, "registry_version": "1"}
-    fn_args = SimpleNamespace(base_model=serving)
-    registry_champion._drop_absent_champion(fn_args)
-    assert fn_args.base_model == serving  # the trainer warm-starts from it
+    from speechpipe.components import trainer_contract
+
+    fn_args = SimpleNamespace(base_model=serving, custom_config={"features": {}}, train_files=[], train_steps=None)
+    assert trainer_contract.read_inputs(fn_args, "embedder").champion == serving  # the trainer warm-starts from it
 
 
 def test_a_champion_on_this_runs_data_is_skipped_as_the_resolver_does(registry, tmp_path):
@@ -116,18 +118,23 @@ def test_a_champion_on_this_runs_data_is_skipped_as_the_resolver_does(registry, 
     assert _resolve(uri, str(tmp_path / "c4"), "key4").get_string_custom_property("registry_version") == "1"
 
 
-def test_the_trainer_wrappers_drop_an_absent_champion(monkeypatch, registry, tmp_path):
-    from speechpipe.components import ctc_pipeline_trainer, embedder_trainer
+def test_the_trainers_drop_an_absent_champion(registry, tmp_path):
+    """A registry champion step publishes a Model artifact even when the registry has none: both
+    trainers read it as no champion (warm start "no champion yet"), as they read the resolver's
+    empty answer."""
+    from speechpipe.components import trainer_contract
 
     uri, _ = registry
     absent = os.path.join(_resolve(uri, str(tmp_path / "champion"), "key1").uri, "Format-Serving")
-    seen = []
-    monkeypatch.setattr(ctc_pipeline_trainer, "run_fn", lambda fn_args: seen.append(("ctc", fn_args.base_model)))
-    monkeypatch.setattr(embedder_trainer, "run_fn", lambda fn_args: seen.append(("speaker", fn_args.base_model)))
-    registry_champion.ctc_run_fn(SimpleNamespace(base_model=absent))
-    registry_champion.embedder_run_fn(SimpleNamespace(base_model=absent))
-    registry_champion.ctc_run_fn(SimpleNamespace(base_model=None))
-    assert seen == [("ctc", None), ("speaker", None), ("ctc", None)]
+    for model_key in ("ctc", "embedder"):
+        for base_model in (absent, None):
+            fn_args = SimpleNamespace(base_model=base_model, custom_config={"features": {}}, train_files=[],
+                                      train_steps=None)
+            assert trainer_contract.read_inputs(fn_args, model_key).champion is None
+    present = str(tmp_path / "present")
+    os.makedirs(present)
+    fn_args = SimpleNamespace(base_model=present, custom_config={"features": {}}, train_files=[], train_steps=None)
+    assert trainer_contract.read_inputs(fn_args, "ctc").champion == present
 
 
 def test_the_champion_on_object_storage(registry, tmp_path):

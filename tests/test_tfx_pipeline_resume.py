@@ -1,10 +1,11 @@
 """A `speechpipe run` killed part-way (the process dies inside the Trainer) resumes on the next run:
 the nodes that completed are ML Metadata cache hits with the very same artifacts, and the rest run.
 
-The kill is injected, not timed: the run's process is `speechpipe run` with the CTC training
-function (`ctc_trainer.run_fn`, which the Trainer's run_fn calls) replaced by one that SIGKILLs its
-own process, so it always dies at the same point, inside the Trainer's execution, whatever the
-machine's speed. (TFX reloads the module its run_fn names, so that module itself cannot be patched.)"""
+The kill is injected, not timed: the run's process is `speechpipe run` (CTC branch only) with the
+trainers' input reader (`trainer_contract.read_inputs`, the first thing the CTC run_fn calls)
+replaced by one that SIGKILLs its own process, so it always dies at the same point, inside the
+Trainer's execution, whatever the machine's speed. (TFX reloads the module its run_fn names, so
+that module itself cannot be patched.)"""
 import os
 import subprocess
 import sys
@@ -20,11 +21,11 @@ pytestmark = pytest.mark.e2e
 # `speechpipe run` in a process whose CTC trainer kills the process the moment it starts training.
 _KILLED_RUN = """
 import os, signal, sys
-from speechpipe.components import ctc_trainer
-def run_fn(fn_args):
+from speechpipe.components import trainer_contract
+def read_inputs(fn_args, model_key):
     print("[test] killing the run inside the Trainer", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
-ctc_trainer.run_fn = run_fn
+trainer_contract.read_inputs = read_inputs
 from speechpipe.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -5,7 +5,7 @@ import os
 from tfx.types import standard_artifacts
 
 from speechpipe.components.champion_resolver import ChampionStrategy
-from speechpipe.components.evaluator import decide
+from speechpipe.components.blessing import decide
 from speechpipe.components.validation_gate import gate_reasons
 from speechpipe.pipeline.run_config import RunConfig, data_key, span_fingerprint
 

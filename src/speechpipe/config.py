@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Tuple
 
 SPLITS: Tuple[str, str, str] = ("train", "validation", "test")
+# The corpus manifest: one JSON line per utterance (the demo corpus writes one; spans and jobs read it).
+MANIFEST_FILE = "manifest.jsonl"
 
 
 @dataclass(frozen=True)
@@ -13,7 +15,8 @@ class CorpusConfig:
 
     # Many speakers, few utterances each (2,400 utterances, about 1.8 h): a speaker embedder
     # generalises to new speakers with the number of training speakers, not with more audio of
-    # the same ones (docs/embedder.md: 42 training speakers gave 10-14 % test EER, 168 give 4 %).
+    # the same ones (docs/embedder.md: 42 training speakers gave 10-14 % test EER where 168 give
+    # about 2 %).
     # 240 of the 246 voices available: 168 training, 36 validation and 36 test speakers.
     speakers: int = 240
     utterances: int = 10  # per speaker

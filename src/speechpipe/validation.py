@@ -1,13 +1,27 @@
-"""Validation of configurations: one place that says what a valid setting is, with clear errors."""
+"""Validation of configurations: the error every bad setting raises (`ConfigError`), the policy
+for settings read from json (`reject_unknown`), and the checks of the configs in
+speechpipe.config (corpus, features). A config defined in another module (the run config, the
+model and trainer configs, the pair config, the augmentation config) is checked by a
+`validate` next to its fields, so that a field and its rule change together; each raises
+ConfigError with the value and what it needs."""
 from __future__ import annotations
 
 import os
+from typing import Iterable, Mapping
 
 from speechpipe.config import FEATURE_KINDS, NORMALISATIONS, CorpusConfig, FeatureConfig, speaker_split_counts
 
 
 class ConfigError(ValueError):
     """A configuration value is out of range or inconsistent with another."""
+
+
+def reject_unknown(data: Mapping[str, object], fields: Iterable[str], what: str) -> None:
+    """The policy for settings read from json (custom_config, exports, run files): an unknown key
+    is an error, so that a misspelt setting never trains silently on its default."""
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown {what} setting(s): {', '.join(unknown)}")
 
 
 def validate_corpus_config(config: CorpusConfig) -> CorpusConfig:

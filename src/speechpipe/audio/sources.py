@@ -18,6 +18,7 @@ import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
+from speechpipe.config import SPLITS
 from speechpipe.io import storage
 from speechpipe.audio.decode import AUDIO_EXTENSIONS
 
@@ -36,7 +37,6 @@ INVALID_SPLIT = "invalid_split"
 
 VOXCELEB, MANIFEST, KALDI = "voxceleb", "manifest", "kaldi"
 MANIFEST_REQUIRED = ("utterance", "audio", "speaker")
-SPLITS = ("train", "validation", "test")
 
 
 # VoxCeleb's meta files, as the datasets ship them: one line per speaker with its id and its

@@ -3,8 +3,9 @@ direct use (bench, tests).
 
 The input pipeline buckets utterances by length, skips (and counts) utterances that CTC cannot
 align or that have no transcript, and pads labels only for batching: the loss sees real lengths.
-Training stops early on validation PER (best weights restored), on a wall-clock budget, or with
-`NonFiniteLossError` at the first NaN loss.
+Training stops early on validation PER (best weights restored), on a wall-clock or step budget,
+or with `NonFiniteLossError` at the first NaN loss (speechpipe.components.trainer_contract). A
+champion (the Trainer's `base_model`) is the warm start when its architecture agrees.
 """
 from __future__ import annotations
 
@@ -13,24 +14,24 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from speechpipe.io import storage
 from speechpipe.config import FeatureConfig
+from speechpipe.components import trainer_contract
 from speechpipe.phones.ctc_model import (
     CTCModelConfig,
     CTCTrainer,
     PERResult,
-    beam_decode,
     build_acoustic_model,
     ctc_feasible,
     export_transcriber,
-    greedy_decode,
     stacked_lengths,
 )
 from speechpipe.phones.inventory import load_inventory
+from speechpipe.phones.phone_error_rate import records_per
+from speechpipe.validation import reject_unknown
 from speechpipe.training import (
     StopOnNonFiniteLoss,
     distribution_strategy,
@@ -53,7 +54,8 @@ class CTCTrainConfig:
     batch_size: int = 32
     max_epochs: int = 200
     max_minutes: Optional[float] = None  # wall-clock budget; None = no budget
-    patience: int = 6  # epochs without a better validation PER
+    max_steps: int = 0  # optimiser-step budget (the Trainer's train_steps); 0 = none
+    patience: int = 6  # epochs without a better validation PER; 0 = never stop on it
     bucket_boundaries: Tuple[int, ...] = (150, 200, 250, 300, 350, 400, 500, 700)
     shuffle_buffer: int = 2048
     mixed_precision: bool = False
@@ -72,7 +74,8 @@ class CTCTrainConfig:
 
     @classmethod
     def from_json(cls, data: Dict[str, object]) -> "CTCTrainConfig":
-        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        reject_unknown(data, cls.__dataclass_fields__, "CTC trainer")
+        values = dict(data)
         if "model" in values:
             values["model"] = CTCModelConfig.from_json(values["model"])
         if "bucket_boundaries" in values:
@@ -167,52 +170,12 @@ def make_dataset(files: Sequence[str], config: CTCTrainConfig, training: bool) -
 # ------------------------------------------------------------------------------------ evaluation
 
 def evaluate_per(acoustic: keras.Model, files: Sequence[str], config: CTCTrainConfig, beam_width: int = 0) -> PERResult:
-    """Corpus and per-utterance PER of greedy (beam_width 0) or beam-search decoding."""
-    blank = load_inventory(config.inventory).blank_id
-    result = PERResult()
-    dataset = record_dataset(files).filter(lambda e: _usable(e, config.model.frame_stack)).padded_batch(
-        config.batch_size, padded_shapes={"utterance": [], "speaker": [], "session": [], "features": [None, None],
-                                          "num_frames": [], "phone_ids": [None]},
-        padding_values={"utterance": b"", "speaker": b"", "session": b"", "features": 0.0, "num_frames": 0, "phone_ids": -1})
-    forward = tf.function(lambda f, n: acoustic({"features": f, "num_frames": n}, training=False), reduce_retracing=True)
-    for batch in dataset:
-        logits = forward(batch["features"], batch["num_frames"])
-        lengths = stacked_lengths(batch["num_frames"], config.model.frame_stack)
-        decoded = beam_decode(logits, lengths, blank, beam_width) if beam_width else greedy_decode(logits, lengths, blank)
-        for utterance, reference, hypothesis in zip(batch["utterance"].numpy(), batch["phone_ids"].numpy(), decoded):
-            result.add(utterance.decode(), [int(k) for k in reference if k >= 0], hypothesis)
-    return result
-
-
-class ValidationPER(keras.callbacks.Callback):
-    """Greedy PER on the validation split after every epoch (as logs['val_per']); keeps the best
-    weights, stops after `patience` epochs without improvement or when the budget is spent."""
-
-    def __init__(self, files: Sequence[str], config: CTCTrainConfig, started: float) -> None:
-        super().__init__()
-        self.files, self.config, self.started = files, config, started
-        self.best_per, self.best_epoch, self.best_weights = float("inf"), -1, None
-        self.history: List[Dict[str, float]] = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        per = evaluate_per(self.model.acoustic, self.files, self.config).per
-        logs["val_per"] = per
-        elapsed = time.time() - self.started
-        self.history.append({"epoch": epoch + 1, "loss": float(logs.get("loss", np.nan)), "val_per": per,
-                             "minutes": elapsed / 60})
-        log.info("epoch %d: loss %.3f val_PER %.4f (%.1f min)", epoch + 1, logs.get("loss", np.nan), per, elapsed / 60)
-        if per < self.best_per:
-            self.best_per, self.best_epoch = per, epoch + 1
-            self.best_weights = self.model.acoustic.get_weights()
-        elif epoch + 1 - self.best_epoch >= self.config.patience:
-            self.model.stop_training = True
-        if self.config.max_minutes is not None and elapsed / 60 >= self.config.max_minutes:
-            self.model.stop_training = True
-
-    def on_train_end(self, logs=None):
-        if self.best_weights is not None:
-            self.model.acoustic.set_weights(self.best_weights)
+    """Corpus and per-utterance PER of greedy (beam_width 0) or beam-search decoding, by the
+    definition the evaluator's test PER uses (speechpipe.phones.phone_error_rate)."""
+    frame_stack = config.model.frame_stack
+    forward = tf.function(lambda f, n: (acoustic({"features": f, "num_frames": n}, training=False),
+                                        stacked_lengths(n, frame_stack)), reduce_retracing=True)
+    return records_per(forward, files, load_inventory(config.inventory).blank_id, config.batch_size, beam_width)[0]
 
 
 # ------------------------------------------------------------------------------------ training
@@ -225,16 +188,26 @@ def _optimizer(config: CTCTrainConfig) -> keras.optimizers.Optimizer:
     raise ValueError(f"optimizer {config.optimizer!r}: expected 'adam' or 'sgd'")
 
 
+def restore_acoustic(acoustic: keras.Model, saved_model_dir: str) -> None:
+    """Loads a champion's acoustic weights into `acoustic` (same architecture), or raises: the
+    exported Transcriber's `acoustic` attribute, matched by Keras' object graph, not by name."""
+    checkpoint = tf.train.Checkpoint(acoustic=acoustic)
+    status = checkpoint.read(storage.join(saved_model_dir, "variables", "variables"))  # TF reads URIs
+    status.expect_partial()
+    status.assert_existing_objects_matched()
+
+
 def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config: FeatureConfig,
           serving_model_dir: Optional[str], log_dir: Optional[str], config: CTCTrainConfig = CTCTrainConfig(),
-          global_stats: Optional[Dict[str, object]] = None) -> Dict[str, object]:
-    """Trains, restores the best weights by validation PER, exports the `transcribe` SavedModel,
-    and returns the history and figures."""
+          global_stats: Optional[Dict[str, object]] = None, champion: Optional[str] = None,
+          warm_start_enabled: bool = True) -> Dict[str, object]:
+    """Trains (from the champion's weights when `champion` is given and the architecture
+    agrees), restores the best weights by validation PER, exports the `transcribe` SavedModel
+    with training_result.json beside it, and returns the history and figures."""
     from speechpipe.audio.tf_features import GraphFeatures
 
     train_files, eval_files = expand_files(train_files), expand_files(eval_files)
-    tf.keras.utils.set_random_seed(config.seed)
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(config.seed)  # Python, NumPy and TensorFlow
     set_mixed_precision(config.mixed_precision)
     inventory = load_inventory(config.inventory)
     counts = {"train": scan_inputs(train_files, config.model.frame_stack, inventory.size).to_json(),
@@ -243,39 +216,35 @@ def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config:
         raise ValueError(f"no usable training utterance (need transcripts that CTC can align): {counts['train']}")
     strategy = distribution_strategy()
     with strategy.scope():
-        acoustic = build_acoustic_model(feature_config.n_bins, inventory.num_classes, config.model)
+        acoustic, warm = trainer_contract.warm_start(
+            lambda: build_acoustic_model(feature_config.n_bins, inventory.num_classes, config.model), champion,
+            restore_acoustic, warm_start_enabled)
         trainer = CTCTrainer(acoustic, inventory.blank_id, config.model.frame_stack)
         trainer.compile(optimizer=_optimizer(config))
-    started = time.time()
-    validation = ValidationPER(eval_files, config, started)
+    validation = trainer_contract.BestWeights(
+        acoustic, lambda: ({"val_per": evaluate_per(acoustic, eval_files, config).per}, None), "val_per",
+        patience=config.patience, max_seconds=config.max_minutes * 60 if config.max_minutes else None,
+        max_steps=config.max_steps)
     callbacks: List[keras.callbacks.Callback] = [StopOnNonFiniteLoss(), validation]
     if log_dir:
         callbacks.append(tensorboard(log_dir))
     # No Keras validation_data: the validation PER callback is the stopping criterion, and a
     # second pass for val_loss would cost a fifth of each epoch.
+    started = time.time()
     trainer.fit(make_dataset(train_files, config, training=True), epochs=config.max_epochs, callbacks=callbacks, verbose=0)
-    minutes = (time.time() - started) / 60
     result = {
-        "best_val_per": validation.best_per, "best_epoch": validation.best_epoch, "epochs": len(validation.history),
-        "train_minutes": round(minutes, 2), "history": validation.history, "inputs": counts,
-        "config": config.to_json(), "features": feature_config.to_json(),
+        "best_val_per": validation.best, **validation.summary(),
+        "train_minutes": round((time.time() - started) / 60, 2), "inputs": counts,
+        "config": config.to_json(), "features": feature_config.to_json(), "warm_start": warm.to_json(),
     }
     if serving_model_dir:
         export_transcriber(serving_model_dir, acoustic, GraphFeatures(feature_config, global_stats), inventory.phones,
                            config.model.frame_stack)
-        # A local folder or an artifact URI on object storage (TFX's fileio).
-        storage.write_json(storage.join(serving_model_dir, "training_result.json"), result, indent=1)
+        trainer_contract.write_result(serving_model_dir, result)
     return result
 
 
 def run_fn(fn_args) -> None:
-    """TFX Trainer entry point. custom_config: {"features": FeatureConfig json, "global_stats":
-    dict or None, "ctc": CTCTrainConfig json}."""
-    custom = fn_args.custom_config or {}
-    feature_config = FeatureConfig.from_json(custom.get("features", {}))
-    config = CTCTrainConfig.from_json(custom.get("ctc", {}))
-    if getattr(fn_args, "train_steps", None):
-        log.info("train_steps=%s is ignored: training stops on validation PER and the time budget", fn_args.train_steps)
-    train(fn_args.train_files, fn_args.eval_files, feature_config, fn_args.serving_model_dir,
-          storage.join(fn_args.model_run_dir, "tensorboard") if fn_args.model_run_dir else None, config,
-          custom.get("global_stats"))
+    """TFX Trainer entry point (the contract of speechpipe.components.trainer_contract; the model
+    section is "ctc": CTCTrainConfig json). fn_args.train_steps caps the optimiser steps."""
+    trainer_contract.run_trainer(fn_args, "ctc", CTCTrainConfig.from_json, train)

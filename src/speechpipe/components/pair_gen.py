@@ -1,9 +1,9 @@
 """PairGen: the pair builder (src/speechpipe/pipeline/pairs_job.py) as a TFX component, one node per span.
 
-Its output, a `SpeakerPairs` artifact, holds the span's same/different-speaker pairs
-(`pairs/<split>/`) and its VoxCeleb-format trial lists (`trials_<split>.txt`); the speaker
-evaluator scores the fixed test span's `trials_test.txt`. It reads the span's FeatureGen output
-(the feature job's index), so an unchanged span is a cache hit here too.
+Its output, a `SpeakerPairs` artifact, holds the test split's VoxCeleb-format trial list
+(`trials_test.txt`), which the speaker evaluator scores, and the pair counts of every split in
+summary.json (no pair records: the trainer draws its own pairs in every batch). It reads the
+span's FeatureGen output (the feature job's index), so an unchanged span is a cache hit here too.
 
 Given an official VoxCeleb trial list (`trials_file`: veri_test2.txt, list_test_hard2.txt, ...),
 that list is the test protocol instead: every utterance it names must be in the span's test split
@@ -41,7 +41,10 @@ def PairGen(  # noqa: N802 - TFX names components in CamelCase
 ) -> None:
     from speechpipe.pipeline import pairs_job
 
-    argv = ["--features", examples.uri, "--out", pairs.uri, "--seed", str(seed), "--overwrite"]
+    # The evaluator scores the test split's trial list; the trainer draws its own pairs, so no
+    # pair record is written and no other split gets a list.
+    argv = ["--features", examples.uri, "--out", pairs.uri, "--seed", str(seed), "--overwrite",
+            "--trial-splits", "test", "--pair-splits", ""]
     if trials_file:
         argv += ["--official_trials", trials_file]
     pairs_job.run(argv + list(json.loads(beam_args)))

@@ -18,8 +18,8 @@ No champion (no registered model, no alias, or only versions on this data key): 
 publishes its outputs, so the Model artifact is published *marked absent*: custom property
 `champion` = 0 with `why`, no SavedModel, and a `NO_CHAMPION` file in `Format-Serving/`. The
 consumers treat it exactly as the resolver's empty answer: the evaluators compare with nothing
-(`src/speechpipe/components/evaluator.py`, `present_champion`) and the trainers, whose run_fn is then one of the
-wrappers below, get no `base_model` (warm start: "no champion yet" / "no champion given").
+(speechpipe.components.blessing, `present_champion`) and the trainers drop it as they read their
+inputs (speechpipe.components.trainer_contract, `read_inputs`): warm start "no champion yet".
 
 Caching: the step's execution parameters are the registry, the model name and this run's data
 key, so a re-run on the same data reuses the champion the first run with that data key found
@@ -28,7 +28,6 @@ registry again. docs/deploy.md (Limits) says where that differs from the resolve
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -47,8 +46,6 @@ SERVING_DIR = "Format-Serving"  # TFX's serving model folder in a Model artifact
 NO_CHAMPION_FILE = "NO_CHAMPION"
 CHAMPION_FILE = "champion.json"
 
-CTC_RUN_FN = "speechpipe.components.registry_champion.ctc_run_fn"
-EMBEDDER_RUN_FN = "speechpipe.components.registry_champion.embedder_run_fn"
 
 
 class RegistryChampionSpec(types.ComponentSpec):
@@ -160,29 +157,6 @@ def champion_absent(path: Optional[str]) -> bool:
     return any(storage.exists(storage.join(p, NO_CHAMPION_FILE)) for p in (path, storage.join(path, SERVING_DIR)))
 
 
-def _drop_absent_champion(fn_args) -> None:
-    base_model = getattr(fn_args, "base_model", None)
-    if base_model and champion_absent(base_model):
-        log.info("the registry has no champion for this run: training from scratch")
-        fn_args.base_model = None
-
-
-def ctc_run_fn(fn_args) -> None:
-    """The CTC trainer's run_fn (src/speechpipe/components/ctc_pipeline_trainer.py) with a registry champion."""
-    from speechpipe.components import ctc_pipeline_trainer
-
-    _drop_absent_champion(fn_args)
-    ctc_pipeline_trainer.run_fn(fn_args)
-
-
-def embedder_run_fn(fn_args) -> None:
-    """The speaker embedder's run_fn (src/speechpipe/components/embedder_trainer.py) with a registry champion."""
-    from speechpipe.components import embedder_trainer
-
-    _drop_absent_champion(fn_args)
-    embedder_trainer.run_fn(fn_args)
-
-
 class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
@@ -202,11 +176,3 @@ class RegistryChampion(base_component.BaseComponent):
         spec = RegistryChampionSpec(tracking_uri=tracking_uri, model_name=model_name, data_key=data_key,
                                     model_kind=model_kind, model=types.Channel(type=standard_artifacts.Model))
         super().__init__(spec=spec)
-
-
-def champion_record(model_uri: str) -> Dict[str, Any]:
-    """The champion.json of a RegistryChampion output ({} for other Model artifacts)."""
-    try:
-        return json.loads(storage.read_bytes(storage.join(model_uri, CHAMPION_FILE)).decode("utf-8"))
-    except Exception:  # noqa: BLE001 - absent or unreadable
-        return {}

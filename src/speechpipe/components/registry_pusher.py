@@ -60,7 +60,8 @@ def _read_json(path: str) -> Dict[str, Any]:
 class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
-        from speechpipe.components.evaluator import EVALUATION_FILE, serving_dir
+        from speechpipe.components.blessing import EVALUATION_FILE, serving_dir
+        from speechpipe.components.trainer_contract import RESULT_FILE
         from speechpipe.components.examples_union import member_spans
         from speechpipe.results.registry import SMOKE_TESTS, Registry, SmokeTestError, git_commit, speechpipe_version
         from speechpipe.serving.pyfunc import save_flavor, smoke_test_flavor
@@ -89,8 +90,8 @@ class Executor(base_executor.BaseExecutor):
             return
 
         model_dir = serving_dir(model.uri)
-        training = _read_json(storage.join(model_dir, "training_result.json"))
-        warm = _read_json(storage.join(model_dir, "warm_start.json")) or training.get("warm_start") or {}
+        training = _read_json(storage.join(model_dir, RESULT_FILE))
+        warm = training.get("warm_start") or {}
         kind = exec_properties.get("model_kind") or "ctc"
         candidate, champion = evaluation.get("candidate", {}), evaluation.get("champion") or {}
         if kind == "speaker":

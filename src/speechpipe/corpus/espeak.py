@@ -7,7 +7,7 @@ Two kinds of that state decide an utterance's samples besides its text and voice
 - espeak-ng's own random generator (`espeak_rand`: breath noise and the Klatt voices' noise
   source), which `espeak_Initialize` seeds from the clock. Voices with breath (Alicia, f2, f3,
   f5, sandro, victor) came out different in every run. `synthesize` therefore seeds it for every
-  utterance (`espeak_ng_SetRandSeed`), so the samples no longer depend on when a process started.
+  utterance (`espeak_ng_SetRandSeed`), so the samples do not depend on when a process started.
 - static wave-generator state (pitch-flutter phase, gain control, Klatt filter memories) that no
   call resets, so an utterance also depends on what the process synthesised before it: the corpus
   synthesiser renders each speaker in a fresh process, in a fixed order

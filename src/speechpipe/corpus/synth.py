@@ -21,11 +21,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from speechpipe.config import SPLITS, CorpusConfig, speaker_split_counts
+from speechpipe.config import MANIFEST_FILE, SPLITS, CorpusConfig, speaker_split_counts
 from speechpipe.corpus.voices import SpeakerVoice, design_speakers
 from speechpipe.validation import validate_corpus_config
 
-MANIFEST = "manifest.jsonl"
+MANIFEST = MANIFEST_FILE  # tests and the bench name it through this module too
 SPEAKERS = "speakers.jsonl"
 CORPUS_INFO = "corpus.json"
 AUDIO_DIR = "wav"

@@ -25,8 +25,9 @@ from typing import Any, BinaryIO, Dict, Iterator, List, Tuple
 
 
 def is_uri(path: str) -> bool:
-    """True for a URI with a scheme (gs://, s3://, ...): never resolved against the working folder
-    (`speechpipe.pipeline.run_config.is_remote` uses this rule)."""
+    """True for a URI with a scheme (gs://, s3://, hdfs://, ...): object storage, read through
+    TFX's fileio or Beam's FileSystems and never resolved against the working folder. The one
+    rule every module asks."""
     return "://" in path
 
 

@@ -37,7 +37,10 @@ class CTCModelConfig:
 
     @classmethod
     def from_json(cls, data: Dict[str, object]) -> "CTCModelConfig":
-        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        from speechpipe.validation import reject_unknown
+
+        reject_unknown(data, cls.__dataclass_fields__, "CTC model")
+        values = dict(data)
         if "lstm_units" in values:
             values["lstm_units"] = tuple(values["lstm_units"])
         return cls(**values)

@@ -33,6 +33,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 RUNNERS = ("direct", "dataflow", "flink", "portable")
 DIRECT_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
+# One process, no worker pool: tests and small jobs, where starting workers costs more than a
+# second core gains.
+IN_MEMORY_ARGS: Tuple[str, ...] = ("--direct_running_mode=in_memory",)
 # Beam's SDK-harness environments: DOCKER starts the image per worker, EXTERNAL connects to an
 # already-running worker pool (a sidecar), PROCESS runs a boot command on the worker host,
 # LOOPBACK runs the workers in the submitting process (tests only).
@@ -69,6 +72,24 @@ def _positive(name: str, value: Optional[int]) -> None:
 def _host_port(name: str, value: str) -> None:
     if not _HOST_PORT.match(value or ""):
         raise BeamOptionsError(f"{name}={value!r}: need HOST:PORT")
+
+
+def _names(args: Sequence[str], option: str) -> bool:
+    return any(a == option or a.startswith(option + "=") for a in args)
+
+
+def direct_runner_defaults(beam_args: Sequence[str], mode: str = "multi_processing") -> List[str]:
+    """`beam_args` with the DirectRunner's defaults added where they name none: the running
+    `mode` (users get every core unless they ask otherwise) and, for multi_processing, one
+    worker per core of the machine the job runs on (`--direct_num_workers=0`). Args for another
+    runner come back as they are."""
+    args = list(beam_args)
+    direct = not _names(args, "--runner") or any("DirectRunner" in a for a in args)
+    if direct and not _names(args, "--direct_running_mode"):
+        args.append(f"--direct_running_mode={mode}")
+        if mode == "multi_processing" and not _names(args, "--direct_num_workers"):
+            args.append("--direct_num_workers=0")
+    return args
 
 
 @dataclass(frozen=True)

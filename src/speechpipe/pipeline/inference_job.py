@@ -150,11 +150,10 @@ def run_job(spec: InputSpec, saved_model_dir: str, kind: str, sample_rate: int, 
     """Runs the job and writes summary.json; returns it. Every input is a result or a dead letter."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from speechpipe.pipeline.beam_options import with_quiet_workers
+    from speechpipe.pipeline.beam_options import IN_MEMORY_ARGS, with_quiet_workers
 
     storage.makedirs(out_dir)
-    with beam.Pipeline(options=PipelineOptions(with_quiet_workers(list(beam_args) or
-                                                                  ["--direct_running_mode=in_memory"]))) as p:
+    with beam.Pipeline(options=PipelineOptions(with_quiet_workers(list(beam_args or IN_MEMORY_ARGS)))) as p:
         build(p, spec, saved_model_dir, kind, sample_rate, out_dir)
     results, dead = read_lines(out_dir, RESULTS_PREFIX), read_lines(out_dir, DEAD_LETTER_PREFIX)
     listed = sum(1 for _ in expand_input(spec))

@@ -34,6 +34,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from speechpipe.io.storage import is_uri
 from speechpipe.pipeline import beam_options, spans as span_discovery
 from speechpipe.pipeline.cluster_resources import (
     ACCELERATORS,
@@ -43,7 +44,13 @@ from speechpipe.pipeline.cluster_resources import (
     apply_resources,
     kubernetes_platform_spec,
 )
-from speechpipe.pipeline.run_config import RunConfig, data_keys, is_remote, span_fingerprint, validate_run_config
+from speechpipe.pipeline.run_config import (
+    CHAMPION_SOURCES,
+    RunConfig,
+    data_keys,
+    span_fingerprint,
+    validate_run_config,
+)
 from speechpipe.validation import ConfigError
 
 # Where deploy/Dockerfile puts the project's source inside the image: the nodes read the TFMD
@@ -114,7 +121,7 @@ def build_pipeline(config: RunConfig, cluster: ClusterConfig):
     from speechpipe.pipeline.local_runner import pipeline_arguments
     from speechpipe.pipeline.tfx_pipeline import create_pipeline
 
-    if not is_remote(config.home):
+    if not is_uri(config.home):
         raise ConfigError(f"home={config.home!r}: a cluster pipeline needs its home on object storage (gs://, s3://), "
                           "which every pod reaches")
     fingerprints = [span_fingerprint(s) for s in config.all_spans]
@@ -284,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     resources.add_argument("--component-cpu", type=float, default=None, help="vCPUs for every other node")
     resources.add_argument("--component-memory", type=float, default=None, help="GB of memory for every other node")
     champion = parser.add_argument_group("champion (src/speechpipe/components/registry_champion.py)")
-    champion.add_argument("--champion-from", choices=("resolver", "registry"), default="resolver",
+    champion.add_argument("--champion-from", choices=CHAMPION_SOURCES, default="resolver",
                           help="resolver: KFP resolver tasks query ML Metadata (Vertex AI runs them); registry: a "
                                "container step reads the MLflow registry's `champion` alias (open-source KFP, "
                                "whose backend runs no resolver tasks)")

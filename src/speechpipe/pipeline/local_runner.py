@@ -20,6 +20,9 @@ import uuid
 from dataclasses import replace
 from typing import Dict, List, Optional, Tuple
 
+from speechpipe.config import MANIFEST_FILE
+from speechpipe.io.storage import is_uri
+from speechpipe.pipeline.beam_options import IN_MEMORY_ARGS
 from speechpipe.pipeline import spans as spans_module
 from speechpipe.pipeline.run_config import (
     BRANCHES,
@@ -30,7 +33,6 @@ from speechpipe.pipeline.run_config import (
     RunConfig,
     data_keys,
     embedded_artifact_root,
-    is_remote,
     span_fingerprint,
     validate_run_config,
 )
@@ -80,7 +82,7 @@ def pipeline_arguments(config: RunConfig, fingerprints: List[str], keys: Dict[st
     orchestrator; each runner adds its own (metadata connection, schema file, registry URI and
     artifact root). `fingerprints` are those of `config.all_spans`, `keys` the branches' data keys."""
     def where(path: str) -> str:
-        return path if is_remote(path) else os.path.abspath(path)
+        return path if is_uri(path) else os.path.abspath(path)
 
     return dict(
         pipeline_name=config.pipeline_name,
@@ -304,7 +306,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     branches = branches_from_args(args)
     shared = list(spans_module.resolve_spans(args.spans or [], args.spans_from, args.span_marker))
     if not shared and not args.ctc_spans and not args.speaker_spans:
-        shared = [os.path.join(args.home, "corpus", "manifest.jsonl")]
+        shared = [os.path.join(args.home, "corpus", MANIFEST_FILE)]
     d = RunConfig()
     ctc = replace(CTCBudget(), lstm_units=tuple(int(u) for u in args.lstm_units.split(",") if u),
                   max_epochs=args.max_epochs, max_minutes=args.max_minutes, batch_size=args.batch_size,
@@ -322,7 +324,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         embedder=replace(d.embedder, max_seconds=60.0 * args.embedder_minutes), max_eer=args.max_eer,
         min_eer_improvement=args.min_eer_improvement, embedder_model_name=args.embedder_model_name,
         target_far=args.target_far,
-        beam_args=("--direct_running_mode=in_memory",) if args.in_memory else (),
+        beam_args=IN_MEMORY_ARGS if args.in_memory else (),
     )
 
 
@@ -333,7 +335,7 @@ def _ensure_demo_corpus(config: RunConfig, out=sys.stdout) -> None:
     from speechpipe.config import DEMO_CORPUS
     from speechpipe.corpus.synth import read_corpus_settings, synthesize_corpus
 
-    default = os.path.join(config.home, "corpus", "manifest.jsonl")
+    default = os.path.join(config.home, "corpus", MANIFEST_FILE)
     if config.all_spans != (default,):
         return
     folder = os.path.dirname(default)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from speechpipe.config import FeatureConfig
-from speechpipe.io.storage import walk_order
+from speechpipe.io.storage import is_uri, walk_order
 from speechpipe.validation import ConfigError, validate_feature_config
 
 PIPELINE_NAME = "speechpipe"
@@ -28,6 +28,10 @@ CTC_MODEL_NAME = "speechpipe-ctc"
 EMBEDDER_MODEL_NAME = "speechpipe-embedder"
 
 
+# Where a branch's champion comes from: ML Metadata through a resolver node, or the MLflow
+# registry's `champion` alias through a container step (open-source KFP runs no resolvers).
+CHAMPION_SOURCES: Tuple[str, ...] = ("resolver", "registry")
+
 @dataclass(frozen=True)
 class CTCBudget:
     """What the CTC trainer may spend; becomes `CTCTrainConfig` json (src/speechpipe/components/ctc_trainer.py)."""
@@ -38,8 +42,9 @@ class CTCBudget:
     batch_size: int = 32
     learning_rate: float = 1e-3
     max_epochs: int = 200
-    # The demo run has 25 minutes in all on 2 cores, both branches: 8 here (checked at epoch
-    # ends, so up to one epoch more), 4 for the embedder. bench/ proves learning on 20 minutes.
+    # The demo run has 25 minutes in all on 2 cores, both branches: 8 here (checked after every
+    # batch, speechpipe.components.trainer_contract), 4 for the embedder. bench/ proves learning
+    # on 20 minutes.
     max_minutes: Optional[float] = 8.0
     patience: int = 6
     seed: int = 0
@@ -118,7 +123,7 @@ class RunConfig:
     # Where each branch's champion comes from: "resolver" (ML Metadata, ChampionStrategy; LocalDagRunner,
     # Vertex AI) or "registry" (the MLflow registry's `champion` alias, read by a container step:
     # open-source KFP runs no resolver tasks; `speechpipe compile --champion-from registry`).
-    champion_from: str = "resolver"
+    champion_from: str = "resolver"  # one of CHAMPION_SOURCES
     split_fractions: Tuple[float, float, float] = (0.8, 0.1, 0.1)  # for inputs without splits
 
     # ---------------------------------------------------------------- spans per branch
@@ -158,7 +163,7 @@ class RunConfig:
     # puts the pipeline root.
     @property
     def home_abs(self) -> str:
-        return self.home.rstrip("/") if is_remote(self.home) else os.path.abspath(self.home)
+        return self.home.rstrip("/") if is_uri(self.home) else os.path.abspath(self.home)
 
     @property
     def pipeline_root(self) -> str:
@@ -166,7 +171,7 @@ class RunConfig:
 
     @property
     def metadata_path(self) -> str:
-        if is_remote(self.home):
+        if is_uri(self.home):
             # SQLite cannot live on object storage; a cluster run records into the orchestrator's
             # own metadata store instead, and never asks for this path.
             raise ConfigError(f"home={self.home!r}: ML Metadata is a local SQLite file, so `speechpipe run` needs a "
@@ -189,11 +194,9 @@ class RunConfig:
 
     @property
     def effective_beam_args(self) -> List[str]:
-        from speechpipe.pipeline.beam_options import with_quiet_workers
+        from speechpipe.pipeline.beam_options import direct_runner_defaults, with_quiet_workers
 
-        if self.beam_args:
-            return with_quiet_workers(self.beam_args)
-        return with_quiet_workers(["--direct_running_mode=multi_processing", f"--direct_num_workers={os.cpu_count() or 1}"])
+        return with_quiet_workers(list(self.beam_args) if self.beam_args else direct_runner_defaults([]))
 
     def to_json(self) -> Dict[str, object]:
         return asdict(self)
@@ -207,17 +210,9 @@ def embedded_artifact_root(home: str) -> str:
     return os.path.join(os.path.abspath(home), "mlflow", "artifacts")
 
 
-def is_remote(path: str) -> bool:
-    """True for a URI with a scheme (gs://, s3://, hdfs://, ...): object storage, read through
-    Beam's FileSystems and never resolved against the working folder (speechpipe.io.storage's rule)."""
-    from speechpipe.io.storage import is_uri
-
-    return is_uri(path)
-
-
 def join_path(base: str, *parts: str) -> str:
     """os.path.join for local paths; '/'-joined for URIs, whatever the local separator."""
-    return posixpath.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
+    return posixpath.join(base, *parts) if is_uri(base) else os.path.join(base, *parts)
 
 
 def _manifest_audio(content: bytes) -> List[str]:
@@ -240,7 +235,7 @@ def span_fingerprint(path: str) -> str:
     generation runs again; an unchanged span is served from the ML Metadata cache. A span on
     object storage gets the same fingerprint from one listing of its prefix
     (`_remote_span_fingerprint`)."""
-    if is_remote(path):
+    if is_uri(path):
         return _remote_span_fingerprint(path)
     path = os.path.abspath(path)
     digest = hashlib.sha256()
@@ -295,7 +290,7 @@ def _remote_span_fingerprint(uri: str) -> str:
         digest.update(content)
         objects = list_objects(root)
         for audio in _manifest_audio(content):
-            add(audio if is_remote(audio) else posixpath.join(root, audio), root, objects)
+            add(audio if is_uri(audio) else posixpath.join(root, audio), root, objects)
     else:
         # A folder is a prefix: every object under it, in the order os.walk visits a local folder
         # (a folder's files, then its subfolders, each sorted), so that the same files give the
@@ -324,7 +319,7 @@ def data_keys(config: RunConfig, fingerprints: List[str]) -> Dict[str, str]:
 
 def _span_exists(span: str) -> bool:
     """A local file or folder, or an object (a manifest) or prefix (a folder) on object storage."""
-    if not is_remote(span):
+    if not is_uri(span):
         return os.path.exists(span)
     from apache_beam.io.filesystems import FileSystems
 
@@ -347,7 +342,7 @@ def validate_run_config(config: RunConfig) -> RunConfig:
         spans = config.branch_spans(branch)
         if not spans:
             raise ConfigError(f"spans: the {branch} branch has no span (give --span or --{branch}-span)")
-        normal = [s if is_remote(s) else os.path.abspath(s) for s in spans]
+        normal = [s if is_uri(s) else os.path.abspath(s) for s in spans]
         if len(set(normal)) != len(normal):
             raise ConfigError(f"spans: the same input is listed twice for the {branch} branch: {list(spans)}")
         if not 0 <= config.test_span < len(spans):
@@ -365,7 +360,7 @@ def validate_run_config(config: RunConfig) -> RunConfig:
     if config.trials_file:
         if not config.include_speaker:
             raise ConfigError("trials_file: an official trial list is the speaker branch's; that branch is off")
-        if not (is_remote(config.trials_file) or os.path.isfile(config.trials_file)):
+        if not (is_uri(config.trials_file) or os.path.isfile(config.trials_file)):
             raise ConfigError(f"trials_file={config.trials_file!r}: no such file")
     if not config.pipeline_name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"pipeline_name={config.pipeline_name!r}: letters, digits, '-' and '_' only")
@@ -400,8 +395,8 @@ def validate_run_config(config: RunConfig) -> RunConfig:
         raise ConfigError(f"min_train_examples={config.min_train_examples}: must be >= 0")
     if len(config.split_fractions) != 3 or abs(sum(config.split_fractions) - 1.0) > 1e-6 or min(config.split_fractions) < 0:
         raise ConfigError(f"split_fractions={config.split_fractions}: three non-negative fractions summing to 1")
-    if config.champion_from not in ("resolver", "registry"):
-        raise ConfigError(f"champion_from={config.champion_from!r}: resolver or registry")
+    if config.champion_from not in CHAMPION_SOURCES:
+        raise ConfigError(f"champion_from={config.champion_from!r}: one of {', '.join(CHAMPION_SOURCES)}")
     if not config.registry_model_name or not config.embedder_model_name:
         raise ConfigError("registry model names must not be empty")
     if len(config.branches) == 2 and config.registry_model_name == config.embedder_model_name:

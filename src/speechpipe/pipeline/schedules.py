@@ -24,7 +24,8 @@ import re
 import tempfile
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from speechpipe.pipeline.run_config import RunConfig, is_remote
+from speechpipe.io.storage import is_uri
+from speechpipe.pipeline.run_config import RunConfig
 from speechpipe.validation import ConfigError
 
 # The options that describe the schedule itself, or where a run of `speechpipe compile` writes,
@@ -176,7 +177,7 @@ def write_schedule(args: argparse.Namespace, argv: Sequence[str], config: RunCon
         document = vertex_schedule(spec, args.schedule, name, args.project, args.region, config.pipeline_root,
                                    args.service_account)
     text = json.dumps(document, indent=1, sort_keys=True) + "\n"
-    if is_remote(args.schedule_out):
+    if is_uri(args.schedule_out):
         from tfx.dsl.io import fileio
 
         with fileio.open(args.schedule_out, "w") as f:

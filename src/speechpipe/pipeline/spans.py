@@ -25,15 +25,13 @@ import os
 import posixpath
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from speechpipe.config import MANIFEST_FILE
+from speechpipe.io.storage import is_uri
 from speechpipe.validation import ConfigError
 
-MANIFEST = "manifest.jsonl"
+MANIFEST = MANIFEST_FILE
 KALDI_TABLE = "wav.scp"
 GLOB_CHARS = "*?["
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path
 
 
 def list_objects(prefix: str) -> Dict[str, Tuple[int, float]]:
@@ -49,7 +47,7 @@ def list_objects(prefix: str) -> Dict[str, Tuple[int, float]]:
 def _children(root: str) -> Dict[str, List[str]]:
     """{child name: the names of the files directly in it} for the folders directly under root."""
     children: Dict[str, List[str]] = {}
-    if _is_remote(root):
+    if is_uri(root):
         # Object stores have no folders: a child "folder" is the first path component of the
         # objects under root.
         root = root.rstrip("/")
@@ -68,7 +66,7 @@ def _children(root: str) -> Dict[str, List[str]]:
 
 
 def _glob(pattern: str) -> List[str]:
-    if _is_remote(pattern):
+    if is_uri(pattern):
         from apache_beam.io.filesystems import FileSystems
 
         (result,) = FileSystems.match([pattern])
@@ -79,7 +77,7 @@ def _glob(pattern: str) -> List[str]:
 
 
 def _exists(path: str) -> bool:
-    if _is_remote(path):
+    if is_uri(path):
         from apache_beam.io.filesystems import FileSystems
 
         return FileSystems.exists(path)
@@ -89,14 +87,14 @@ def _exists(path: str) -> bool:
 def discover_spans(root: str, ready_marker: Optional[str] = None) -> List[str]:
     """The spans published under `root` (a folder or a glob, local or on object storage), oldest
     first (sorted by name). Raises ConfigError when `root` does not exist."""
-    join = posixpath.join if _is_remote(root) else os.path.join
+    join = posixpath.join if is_uri(root) else os.path.join
     if any(c in root for c in GLOB_CHARS):
         found = sorted(_glob(root))
         if ready_marker:
-            dirname = posixpath.dirname if _is_remote(root) else os.path.dirname
+            dirname = posixpath.dirname if is_uri(root) else os.path.dirname
             found = [p for p in found if _exists(join(dirname(p.rstrip("/")), ready_marker))]
         return found
-    if not _is_remote(root) and not os.path.isdir(root):
+    if not is_uri(root) and not os.path.isdir(root):
         raise ConfigError(f"--spans-from {root!r}: no such folder")
     spans = []
     for name, files in sorted(_children(root).items()):

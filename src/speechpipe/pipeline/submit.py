@@ -12,7 +12,8 @@ import argparse
 import datetime
 from typing import Any, Callable, Optional
 
-from speechpipe.pipeline.run_config import RunConfig, is_remote
+from speechpipe.io.storage import is_uri
+from speechpipe.pipeline.run_config import RunConfig
 from speechpipe.validation import ConfigError
 
 
@@ -26,7 +27,7 @@ def submit_kubeflow(spec_path: str, experiment: str, run_name: str, host: Option
     """Starts a run of the YAML at `spec_path` (a local file: kfp.Client reads it from disk) in
     `experiment`; returns the run id. Without a host, kfp.Client uses $KF_PIPELINES_ENDPOINT or,
     inside the cluster, the in-cluster API service."""
-    if is_remote(spec_path):
+    if is_uri(spec_path):
         raise ConfigError(f"--out {spec_path!r}: kfp.Client uploads a local file; write the spec locally to --submit")
     if client_factory is None:
         import kfp

@@ -32,8 +32,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from tfx import v1 as tfx
 
 from speechpipe.config import FeatureConfig
+from speechpipe.pipeline.beam_options import IN_MEMORY_ARGS
+from speechpipe.pipeline.run_config import CHAMPION_SOURCES
 
-CTC_RUN_FN = "speechpipe.components.ctc_pipeline_trainer.run_fn"
+CTC_RUN_FN = "speechpipe.components.ctc_trainer.run_fn"
 EMBEDDER_RUN_FN = "speechpipe.components.embedder_trainer.run_fn"
 
 # The node ids of the trainers: the only nodes a cluster deployment gives GPUs to
@@ -45,7 +47,6 @@ TRAINER_NODE_IDS = (CTC_TRAINER_ID, SPEAKER_TRAINER_ID)
 UNION_ID = "ExamplesUnion"
 SPEAKER_UNION_ID = "SpeakerExamplesUnion"
 # Where a branch's champion comes from: ML Metadata (a resolver node) or the MLflow registry's alias.
-CHAMPION_SOURCES = ("resolver", "registry")
 
 
 def create_pipeline(
@@ -66,7 +67,7 @@ def create_pipeline(
     max_dead_letter_fraction: float = 0.2,
     min_train_examples: int = 1,
     warm_start: bool = True,
-    beam_args: Sequence[str] = ("--direct_running_mode=in_memory",),
+    beam_args: Sequence[str] = IN_MEMORY_ARGS,
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
     ctc_spans: Optional[Sequence[int]] = None,
     speaker_spans: Sequence[int] = (),
@@ -219,7 +220,7 @@ def _ctc_branch(checked: _SpanFeatures, span_numbers: List[int], feature_config:
     components.append(champion)
     # The CTC phone recogniser on every span's train split, stopping on the validation splits'
     # PER; warm-started from the champion when there is one.
-    trainer = gated_trainer(_run_fn(CTC_RUN_FN, champion_from), all_examples, champion, gates,
+    trainer = gated_trainer(CTC_RUN_FN, all_examples, champion, gates,
                             {"features": feature_config.to_json(), "ctc": ctc_config, "warm_start": warm_start},
                             ).with_id(CTC_TRAINER_ID)
     # PER on the fixed test split (the branch's span `test_span`) against the threshold and the champion.
@@ -280,17 +281,6 @@ def champion_node(champion_from: str, data_key: str, model_kind: str, tracking_u
     return champion_resolver(data_key, model_kind).with_id(f"{prefix}ChampionResolver")
 
 
-def _run_fn(run_fn: str, champion_from: str) -> str:
-    """A trainer's run_fn; with a registry champion, its wrapper that drops a champion published
-    as absent (src/speechpipe/components/registry_champion.py), so the trainer sees no base model, as when the
-    resolver finds none."""
-    if champion_from != "registry":
-        return run_fn
-    from speechpipe.components import registry_champion
-
-    return {CTC_RUN_FN: registry_champion.CTC_RUN_FN, EMBEDDER_RUN_FN: registry_champion.EMBEDDER_RUN_FN}[run_fn]
-
-
 def champion_resolver(data_key: str, model_kind: str) -> tfx.dsl.Resolver:
     """The champion of one branch ("ctc" or "speaker") through ML Metadata (ChampionStrategy)."""
     from speechpipe.components.champion_resolver import ChampionStrategy
@@ -330,7 +320,7 @@ def _speaker_branch(checked: _SpanFeatures, span_numbers: List[int], ctc_span_nu
     # The speaker champion: the same rule as the CTC one, among the speaker blessings.
     champion = champion_node(champion_from, data_key, "speaker", tracking_uri, model_name)
     # The siamese embedder on every span's training speakers, best weights by validation EER.
-    trainer = gated_trainer(_run_fn(EMBEDDER_RUN_FN, champion_from), all_examples, champion, gates,
+    trainer = gated_trainer(EMBEDDER_RUN_FN, all_examples, champion, gates,
                             {"features": feature_config.to_json(), "embedder": dict(embedder_config),
                              "warm_start": warm_start}).with_id(SPEAKER_TRAINER_ID)
     # EER on the test span's trial list (speakers never seen), against the threshold and the champion.

@@ -166,7 +166,7 @@ def collect(config, run_id: str, error: Optional[BaseException] = None, data_key
         if trainer:
             serving = storage.join(trainer[0]["uri"], "Format-Serving")
             summary["training"] = _read_json(storage.join(serving, "training_result.json"))
-            summary["warm_start"] = _read_json(storage.join(serving, "warm_start.json"))
+            summary["warm_start"] = (summary["training"] or {}).get("warm_start")
             summary["model_id"] = trainer[0]["id"]
         blessing = nodes.get("SpeechEvaluator", {}).get("outputs", {}).get("blessing", [])
         if blessing:
