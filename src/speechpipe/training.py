@@ -7,7 +7,6 @@ back with TensorFlow alone (tests do this for each model).
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -16,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import tensorflow as tf
 import tf_keras as keras
 
-from speechpipe.io import records, storage
+from speechpipe.io import records
 
 log = logging.getLogger(__name__)
 
@@ -26,20 +25,16 @@ class NonFiniteLossError(RuntimeError):
 
 
 def expand_files(patterns: Union[str, Sequence[str]]) -> List[str]:
-    """Shard files for one or more glob patterns or folders (a TFX Examples split URI is a folder),
-    local or on object storage (listed through TFX's fileio; tf.data reads either)."""
+    """Shard files for one or more glob patterns or folders (a TFX Examples split URI is a folder;
+    TFX's Trainer passes `<split URI>/*`), local or on object storage (listed through TFX's fileio;
+    tf.data reads either). A split folder with a shard manifest (an ExamplesUnion's) stands for the
+    shards it lists, each checked to be there with its recorded size
+    (`speechpipe.io.records.resolve_shards`)."""
     if isinstance(patterns, str):
         patterns = [patterns]
     files: List[str] = []
     for pattern in patterns:
-        if storage.is_uri(pattern):
-            if storage.isdir(pattern):
-                pattern = storage.join(pattern, f"{records.SHARD_PREFIX}-*")
-            files += storage.glob(pattern)
-            continue
-        if os.path.isdir(pattern):
-            pattern = os.path.join(pattern, f"{records.SHARD_PREFIX}-*")
-        files += sorted(glob.glob(pattern))
+        files += records.resolve_shards(pattern, records.FILEIO)
     if not files:
         raise FileNotFoundError(f"no feature records match {list(patterns)}")
     return files

@@ -5,26 +5,37 @@ channel union (`tfx.types.channel.union`) does that for LocalDagRunner, but Kube
 compiles no union ("Only single Channel is supported"): in a KFP v2 spec each task input is one
 output of one upstream task. So this node takes each span's Examples as its own input
 (`span_0` ... `span_<N-1>`, a ComponentSpec built for N) and publishes one Examples artifact whose
-`Split-<name>/` folders hold every span's shards, copied through TFX's fileio (local folders,
-gs://, any filesystem TensorFlow's gfile knows). A shard keeps the feature job's name with the
-span put in: `data_tfrecord-00000-of-00004` of span 1 becomes `data_tfrecord-span1-00000-of-00004`
-(the `.gz` suffix that marks compression stays at the end), so no two spans' shards collide and
-the trainers' shard globs still match.
+`Split-<name>/` folders each hold one file, a shard manifest (`Split-<name>/shards.json`,
+`speechpipe.io.records.SHARD_MANIFEST`), that lists every span's shards of that split where
+they are: their URIs, bytes and record counts. Nothing is copied: the union takes a few KB
+whatever the corpus's size, and making it again for a new set of spans costs one listing of
+every span's split folders. Every reader of split folders (`speechpipe.training.expand_files`,
+hence the trainers and evaluators; `speechpipe.io.records.shard_paths`, hence the segment table
+and the read-back tools) resolves a manifest into the listed shards through
+`speechpipe.io.records.resolve_shards`, and checks that each is still there with its recorded
+size: a span artifact deleted or rewritten under a union is an error naming the shard, never a
+silently smaller training set. The span artifacts must therefore live as long as the unions
+that list them (they are also the cache of the per-span nodes, so they are kept anyway).
+
+Manifest (JSON): `{"format": "speechpipe.shard_manifest/1", "split", "files", "bytes",
+"records", "shards": [{"uri", "bytes", "records", "span", "examples_id"}, ...]}`, shards in span
+order, each span's in name order. `records` per shard comes from the span's `summary.json` (the
+feature job's read-back counts) and is checked against the span's `good` count; it is null for a
+span without a summary. A split mixing GZIP (`.gz`) and uncompressed shards is refused here, as
+the trainers' reader refuses it.
 
 The output carries what FeatureGen's output carries, for all spans together: `split_names`
 (train, validation, test), `span` (the newest span's number), `version`, the feature config
 (every span must have the same one), the summed `good`, `dead_letter`, `inputs` and
 `audio_hours`, plus `spans` and `span_examples_ids` (the members, in span order), which the
-registry pusher tags as the model's lineage. The first span's `global_stats.json` is copied to
-the artifact's root, where the trainers look for it (`speechpipe.training.find_global_stats`: the
-first span's statistics serve a globally normalised model, as with the channel union). Every
-split's file count and bytes are checked against the members' after the copy, and
-`union.json` at the root lists each member and each copied file.
+registry pusher tags as the model's lineage; ML Metadata records every span as an input of this
+node. The first span's `global_stats.json` (a few KB) is copied to the artifact's root, where
+the trainers look for it (`speechpipe.training.find_global_stats`: the first span's statistics
+serve a globally normalised model, as with the channel union), and `union.json` at the root
+lists each member and the per-split totals.
 
-The copy costs storage: the union holds a second copy of every span's features (a
-VoxCeleb2-sized corpus: another 276 GB per feature set, docs/deploy.md), and the node runs again
-whenever the set of spans changes, copying all of them again. The pipeline adds the node only
-when there is more than one span; a single span's Examples go to the trainers directly.
+The pipeline adds the node only when there is more than one span; a single span's Examples go
+to the trainers directly.
 """
 from __future__ import annotations
 
@@ -49,11 +60,13 @@ UNION_FILE = "union.json"
 SPLIT_PREFIX = "Split-"
 SHARD_PREFIX = "data_tfrecord"  # speechpipe.io.records.SHARD_PREFIX (kept import-free of TensorFlow)
 GLOBAL_STATS_FILE = "global_stats.json"  # speechpipe.pipeline.features_job.GLOBAL_STATS_FILE
-COPY_THREADS = 16  # files copied at once (gfile copies release the GIL)
+SUMMARY_FILE = "summary.json"  # speechpipe.pipeline.features_job's summary, beside the split folders
+LIST_THREADS = 16  # split folders listed at once (gfile's calls release the GIL)
 
 
 class ExamplesUnionError(RuntimeError):
-    """The spans cannot be joined (different feature configs, a copy that came out short, ...)."""
+    """The spans cannot be joined (different feature configs, mixed compression, a span whose shards
+    disagree with its own counts, ...)."""
 
 
 class ExamplesUnionSpec(types.ComponentSpec):
@@ -76,14 +89,6 @@ def union_spec_class(count: int) -> type:
     inputs = {input_key(i): ChannelParameter(type=standard_artifacts.Examples) for i in range(count)}
     return type(f"ExamplesUnionSpec{count}", (ExamplesUnionSpec,),
                 {"INPUTS": inputs, "__module__": __name__})
-
-
-def shard_name(span_index: int, name: str) -> str:
-    """The name a member's file gets in the union: the span after the shard prefix
-    (`data_tfrecord-span1-00000-of-00004[.gz]`), or in front of any other file's name."""
-    if name.startswith(SHARD_PREFIX + "-"):
-        return f"{SHARD_PREFIX}-span{span_index}-{name[len(SHARD_PREFIX) + 1:]}"
-    return f"span{span_index}-{name}"
 
 
 def _files(folder: str) -> List[Tuple[str, int]]:
@@ -114,10 +119,41 @@ def _members(input_dict: Dict[str, List[types.Artifact]]) -> List[Tuple[int, typ
     return sorted(members, key=lambda m: m[0])
 
 
+def _span_summary(member: types.Artifact) -> Dict[str, Any]:
+    """The span's summary.json (the feature job's), {} when it has none."""
+    path = storage.join(member.uri, SUMMARY_FILE)
+    return storage.read_json(path) if storage.exists(path) else {}
+
+
+def _list_shards(index: int, member: types.Artifact, split: str, summary: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The manifest entries of one member's split: every shard file in its split folder, with its
+    bytes and (from the summary) its records."""
+    folder = storage.join(member.uri, SPLIT_PREFIX + split)
+    found = [(name, size) for name, size in _files(folder) if name.startswith(SHARD_PREFIX + "-")]
+    counted = (summary.get("shards") or {}).get(split) if summary else None
+    if counted is not None:
+        names = {name for name, _ in found}
+        if set(counted) != names:
+            raise ExamplesUnionError(
+                f"span {member.span} ({member.uri}), split {split}: the folder holds shards {sorted(names)}, its "
+                f"summary.json counted {sorted(counted)}")
+        good = _json_property(member, "good")
+        if split in good and sum(int(n) for n in counted.values()) != int(good[split]):
+            raise ExamplesUnionError(
+                f"span {member.span} ({member.uri}), split {split}: its shards hold "
+                f"{sum(int(n) for n in counted.values())} records, its `good` property says {good[split]}")
+    return [{"uri": storage.join(folder, name), "bytes": size,
+             "records": int(counted[name]) if counted is not None else None,
+             "span": int(member.span or 0), "input": input_key(index), "examples_id": member.id}
+            for name, size in found]
+
+
 def union_examples(members: Sequence[Tuple[int, types.Artifact]], output: types.Artifact) -> Dict[str, Any]:
-    """Copies every member's splits into `output` and sets its properties; returns the record
-    written to `union.json`."""
+    """Writes `output`'s shard manifests, listing every member's shards, and sets its properties;
+    returns the record written to `union.json`."""
     from tfx.dsl.io import fileio
+
+    from speechpipe.io import records
 
     if len(members) < 2:
         raise ExamplesUnionError(f"an ExamplesUnion joins 2 or more spans, got {len(members)}")
@@ -133,51 +169,49 @@ def union_examples(members: Sequence[Tuple[int, types.Artifact]], output: types.
     if not splits:
         raise ExamplesUnionError("no member has split_names")
 
+    summaries = {index: _span_summary(member) for index, member in members}
+    listed: Dict[str, List[Dict[str, Any]]] = {split: [] for split in splits}
+    # One listing per member and split; on object stores several at once.
+    jobs = [(index, member, split) for index, member in members for split in splits]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
+        for (_, _, split), shards in zip(jobs, pool.map(lambda j: _list_shards(*j, summaries[j[0]]), jobs)):
+            listed[split] += shards
+    for split, shards in listed.items():
+        if len({records.compression_of(s["uri"]) for s in shards}) > 1:
+            raise ExamplesUnionError(f"split {split} mixes GZIP (.gz) and uncompressed shards, which one reader "
+                                     "cannot read: " + ", ".join(s["uri"] for s in shards))
+        if len({s["uri"] for s in shards}) != len(shards):
+            raise ExamplesUnionError(f"split {split}: a shard is listed twice (the same span given twice?)")
+
     storage.makedirs(output.uri)
-    record: Dict[str, Any] = {"splits": splits, "members": []}
-    expected = {split: [0, 0] for split in splits}  # files, bytes
-    copies: List[Tuple[str, str]] = []
+    record: Dict[str, Any] = {"splits": splits, "members": [], "totals": {}}
     for index, member in members:
-        entry: Dict[str, Any] = {"span": member.span, "input": input_key(index), "examples_id": member.id,
-                                 "uri": member.uri, "files": {}}
-        for split in splits:
-            source = storage.join(member.uri, SPLIT_PREFIX + split)
-            target = storage.join(output.uri, SPLIT_PREFIX + split)
-            copied = []
-            for name, size in _files(source):
-                new = shard_name(index, name)
-                copies.append((storage.join(source, name), storage.join(target, new)))
-                copied.append({"from": name, "to": new, "bytes": size})
-                expected[split][0] += 1
-                expected[split][1] += size
-            entry["files"][split] = copied
-        record["members"].append(entry)
-    targets = [destination for _, destination in copies]
-    if len(set(targets)) != len(targets):
-        raise ExamplesUnionError("two members' files would share a name in the union")
+        record["members"].append({"span": member.span, "input": input_key(index), "examples_id": member.id,
+                                  "uri": member.uri,
+                                  "shards": {split: sum(s["input"] == input_key(index) for s in listed[split])
+                                             for split in splits}})
     for split in splits:
         target = storage.join(output.uri, SPLIT_PREFIX + split)
         storage.makedirs(target)
         # The output folder is this execution's own; files in it can only be a retried attempt's
-        # (a KFP retry keeps the output URI): they go, so the counts below hold.
+        # (a KFP retry keeps the output URI): they go, so the folder holds the manifest alone.
         leftovers = _files(target)
         if leftovers:
             log.warning("%s: removing %d files of an earlier attempt", target, len(leftovers))
             for name, _ in leftovers:
                 fileio.remove(storage.join(target, name))
-    # One request per object on object stores: copy several at once (overwrite=False: never
-    # replace a file silently).
-    with concurrent.futures.ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:
-        list(pool.map(lambda c: fileio.copy(c[0], c[1], overwrite=False), copies))  # raises the first error
-
-    # Nothing lost in the copy: the union's folders hold exactly the members' files and bytes.
-    for split in splits:
-        found = _files(storage.join(output.uri, SPLIT_PREFIX + split))
-        got = [len(found), sum(size for _, size in found)]
-        if got != expected[split]:
-            raise ExamplesUnionError(f"split {split}: copied {got[0]} files / {got[1]} bytes, the spans hold "
-                                     f"{expected[split][0]} / {expected[split][1]}")
-    record["totals"] = {split: {"files": n, "bytes": b} for split, (n, b) in expected.items()}
+        shards = listed[split]
+        counts = [s["records"] for s in shards]
+        manifest = {"format": records.MANIFEST_FORMAT, "split": split, "files": len(shards),
+                    "bytes": sum(s["bytes"] for s in shards),
+                    "records": None if None in counts else sum(counts),
+                    "shards": [{k: s[k] for k in ("uri", "bytes", "records", "span", "examples_id")} for s in shards]}
+        storage.write_json(records.manifest_path(target), manifest, indent=1, sort_keys=True)
+        record["totals"][split] = {"files": manifest["files"], "bytes": manifest["bytes"],
+                                   "records": manifest["records"]}
+        # Read back as the trainers will: the manifest parses and every listed shard checks out.
+        if records.split_shards(target, records.FILEIO) != [s["uri"] for s in shards]:
+            raise ExamplesUnionError(f"split {split}: the manifest written to {target} does not read back")
 
     # The first span's global statistics, where the trainers look for them.
     for _, member in members:

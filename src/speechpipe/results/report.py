@@ -7,6 +7,10 @@ the embedding projection, what was pushed and why.
 components write next to their artifacts; `write` turns it into Markdown with PNG plots under
 `<home>/reports/<run id>/` (report.md, report.json, *.png). The artifacts are read through TFX's
 fileio, so a pipeline root on object storage is read like a local one.
+
+Why one module of this size: `collect` and `write` share the report's one schema (report.json is
+what `write` renders), and every section is a short function over it; the plots are matplotlib
+one-liners next to the section that shows them.
 """
 from __future__ import annotations
 

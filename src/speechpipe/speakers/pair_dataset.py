@@ -100,8 +100,9 @@ class SegmentTable:
     @classmethod
     def from_feature_records(cls, features_dir: str, splits: Sequence[str], dtype=np.float32,
                              max_frames: Optional[int] = None) -> "SegmentTable":
-        """From the feature job's Split-<split>/data_tfrecord-* shards, decoded by
-        speechpipe.io.records (so the table follows that module's record format)."""
+        """From the feature job's Split-<split>/data_tfrecord-* shards, or the shards an
+        ExamplesUnion's split manifest lists (both found by speechpipe.io.records.shard_paths),
+        decoded by speechpipe.io.records (so the table follows that module's record format)."""
         from speechpipe.io import records
 
         if not any(records.shard_paths(features_dir, split) for split in splits):
