@@ -17,9 +17,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
-from speechpipe.io import storage
-from speechpipe.config import FeatureConfig
+from speechpipe import training as shared  # what both trainers use; `training` is a parameter name here
 from speechpipe.components import trainer_contract
+from speechpipe.config import FeatureConfig
+from speechpipe.io import storage
 from speechpipe.phones.ctc_model import (
     CTCModelConfig,
     CTCTrainer,
@@ -32,20 +33,17 @@ from speechpipe.phones.ctc_model import (
 from speechpipe.phones.inventory import load_inventory
 from speechpipe.phones.phone_error_rate import records_per
 from speechpipe.validation import reject_unknown
-from speechpipe.training import (
-    StopOnNonFiniteLoss,
-    distribution_strategy,
-    expand_files,
-    record_dataset,
-    set_mixed_precision,
-    tensorboard,
-)
 
 log = logging.getLogger(__name__)
+
+MODEL_SECTION = "ctc"  # custom_config's key for CTCTrainConfig json (trainer_contract)
 
 
 @dataclass(frozen=True)
 class CTCTrainConfig:
+    """How the CTC recogniser trains. Defaults are measured in docs/ctc.md; the pipeline's own
+    budget is speechpipe.pipeline.run_config.CTCBudget."""
+
     model: CTCModelConfig = field(default_factory=CTCModelConfig)
     optimizer: str = "adam"  # "adam", or "sgd" (seed 000: lr 0.02, momentum 0.9, Nesterov)
     learning_rate: float = 1e-3
@@ -102,7 +100,7 @@ def scan_inputs(files: Sequence[str], frame_stack: int, num_phones: Optional[int
     `num_phones`, a label outside the inventory (records tokenised with another inventory) is an
     error: the schema cannot bound ids that differ per language."""
     counts = InputCounts()
-    for example in record_dataset(files).map(lambda e: {"n": e["num_frames"], "ids": e["phone_ids"]}).as_numpy_iterator():
+    for example in shared.record_dataset(files).map(lambda e: {"n": e["num_frames"], "ids": e["phone_ids"]}).as_numpy_iterator():
         if num_phones is not None and len(example["ids"]) and int(max(example["ids"])) >= num_phones:
             raise ValueError(f"phone id {int(max(example['ids']))} in {list(files)[:1]}... is outside the inventory's "
                              f"{num_phones} phones: the records were tokenised with another inventory (language)")
@@ -149,7 +147,7 @@ def spec_augment(features: tf.Tensor, num_frames: tf.Tensor, config: CTCTrainCon
 def make_dataset(files: Sequence[str], config: CTCTrainConfig, training: bool) -> tf.data.Dataset:
     """Length-bucketed, padded batches of (inputs, targets); unusable utterances filtered out."""
     frame_stack = config.model.frame_stack
-    dataset = record_dataset(files).filter(lambda e: _usable(e, frame_stack))
+    dataset = shared.record_dataset(files).filter(lambda e: _usable(e, frame_stack))
     if training:
         dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
         if config.time_masks or config.freq_masks:
@@ -206,15 +204,15 @@ def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config:
     with training_result.json beside it, and returns the history and figures."""
     from speechpipe.audio.tf_features import GraphFeatures
 
-    train_files, eval_files = expand_files(train_files), expand_files(eval_files)
+    train_files, eval_files = shared.expand_files(train_files), shared.expand_files(eval_files)
     keras.utils.set_random_seed(config.seed)  # Python, NumPy and TensorFlow
-    set_mixed_precision(config.mixed_precision)
+    shared.set_mixed_precision(config.mixed_precision)
     inventory = load_inventory(config.inventory)
     counts = {"train": scan_inputs(train_files, config.model.frame_stack, inventory.size).to_json(),
               "validation": scan_inputs(eval_files, config.model.frame_stack, inventory.size).to_json()}
     if counts["train"]["used"] == 0:
         raise ValueError(f"no usable training utterance (need transcripts that CTC can align): {counts['train']}")
-    strategy = distribution_strategy()
+    strategy = shared.distribution_strategy()
     with strategy.scope():
         acoustic, warm = trainer_contract.warm_start(
             lambda: build_acoustic_model(feature_config.n_bins, inventory.num_classes, config.model), champion,
@@ -225,9 +223,9 @@ def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config:
         acoustic, lambda: ({"val_per": evaluate_per(acoustic, eval_files, config).per}, None), "val_per",
         patience=config.patience, max_seconds=config.max_minutes * 60 if config.max_minutes else None,
         max_steps=config.max_steps)
-    callbacks: List[keras.callbacks.Callback] = [StopOnNonFiniteLoss(), validation]
+    callbacks: List[keras.callbacks.Callback] = [shared.StopOnNonFiniteLoss(), validation]
     if log_dir:
-        callbacks.append(tensorboard(log_dir))
+        callbacks.append(shared.tensorboard(log_dir))
     # No Keras validation_data: the validation PER callback is the stopping criterion, and a
     # second pass for val_loss would cost a fifth of each epoch.
     started = time.time()
@@ -247,4 +245,4 @@ def train(train_files: Sequence[str], eval_files: Sequence[str], feature_config:
 def run_fn(fn_args) -> None:
     """TFX Trainer entry point (the contract of speechpipe.components.trainer_contract; the model
     section is "ctc": CTCTrainConfig json). fn_args.train_steps caps the optimiser steps."""
-    trainer_contract.run_trainer(fn_args, "ctc", CTCTrainConfig.from_json, train)
+    trainer_contract.run_trainer(fn_args, MODEL_SECTION, CTCTrainConfig.from_json, train)
