@@ -4,6 +4,7 @@ speakers, which none of them saw.
 
     .venv/bin/python -m bench bench_realspeech_training [--minutes 8] [--data DIR] [--runs synthetic,real,mixed]
         [--out DIR] [--chunk-seconds 3.5] [--validation-speakers 30] [--draws 1000] [--seed 0]
+        [--steps N] [--augment noise,reverb,speed] [--augment-copies 3] [--augment-seed 0]
 
 Data (`--data`, default ../shared/realspeech next to the checkout, or BENCH_REALSPEECH_DATA;
 bench/bench_realspeech.py's layout): train-clean-100's 251 speakers with one ~14 s recording
@@ -24,12 +25,19 @@ bench says so and skips.
      voices, 16 kHz), split by speaker as the demo corpus is.
    * mixed: one manifest of both (the real and synthetic train speakers train, both validation
      sets validate together, both test sets are the test split).
+   * <run>_aug (real_aug, mixed_aug, synthetic_aug): the same manifest as <run>, with the feature
+     job's augmentation (speechpipe.audio.augment: `--augment` kinds, `--augment-copies` copies
+     of every training utterance); validation and test stay clean, the global statistics are the
+     clean training audio's.
 2. Features: the feature job (`speechpipe.pipeline.features_job.run_job`) on each manifest with
    globally normalised log-mel (RunConfig.speaker_features); each run has its own global
    statistics, which its model exports, so a model's serving path normalises as it trained.
 3. Training: `speechpipe.components.embedder_trainer.train` with EmbedderTrainConfig()'s defaults
    (in-batch P x K sampling, LDA back end) and a wall-clock budget of `--minutes` per model
    (validation included); best weights by validation EER; the exported `embed` SavedModel.
+   With `--steps N` every model trains exactly N steps (early stopping off) and `--minutes`
+   (default 60 then) is only a safety cap: on shared cores a wall-clock budget gives a run less
+   training when another job happens to run beside it, so runs are compared at equal steps.
 4. Test, through each SavedModel's `embed` signature on raw 16 kHz audio (bench_realspeech's
    functions): protocol (b), every pair of test-other, with the speaker-bootstrap 95 % interval;
    protocol (c), test-other against train-clean-100 impostors, only for models that never
@@ -58,7 +66,9 @@ from bench.corpus import CACHE, corpus_tag
 
 GOAL_EER = 0.08  # the issue's bar on test-other (protocol b)
 SAMPLE_RATE = rs.SAMPLE_RATE
-RUNS = ("synthetic", "real", "mixed")
+BASE_RUNS = ("synthetic", "real", "mixed")
+AUG_SUFFIX = "_aug"  # <run>_aug: <run>'s data with the feature job's augmentation of the train split
+RUNS = BASE_RUNS + tuple(r + AUG_SUFFIX for r in BASE_RUNS)
 OUT = os.path.join(CACHE, "realspeech_training")
 MANIFEST = "manifest.jsonl"
 REAL_PREFIX = "ls"  # real speaker ids become ls<LibriSpeech id>: apart from any synthetic id
@@ -232,8 +242,30 @@ def prepare_corpora(data: str, out: str, chunk_seconds: float, n_validation: int
     return clips, waves, manifests, synth_dir
 
 
-def features(manifest: str, folder: str) -> str:
-    """The feature job's output for `manifest` (global normalisation), made once."""
+def base_run(name: str) -> str:
+    """The run whose manifest `name` uses (real_aug -> real)."""
+    return name[: -len(AUG_SUFFIX)] if name.endswith(AUG_SUFFIX) else name
+
+
+def augment_config(kinds: str, copies: int, seed: int):
+    """The feature job's augmentation for the *_aug runs (validated)."""
+    from speechpipe.audio.augment import AugmentConfig, parse_kinds
+
+    return AugmentConfig(copies=copies, kinds=parse_kinds(kinds), seed=seed).validate()
+
+
+def feature_folder(out: str, manifest: str, name: str, augment=None) -> str:
+    """Where a run's features are cached: named by the manifest and, for an augmented run, by
+    its augmentation settings (a changed setting makes new features)."""
+    key = os.path.abspath(manifest)
+    if augment is not None:
+        key += json.dumps(augment.to_json(), sort_keys=True)
+    return os.path.join(out, "features", name + "-" + hashlib.sha256(key.encode()).hexdigest()[:8])
+
+
+def features(manifest: str, folder: str, augment=None) -> str:
+    """The feature job's output for `manifest` (global normalisation, `augment` of the train
+    split when given), made once."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from speechpipe.audio.sources import make_spec
@@ -243,20 +275,28 @@ def features(manifest: str, folder: str) -> str:
     if not os.path.exists(os.path.join(folder, SUMMARY_FILE)):
         started = time.time()
         run_job(make_spec(manifest), FeatureConfig(normalization="global"), folder,
-                PipelineOptions(["--direct_running_mode=in_memory"]))
-        print(f"features of {os.path.basename(manifest)}: {time.time() - started:.0f} s", flush=True)
+                PipelineOptions(["--direct_running_mode=in_memory"]), augment=augment)
+        print(f"features of {os.path.basename(manifest)}{' (augmented)' if augment else ''}: "
+              f"{time.time() - started:.0f} s", flush=True)
     return folder
 
 
 # ------------------------------------------------------------------------------------ training
 
-def train_config(minutes: float, seed: int):
+def train_config(minutes: float, seed: int, steps: int = 0):
+    """EmbedderTrainConfig()'s recipe with the bench's budget: `minutes` of wall clock, or with
+    `steps` > 0 exactly that many steps (no early stopping, so every run gets the same number;
+    `minutes` stays as a cap)."""
     from speechpipe.components.embedder_trainer import EmbedderTrainConfig
 
+    if steps < 0:
+        raise ValueError(f"steps={steps}: need >= 0 (0 = the wall-clock budget alone)")
+    if steps:
+        return EmbedderTrainConfig(max_seconds=60.0 * minutes, max_steps=steps, patience_evals=0, seed=seed)
     return EmbedderTrainConfig(max_seconds=60.0 * minutes, max_steps=0, seed=seed)
 
 
-def train_run(name: str, feature_dir: str, out: str, minutes: float, seed: int) -> Dict[str, object]:
+def train_run(name: str, feature_dir: str, out: str, minutes: float, seed: int, steps: int = 0) -> Dict[str, object]:
     """Trains one model on a feature run's train split, validated on its validation split (or
     reuses a finished run with the same settings); returns the trainer's summary."""
     import tf_keras as keras
@@ -270,7 +310,7 @@ def train_run(name: str, feature_dir: str, out: str, minutes: float, seed: int) 
         feature_config = FeatureConfig.from_json(json.load(f)["features"])
     with open(os.path.join(feature_dir, "global_stats.json"), encoding="utf-8") as f:
         stats = json.load(f)
-    config = train_config(minutes, seed)
+    config = train_config(minutes, seed, steps)
     expected = replace(config, model=replace(config.model, n_bins=feature_config.n_bins)).to_json()
     if os.path.exists(result_path):
         with open(result_path, encoding="utf-8") as f:
@@ -278,7 +318,8 @@ def train_run(name: str, feature_dir: str, out: str, minutes: float, seed: int) 
         if done.get("config") == expected and done.get("feature_dir") == os.path.abspath(feature_dir):
             print(f"[{name}] reusing {result_path}", flush=True)
             return done
-    print(f"[{name}] training for {minutes:g} min ...", flush=True)
+    print(f"[{name}] training for {f'{steps} steps (cap {minutes:g} min)' if steps else f'{minutes:g} min'} ...",
+          flush=True)
     keras.backend.clear_session()
     result = train([os.path.join(feature_dir, "Split-train")], [os.path.join(feature_dir, "Split-validation")],
                    feature_config, os.path.join(folder, "model"), None, config, stats)
@@ -336,11 +377,22 @@ def evaluate_floor(feature_config, clips, waves, synth, draws: int, seed: int) -
 
 # -------------------------------------------------------------------------------------- report
 
-TRAINED_ON_CLEAN = {"real", "mixed"}  # saw train-clean-100's speakers: protocol (c) is unfair to judge them
+# saw train-clean-100's speakers: protocol (c) is unfair to judge them
+TRAINED_ON_CLEAN = {"real", "mixed", "real" + AUG_SUFFIX, "mixed" + AUG_SUFFIX}
+
+
+def system_name(run: str, augmentation: Optional[Dict[str, object]] = None) -> str:
+    base = base_run(run)
+    name = f"{base}-only" if base != "mixed" else "mixed"
+    if run.endswith(AUG_SUFFIX):
+        config = (augmentation or {}).get("config", {})
+        kinds = ", ".join(config.get("kinds", ())) or "augmented"
+        name += f" + augmentation ({kinds}; {config.get('copies', '?')} copies)"
+    return name
 
 
 def format_table(rows: Sequence[Dict[str, object]]) -> str:
-    header = ("| system | training speakers | steps (best at) | test-other EER | 95 % CI (speakers) | minDCF "
+    header = ("| system | training speakers | steps (best at) | train time | test-other EER | 95 % CI (speakers) | minDCF "
               "| (c) impostors EER | minDCF | synthetic test EER | minDCF |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
@@ -352,7 +404,8 @@ def format_table(rows: Sequence[Dict[str, object]]) -> str:
         else:
             impostors = f"{100 * c['eer']:.2f} % | {c['min_dcf']:.3f}"
         steps = f"{r['steps']} ({r['best_step']})" if r.get("steps") is not None else "-"
-        lines.append(f"| {r['system']} | {r.get('speakers', '-')} | {steps} | {100 * b['eer']:.2f} % "
+        seconds = f"{r['train_seconds'] / 60:.1f} min" if r.get("train_seconds") is not None else "-"
+        lines.append(f"| {r['system']} | {r.get('speakers', '-')} | {steps} | {seconds} | {100 * b['eer']:.2f} % "
                      f"| {100 * low:.1f}-{100 * high:.1f} % | {b['min_dcf']:.3f} | {impostors} "
                      f"| {100 * s['eer']:.2f} % | {s['min_dcf']:.3f} |")
     return "\n".join(lines)
@@ -362,8 +415,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="bench_realspeech_training", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=os.environ.get("BENCH_REALSPEECH_DATA"),
                         help=f"the real-speech folder (default {rs.DEFAULT_DATA})")
-    parser.add_argument("--minutes", type=float, default=float(os.environ.get("BENCH_REALSPEECH_TRAINING_MINUTES", "8")),
-                        help="wall-clock training budget per model, validation included (default 8)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="wall-clock training budget per model, validation included (default 8; with --steps, "
+                             "a cap, default 60)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="train every model exactly this many steps (early stopping off): compare runs at equal "
+                             "steps, since shared cores make wall-clock budgets unfair (default 0: --minutes decides)")
+    parser.add_argument("--augment", default="noise,reverb,speed", help="augmentation kinds of the *_aug runs")
+    parser.add_argument("--augment-copies", type=int, default=3,
+                        help="augmented copies per training utterance in the *_aug runs (default 3: one of each kind)")
+    parser.add_argument("--augment-seed", type=int, default=None, help="augmentation seed (default: --seed)")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {RUNS}")
     parser.add_argument("--out", default=os.environ.get("BENCH_REALSPEECH_TRAINING_OUT") or OUT)
     parser.add_argument("--chunk-seconds", type=float, default=3.5,
@@ -377,6 +438,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         raise SystemExit(f"unknown run(s) {unknown}; choose from {RUNS}")
+    if args.steps < 0:
+        raise SystemExit(f"--steps {args.steps}: need >= 0")
+    if args.minutes is None:
+        args.minutes = float(os.environ.get("BENCH_REALSPEECH_TRAINING_MINUTES", "60" if args.steps else "8"))
+    augment = None
+    if any(n.endswith(AUG_SUFFIX) for n in names):
+        from speechpipe.validation import ConfigError
+
+        try:
+            augment = augment_config(args.augment, args.augment_copies,
+                                     args.seed if args.augment_seed is None else args.augment_seed)
+        except ConfigError as error:
+            raise SystemExit(f"bench_realspeech_training: {error}") from None
+        if not augment.enabled:
+            raise SystemExit("bench_realspeech_training: the *_aug runs need --augment-copies >= 1")
     named = args.data is not None
     data = args.data or rs.DEFAULT_DATA
     try:
@@ -389,13 +465,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     os.makedirs(args.out, exist_ok=True)
     clips, waves, manifests, synth_dir = prepare_corpora(data, args.out, args.chunk_seconds, args.validation_speakers,
                                                           args.seed)
+    manifests.update({n: manifests[base_run(n)] for n in names})
     counts = {n: split_counts(read_manifest(manifests[n])) for n in names}
     for n in names:
         print(f"{n}: " + ", ".join(f"{s} {c['speakers']} speakers / {c['utterances']} utterances"
                                    for s, c in counts[n].items()), flush=True)
-    feature_dirs = {n: features(manifests[n], os.path.join(args.out, "features", n + "-" + hashlib.sha256(
-        os.path.abspath(manifests[n]).encode()).hexdigest()[:8])) for n in names}
-    summaries = {n: train_run(n, feature_dirs[n], args.out, args.minutes, args.seed) for n in names}
+    run_augment = {n: (augment if n.endswith(AUG_SUFFIX) else None) for n in names}
+    feature_dirs = {n: features(manifests[n], feature_folder(args.out, manifests[n], n, run_augment[n]), run_augment[n])
+                    for n in names}
+    augmentation = {}
+    for n in names:
+        with open(os.path.join(feature_dirs[n], "summary.json"), encoding="utf-8") as f:
+            augmentation[n] = json.load(f).get("augmentation")
+    summaries = {n: train_run(n, feature_dirs[n], args.out, args.minutes, args.seed, args.steps) for n in names}
     if args.no_report:
         return
 
@@ -408,8 +490,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         floor_config = floor_config or loaded.feature_config
         s = summaries[n]
         train = counts[n]["train"]
-        rows.append({"run": n, "system": f"{n}-only" if n != "mixed" else "mixed",
-                     "speakers": f"{train['speakers']} ({train['utterances']} utt.)",
+        copies = f" + {augmentation[n]['train']} copies" if augmentation[n] else ""
+        # Speed copies are new speakers (AugmentConfig.speed_new_speaker): the trainer's count says how many.
+        trained = int(s.get("inputs", {}).get("train_speakers", train["speakers"]))
+        extra = f" + {trained - train['speakers']} speed" if trained > train["speakers"] else ""
+        rows.append({"run": n, "system": system_name(n, augmentation[n]),
+                     "speakers": f"{train['speakers']}{extra} ({train['utterances']} utt.{copies})",
+                     "augmentation": augmentation[n],
                      "steps": s["steps"], "best_step": s["best_step"], "train_seconds": s["train_seconds"],
                      "best_val_eer": s["best_val_eer"], "validation_speakers": counts[n]["validation"]["speakers"],
                      "model_dir": model_dir, "figures": figures})
@@ -417,13 +504,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         rows.insert(0, {"run": "floor", "system": "no learning (log-mel mean+std)", "speakers": "none",
                         "figures": evaluate_floor(floor_config, clips, waves, synth, args.draws, args.seed)})
     table = format_table(rows)
-    note = (f"Budget: {args.minutes:g} min of wall clock per model (validation included), "
-            f"{os.cpu_count()} CPU cores; train-clean-100 cut into {args.chunk_seconds:g} s pseudo-utterances, "
+    if args.steps:
+        budget = (f"Budget: exactly {args.steps} training steps per model (early stopping off; a {args.minutes:g} min "
+                  f"cap), compared at equal steps because the {os.cpu_count()} CPU cores are shared with other jobs "
+                  "and a wall-clock budget would give runs unequal training; train time is wall clock, validation "
+                  "included, and not comparable between runs.")
+    else:
+        budget = (f"Budget: {args.minutes:g} min of wall clock per model (validation included), "
+                  f"{os.cpu_count()} CPU cores.")
+    note = (budget + f" train-clean-100 cut into {args.chunk_seconds:g} s pseudo-utterances, "
             f"{args.validation_speakers} of its speakers validate.")
+    if augment is not None:
+        note += (f" Augmented runs: {augment.copies} copies of every training utterance, kinds "
+                 f"{', '.join(augment.kinds)} (speechpipe.audio.augment defaults otherwise, seed {augment.seed}); "
+                 "validation and test clean; global statistics from the clean training audio.")
     with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
         f.write(note + "\n\n" + table + "\n")
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"data": os.path.abspath(data), "minutes": args.minutes, "chunk_seconds": args.chunk_seconds,
+        json.dump({"data": os.path.abspath(data), "minutes": args.minutes, "steps": args.steps,
+                   "augment": augment.to_json() if augment is not None else None, "chunk_seconds": args.chunk_seconds,
                    "validation_speakers": args.validation_speakers, "seed": args.seed, "counts": counts,
                    "rows": rows}, f, indent=1)
     print("\n" + note + "\n\n" + table)

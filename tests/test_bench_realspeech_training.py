@@ -128,7 +128,8 @@ def test_table_marks_protocol_c_unfair_for_real_trained_models():
 
 
 def test_sampler_draws_k_segments_from_a_single_utterance():
-    from speechpipe.components.embedder_trainer import SpeakerBatches, SplitData
+    from speechpipe.speakers.speaker_batches import SpeakerBatches
+    from speechpipe.speakers.split_data import SplitData
 
     rng = np.random.default_rng(0)
     data = SplitData([f"u{i}" for i in range(4)], [f"s{i}" for i in range(4)], ["a"] * 4,
@@ -148,3 +149,45 @@ def test_main_skips_without_the_default_data(monkeypatch, capsys, tmp_path):
         rst.main(["--data", str(tmp_path / "absent"), "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit):
         rst.main(["--runs", "nope"])
+
+
+def test_steps_budget_trains_exactly_n_steps_without_early_stopping():
+    by_time = rst.train_config(8, seed=0)
+    assert by_time.max_steps == 0 and by_time.max_seconds == 480
+    by_steps = rst.train_config(60, seed=1, steps=800)
+    assert by_steps.max_steps == 800 and by_steps.patience_evals == 0 and by_steps.max_seconds == 3600
+    assert by_steps.seed == 1
+    with pytest.raises(ValueError):
+        rst.train_config(8, 0, steps=-1)
+
+
+def test_augmented_runs_share_the_manifest_and_get_their_own_features(tmp_path):
+    assert rst.base_run("real_aug") == "real" and rst.base_run("mixed") == "mixed"
+    assert {"real_aug", "mixed_aug", "synthetic_aug"} <= set(rst.RUNS)
+    augment = rst.augment_config("noise,reverb,speed", 3, seed=0)
+    assert augment.copies == 3 and augment.kinds == ("noise", "reverb", "speed")
+    manifest = str(tmp_path / "manifest.jsonl")
+    clean = rst.feature_folder(str(tmp_path), manifest, "real")
+    augmented = rst.feature_folder(str(tmp_path), manifest, "real_aug", augment)
+    other_seed = rst.feature_folder(str(tmp_path), manifest, "real_aug", rst.augment_config("noise,reverb,speed", 3, 1))
+    assert len({clean, augmented, other_seed}) == 3
+    assert rst.system_name("real_aug", {"config": augment.to_json()}) == \
+        "real-only + augmentation (noise, reverb, speed; 3 copies)"
+    assert rst.system_name("real") == "real-only"
+
+
+def test_table_shows_train_time_and_marks_augmented_real_runs_unfair_for_protocol_c():
+    row = {"eer": 0.05, "min_dcf": 0.5}
+    figures = {"b_test_other": {**row, "eer_ci95": [0.01, 0.1]}, "c_impostors": row, "synthetic_test": row}
+    table = rst.format_table([{"run": "real_aug", "system": "real-only + augmentation", "steps": 800,
+                               "best_step": 600, "train_seconds": 450.0, "figures": figures}]).splitlines()
+    assert "n/a (trained on them)" in table[2] and "800 (600)" in table[2] and "7.5 min" in table[2]
+
+
+def test_main_refuses_bad_steps_and_augmentation(tmp_path):
+    with pytest.raises(SystemExit, match="steps"):
+        rst.main(["--runs", "real", "--steps", "-5", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="kinds"):
+        rst.main(["--runs", "real_aug", "--augment", "echo", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="copies"):
+        rst.main(["--runs", "real_aug", "--augment-copies", "0", "--out", str(tmp_path)])

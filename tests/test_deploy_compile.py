@@ -407,3 +407,30 @@ def test_each_branch_on_its_own_span_compiles_with_its_own_gates(tmp_path):
     assert "ValidationGate_span0" in ctc_upstream and "SpeakerValidationGate_span1" not in ctc_upstream
     assert "SpeakerValidationGate_span1" in speaker_upstream and "ValidationGate_span0" not in speaker_upstream
     assert set(compiled.data_keys) == {"ctc", "speaker"} and compiled.data_keys["ctc"] != compiled.data_keys["speaker"]
+
+
+def test_speaker_augmentation_reaches_the_speaker_feature_job_only(span, tmp_path):
+    """`--speaker-augment`: the speaker branch gets its own FeatureGen with the augmentation (the
+    CTC branch's stays clean), its data key changes (other training data, so a new champion
+    comparison) and the CTC key does not; a config asking for nothing is an error."""
+    from speechpipe.cli import main  # noqa: F401 - the parser the flags belong to
+    from speechpipe.pipeline import local_runner
+    from speechpipe.pipeline.run_config import data_keys, validate_run_config
+
+    args = local_runner.build_parser().parse_args(["--home", str(tmp_path / "home"), "--span", span,
+                                                   "--speaker-augment", "noise,speed", "--speaker-augment-copies", "2"])
+    config = replace(local_runner.config_from_args(args), tracking_uri=None)
+    assert config.speaker_augment["kinds"] == ("noise", "speed") and config.speaker_augment["copies"] == 2
+    pipeline, _, _ = local_runner.build(config)
+    nodes = {c.id: c for c in pipeline.components}
+    augment = json.loads(nodes["SpeakerFeatureGen_span0"].exec_properties["augment_config"])
+    assert augment["copies"] == 2 and augment["kinds"] == ["noise", "speed"]
+    assert nodes["FeatureGen_span0"].exec_properties["augment_config"] == ""
+    clean = replace(config, speaker_augment=None)
+    fingerprints = ["f0"]
+    assert data_keys(config, fingerprints)["ctc"] == data_keys(clean, fingerprints)["ctc"]
+    assert data_keys(config, fingerprints)["speaker"] != data_keys(clean, fingerprints)["speaker"]
+    with pytest.raises(ConfigError, match="no copies"):
+        validate_run_config(replace(config, speaker_augment={**config.speaker_augment, "copies": 0}))
+    with pytest.raises(ConfigError, match="unknown"):
+        validate_run_config(replace(config, speaker_augment={"copies": 1, "kind": ["noise"]}))

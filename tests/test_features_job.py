@@ -198,3 +198,146 @@ def test_direct_runs_use_the_fn_api_runner_and_other_runners_stay_as_given():
     assert isinstance(features_job.local_runner(PipelineOptions(IN_MEMORY)), FnApiRunner)
     assert isinstance(features_job.local_runner(PipelineOptions(["--runner=DirectRunner"])), FnApiRunner)
     assert features_job.local_runner(PipelineOptions(["--runner=PortableRunner"])) is None
+
+
+# ------------------------------------------------------------------- augmentation of the train split
+
+def _split_bytes(out):
+    return {s: sorted(records.encode_example(e) for e in records.read_split(out, s)) for s in ("train", "validation", "test")}
+
+
+def _index(out):
+    lines = []
+    for name in sorted(os.listdir(os.path.join(out, "index"))):
+        with open(os.path.join(out, "index", name), encoding="utf-8") as f:
+            lines += [json.loads(line) for line in f]
+    return lines
+
+
+@pytest.fixture(scope="module")
+def augmented_runs(tiny_corpus, tmp_path_factory):
+    """The tiny corpus through the job with global normalisation, clean and with one copy of
+    each kind per training utterance (twice, for determinism)."""
+    from speechpipe.audio.augment import AugmentConfig
+
+    spec = make_spec(os.path.join(tiny_corpus, "manifest.jsonl"))
+    config = FeatureConfig(normalization="global")
+    augment = AugmentConfig(copies=3, rir_bank=8, babble_speakers=(1, 2), babble_pool=10)
+    root = tmp_path_factory.mktemp("augmented")
+    clean = features_job.run_job(spec, config, str(root / "clean"), PipelineOptions(IN_MEMORY))
+    runs = [features_job.run_job(spec, config, str(root / name), PipelineOptions(IN_MEMORY), augment=augment)
+            for name in ("a", "b")]
+    return root, clean, runs, augment
+
+
+def test_augmented_copies_go_to_the_train_split_only_and_are_counted(augmented_runs, tiny_corpus):
+    from speechpipe.audio.augment import KINDS
+
+    root, clean, (summary, _), augment = augmented_runs
+    out = str(root / "a")
+    manifest = read_manifest(tiny_corpus)
+    train = [r for r in manifest if r["split"] == "train"]
+    assert summary["good"] == clean["good"]  # the inputs' accounting is unchanged
+    assert summary["inputs"] == clean["inputs"] == sum(summary["good"].values()) + summary["dead_letter"]["total"]
+    block = summary["augmentation"]
+    assert block["asked"] == block["train"] == 3 * len(train)
+    assert block["by_kind"] == {k: len(train) for k in KINDS}
+    assert block["refused"] == {"total": 0, "by_reason": {}}
+    assert sum(summary["shards"]["train"].values()) == len(train) * 4
+    for split in ("validation", "test"):
+        assert sum(summary["shards"][split].values()) == clean["good"][split]
+    examples = {e.utterance: e for e in records.read_split(out, "train")}
+    speakers = {r["utterance"]: r["speaker"] for r in train}
+    for r in train:
+        copies = [u for u in examples if u.startswith(r["utterance"] + "-aug")]
+        assert sorted(u.rsplit("-", 1)[1] for u in copies) == sorted(KINDS)
+        for u in copies:
+            e = examples[u]
+            assert e.phones == examples[r["utterance"]].phones and e.text == examples[r["utterance"]].text
+            expected_speaker = speakers[r["utterance"]]
+            if u.endswith("-speed"):
+                assert e.speaker in (expected_speaker + "-speed0.9", expected_speaker + "-speed1.1")
+            else:
+                assert e.speaker == expected_speaker
+    # the index names each copy's source and what was done to it
+    index = {line["utterance"]: line for line in _index(out)}
+    assert len(index) == sum(sum(v.values()) for v in summary["shards"].values())
+    copies = [line for line in index.values() if "augmented_from" in line]
+    assert len(copies) == block["train"] and all(line["split"] == "train" for line in copies)
+    assert {line["augmentation"].split(":")[0] for line in copies} == set(KINDS)
+    assert any(line["augmentation"].startswith("noise:babble") for line in copies)
+
+
+def test_augmentation_leaves_statistics_validation_and_test_as_without_it(augmented_runs):
+    """The global statistics come from the clean training audio, so the clean splits are the
+    bytes a run without augmentation writes, and serving normalises as the model trained."""
+    root, _, _, _ = augmented_runs
+    clean, augmented = _split_bytes(str(root / "clean")), _split_bytes(str(root / "a"))
+    with open(root / "clean" / "global_stats.json") as f, open(root / "a" / "global_stats.json") as g:
+        assert f.read() == g.read()
+    assert augmented["validation"] == clean["validation"] and augmented["test"] == clean["test"]
+    assert set(clean["train"]) < set(augmented["train"])
+
+
+def test_augmented_job_is_deterministic(augmented_runs):
+    root, _, _, _ = augmented_runs
+    assert _split_bytes(str(root / "a")) == _split_bytes(str(root / "b"))
+
+
+def test_augmentation_off_writes_the_same_bytes(tiny_corpus, tmp_path):
+    from speechpipe.audio.augment import AugmentConfig
+
+    spec = make_spec(os.path.join(tiny_corpus, "manifest.jsonl"))
+    plain = features_job.run_job(spec, FeatureConfig(), str(tmp_path / "plain"), PipelineOptions(IN_MEMORY))
+    off = features_job.run_job(spec, FeatureConfig(), str(tmp_path / "off"), PipelineOptions(IN_MEMORY),
+                               augment=AugmentConfig(copies=0))
+    assert "augmentation" not in off and set(off) == set(plain)
+    assert _split_bytes(str(tmp_path / "plain")) == _split_bytes(str(tmp_path / "off"))
+    assert _index(str(tmp_path / "plain")) == _index(str(tmp_path / "off"))
+
+
+def test_a_copy_the_checks_refuse_is_dead_lettered_and_counted_apart(tmp_path):
+    """Speed 0.9 makes a 1.9 s utterance 2.1 s, over max_seconds=2: that copy is refused (never
+    cut), in the dead letter with stage "augment", and the inputs' accounting is unchanged."""
+    from speechpipe.audio.augment import AugmentConfig
+
+    root = tmp_path / "data"
+    lines = []
+    for utt, seconds, split in (("long", 1.9, "train"), ("short", 1.0, "train"), ("val", 1.9, "validation")):
+        write_wav(str(root / "audio" / f"{utt}.wav"), seconds=seconds)
+        lines.append(json.dumps({"utterance": utt, "audio": f"audio/{utt}.wav", "speaker": f"s{utt}", "split": split}))
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    augment = AugmentConfig(copies=1, kinds=("speed",), speed_factors=(0.9,))
+    summary = features_job.run_job(make_spec(str(root / "manifest.jsonl")), CONFIG, str(tmp_path / "out"),
+                                   PipelineOptions(IN_MEMORY), augment=augment)
+    assert summary["good"] == {"train": 2, "validation": 1, "test": 0} and summary["dead_letter"]["total"] == 0
+    block = summary["augmentation"]
+    assert block["asked"] == 2 and block["train"] == 1 and block["refused"] == {"total": 1, "by_reason": {"too_long": 1}}
+    assert sum(summary["shards"]["train"].values()) == 3
+    dead = [json.loads(line) for name in os.listdir(tmp_path / "out" / "dead_letter")
+            for line in open(tmp_path / "out" / "dead_letter" / name, encoding="utf-8")]
+    assert [(d["stage"], d["reason"], d["utterance"]) for d in dead] == [("augment", "too_long", "long-aug0-speed")]
+
+
+def test_augment_flags_make_the_config_and_bad_flags_are_refused():
+    from speechpipe.audio.augment import AugmentConfig
+    from speechpipe.validation import ConfigError
+
+    def config(*flags):
+        args, _ = features_job.parse_args(["--input", "x", "--out", "y", *flags])
+        return features_job.augment_config_from_args(args)
+
+    assert config() is None
+    assert config("--augment", "noise,reverb,speed") == AugmentConfig(copies=1)
+    made = config("--augment", "reverb,speed", "--augment-copies", "2", "--augment-seed", "7", "--augment-speed",
+                  "0.95,1.05", "--augment-rt60", "0.3,0.5", "--augment-speed-speaker", "same")
+    assert made == AugmentConfig(copies=2, kinds=("reverb", "speed"), seed=7, speed_factors=(0.95, 1.05),
+                                 rt60_s=(0.3, 0.5), speed_new_speaker=False)
+    with pytest.raises(ConfigError, match="--augment-copies needs --augment"):
+        config("--augment-copies", "2")
+    with pytest.raises(ConfigError, match="echo"):
+        config("--augment", "noise,echo")
+    with pytest.raises(ConfigError, match="snr_db"):
+        config("--augment", "noise", "--augment-snr", "20,5")
+    with pytest.raises(ConfigError, match="--augment-snr"):
+        config("--augment", "noise", "--augment-snr", "low,high")

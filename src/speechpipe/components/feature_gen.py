@@ -33,9 +33,11 @@ def FeatureGen(  # noqa: N802 - TFX names components in CamelCase
     split_fractions: Parameter[str] = "0.8,0.1,0.1",
     inventory: Parameter[str] = "",
     language: Parameter[str] = "",
+    augment_config: Parameter[str] = "",
 ) -> None:
     from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
+    from speechpipe.audio.augment import AugmentConfig
     from speechpipe.config import FeatureConfig
     from speechpipe.pipeline.features_job import run_job
     from speechpipe.audio.sources import make_spec
@@ -46,7 +48,10 @@ def FeatureGen(  # noqa: N802 - TFX names components in CamelCase
     spec = make_spec(input_path, split_fractions=fractions)
     options = PipelineOptions(json.loads(beam_args))
     options.view_as(SetupOptions).save_main_session = False
-    summary = run_job(spec, config, examples.uri, options, inventory_name=inventory, language=language)
+    # Augmented copies of the training utterances (speechpipe.audio.augment); "" = none.
+    augment = AugmentConfig.from_json(json.loads(augment_config)).validate() if augment_config else None
+    summary = run_job(spec, config, examples.uri, options, inventory_name=inventory, language=language,
+                      augment=augment)
 
     examples.span = span
     examples.version = 0
@@ -59,3 +64,5 @@ def FeatureGen(  # noqa: N802 - TFX names components in CamelCase
     examples.set_int_custom_property("inputs", int(summary["inputs"]))
     examples.set_float_custom_property("audio_hours", sum(summary["audio_seconds"].values()) / 3600)
     examples.set_string_custom_property("phone_inventory", summary["phone_inventory"])
+    if augment is not None:
+        examples.set_string_custom_property("augmentation", json.dumps(summary["augmentation"], sort_keys=True))

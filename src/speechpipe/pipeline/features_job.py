@@ -1,6 +1,7 @@
 """`speechpipe features`: audio to normalised spectrogram TFRecords, with a dead letter.
 
     speechpipe features --input PATH --out DIR [--normalization cmvn] [--max-seconds 30]
+                        [--augment noise,reverb,speed --augment-copies 1 --augment-seed 0]
                         [Beam options: --runner, --direct_running_mode, --direct_num_workers, ...]
 
 Reads a VoxCeleb-layout root, a JSON Lines manifest or a Kaldi data directory; decodes,
@@ -9,6 +10,11 @@ split (TFX's `Split-<name>/` layout), an index of the good utterances, the dead 
 training split's global statistics and `summary.json`. Bad inputs go to the dead letter with a
 reason, the job completes, good + dead-lettered = inputs, and every shard is read back and counted
 before the job reports success.
+
+With --augment, every training utterance also gets --augment-copies augmented copies (additive
+noise, simulated reverberation, speed perturbation: speechpipe.audio.augment), each a record of
+its own (`<utterance>-aug<k>-<kind>`) in the train split; validation and test stay clean, and
+the global statistics come from the clean training audio only.
 
 --input and --out may be local paths or URIs (gs://, s3://, ...): inputs, audio and outputs go
 through Beam's FileSystems (speechpipe.io.storage); the shards are read back through TensorFlow, which
@@ -19,260 +25,64 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from dataclasses import replace
-from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, SetupOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from speechpipe.io import records, storage
 from speechpipe.io.shards import LINES, TFRECORD, ShardedOutput, WriteShards
-from speechpipe.audio.decode import AudioRejected, check_usable, decode
+from speechpipe.audio.augment import BABBLE, NOISE, AugmentConfig, parse_kinds
 from speechpipe.config import FEATURE_KINDS, NORMALISATIONS, SPLITS, FeatureConfig
-from speechpipe.audio.features import GlobalStats, compute_features, normalise
 from speechpipe.phones.inventory import inventory_for
 from speechpipe.audio.sources import (
-    UNKNOWN_PHONE,
-    UNPHONEMISABLE,
     DeadLetter,
     InputSpec,
-    RawInput,
-    SourceRecord,
     count_ignored_files,
     expand_input,
-    keep_first,
     make_spec,
-    parse_input,
 )
-
-# Tagged outputs.
-DEAD_LETTER = "dead_letter"
-GOOD = "good"
-
-SUMMARY_FILE = "summary.json"
-GLOBAL_STATS_FILE = "global_stats.json"
-COUNTS_PREFIX = "counts/counts"
-INDEX_PREFIX = "index/utterances"
-DEAD_LETTER_PREFIX = "dead_letter/dead_letter"
-METRICS_NAMESPACE = "speechpipe.audio.features"
-
+from speechpipe.pipeline.feature_transforms import (  # noqa: F401 - the layout and tags, also for the job's callers
+    AUGMENT_REFUSED,
+    AUGMENT_STAGE,
+    AUGMENT_UNAVAILABLE,
+    AUGMENTED,
+    COUNTS_PREFIX,
+    DEAD_LETTER,
+    DEAD_LETTER_PREFIX,
+    GLOBAL_STATS_FILE,
+    GOOD,
+    INDEX_PREFIX,
+    METRICS_NAMESPACE,
+    SUMMARY_FILE,
+    AugmentedToExampleFn,
+    ComputeFeaturesFn,
+    JobTotalsFn,
+    KeepFirstFn,
+    ParseInputFn,
+    ToExampleFn,
+    WriteTotalsFn,
+    augmented_outcomes,
+    babble_key,
+    good_outcome,
+    index_line,
+)
 
 class ReadBackError(RuntimeError):
     """The records on disk do not match what the job counted."""
 
 
-# ---------------------------------------------------------------------------------- DoFns
-
-class ParseInputFn(beam.DoFn):
-    """RawInput -> SourceRecord (main) or DeadLetter (tagged); transcripts tokenized here so a
-    bad phone costs no decoding. With a `language`, a transcript given as ordinary text (no IPA
-    `phones`) is phonemised by espeak-ng first, one engine per worker; a word it cannot turn into
-    the inventory's phones dead-letters the utterance, naming the word and the symbol."""
-
-    def __init__(self, spec: InputSpec, inventory_name: str, language: str = "") -> None:
-        self._spec = spec
-        self._inventory_name = inventory_name
-        self._language = language
-        self._inventory = None
-        self._phonemizer = None
-
-    def setup(self) -> None:
-        from speechpipe.phones.inventory import load_inventory
-
-        self._inventory = load_inventory(self._inventory_name)
-        if self._language:
-            from speechpipe.phones.phonemizer import Phonemizer
-
-            # The inventory IPA lines are tokenised with and ToExampleFn numbers phones by.
-            self._phonemizer = Phonemizer(self._language, inventory=self._inventory)
-
-    def _transcribe(self, record: SourceRecord, item: RawInput):
-        """The record with its phones tokenised (from IPA, or from text through espeak-ng), or a
-        DeadLetter saying why not."""
-        from speechpipe.phones.inventory import UnknownPhoneError
-
-        try:
-            if record.phones is not None:
-                return replace(record, phones=" ".join(self._inventory.tokenize(record.phones)))
-            from speechpipe.phones.phonemizer import PhonemizeError
-
-            try:
-                return replace(record, phones=" ".join(self._phonemizer.phones(record.text)))
-            except PhonemizeError as error:
-                return DeadLetter(source=item.source, stage="transcript", reason=UNPHONEMISABLE,
-                                  detail=str(error), utterance=record.utterance)
-        except UnknownPhoneError as error:
-            return DeadLetter(source=item.source, stage="transcript", reason=UNKNOWN_PHONE,
-                              detail=str(error), utterance=record.utterance)
-
-    def process(self, item: RawInput):
-        Metrics.counter(METRICS_NAMESPACE, "inputs").inc()
-        result = parse_input(item, self._spec)
-        if isinstance(result, SourceRecord) and (
-                result.phones is not None or (self._phonemizer is not None and result.text is not None)):
-            result = self._transcribe(result, item)
-        if isinstance(result, DeadLetter):
-            Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{result.reason}").inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, result)
-        else:
-            yield result
-
-
-class KeepFirstFn(beam.DoFn):
-    def process(self, keyed: Tuple[str, Iterable[SourceRecord]]):
-        utterance, group = keyed
-        kept, duplicates = keep_first(utterance, list(group))
-        yield kept
-        for dead in duplicates:
-            Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{dead.reason}").inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead)
-
-
-class ComputeFeaturesFn(beam.DoFn):
-    """SourceRecord -> (record, unnormalised features, seconds), or a DeadLetter."""
-
-    def __init__(self, config: FeatureConfig, count: bool = True) -> None:
-        self._config = config
-        self._count = count  # False on the second pass of global normalisation
-
-    def setup(self) -> None:
-        import numpy as np
-
-        # Pays scipy.fft's import and the mel filterbank once per worker, not on the first record.
-        compute_features(np.zeros(self._config.n_fft, np.float32) + 1e-3, self._config)
-
-    def process(self, record: SourceRecord):
-        try:
-            audio = decode(record.audio_path, self._config.sample_rate, self._config.max_seconds)
-            check_usable(audio, self._config.n_fft, self._config.max_seconds)
-        except AudioRejected as rejected:
-            if self._count:
-                Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{rejected.reason}").inc()
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER,
-                DeadLetter(source=record.source, stage="audio", reason=rejected.reason,
-                           detail=rejected.detail, utterance=record.utterance),
-            )
-            return
-        features = compute_features(audio.samples, self._config)
-        if self._count:
-            Metrics.counter(METRICS_NAMESPACE, f"good_{record.split}").inc()
-        yield record, features, audio.samples.shape[0] / audio.sample_rate
-
-
-class JobTotalsFn(beam.CombineFn):
-    """The job's totals in one combine: counts of inputs, of good examples per split (with seconds
-    and frames) and of dead letters per reason (the numbers summary.json reports and the read-back
-    checks), and the training split's per-bin frame count, sum and sum of squares (float64).
-
-    One combine instead of two (each CombineGlobally is 9 transforms the runner translates and
-    instantiates). Inputs: ("inputs", 1), ("dead_letter.<reason>", 1), or one `GoodOutcome` per
-    good utterance (one element, not four: every element crosses a Flatten the runner encodes)."""
-
-    def __init__(self, bins: int) -> None:
-        self._bins = bins
-
-    def create_accumulator(self) -> Tuple[Dict[str, float], GlobalStats]:
-        return {}, GlobalStats.empty(self._bins)
-
-    def add_input(self, accumulator: Tuple[Dict[str, float], GlobalStats], item):
-        counts, stats = accumulator
-        if isinstance(item, GoodOutcome):
-            for key, value in ((f"good.{item.split}", 1), (f"seconds.{item.split}", item.seconds),
-                               (f"frames.{item.split}", item.frames)):
-                counts[key] = counts.get(key, 0) + value
-            return counts, stats.merge(item.stats) if item.stats is not None else stats
-        key, value = item
-        counts[key] = counts.get(key, 0) + value
-        return counts, stats
-
-    def merge_accumulators(self, accumulators: Iterable[Tuple[Dict[str, float], GlobalStats]]):
-        counts, stats = self.create_accumulator()
-        for more_counts, more_stats in accumulators:
-            for key, value in more_counts.items():
-                counts[key] = counts.get(key, 0) + value
-            stats = stats.merge(more_stats)
-        return counts, stats
-
-    def extract_output(self, accumulator: Tuple[Dict[str, float], GlobalStats]) -> Dict[str, object]:
-        counts, stats = accumulator
-        return {"counts": dict(sorted(counts.items())), "global_stats": stats.to_json() if stats.count else None}
-
-
-class GoodOutcome(NamedTuple):
-    """What one good utterance adds to the totals (from its features before normalisation)."""
-
-    split: str
-    seconds: float
-    frames: int
-    stats: Optional[GlobalStats]  # training split only
-
-
-def _good_outcome(element) -> GoodOutcome:
-    record, features, seconds = element
-    return GoodOutcome(record.split, round(seconds, 6), int(features.shape[0]),
-                       GlobalStats.of(features) if record.split == "train" else None)
-
-
-class WriteTotalsFn(beam.DoFn):
-    """The totals -> counts/counts.json and global_stats.json (once: the totals are a singleton;
-    a retry writes the same bytes again)."""
-
-    def __init__(self, out_dir: str) -> None:
-        self._out_dir = out_dir
-
-    def process(self, totals: Dict[str, object]):
-        stats = totals["global_stats"]
-        storage.beam_write_bytes(storage.join(self._out_dir, COUNTS_PREFIX + ".json"),
-                                 (json.dumps(totals["counts"], sort_keys=True) + "\n").encode("utf-8"),
-                                 mime_type="application/json")
-        storage.beam_write_bytes(storage.join(self._out_dir, GLOBAL_STATS_FILE),
-                                 ((json.dumps(stats, indent=1) if stats else "null") + "\n").encode("utf-8"),
-                                 mime_type="application/json")
-        return ()
-
-
-class ToExampleFn(beam.DoFn):
-    """(record, unnormalised features, seconds) -> the normalised `records.UtteranceFeatures`."""
-
-    def __init__(self, config: FeatureConfig, inventory_name: str) -> None:
-        self._config = config
-        self._inventory_name = inventory_name
-        self._ids: Optional[Dict[str, int]] = None
-
-    def setup(self) -> None:
-        from speechpipe.phones.inventory import load_inventory
-
-        self._ids = load_inventory(self._inventory_name).phone_to_id()
-
-    def process(self, element, totals: Optional[Dict[str, object]] = None):
-        record, features, seconds = element
-        phones = record.phones.split() if record.phones is not None else None  # tokenized by ParseInputFn
-        stats = totals["global_stats"] if totals is not None else None
-        yield records.UtteranceFeatures(
-            utterance=record.utterance, speaker=record.speaker, session=record.session, split=record.split,
-            features=normalise(features, self._config, stats), duration=round(seconds, 6),
-            phone_ids=[self._ids[p] for p in phones] if phones is not None else None, phones=phones,
-            text=record.text,
-        )
-
-
-def _index_line(example: records.UtteranceFeatures) -> str:
-    return json.dumps({
-        "utterance": example.utterance, "speaker": example.speaker, "session": example.session,
-        "split": example.split, "num_frames": int(example.features.shape[0]), "duration": example.duration,
-    }, ensure_ascii=False)
-
-
 # ---------------------------------------------------------------------------------- the DAG
 
 def build(pipeline: beam.Pipeline, spec: InputSpec, config: FeatureConfig, inventory_name: str = "phones_de.json",
-          language: str = "") -> Dict[str, beam.PCollection]:
+          language: str = "", augment: Optional[AugmentConfig] = None) -> Dict[str, beam.PCollection]:
     """Adds the feature job's transforms; returns its PCollections by name (for tests and for
-    `write_outputs`): examples, dead_letter and totals ({"counts": ..., "global_stats": ...})."""
+    `write_outputs`): examples, dead_letter and totals ({"counts": ..., "global_stats": ...});
+    with an enabled `augment`, also augmented ((example, index extras) of the training split's
+    copies) and augment_refused (DeadLetters of copies refused, stage "augment")."""
+    augment = augment.validate() if augment is not None and augment.enabled else None
     raw = (
         pipeline
         # Impulse, not Create([spec]): one transform instead of four (each costs at start-up).
@@ -289,18 +99,36 @@ def build(pipeline: beam.Pipeline, spec: InputSpec, config: FeatureConfig, inven
         | "GroupByUtterance" >> beam.GroupByKey()
         | "KeepFirstOfDuplicates" >> beam.ParDo(KeepFirstFn()).with_outputs(DEAD_LETTER, main=GOOD)
     )
-    computed = unique[GOOD] | "ComputeFeatures" >> beam.ParDo(ComputeFeaturesFn(config)).with_outputs(DEAD_LETTER, main=GOOD)
+    side: Dict[str, object] = {}
+    if augment is not None and NOISE in augment.kinds and BABBLE in augment.noise_types:
+        # Babble is made from other training utterances: a seeded pool of them, as paths (each
+        # worker decodes the pool once). Drawn from the parsed records, before the grouping:
+        # from `unique`, the pool's combine would wait on the stage that ComputeFeatures is fused
+        # into, and the FnApiRunner's bundles never run.
+        side["pool"] = beam.pvalue.AsSingleton(
+            parsed[GOOD]
+            | "TrainForBabble" >> beam.FlatMap(lambda r: [(r.utterance, r.audio_path, r.speaker)] if r.split == "train" else [])
+            | "BabblePool" >> beam.combiners.Top.Smallest(augment.babble_pool, key=babble_key(augment.seed)))
+    outputs = (DEAD_LETTER,) if augment is None else (DEAD_LETTER, AUGMENTED, AUGMENT_REFUSED)
+    computed = unique[GOOD] | "ComputeFeatures" >> beam.ParDo(
+        ComputeFeaturesFn(config, augment=augment), **side).with_outputs(*outputs, main=GOOD)
     dead_letter = (parsed[DEAD_LETTER], unique[DEAD_LETTER], computed[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
 
     # Counted where they arise: inputs as listed, good utterances as the first (or only) feature
     # pass produced them, dead letters as routed. The read-back then compares the shards on disk
     # with these counts, so a record lost or added between here and the files fails the job.
-    totals = (
-        (
-            raw | "CountInputs" >> beam.Map(lambda _: ("inputs", 1)),
-            computed[GOOD] | "CountGood" >> beam.Map(_good_outcome),
-            dead_letter | "CountDeadLetters" >> beam.Map(lambda d: (f"dead_letter.{d.reason}", 1)),
+    outcomes = (
+        raw | "CountInputs" >> beam.Map(lambda _: ("inputs", 1)),
+        computed[GOOD] | "CountGood" >> beam.Map(good_outcome),
+        dead_letter | "CountDeadLetters" >> beam.Map(lambda d: (f"dead_letter.{d.reason}", 1)),
+    )
+    if augment is not None:
+        outcomes += (
+            computed[AUGMENTED] | "CountAugmented" >> beam.FlatMap(augmented_outcomes),
+            computed[AUGMENT_REFUSED] | "CountAugmentRefused" >> beam.Map(lambda d: (f"augment_refused.{d.reason}", 1)),
         )
+    totals = (
+        outcomes
         | "AllOutcomes" >> beam.Flatten()
         | "Totals" >> beam.CombineGlobally(JobTotalsFn(config.n_bins))
     )
@@ -309,12 +137,22 @@ def build(pipeline: beam.Pipeline, spec: InputSpec, config: FeatureConfig, inven
         # memory grow with the corpus; computing them again costs less than decoding did, so a
         # second pass over the (small) source records recomputes them. Its dead letters repeat
         # the first pass's and are not output again.
-        second_pass = unique[GOOD] | "RecomputeFeatures" >> beam.ParDo(ComputeFeaturesFn(config, count=False)).with_outputs(DEAD_LETTER, main=GOOD)
+        second_pass = unique[GOOD] | "RecomputeFeatures" >> beam.ParDo(
+            ComputeFeaturesFn(config, count=False, augment=augment), **side).with_outputs(*outputs, main=GOOD)
         examples = second_pass[GOOD] | "Normalise" >> beam.ParDo(
             ToExampleFn(config, inventory_name), totals=beam.pvalue.AsSingleton(totals))
+        copies = second_pass[AUGMENTED] if augment is not None else None
+        stats_side = {"totals": beam.pvalue.AsSingleton(totals)}
     else:
         examples = computed[GOOD] | "Normalise" >> beam.ParDo(ToExampleFn(config, inventory_name))
-    return {"examples": examples, "dead_letter": dead_letter, "totals": totals}
+        copies = computed[AUGMENTED] if augment is not None else None
+        stats_side = {}
+    result = {"examples": examples, "dead_letter": dead_letter, "totals": totals}
+    if augment is not None:
+        result["augmented"] = copies | "NormaliseAugmented" >> beam.ParDo(
+            AugmentedToExampleFn(config, inventory_name), **stats_side)
+        result["augment_refused"] = computed[AUGMENT_REFUSED]
+    return result
 
 
 def shard_outputs(out_dir: str, compression: str = "none") -> List[ShardedOutput]:
@@ -332,7 +170,14 @@ _INDEX_OUTPUT, _DEAD_LETTER_OUTPUT = len(SPLITS), len(SPLITS) + 1
 
 def _example_payloads(example: records.UtteranceFeatures) -> Tuple[Tuple[int, object], Tuple[int, object]]:
     """An example's two writes: its record into its split's shards, its line into the index."""
-    return (SPLITS.index(example.split), records.encode_example(example)), (_INDEX_OUTPUT, _index_line(example))
+    return (SPLITS.index(example.split), records.encode_example(example)), (_INDEX_OUTPUT, index_line(example))
+
+
+def _augmented_payloads(element) -> Tuple[Tuple[int, object], Tuple[int, object]]:
+    """An augmented copy's writes: as an example's, its index line naming its source utterance
+    and what was done to it."""
+    example, extras = element
+    return (SPLITS.index(example.split), records.encode_example(example)), (_INDEX_OUTPUT, index_line(example, extras))
 
 
 def write_outputs(outputs: Dict[str, beam.PCollection], out_dir: str, num_shards: int = 0, compression: str = "none") -> None:
@@ -343,6 +188,14 @@ def write_outputs(outputs: Dict[str, beam.PCollection], out_dir: str, num_shards
         outputs["examples"] | "EncodeExamples" >> beam.FlatMap(_example_payloads),
         outputs["dead_letter"] | "DeadLetterLines" >> beam.Map(lambda d: (_DEAD_LETTER_OUTPUT, DeadLetter.to_json(d))),
     )
+    if "augmented" in outputs:
+        # Refused copies go into the dead letter too (stage "augment"), counted apart from the
+        # inputs' dead letters: they are no inputs.
+        payloads += (
+            outputs["augmented"] | "EncodeAugmented" >> beam.FlatMap(_augmented_payloads),
+            outputs["augment_refused"] | "AugmentRefusedLines" >> beam.Map(
+                lambda d: (_DEAD_LETTER_OUTPUT, DeadLetter.to_json(d))),
+        )
     _ = payloads | "WriteShards" >> WriteShards(shard_outputs(out_dir, compression), temp_root=out_dir, num_shards=num_shards)
     _ = outputs["totals"] | "WriteTotals" >> beam.ParDo(WriteTotalsFn(out_dir))
 
@@ -369,18 +222,45 @@ def read_back(out_dir: str) -> Dict[str, Dict[str, int]]:
     return found
 
 
-def summarise(out_dir: str, spec: InputSpec, config: FeatureConfig, inventory_name: str, seconds: float) -> Dict[str, object]:
+def _augmentation_summary(counts: Dict[str, float], augment: AugmentConfig, good_train: int) -> Dict[str, object]:
+    """The augmentation block of summary.json; raises ReadBackError when the copies made and
+    refused do not add up to copies x good training utterances."""
+    by_kind = {k.split(".", 1)[1]: int(v) for k, v in counts.items() if k.startswith("augmented.")}
+    refused = {k.split(".", 1)[1]: int(v) for k, v in counts.items() if k.startswith("augment_refused.")}
+    asked = augment.copies * good_train
+    if sum(by_kind.values()) + sum(refused.values()) != asked:
+        raise ReadBackError(f"augmentation: {asked} copies asked ({augment.copies} x {good_train} training utterances), "
+                            f"{sum(by_kind.values())} made + {sum(refused.values())} refused")
+    return {
+        "config": augment.to_json(),
+        "asked": asked,
+        "train": sum(by_kind.values()),
+        "by_kind": dict(sorted(by_kind.items())),
+        "refused": {"total": sum(refused.values()), "by_reason": dict(sorted(refused.items()))},
+        "audio_seconds": round(float(counts.get("augmented_seconds", 0.0)), 3),
+        "frames": int(counts.get("augmented_frames", 0)),
+        "global_stats_from": "clean training audio only",
+    }
+
+
+def summarise(out_dir: str, spec: InputSpec, config: FeatureConfig, inventory_name: str, seconds: float,
+              augment: Optional[AugmentConfig] = None) -> Dict[str, object]:
+    """summary.json's content. `good` counts the inputs that became records (good + dead-lettered
+    = inputs); with augmentation the train split's shards hold good["train"] + augmentation
+    ["train"] records, and the augmentation block counts the copies by kind and those refused."""
     counts = json.loads(storage.beam_read_bytes(storage.join(out_dir, COUNTS_PREFIX + ".json")).decode("utf-8"))
     shards = read_back(out_dir)
     good = {split: int(counts.get(f"good.{split}", 0)) for split in SPLITS}
     dead = {k.split(".", 1)[1]: int(v) for k, v in counts.items() if k.startswith("dead_letter.")}
     inputs = int(counts.get("inputs", 0))
+    augmentation = _augmentation_summary(counts, augment, good["train"]) if augment is not None and augment.enabled else None
     for split in SPLITS:
-        if sum(shards[split].values()) != good[split]:
-            raise ReadBackError(f"split {split}: counted {good[split]} examples, read back {sum(shards[split].values())}")
+        expected = good[split] + (augmentation["train"] if augmentation and split == "train" else 0)
+        if sum(shards[split].values()) != expected:
+            raise ReadBackError(f"split {split}: counted {expected} examples, read back {sum(shards[split].values())}")
     if sum(good.values()) + sum(dead.values()) != inputs:
         raise ReadBackError(f"{inputs} inputs but {sum(good.values())} good + {sum(dead.values())} dead-lettered")
-    return {
+    summary = {
         "input": {"kind": spec.kind, "path": spec.path, "data_root": spec.data_root,
                   "ignored_non_audio_files": count_ignored_files(spec), "meta_file": spec.meta_file or None},
         "splits_from": spec.split_rule(),
@@ -397,6 +277,9 @@ def summarise(out_dir: str, spec: InputSpec, config: FeatureConfig, inventory_na
         "global_stats": GLOBAL_STATS_FILE,
         "wall_seconds": round(seconds, 2),
     }
+    if augmentation is not None:
+        summary["augmentation"] = augmentation
+    return summary
 
 
 # ---------------------------------------------------------------------------------- entry point
@@ -423,7 +306,50 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
                                                          "--language's, else phones_de.json)")
     parser.add_argument("--language", default="", help="corpus language (de, en-us): transcripts given as text are "
                                                        "phonemised with espeak-ng (default: transcripts are IPA)")
+    a = AugmentConfig()
+    parser.add_argument("--augment", default="", help="augmentation kinds for the train split, comma-separated from "
+                                                      "noise,reverb,speed (default: none)")
+    parser.add_argument("--augment-copies", type=int, default=None,
+                        help="augmented copies per training utterance, each of one kind (default 1 with --augment)")
+    parser.add_argument("--augment-seed", type=int, default=a.seed, help=f"default {a.seed}")
+    parser.add_argument("--augment-snr", default=",".join(f"{v:g}" for v in a.snr_db),
+                        help=f"SNR range in dB of generated noise, default {a.snr_db[0]:g},{a.snr_db[1]:g}")
+    parser.add_argument("--augment-noise-types", default=",".join(a.noise_types), help=f"default {','.join(a.noise_types)}")
+    parser.add_argument("--augment-speed", default=",".join(f"{v:g}" for v in a.speed_factors),
+                        help=f"speed factors, default {','.join(f'{v:g}' for v in a.speed_factors)}")
+    parser.add_argument("--augment-rt60", default=",".join(f"{v:g}" for v in a.rt60_s),
+                        help=f"RT60 range in seconds, default {a.rt60_s[0]:g},{a.rt60_s[1]:g}")
+    parser.add_argument("--augment-speed-speaker", choices=("new", "same"), default="new" if a.speed_new_speaker else "same",
+                        help="a speed-perturbed copy is a new speaker (default, as WeSpeaker) or the same")
     return parser.parse_known_args(argv)
+
+
+def _floats(flag: str, text: str) -> Tuple[float, ...]:
+    from speechpipe.validation import ConfigError
+
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: need comma-separated numbers") from None
+
+
+def augment_config_from_args(args: argparse.Namespace) -> Optional[AugmentConfig]:
+    """The AugmentConfig the --augment* flags ask for (validated), or None when augmentation is
+    off."""
+    from speechpipe.validation import ConfigError
+
+    kinds = parse_kinds(args.augment)
+    if not kinds:
+        if args.augment_copies:
+            raise ConfigError("--augment-copies needs --augment KINDS (noise, reverb, speed)")
+        return None
+    return AugmentConfig(
+        copies=1 if args.augment_copies is None else args.augment_copies, kinds=kinds,
+        noise_types=tuple(n.strip() for n in args.augment_noise_types.split(",") if n.strip()),
+        snr_db=_floats("--augment-snr", args.augment_snr), speed_factors=_floats("--augment-speed", args.augment_speed),
+        rt60_s=_floats("--augment-rt60", args.augment_rt60), speed_new_speaker=args.augment_speed_speaker == "new",
+        seed=args.augment_seed,
+    ).validate()
 
 
 def run(argv: Optional[List[str]] = None) -> int:
@@ -437,18 +363,16 @@ def run(argv: Optional[List[str]] = None) -> int:
         hop_length=args.hop_length, n_mels=args.n_mels, normalization=args.normalization,
         max_seconds=args.max_seconds,
     ))
-    from speechpipe.pipeline.beam_options import with_quiet_workers
+    augment = augment_config_from_args(args)
+    from speechpipe.pipeline.beam_options import direct_runner_defaults, with_quiet_workers
 
-    options = PipelineOptions(with_quiet_workers(beam_args))
+    # Users get every core by default; tests pass --direct_running_mode=in_memory.
+    options = PipelineOptions(with_quiet_workers(direct_runner_defaults(beam_args)))
     options.view_as(SetupOptions).save_main_session = False
-    direct = options.view_as(DirectOptions)
-    # Users get all cores by default; tests pass --direct_running_mode=in_memory.
-    if not any(a.startswith("--direct_running_mode") for a in beam_args):
-        direct.direct_running_mode = "multi_processing"
-        direct.direct_num_workers = direct.direct_num_workers or os.cpu_count() or 1
     result = run_job(spec, config, args.out, options, args.num_shards, args.inventory, args.compression,
-                     language=args.language)
-    print(json.dumps({k: result[k] for k in ("inputs", "good", "dead_letter", "audio_seconds", "wall_seconds")}, indent=1))
+                     language=args.language, augment=augment)
+    keys = ("inputs", "good", "dead_letter", "audio_seconds", "wall_seconds") + (("augmentation",) if augment else ())
+    print(json.dumps({k: result[k] for k in keys}, indent=1))
     print(f"features written to {args.out}")
     return 0
 
@@ -477,16 +401,18 @@ def local_runner(options: PipelineOptions):
 
 def run_job(spec: InputSpec, config: FeatureConfig, out_dir: str, options: PipelineOptions,
             num_shards: int = 0, inventory_name: str = "", compression: str = "none",
-            language: str = "") -> Dict[str, object]:
+            language: str = "", augment: Optional[AugmentConfig] = None) -> Dict[str, object]:
     """Runs the job, reads the output back, writes and returns summary.json. `inventory_name`
-    defaults to the language's inventory, or German's when no language is given."""
+    defaults to the language's inventory, or German's when no language is given. `augment`
+    (enabled: copies > 0) adds augmented copies of the training split's utterances."""
+    augment = augment.validate() if augment is not None and augment.enabled else None
     inventory_name = inventory_name or inventory_for(language)
     if storage.beam_exists(storage.join(out_dir, SUMMARY_FILE)):
         raise FileExistsError(f"{out_dir} already holds a feature job's output ({SUMMARY_FILE})")
     started = time.time()
     with beam.Pipeline(runner=local_runner(options), options=options) as pipeline:
-        write_outputs(build(pipeline, spec, config, inventory_name, language), out_dir, num_shards, compression)
-    summary = summarise(out_dir, spec, config, inventory_name, time.time() - started)
+        write_outputs(build(pipeline, spec, config, inventory_name, language, augment), out_dir, num_shards, compression)
+    summary = summarise(out_dir, spec, config, inventory_name, time.time() - started, augment)
     summary["language"] = language or None
     storage.beam_write_bytes(storage.join(out_dir, SUMMARY_FILE),
                              (json.dumps(summary, indent=1, sort_keys=True) + "\n").encode("utf-8"),

@@ -105,6 +105,7 @@ def pipeline_arguments(config: RunConfig, fingerprints: List[str], keys: Dict[st
         beam_args=config.effective_beam_args,
         split_fractions=config.split_fractions,
         speaker_feature_config=config.speaker_features,
+        speaker_augment=config.speaker_augment,
         embedder_config=config.embedder.trainer_json(),
         embedder_model_name=config.embedder_model_name,
         trials_file=where(config.trials_file) if config.trials_file else "",
@@ -271,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--in-memory", action="store_true", help="Beam DirectRunner in_memory (tests, tiny data)")
     parser.add_argument("--speaker-normalization", default=d.speaker_features.normalization,
                         help="the speaker embedder's feature normalisation (its own FeatureGen when it differs)")
+    parser.add_argument("--speaker-augment", default="", metavar="KINDS",
+                        help="augmented copies of the speaker branch's training utterances: noise, reverb, speed, "
+                             "comma-separated (speechpipe features --augment; default: none)")
+    parser.add_argument("--speaker-augment-copies", type=int, default=1,
+                        help="copies per training utterance with --speaker-augment (default %(default)s)")
+    parser.add_argument("--speaker-augment-seed", type=int, default=0, help="default %(default)s")
     parser.add_argument("--max-eer", type=float, default=d.max_eer, help="bless the embedder only at or below this test EER")
     parser.add_argument("--min-eer-improvement", type=float, default=d.min_eer_improvement,
                         help="margin by which a candidate embedder must beat the champion's EER")
@@ -323,9 +330,20 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         speaker_features=replace(d.speaker_features, normalization=args.speaker_normalization),
         embedder=replace(d.embedder, max_seconds=60.0 * args.embedder_minutes), max_eer=args.max_eer,
         min_eer_improvement=args.min_eer_improvement, embedder_model_name=args.embedder_model_name,
-        target_far=args.target_far,
+        target_far=args.target_far, speaker_augment=speaker_augment_from_args(args),
         beam_args=IN_MEMORY_ARGS if args.in_memory else (),
     )
+
+
+def speaker_augment_from_args(args: argparse.Namespace) -> Optional[Dict[str, object]]:
+    """The --speaker-augment* flags as AugmentConfig json (validated), or None."""
+    from speechpipe.audio.augment import AugmentConfig, parse_kinds
+
+    kinds = parse_kinds(args.speaker_augment)
+    if not kinds:
+        return None
+    return AugmentConfig(copies=args.speaker_augment_copies, kinds=kinds, seed=args.speaker_augment_seed
+                         ).validate().to_json()
 
 
 def _ensure_demo_corpus(config: RunConfig, out=sys.stdout) -> None:

@@ -92,6 +92,9 @@ class RunConfig:
     # The speaker embedder's features: the same analysis, normalised globally (docs/embedder.md:
     # per-utterance cmvn, best for the CTC model, removes most of what tells speakers apart).
     speaker_features: FeatureConfig = field(default_factory=lambda: FeatureConfig(normalization="global"))
+    # Augmented copies of the speaker branch's training utterances (speechpipe.audio.augment's
+    # AugmentConfig json: noise, reverberation, speed); None = clean training audio only.
+    speaker_augment: Optional[Dict[str, object]] = None
     ctc: CTCBudget = field(default_factory=CTCBudget)
     embedder: EmbedderBudget = field(default_factory=EmbedderBudget)
     # An official VoxCeleb trial list (veri_test2.txt, ...) as the speaker branch's test protocol, in
@@ -308,7 +311,10 @@ def data_key(config: RunConfig, fingerprints: List[str], branch: str = CTC) -> s
     and every node is a cache hit; a new span of the other branch changes nothing here."""
     mine = [fingerprints[i] for i in config.span_numbers(branch)]
     features = config.features if branch == CTC else config.speaker_features
-    payload = json.dumps({"branch": branch, "spans": mine, "features": features.to_json()}, sort_keys=True)
+    data = {"branch": branch, "spans": mine, "features": features.to_json()}
+    if branch == SPEAKER and config.speaker_augment:
+        data["augment"] = config.speaker_augment  # other training data; absent, keys stay as they were
+    payload = json.dumps(data, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -366,6 +372,13 @@ def validate_run_config(config: RunConfig) -> RunConfig:
         raise ConfigError(f"pipeline_name={config.pipeline_name!r}: letters, digits, '-' and '_' only")
     validate_feature_config(config.features)
     validate_feature_config(config.speaker_features)
+    if config.speaker_augment is not None:
+        from speechpipe.audio.augment import AugmentConfig
+
+        if not config.include_speaker:
+            raise ConfigError("speaker_augment: augments the speaker branch's training audio; that branch is off")
+        if not AugmentConfig.from_json(config.speaker_augment).validate().enabled:
+            raise ConfigError("speaker_augment: no copies asked for (copies 0); leave it out for clean audio only")
     c = config.ctc
     if not c.lstm_units or any(u < 1 for u in c.lstm_units):
         raise ConfigError(f"ctc.lstm_units={c.lstm_units}: need one or more positive sizes")

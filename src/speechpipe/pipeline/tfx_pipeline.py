@@ -82,6 +82,7 @@ def create_pipeline(
     enable_cache: bool = True,
     champion_from: str = "resolver",
     language: str = "",
+    speaker_augment: Optional[Dict[str, object]] = None,
 ) -> tfx.dsl.Pipeline:
     """spans: (input path, content fingerprint) per span, span number = position. ctc_spans and
     speaker_spans: the numbers of each branch's spans, oldest first (None: every span for the CTC
@@ -89,6 +90,7 @@ def create_pipeline(
     speaker_data_key name each branch's training data (src/speechpipe/pipeline/run_config.py).
     trials_file: an official VoxCeleb trial list for the speaker evaluator ("" = the test span's
     own). language: the corpus language, for transcripts given as text ("" = IPA only).
+    speaker_augment: AugmentConfig json for the speaker branch's training splits (None = clean).
     champion_from: "resolver" (the champion through ML Metadata, ChampionStrategy) or "registry"
     (a container step reads the MLflow registry's `champion` alias: for orchestrators without
     resolver tasks, open-source KFP; src/speechpipe/components/registry_champion.py)."""
@@ -119,7 +121,8 @@ def create_pipeline(
             data_key=speaker_data_key or data_key, max_eer=max_eer, min_eer_improvement=min_eer_improvement,
             target_far=target_far,
             tracking_uri=tracking_uri, artifact_root=artifact_root, model_name=embedder_model_name,
-            pipeline_name=pipeline_name, champion_from=champion_from, trials_file=trials_file)
+            pipeline_name=pipeline_name, champion_from=champion_from, trials_file=trials_file,
+            augment_config=speaker_augment)
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
@@ -147,21 +150,23 @@ class _SpanFeatures:
         self._gates: Dict[int, object] = {}
         self._unions: Dict[Tuple[Tuple[int, ...], str], object] = {}
 
-    def get(self, span: int, config: FeatureConfig, prefix: str) -> Tuple[object, object]:
-        """(examples channel, gate node) of `span` computed with `config`; `prefix` names new
-        nodes ("" for the CTC branch's feature set, "Speaker" for the embedder's)."""
+    def get(self, span: int, config: FeatureConfig, prefix: str, augment: str = "") -> Tuple[object, object]:
+        """(examples channel, gate node) of `span` computed with `config` (and the training
+        split's augmentation, AugmentConfig json, "" = none); `prefix` names new nodes ("" for
+        the CTC branch's feature set, "Speaker" for the embedder's)."""
         from speechpipe.components.feature_gen import FeatureGen
         from speechpipe.components.validation_gate import ValidationGate
 
-        feature_json = json.dumps(config.to_json(), sort_keys=True)
+        feature_json = json.dumps(config.to_json(), sort_keys=True) + augment
         if (span, feature_json) in self._made:
             return self._made[(span, feature_json)]
         path, fingerprint = self.spans[span]
         # One feature job per span: an unchanged span is an ML Metadata cache hit; only new audio
         # pays for decoding and spectrograms.
         features = FeatureGen(
-            input_path=path, span=span, feature_config=feature_json, input_fingerprint=fingerprint,
-            beam_args=self.beam_args, split_fractions=self.split_fractions, language=self.language,
+            input_path=path, span=span, feature_config=json.dumps(config.to_json(), sort_keys=True),
+            input_fingerprint=fingerprint, beam_args=self.beam_args, split_fractions=self.split_fractions,
+            language=self.language, augment_config=augment,
         ).with_id(f"{prefix}FeatureGen_span{span}")
         self.components.append(features)
         if span in self._gates:
@@ -185,13 +190,14 @@ class _SpanFeatures:
         self._made[(span, feature_json)] = (features.outputs["examples"], gate)
         return self._made[(span, feature_json)]
 
-    def union(self, span_numbers: Sequence[int], config: FeatureConfig, prefix: str) -> Tuple[object, List]:
+    def union(self, span_numbers: Sequence[int], config: FeatureConfig, prefix: str,
+              augment: str = "") -> Tuple[object, List]:
         """(the one Examples channel holding every listed span, their gates): the span's own
         channel for one span, else an ExamplesUnion node (`<prefix>ExamplesUnion`), made once per
         (spans, feature set), so two branches on the same spans and features share it."""
-        made = [self.get(span, config, prefix) for span in span_numbers]
+        made = [self.get(span, config, prefix, augment) for span in span_numbers]
         examples, gates = [m[0] for m in made], [m[1] for m in made]
-        key = (tuple(span_numbers), json.dumps(config.to_json(), sort_keys=True))
+        key = (tuple(span_numbers), json.dumps(config.to_json(), sort_keys=True) + augment)
         if key not in self._unions:
             channel, node = examples_of_all_spans(examples, gates, f"{prefix}{UNION_ID}")
             if node is not None:
@@ -297,7 +303,8 @@ def _speaker_branch(checked: _SpanFeatures, span_numbers: List[int], ctc_span_nu
                     embedder_config: Dict[str, object], warm_start: bool, beam_args: Sequence[str], data_key: str,
                     max_eer: float, min_eer_improvement: float, tracking_uri: str, artifact_root: str,
                     model_name: str, pipeline_name: str, champion_from: str = "resolver",
-                    trials_file: str = "", target_far: float = 0.01) -> List:
+                    trials_file: str = "", target_far: float = 0.01,
+                    augment_config: Optional[Dict[str, object]] = None) -> List:
     """The speaker embedder's nodes, on its own spans' Examples and gates. On a span the CTC
     branch also reads, the embedder's features (by default globally normalised: a per-utterance
     normalisation removes the long-term spectrum, which carries the speaker) run after that span's
@@ -309,8 +316,10 @@ def _speaker_branch(checked: _SpanFeatures, span_numbers: List[int], ctc_span_nu
     for span in span_numbers:
         if span in ctc_span_numbers:  # the CTC features and their gate come first on a shared span
             checked.get(span, ctc_feature_config, "")
-    all_examples, gates = checked.union(span_numbers, feature_config, "Speaker")
-    test_examples, test_gate = checked.get(span_numbers[test_span], feature_config, "Speaker")
+    # Augmented copies go to the training splits only, so the test span's test split is clean.
+    augment = json.dumps(augment_config, sort_keys=True) if augment_config else ""
+    all_examples, gates = checked.union(span_numbers, feature_config, "Speaker", augment)
+    test_examples, test_gate = checked.get(span_numbers[test_span], feature_config, "Speaker", augment)
     # The trial list of the fixed test span (VoxCeleb format), after its gate passed, or the
     # official list it is given, checked against that split. The trainer's default in-batch form
     # draws its own pairs, so no other span needs pairs.
