@@ -19,6 +19,9 @@ the global statistics come from the clean training audio only.
 --input and --out may be local paths or URIs (gs://, s3://, ...): inputs, audio and outputs go
 through Beam's FileSystems (speechpipe.io.storage); the shards are read back through TensorFlow, which
 reads the same URIs.
+
+The transforms are speechpipe.pipeline.feature_transforms; this module wires them (`build`),
+writes and reads back the outputs, and is the command line (`run(argv)`).
 """
 from __future__ import annotations
 
