@@ -300,7 +300,7 @@ def test_in_batch_training_learns_to_tell_speakers_apart():
     test_x, test_y = _synthetic_utterances(rng, profiles, 4)  # new utterances
     base = embedder.build_base_network(config)
     before = _eer_of(base, config, test_x, test_y)
-    base.compile(keras.optimizers.Adam(3e-3, clipnorm=1.0), loss=embedder.loss_for(config, "in_batch"))
+    base.compile(keras.optimizers.Adam(3e-3, clipnorm=1.0), loss=embedder.loss_for(config))
     p, k = 4, 4
     train_x = np.stack(train_x)
 
