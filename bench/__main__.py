@@ -4,6 +4,7 @@
 
 Benchmarks print figures and ratios against a baseline measured in the same run; they assert
 nothing about time, so that a slow or busy machine never fails a build."""
+
 from __future__ import annotations
 
 import importlib
@@ -20,9 +21,7 @@ def main(argv=None) -> int:
         print(f"=== {args[0]}", flush=True)
         importlib.import_module(f"bench.{args[0]}").main(args[1:])
         return 0
-    names = args or sorted(
-        m.name for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_")
-    )
+    names = args or sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_"))
     for name in names:
         print(f"=== {name}", flush=True)
         importlib.import_module(f"bench.{name}").main()

@@ -11,6 +11,7 @@
    Nesterov): validation PER and loss curves side by side.
 All training here is on the CPU; run it alone (`flock /tmp/speechpipe-cpu.lock`).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,14 +27,18 @@ NORMALISATIONS = ("none", "minmax", "cmvn", "global")
 def _features(corpus: str, kind: str, normalization: str) -> str:
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from speechpipe.config import FeatureConfig
-    from speechpipe.pipeline.features_job import run_job
     from speechpipe.audio.sources import make_spec
+    from speechpipe.config import FeatureConfig
+    from speechpipe.jobs.features_job import run_job
 
     out = os.path.join(derived_dir(CACHE, corpus), f"features_{kind}_{normalization}")
     if not os.path.exists(os.path.join(out, "summary.json")):
-        run_job(make_spec(os.path.join(corpus, "manifest.jsonl")), FeatureConfig(kind=kind, normalization=normalization),
-                out, PipelineOptions(["--direct_running_mode=in_memory"]))
+        run_job(
+            make_spec(os.path.join(corpus, "manifest.jsonl")),
+            FeatureConfig(kind=kind, normalization=normalization),
+            out,
+            PipelineOptions(["--direct_running_mode=in_memory"]),
+        )
     return out
 
 
@@ -47,8 +52,15 @@ def _train(features_dir: str, config, minutes: float, model_dir: str = None) -> 
     if feature_config.normalization == "global":
         with open(os.path.join(features_dir, "global_stats.json")) as f:
             stats = json.load(f)
-    result = train(os.path.join(features_dir, "Split-train"), os.path.join(features_dir, "Split-validation"),
-                   feature_config, model_dir, None, replace(config, max_minutes=minutes), stats)
+    result = train(
+        os.path.join(features_dir, "Split-train"),
+        os.path.join(features_dir, "Split-validation"),
+        feature_config,
+        model_dir,
+        None,
+        replace(config, max_minutes=minutes),
+        stats,
+    )
     return result
 
 
@@ -84,8 +96,10 @@ def main() -> None:
     compare_budget = float(os.environ.get("BENCH_CTC_COMPARE_MINUTES", "3"))
     corpus = bench_corpus()
     default = CTCTrainConfig()
-    print(f"model {default.model}, optimizer {default.optimizer} lr {default.learning_rate}, batch {default.batch_size}, "
-          f"SpecAugment {default.time_masks}x{default.time_mask_frames} frames, {default.freq_masks}x{default.freq_mask_bins} bins")
+    print(
+        f"model {default.model}, optimizer {default.optimizer} lr {default.learning_rate}, batch {default.batch_size}, "
+        f"SpecAugment {default.time_masks}x{default.time_mask_frames} frames, {default.freq_masks}x{default.freq_mask_bins} bins"
+    )
 
     parts = os.environ.get("BENCH_CTC_PARTS", "main,compare").split(",")
     default_mode = FeatureConfig().normalization
@@ -105,26 +119,46 @@ def _main_run(corpus: str, default, default_mode: str, budget: float, out: str) 
     features_dir = _features(corpus, "logmel", default_mode)
     model_dir = os.path.join(out, "model")
     result = _train(features_dir, default, budget, model_dir)
-    _plot({f"logmel + {default_mode}": result["history"]}, os.path.join(out, "training_curves.png"),
-          f"Default configuration, {budget:g} min budget")
+    _plot(
+        {f"logmel + {default_mode}": result["history"]},
+        os.path.join(out, "training_curves.png"),
+        f"Default configuration, {budget:g} min budget",
+    )
     acoustic = tf.saved_model.load(model_dir)
     test_files = [os.path.join(features_dir, "Split-test")]
 
     class _Acoustic:  # the exported `logits` signature, called like the Keras model
         def __call__(self, inputs, training=False):
-            return acoustic.signatures["logits"](features=inputs["features"], num_frames=tf.cast(inputs["num_frames"], tf.int32))["logits"]
+            return acoustic.signatures["logits"](
+                features=inputs["features"], num_frames=tf.cast(inputs["num_frames"], tf.int32)
+            )["logits"]
 
     greedy = evaluate_per(_Acoustic(), test_files, default)
     beam = evaluate_per(_Acoustic(), test_files, default, beam_width=16)
-    print(f"main run: logmel + {default_mode}, {result['train_minutes']:.1f} min, {result['epochs']} epochs, "
-          f"best validation PER {100 * result['best_val_per']:.2f} % (epoch {result['best_epoch']})")
-    print(f"TEST PER (unseen speakers and sentences, {len(greedy.per_utterance)} utterances): "
-          f"greedy {100 * greedy.per:.2f} %, beam(16) {100 * beam.per:.2f} %", flush=True)
+    print(
+        f"main run: logmel + {default_mode}, {result['train_minutes']:.1f} min, {result['epochs']} epochs, "
+        f"best validation PER {100 * result['best_val_per']:.2f} % (epoch {result['best_epoch']})"
+    )
+    print(
+        f"TEST PER (unseen speakers and sentences, {len(greedy.per_utterance)} utterances): "
+        f"greedy {100 * greedy.per:.2f} %, beam(16) {100 * beam.per:.2f} %",
+        flush=True,
+    )
 
     with open(os.path.join(out, "results_main.json"), "w") as f:
-        json.dump({"main": {k: result[k] for k in ("best_val_per", "best_epoch", "epochs", "train_minutes", "history")},
-                   "config": default.to_json(), "normalisation": default_mode, "test_per_greedy": greedy.per,
-                   "test_per_beam": beam.per, "test_utterances": len(greedy.per_utterance), "budget_minutes": budget}, f, indent=1)
+        json.dump(
+            {
+                "main": {k: result[k] for k in ("best_val_per", "best_epoch", "epochs", "train_minutes", "history")},
+                "config": default.to_json(),
+                "normalisation": default_mode,
+                "test_per_greedy": greedy.per,
+                "test_per_beam": beam.per,
+                "test_utterances": len(greedy.per_utterance),
+                "budget_minutes": budget,
+            },
+            f,
+            indent=1,
+        )
 
 
 def _comparison(corpus: str, default, compare_budget: float, out: str, default_mode: str) -> None:
@@ -138,17 +172,32 @@ def _comparison(corpus: str, default, compare_budget: float, out: str, default_m
         curves[name] = run["history"]
         rows.append((name, run["best_val_per"], run["epochs"], run["history"][-1]["loss"]))
         print(f"  {name:42} best val PER {100 * run['best_val_per']:6.2f} %  epochs {run['epochs']:3d}", flush=True)
-    _plot(curves, os.path.join(out, "normalisation_curves.png"), f"Same model and budget ({compare_budget:g} min) per input normalisation")
+    _plot(
+        curves,
+        os.path.join(out, "normalisation_curves.png"),
+        f"Same model and budget ({compare_budget:g} min) per input normalisation",
+    )
     best_mode = min((r for r in rows if r[0].startswith("logmel")), key=lambda r: r[1])[0].split(" + ")[1]
 
-    print(f"\n{'same model, ' + format(compare_budget, 'g') + ' min each':48} {'val PER':>8} {'epochs':>7} {'last loss':>10}")
+    print(
+        f"\n{'same model, ' + format(compare_budget, 'g') + ' min each':48} {'val PER':>8} {'epochs':>7} {'last loss':>10}"
+    )
     for name, per, epochs, loss in rows:
         print(f"{name:48} {100 * per:7.2f}% {epochs:7d} {loss:10.2f}")
     print(f"\nbest normalisation by this measurement: {best_mode} (default: {default_mode})")
     with open(os.path.join(out, "results_comparison.json"), "w") as f:
-        json.dump({"comparison": [{"run": r[0], "best_val_per": r[1], "epochs": r[2], "history": curves[r[0]]} for r in rows],
-                   "best_normalisation": best_mode, "default_normalisation": default_mode,
-                   "budget_minutes": compare_budget}, f, indent=1)
+        json.dump(
+            {
+                "comparison": [
+                    {"run": r[0], "best_val_per": r[1], "epochs": r[2], "history": curves[r[0]]} for r in rows
+                ],
+                "best_normalisation": best_mode,
+                "default_normalisation": default_mode,
+                "budget_minutes": compare_budget,
+            },
+            f,
+            indent=1,
+        )
 
 
 if __name__ == "__main__":

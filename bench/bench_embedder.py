@@ -50,6 +50,7 @@ at a time, e.g. each under a CPU lock, and the report made at the end); without 
 the LDA's settings are not compared, since they do not change such a run. Nothing about time is
 asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,54 +95,88 @@ def _runs(minutes: float, ablation_steps: int) -> Dict[str, Run]:
     d = default.model
     # Seed 002's changes on the default network size, so that only the named change differs; and
     # none of speechpipe's additions (SpecAugment, the LDA back end, Ward clustering) until their rows.
-    seed_model = replace(d, margin=1.0, pooling="last", freq_mask=0, time_mask=0, input_noise=0.0, backend="none",
-                         linkage="average", embedding="output", input_statistics=False, output_dim=128)
+    seed_model = replace(
+        d,
+        margin=1.0,
+        pooling="last",
+        freq_mask=0,
+        time_mask=0,
+        input_noise=0.0,
+        backend="none",
+        linkage="average",
+        embedding="output",
+        input_statistics=False,
+        output_dim=128,
+    )
     seed = Run(replace(default, model=seed_model), Seed002Settings())
     softmax = replace(seed, seed002=replace(seed.seed002, output_activation="softmax", clip=False))
     symmetric = replace(softmax, seed002=replace(softmax.seed002, symmetric=True))
     margin = replace(symmetric, config=replace(symmetric.config, model=replace(seed_model, margin=d.margin)))
     in_batch = Run(margin.config)
     c = in_batch.config
-    spec_augment = replace(c, model=replace(c.model, freq_mask=d.freq_mask, time_mask=d.time_mask,
-                                            input_noise=d.input_noise))
+    spec_augment = replace(
+        c, model=replace(c.model, freq_mask=d.freq_mask, time_mask=d.time_mask, input_noise=d.input_noise)
+    )
     # The isotropic LDA: its within-speaker covariance shrunk toward its mean variance.
-    lda = replace(spec_augment, model=replace(spec_augment.model, backend=d.backend, linkage=d.linkage,
-                                              lda_shrinkage=0.05, lda_shrink_toward="isotropic"))
+    lda = replace(
+        spec_augment,
+        model=replace(
+            spec_augment.model, backend=d.backend, linkage=d.linkage, lda_shrinkage=0.05, lda_shrink_toward="isotropic"
+        ),
+    )
     hidden = replace(lda, model=replace(lda.model, embedding="hidden"))
     statistics = replace(hidden, model=replace(hidden.model, input_statistics=d.input_statistics))
     wide = replace(statistics, model=replace(statistics.model, output_dim=d.output_dim))
-    total = replace(wide, model=replace(wide.model, lda_shrinkage=d.lda_shrinkage, lda_shrink_toward=d.lda_shrink_toward))
+    total = replace(
+        wide, model=replace(wide.model, lda_shrinkage=d.lda_shrinkage, lda_shrink_toward=d.lda_shrink_toward)
+    )
     joined = replace(total, model=replace(total.model, embedding=d.embedding))
     if joined != default:
         raise AssertionError("the ablation's last step must be the default configuration")
     # The baseline every learning figure is read against: the default network after one training
     # step (its random weights, in effect) with the back end fitted on its embeddings.
     untrained = replace(default, max_steps=1, eval_every_steps=1, patience_evals=0)
-    return {"untrained": Run(untrained), "seed002": seed, "+softmax": softmax, "+symmetric": symmetric,
-            "+margin": margin, "+in_batch": in_batch, "+spec_augment": Run(spec_augment), "+lda": Run(lda),
-            "+hidden": Run(hidden), "+input_statistics": Run(statistics), "+wide_output": Run(wide),
-            "+lda_total": Run(total), "+hidden_statistics": Run(joined),
-            "default": Run(replace(default, max_steps=0, max_seconds=60.0 * minutes))}
+    return {
+        "untrained": Run(untrained),
+        "seed002": seed,
+        "+softmax": softmax,
+        "+symmetric": symmetric,
+        "+margin": margin,
+        "+in_batch": in_batch,
+        "+spec_augment": Run(spec_augment),
+        "+lda": Run(lda),
+        "+hidden": Run(hidden),
+        "+input_statistics": Run(statistics),
+        "+wide_output": Run(wide),
+        "+lda_total": Run(total),
+        "+hidden_statistics": Run(joined),
+        "default": Run(replace(default, max_steps=0, max_seconds=60.0 * minutes)),
+    }
 
 
 def _features(corpus: str, out: str) -> str:
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from speechpipe.config import FeatureConfig
-    from speechpipe.pipeline.features_job import SUMMARY_FILE, run_job
     from speechpipe.audio.sources import make_spec
+    from speechpipe.config import FeatureConfig
+    from speechpipe.filenames import SUMMARY_FILE
+    from speechpipe.jobs.features_job import run_job
 
     folder = os.path.join(out, "features_global")
     if not os.path.exists(os.path.join(folder, SUMMARY_FILE)):
         started = time.time()
-        run_job(make_spec(os.path.join(corpus, "manifest.jsonl")), FeatureConfig(normalization="global"), folder,
-                PipelineOptions(["--direct_running_mode=in_memory"]))
+        run_job(
+            make_spec(os.path.join(corpus, "manifest.jsonl")),
+            FeatureConfig(normalization="global"),
+            folder,
+            PipelineOptions(["--direct_running_mode=in_memory"]),
+        )
         print(f"features (global normalisation): {time.time() - started:.0f} s")
     return folder
 
 
 def _pairs(features: str, out: str) -> str:
-    from speechpipe.pipeline import pairs_job
+    from speechpipe.jobs import pairs_job
 
     folder = os.path.join(out, "pairs")
     if not os.path.exists(os.path.join(folder, "summary.json")):
@@ -152,11 +187,13 @@ def _pairs(features: str, out: str) -> str:
 def _same_run(stored: Dict[str, object], expected: Dict[str, object]) -> bool:
     """Whether a stored run's settings are `expected`'s, ignoring the LDA's settings where
     neither has an LDA back end (they do not change such a run)."""
+
     def relevant(config: Dict[str, object]) -> Dict[str, object]:
         model = dict(config["model"])
         if model.get("backend") == "none":
             model = {k: v for k, v in model.items() if not k.startswith("lda_")}
         return {**config, "model": model}
+
     return relevant(stored) == relevant(expected)
 
 
@@ -226,7 +263,7 @@ def _embed_audio(model_dir: str, waves: Sequence[np.ndarray], batch: int = 16):
     out = []
     order = np.argsort([len(w) for w in waves])  # similar lengths together: less padding
     for i in range(0, len(order), batch):
-        chunk = [waves[j] for j in order[i:i + batch]]
+        chunk = [waves[j] for j in order[i : i + batch]]
         padded = np.zeros((len(chunk), max(len(w) for w in chunk)), np.float32)
         for k, w in enumerate(chunk):
             padded[k, : len(w)] = w
@@ -250,8 +287,15 @@ def _parity(loaded, utterances: Sequence[str], embeddings: np.ndarray, features:
     return worst
 
 
-def _evaluate(name: str, summary: Dict[str, object], features: str, pairs: str, work: str, out: str,
-              test: Tuple[List[str], List[str], List[np.ndarray]]) -> Dict[str, object]:
+def _evaluate(
+    name: str,
+    summary: Dict[str, object],
+    features: str,
+    pairs: str,
+    work: str,
+    out: str,
+    test: Tuple[List[str], List[str], List[np.ndarray]],
+) -> Dict[str, object]:
     from speechpipe.speakers import speaker_eval
     from speechpipe.speakers.embedder import clustering_distances, score
     from speechpipe.speakers.trials import read_trials
@@ -269,12 +313,22 @@ def _evaluate(name: str, summary: Dict[str, object], features: str, pairs: str, 
     s, y = speaker_eval.trial_scores(by_utterance, listed, score_fn)
     on_list = speaker_eval.verification(s, y)
     fpr, fnr = speaker_eval.det_curve(s, y)
-    s_all, y_all = speaker_eval.trial_scores(by_utterance, speaker_eval.all_pairs_trials(utterances, speakers), score_fn)
+    s_all, y_all = speaker_eval.trial_scores(
+        by_utterance, speaker_eval.all_pairs_trials(utterances, speakers), score_fn
+    )
     on_all = speaker_eval.verification(s_all, y_all)
-    clusters = speaker_eval.clustering(clustering_distances(embeddings, loaded.config), speakers,
-                                       threshold=loaded.info["cluster_threshold"], method=loaded.config.linkage)
-    speaker_eval.plot_embeddings(embeddings, speakers, os.path.join(out, f"embeddings_{name.replace('+', 'plus_')}.png"),
-                                 title=f"{name}: unseen test speakers")
+    clusters = speaker_eval.clustering(
+        clustering_distances(embeddings, loaded.config),
+        speakers,
+        threshold=loaded.info["cluster_threshold"],
+        method=loaded.config.linkage,
+    )
+    speaker_eval.plot_embeddings(
+        embeddings,
+        speakers,
+        os.path.join(out, f"embeddings_{name.replace('+', 'plus_')}.png"),
+        title=f"{name}: unseen test speakers",
+    )
     history = summary["history"]
     return {
         "run": name,
@@ -300,20 +354,40 @@ def _evaluate(name: str, summary: Dict[str, object], features: str, pairs: str, 
 def _report(rows: List[Dict[str, object]], out: str, minutes: float, ablation_steps: int) -> None:
     from speechpipe.speakers import speaker_eval
 
-    speaker_eval.plot_det({r["run"]: (np.array(r["det"][0]), np.array(r["det"][1])) for r in rows},
-                          os.path.join(out, "det.png"), "unseen test speakers, trials_test.txt")
-    speaker_eval.plot_curves({r["run"]: ([h["seconds"] / 60 for h in r["history"]], [100 * h["val_eer"] for h in r["history"]])
-                              for r in rows}, os.path.join(out, "val_eer.png"), "training minutes (wall clock)",
-                             "validation EER (%)", "unseen validation speakers")
-    speaker_eval.plot_curves({r["run"]: ([h["seconds"] / 60 for h in r["history"]], [h["loss"] for h in r["history"]])
-                              for r in rows}, os.path.join(out, "loss.png"), "training minutes (wall clock)",
-                             "training loss (epoch mean)", "training loss")
-    header = ("| run | test EER (list) | minDCF | EER (all pairs) | MR, k given | ARI, k given | MR, threshold "
-              "| clusters | ARI, threshold | linkage | back end | best val EER | min to best | steps "
-              "| Keras \"accuracy\" |")
-    lines = [f"Budget: {ablation_steps} training steps per ablation run, {minutes:g} min for "
-             "`default` (validation included), 2 CPU cores.", "",
-             header, "|" + "---|" * (header.count("|") - 1)]
+    speaker_eval.plot_det(
+        {r["run"]: (np.array(r["det"][0]), np.array(r["det"][1])) for r in rows},
+        os.path.join(out, "det.png"),
+        "unseen test speakers, trials_test.txt",
+    )
+    speaker_eval.plot_curves(
+        {
+            r["run"]: ([h["seconds"] / 60 for h in r["history"]], [100 * h["val_eer"] for h in r["history"]])
+            for r in rows
+        },
+        os.path.join(out, "val_eer.png"),
+        "training minutes (wall clock)",
+        "validation EER (%)",
+        "unseen validation speakers",
+    )
+    speaker_eval.plot_curves(
+        {r["run"]: ([h["seconds"] / 60 for h in r["history"]], [h["loss"] for h in r["history"]]) for r in rows},
+        os.path.join(out, "loss.png"),
+        "training minutes (wall clock)",
+        "training loss (epoch mean)",
+        "training loss",
+    )
+    header = (
+        "| run | test EER (list) | minDCF | EER (all pairs) | MR, k given | ARI, k given | MR, threshold "
+        "| clusters | ARI, threshold | linkage | back end | best val EER | min to best | steps "
+        '| Keras "accuracy" |'
+    )
+    lines = [
+        f"Budget: {ablation_steps} training steps per ablation run, {minutes:g} min for "
+        "`default` (validation included), 2 CPU cores.",
+        "",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+    ]
     for r in rows:
         t, a, c = r["test_trials"], r["test_all_pairs"], r["clustering"]
         acc = r["keras_accuracy_last"]
@@ -321,7 +395,8 @@ def _report(rows: List[Dict[str, object]], out: str, minutes: float, ablation_st
             f"| {r['run']} | {100 * t['eer']:.2f} % | {t['min_dcf']:.3f} | {100 * a['eer']:.2f} % | {c['mr_known']:.3f} "
             f"| {c['ari_known']:.3f} | {c['mr_threshold']:.3f} | {c['clusters_threshold']} | {c['ari_threshold']:.3f} "
             f"| {r.get('linkage', 'average')} | {r.get('backend', 'none')} | {100 * r['best_val_eer']:.2f} % | {r['minutes_to_best']:.1f} | {r['steps']} "
-            f"| {'' if acc is None else f'{acc:.3f}'} |")
+            f"| {'' if acc is None else f'{acc:.3f}'} |"
+        )
     table = "\n".join(lines)
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
         f.write(table + "\n")
@@ -331,21 +406,32 @@ def _report(rows: List[Dict[str, object]], out: str, minutes: float, ablation_st
     default = next((r for r in rows if r["run"] == "default"), None)
     if default:
         eer, mr = default["test_trials"]["eer"], default["clustering"]["mr_known"]
-        print(f"\ndefault on unseen speakers: EER {100 * eer:.2f} % (bar {100 * GOAL_EER:.0f} %: "
-              f"{'met' if eer <= GOAL_EER else 'NOT met'}), MR {mr:.3f} with k given (bar {GOAL_MR}: "
-              f"{'met' if mr <= GOAL_MR else 'NOT met'}), MR {default['clustering']['mr_threshold']:.3f} without k")
-    print("serving/training parity on the test set (max |embed(raw) - embed_segments(features)|): "
-          + ", ".join(f"{r['run']} {r['parity_max_abs_diff']:.1e}" for r in rows))
+        print(
+            f"\ndefault on unseen speakers: EER {100 * eer:.2f} % (bar {100 * GOAL_EER:.0f} %: "
+            f"{'met' if eer <= GOAL_EER else 'NOT met'}), MR {mr:.3f} with k given (bar {GOAL_MR}: "
+            f"{'met' if mr <= GOAL_MR else 'NOT met'}), MR {default['clustering']['mr_threshold']:.3f} without k"
+        )
+    print(
+        "serving/training parity on the test set (max |embed(raw) - embed_segments(features)|): "
+        + ", ".join(f"{r['run']} {r['parity_max_abs_diff']:.1e}" for r in rows)
+    )
     print(f"plots and tables in {out}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="bench_embedder")
-    parser.add_argument("--minutes", type=float, default=float(os.environ.get("BENCH_EMBEDDER_MINUTES", "20")),
-                        help="budget of the main run (default configuration)")
-    parser.add_argument("--ablation-steps", type=int,
-                        default=int(os.environ.get("BENCH_EMBEDDER_ABLATION_STEPS", "1600")),
-                        help="budget of each ablation run (seed 002 -> default, one change at a time)")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=float(os.environ.get("BENCH_EMBEDDER_MINUTES", "20")),
+        help="budget of the main run (default configuration)",
+    )
+    parser.add_argument(
+        "--ablation-steps",
+        type=int,
+        default=int(os.environ.get("BENCH_EMBEDDER_ABLATION_STEPS", "1600")),
+        help="budget of each ablation run (seed 002 -> default, one change at a time)",
+    )
     parser.add_argument("--runs", default=None, help="comma-separated subset of the runs (default: all)")
     parser.add_argument("--out", default=os.environ.get("BENCH_EMBEDDER_OUT") or os.path.join(CACHE, "embedder"))
     parser.add_argument("--no-report", action="store_true", help="train the runs only")

@@ -16,6 +16,7 @@ is. Validation EER over every pair of validation utterances, cosine scoring:
 Compare with the BLSTM's validation EER in bench_embedder (docs/embedder.md, "Where the gap to
 the bar is"). Nothing about time is asserted.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,9 @@ WINDOW, HOP = 40, 20
 def window_statistics(features: np.ndarray) -> np.ndarray:
     """[windows, 2 x bins]: each window's per-bin mean and std (one window when shorter)."""
     starts = range(0, max(1, features.shape[0] - WINDOW + 1), HOP)
-    return np.stack([np.concatenate([features[s:s + WINDOW].mean(0), features[s:s + WINDOW].std(0)])
-                     for s in starts]).astype(np.float32)
+    return np.stack(
+        [np.concatenate([features[s : s + WINDOW].mean(0), features[s : s + WINDOW].std(0)]) for s in starts]
+    ).astype(np.float32)
 
 
 def validation_eer(embeddings: np.ndarray, speakers: Sequence[str]) -> float:
@@ -52,8 +54,11 @@ def _load(features: str) -> Tuple[Dict[str, np.ndarray], List[np.ndarray], List[
     for u in records.read_split(features, "train"):
         train.setdefault(u.speaker, []).append(window_statistics(u.features))
     validation = list(records.read_split(features, "validation"))
-    return ({s: np.concatenate(v) for s, v in train.items()},
-            [window_statistics(u.features) for u in validation], [u.speaker for u in validation])
+    return (
+        {s: np.concatenate(v) for s, v in train.items()},
+        [window_statistics(u.features) for u in validation],
+        [u.speaker for u in validation],
+    )
 
 
 def lda_eer(train: Dict[str, np.ndarray], validation: List[np.ndarray], speakers: List[str], dims: int = 40) -> float:
@@ -70,8 +75,14 @@ def lda_eer(train: Dict[str, np.ndarray], validation: List[np.ndarray], speakers
     return validation_eer(np.stack([embed(v) for v in validation]), speakers)
 
 
-def mlp_eers(train: Dict[str, np.ndarray], validation: List[np.ndarray], speakers: List[str], outputs: int,
-             steps: int, seed: int = 0) -> Tuple[float, float]:
+def mlp_eers(
+    train: Dict[str, np.ndarray],
+    validation: List[np.ndarray],
+    speakers: List[str],
+    outputs: int,
+    steps: int,
+    seed: int = 0,
+) -> Tuple[float, float]:
     """(output EER, hidden EER) of the MLP after `steps` steps."""
     import tensorflow as tf
     import tf_keras as keras
@@ -97,8 +108,10 @@ def mlp_eers(train: Dict[str, np.ndarray], validation: List[np.ndarray], speaker
         chosen = rng.choice(len(names), 16, replace=False)
         x = np.concatenate([train[names[i]][rng.integers(0, len(train[names[i]]), 8)] for i in chosen])
         step(x, np.repeat(chosen, 8).astype(np.int32))
-    return (validation_eer(np.stack([model(v).numpy().mean(0) for v in validation]), speakers),
-            validation_eer(np.stack([hidden_model(v).numpy().mean(0) for v in validation]), speakers))
+    return (
+        validation_eer(np.stack([model(v).numpy().mean(0) for v in validation]), speakers),
+        validation_eer(np.stack([hidden_model(v).numpy().mean(0) for v in validation]), speakers),
+    )
 
 
 def main() -> None:
@@ -108,17 +121,23 @@ def main() -> None:
     corpus = bench_corpus()
     features = bench_embedder._features(corpus, derived_dir(out, corpus))
     train, validation, speakers = _load(features)
-    print(f"{len(train)} training speakers, {sum(len(v) for v in train.values())} windows; "
-          f"{len(set(speakers))} validation speakers, {len(speakers)} utterances")
+    print(
+        f"{len(train)} training speakers, {sum(len(v) for v in train.values())} windows; "
+        f"{len(set(speakers))} validation speakers, {len(speakers)} utterances"
+    )
     started = time.time()
-    print(f"LDA on window statistics: validation EER {100 * lda_eer(train, validation, speakers):.2f} % "
-          f"({time.time() - started:.0f} s)")
+    print(
+        f"LDA on window statistics: validation EER {100 * lda_eer(train, validation, speakers):.2f} % "
+        f"({time.time() - started:.0f} s)"
+    )
     steps = int(os.environ.get("BENCH_CEILING_STEPS", "2000"))
     for outputs in (int(o) for o in os.environ.get("BENCH_CEILING_OUTPUTS", "128,2048").split(",")):
         started = time.time()
         output_eer, hidden_eer = mlp_eers(train, validation, speakers, outputs, steps)
-        print(f"MLP + KL hinge, output {outputs}, {steps} steps: validation EER {100 * output_eer:.2f} % (output), "
-              f"{100 * hidden_eer:.2f} % (hidden layer) ({time.time() - started:.0f} s)")
+        print(
+            f"MLP + KL hinge, output {outputs}, {steps} steps: validation EER {100 * output_eer:.2f} % (output), "
+            f"{100 * hidden_eer:.2f} % (hidden layer) ({time.time() - started:.0f} s)"
+        )
 
 
 if __name__ == "__main__":

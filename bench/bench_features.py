@@ -13,6 +13,7 @@ ru_maxrss in multi_processing, which for a worker includes what it inherited at 
 2x the corpus (the 2x manifest lists every utterance twice under new ids): flat means the ratio
 stays near 1.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,10 +48,16 @@ def naive(corpus: str, items: List[Dict], out: str) -> Tuple[float, float, float
             y, sr = librosa.load(os.path.join(corpus, item["audio"]))
             seconds += len(y) / sr
             mel = np.log(librosa.feature.melspectrogram(y=y, sr=sr) + 1e-6).T
-            example = tf.train.Example(features=tf.train.Features(feature={
-                "features": tf.train.Feature(float_list=tf.train.FloatList(value=mel.ravel())),
-                "utterance": tf.train.Feature(bytes_list=tf.train.BytesList(value=[item["utterance"].encode()])),
-            }))
+            example = tf.train.Example(
+                features=tf.train.Features(
+                    feature={
+                        "features": tf.train.Feature(float_list=tf.train.FloatList(value=mel.ravel())),
+                        "utterance": tf.train.Feature(
+                            bytes_list=tf.train.BytesList(value=[item["utterance"].encode()])
+                        ),
+                    }
+                )
+            )
             writer.write(example.SerializeToString())
     return seconds, time.perf_counter() - started, time.process_time() - cpu
 
@@ -58,8 +65,8 @@ def naive(corpus: str, items: List[Dict], out: str) -> Tuple[float, float, float
 def floor(corpus: str, items: List[Dict]) -> Tuple[float, float, float]:
     """Features + normalisation on already-decoded arrays; (audio seconds, wall, CPU seconds)."""
     from speechpipe.audio.decode import decode
-    from speechpipe.config import FeatureConfig
     from speechpipe.audio.features import compute_features, normalise
+    from speechpipe.config import FeatureConfig
 
     config = FeatureConfig()
     decoded = [decode(os.path.join(corpus, i["audio"]), config.sample_rate).samples for i in items]
@@ -67,8 +74,7 @@ def floor(corpus: str, items: List[Dict]) -> Tuple[float, float, float]:
     started, cpu = time.perf_counter(), time.process_time()
     for samples in decoded:
         normalise(compute_features(samples, config), config)
-    return (sum(len(s) for s in decoded) / config.sample_rate, time.perf_counter() - started,
-            time.process_time() - cpu)
+    return (sum(len(s) for s in decoded) / config.sample_rate, time.perf_counter() - started, time.process_time() - cpu)
 
 
 def _job(manifest: str, out: str, mode: str, workers: int) -> Dict[str, float]:
@@ -94,23 +100,38 @@ def _own_peak_kb() -> int:
 def _child(manifest: str, out: str, mode: str, workers: str) -> None:
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from speechpipe.config import FeatureConfig
-    from speechpipe.pipeline.features_job import run_job
     from speechpipe.audio.sources import make_spec
+    from speechpipe.config import FeatureConfig
+    from speechpipe.jobs.features_job import run_job
 
     def cpu_seconds() -> float:
         # in_memory runs in this process; multi_processing's workers are its children
-        return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
-                                                     resource.getrusage(resource.RUSAGE_CHILDREN)))
+        return sum(
+            u.ru_utime + u.ru_stime
+            for u in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+        )
 
     cpu_before, started = cpu_seconds(), time.perf_counter()
-    summary = run_job(make_spec(manifest), FeatureConfig(), out, PipelineOptions(
-        [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]))
+    summary = run_job(
+        make_spec(manifest),
+        FeatureConfig(),
+        out,
+        PipelineOptions([f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]),
+    )
     wall = time.perf_counter() - started
     cpu = cpu_seconds() - cpu_before
     peak_kb = _own_peak_kb() + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"wall": wall, "cpu": cpu, "peak_mb": peak_kb / 1024,
-                      "seconds": sum(summary["audio_seconds"].values()), "good": sum(summary["good"].values())}))
+    print(
+        json.dumps(
+            {
+                "wall": wall,
+                "cpu": cpu,
+                "peak_mb": peak_kb / 1024,
+                "seconds": sum(summary["audio_seconds"].values()),
+                "good": sum(summary["good"].values()),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -127,11 +148,29 @@ def main() -> None:
         audio, wall, cpu = floor(corpus, items)
         rows.append(("floor: features on decoded arrays", "all", audio, wall, 1, cpu, None))
         single = _job(os.path.join(corpus, "manifest.jsonl"), os.path.join(tmp, "in_memory"), "in_memory", 1)
-        rows.append(("job, DirectRunner in_memory", "all", single["seconds"], single["wall"], 1, single["cpu"],
-                     single["peak_mb"]))
+        rows.append(
+            (
+                "job, DirectRunner in_memory",
+                "all",
+                single["seconds"],
+                single["wall"],
+                1,
+                single["cpu"],
+                single["peak_mb"],
+            )
+        )
         multi = _job(os.path.join(corpus, "manifest.jsonl"), os.path.join(tmp, "multi"), "multi_processing", cores)
-        rows.append((f"job, DirectRunner multi_processing x{cores}", "all", multi["seconds"], multi["wall"], cores,
-                     multi["cpu"], multi["peak_mb"]))
+        rows.append(
+            (
+                f"job, DirectRunner multi_processing x{cores}",
+                "all",
+                multi["seconds"],
+                multi["wall"],
+                cores,
+                multi["cpu"],
+                multi["peak_mb"],
+            )
+        )
 
         doubled = os.path.join(corpus, "manifest_x2.jsonl")
         with open(doubled, "w", encoding="utf-8") as f:
@@ -139,8 +178,17 @@ def main() -> None:
                 for item in items:
                     f.write(json.dumps({**item, "utterance": item["utterance"] + copy}, ensure_ascii=False) + "\n")
         double = _job(doubled, os.path.join(tmp, "x2"), "in_memory", 1)
-        rows.append(("job, in_memory, corpus x2", "all x2", double["seconds"], double["wall"], 1, double["cpu"],
-                     double["peak_mb"]))
+        rows.append(
+            (
+                "job, in_memory, corpus x2",
+                "all x2",
+                double["seconds"],
+                double["wall"],
+                1,
+                double["cpu"],
+                double["peak_mb"],
+            )
+        )
 
     # "per core": audio seconds per wall second per core the run may use; "per CPU s": audio
     # seconds per CPU second it did use (user + system, every thread and worker process), which
@@ -148,8 +196,10 @@ def main() -> None:
     print(f"\n{'':46} {'input':>8} {'x real time':>12} {'per core':>10} {'per CPU s':>10} {'peak MB':>9}")
     for name, subset, audio, wall, used, cpu, peak in rows:
         per_cpu = f"{audio / cpu:10.0f}" if cpu else f"{'':10}"
-        print(f"{name:46} {subset:>8} {audio / wall:12.0f} {audio / wall / used:10.0f} {per_cpu} "
-              f"{'' if peak is None else f'{peak:9.0f}'}")
+        print(
+            f"{name:46} {subset:>8} {audio / wall:12.0f} {audio / wall / used:10.0f} {per_cpu} "
+            f"{'' if peak is None else f'{peak:9.0f}'}"
+        )
     naive_rate = rows[0][2] / rows[0][3]
     floor_rate = rows[1][2] / rows[1][3]
     best = max(r[2] / r[3] / r[4] for r in rows[2:4])
@@ -158,11 +208,15 @@ def main() -> None:
     # the corpus; the difference between the two in_memory runs is the steady-state rate.
     marginal = (double["seconds"] - single["seconds"]) / max(double["wall"] - single["wall"], 1e-9)
     marginal_cpu = (double["seconds"] - single["seconds"]) / max(double["cpu"] - single["cpu"], 1e-9)
-    print(f"steady state (x2 run minus x1 run, in_memory, one core): {marginal:.0f} x real time, "
-          f"{marginal_cpu:.0f} per CPU second")
+    print(
+        f"steady state (x2 run minus x1 run, in_memory, one core): {marginal:.0f} x real time, "
+        f"{marginal_cpu:.0f} per CPU second"
+    )
     print(f"peak memory x2 corpus / x1 corpus (in_memory): {double['peak_mb'] / single['peak_mb']:.2f}")
-    print(f"job wall: in_memory {single['wall']:.1f} s, multi_processing {multi['wall']:.1f} s, x2 {double['wall']:.1f} s; "
-          f"CPU: {single['cpu']:.1f} s, {multi['cpu']:.1f} s, {double['cpu']:.1f} s")
+    print(
+        f"job wall: in_memory {single['wall']:.1f} s, multi_processing {multi['wall']:.1f} s, x2 {double['wall']:.1f} s; "
+        f"CPU: {single['cpu']:.1f} s, {multi['cpu']:.1f} s, {double['cpu']:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@
 
 Nothing is asserted about time: the figures are printed (and saved as JSON next to the data).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,6 +49,7 @@ _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 # ----------------------------------------------------------------------------------------------
 # The synthetic index
 
+
 def synth_speakers(speakers: int, utterances: int, seed: int = 0) -> List[Tuple[str, str, List[Tuple[str, int]]]]:
     """[(speaker, split, [(session, utterances in it), ...])], VoxCeleb2-shaped: utterance counts
     log-normal around the mean (clipped 20..1,200), ~7.5 utterances a video."""
@@ -64,8 +66,8 @@ def synth_speakers(speakers: int, utterances: int, seed: int = 0) -> List[Tuple[
     n_val = n_test = round(speakers * 0.15)
     split_of = np.empty(speakers, dtype=object)
     split_of[order[:n_test]] = "test"
-    split_of[order[n_test:n_test + n_val]] = "validation"
-    split_of[order[n_test + n_val:]] = "train"
+    split_of[order[n_test : n_test + n_val]] = "validation"
+    split_of[order[n_test + n_val :]] = "train"
     result = []
     for index in range(speakers):
         n = int(counts[index])
@@ -99,9 +101,11 @@ def write_index(root: str, speakers: int, utterances: int, shards: int = 16, see
                 for k in range(size):
                     frames = int(rng.integers(0, 40)) if too_short[k] else min(int(seconds[k] * 100) - 2, 2000)
                     short += bool(too_short[k])
-                    line = (f'{{"utterance": "{speaker}/{session}/{k + 1:05d}", "speaker": "{speaker}", '
-                            f'"session": "{session}", "split": "{split}", "num_frames": {frames}, '
-                            f'"duration": {frames / 100 + 0.015:.3f}}}\n')
+                    line = (
+                        f'{{"utterance": "{speaker}/{session}/{k + 1:05d}", "speaker": "{speaker}", '
+                        f'"session": "{session}", "split": "{split}", "num_frames": {frames}, '
+                        f'"duration": {frames / 100 + 0.015:.3f}}}\n'
+                    )
                     files[written % shards].write(line)
                     written += 1
     finally:
@@ -115,7 +119,7 @@ def cap_for_target(speakers, target_pairs: int, config: PairConfig) -> Tuple[int
     (the job's own rule; the few utterances excluded as too short make the job's count a
     little lower)."""
     available = []
-    for speaker, split, sessions in speakers:
+    for _speaker, _split, sessions in speakers:
         n = sum(size for _, size in sessions)
         available.append((n * n - sum(size * size for _, size in sessions)) // 2)
     available = np.asarray(available)
@@ -136,6 +140,7 @@ def cap_for_target(speakers, target_pairs: int, config: PairConfig) -> Tuple[int
 
 # ----------------------------------------------------------------------------------------------
 # Running the job with its memory watched
+
 
 class TreeMemory:
     """Peak RSS of a process and all its descendants, sampled every `interval` seconds."""
@@ -174,8 +179,20 @@ class TreeMemory:
 
 
 def run_job(features: str, out: str, cap: int, extra: Sequence[str] = ()) -> Dict[str, object]:
-    command = [sys.executable, "-m", "speechpipe.cli", "pairs", "--features", features, "--out", out,
-               "--speaker_cap", str(cap), "--overwrite", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "speechpipe.cli",
+        "pairs",
+        "--features",
+        features,
+        "--out",
+        out,
+        "--speaker_cap",
+        str(cap),
+        "--overwrite",
+        *extra,
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -217,9 +234,10 @@ def folder_bytes(root: str) -> int:
 # ----------------------------------------------------------------------------------------------
 # Baseline: naive quadratic builder on a subset
 
+
 def _subset_groups(speakers, count: int, config: PairConfig) -> List[SpeakerUtterances]:
     groups = []
-    for speaker, split, sessions in speakers[:count]:
+    for speaker, _split, sessions in speakers[:count]:
         items = [(f"{speaker}/{session}/{k + 1:05d}", session) for session, size in sessions for k in range(size)]
         groups.append(SpeakerUtterances.build("train", speaker, items))
     return groups
@@ -231,11 +249,14 @@ def naive_pairs(groups: List[SpeakerUtterances], config: PairConfig) -> Tuple[in
     straightforward builder does. Returns (pairs drawn, candidates listed)."""
     ids = [u for g in groups for u in g.utterances]
     speaker_of = np.concatenate([np.full(len(g.utterances), k) for k, g in enumerate(groups)])
-    session_of = np.concatenate([
-        np.repeat(np.arange(len(g.session_starts)) + 1000 * k,
-                  np.diff(list(g.session_starts) + [len(g.utterances)]))
-        for k, g in enumerate(groups)
-    ])
+    session_of = np.concatenate(
+        [
+            np.repeat(
+                np.arange(len(g.session_starts)) + 1000 * k, np.diff(list(g.session_starts) + [len(g.utterances)])
+            )
+            for k, g in enumerate(groups)
+        ]
+    )
     i, j = np.triu_indices(len(ids), k=1)
     same = speaker_of[i] == speaker_of[j]
     if config.cross_session:
@@ -295,8 +316,10 @@ def baseline(speakers, cap: int, subset: int) -> Dict[str, object]:
 # ----------------------------------------------------------------------------------------------
 # Design: joined segment pairs vs references
 
-def design_comparison(work: str, pairs: int = 200_000, joined_pairs: int = 12_000, utterances: int = 4_000,
-                      seed: int = 0) -> Dict[str, object]:
+
+def design_comparison(
+    work: str, pairs: int = 200_000, joined_pairs: int = 12_000, utterances: int = 4_000, seed: int = 0
+) -> Dict[str, object]:
     """Bytes per pair and tf.data pairs/s for the two ways a pair can reach the trainer.
 
     Both produce the same batches: ((B, 40, 80), (B, 40, 80)) float32 and B labels. Joined
@@ -311,6 +334,7 @@ def design_comparison(work: str, pairs: int = 200_000, joined_pairs: int = 12_00
     frames_per_segment, bins, batch = 40, 80, 256
     rng = np.random.default_rng(seed)
     lengths = np.clip((rng.exponential(3.8, utterances) + 4.0) * 100, 400, 2000).astype(np.int64)
+
     # Smooth, CMVN-like features: what a log-mel looks like to a compressor (no long runs).
     def utterance_features(n: int) -> np.ndarray:
         base = rng.standard_normal((n, bins)).astype(np.float32)
@@ -336,12 +360,16 @@ def design_comparison(work: str, pairs: int = 200_000, joined_pairs: int = 12_00
             for u in (a, b):
                 offset = int(rng.integers(0, lengths[u] - frames_per_segment + 1))
                 start = int(table.starts[u]) + offset
-                segs.append(table.frames[start:start + frames_per_segment].ravel())
-            example = tf.train.Example(features=tf.train.Features(feature={
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-                "segment_a": tf.train.Feature(float_list=tf.train.FloatList(value=segs[0])),
-                "segment_b": tf.train.Feature(float_list=tf.train.FloatList(value=segs[1])),
-            })).SerializeToString()
+                segs.append(table.frames[start : start + frames_per_segment].ravel())
+            example = tf.train.Example(
+                features=tf.train.Features(
+                    feature={
+                        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                        "segment_a": tf.train.Feature(float_list=tf.train.FloatList(value=segs[0])),
+                        "segment_b": tf.train.Feature(float_list=tf.train.FloatList(value=segs[1])),
+                    }
+                )
+            ).SerializeToString()
             wz.write(example)
             wr.write(example)
 
@@ -358,8 +386,12 @@ def design_comparison(work: str, pairs: int = 200_000, joined_pairs: int = 12_00
             shape = [-1, frames_per_segment, bins]
             return (tf.reshape(parsed["segment_a"], shape), tf.reshape(parsed["segment_b"], shape)), parsed["label"]
 
-        return (tf.data.TFRecordDataset(path, compression_type=compression, buffer_size=8 << 20)
-                .batch(batch).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+        return (
+            tf.data.TFRecordDataset(path, compression_type=compression, buffer_size=8 << 20)
+            .batch(batch)
+            .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE)
+        )
 
     def throughput(make, repeats: int = 3) -> float:
         """Best of `repeats` full passes over one dataset (built once: building the in-memory
@@ -386,8 +418,8 @@ def design_comparison(work: str, pairs: int = 200_000, joined_pairs: int = 12_00
         "table_frames": int(lengths.sum()),
         "references": {
             "bytes_per_pair": os.path.getsize(ref_path) / pairs,
-            "resolved_bytes_per_pair": (references.rows_a.nbytes + references.rows_b.nbytes
-                                        + references.labels.nbytes) / pairs,
+            "resolved_bytes_per_pair": (references.rows_a.nbytes + references.rows_b.nbytes + references.labels.nbytes)
+            / pairs,
             "load_pairs_per_s": pairs / load_s,
             "pairs_per_s_in_memory": throughput(lambda: pair_dataset(references, table, batch_size=batch, seed=seed)),
             "table_bytes": int(table.frames.nbytes),
@@ -406,21 +438,25 @@ def design_comparison(work: str, pairs: int = 200_000, joined_pairs: int = 12_00
     table.save(table_dir)
     mapped = SegmentTable.load(table_dir, mmap=True)
     results["references"]["pairs_per_s_memory_mapped"] = throughput(
-        lambda: pair_dataset(references, mapped, batch_size=batch, seed=seed))
+        lambda: pair_dataset(references, mapped, batch_size=batch, seed=seed)
+    )
     return results
 
 
 # ----------------------------------------------------------------------------------------------
+
 
 def _mb(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
 def _job_line(name: str, job: Dict[str, object]) -> str:
-    return (f"{name:<34} {job['pairs']:>11,} pairs {job['wall_s']:7.0f} s wall {job['cpu_s']:6.0f} s CPU "
-            f"{job['pairs_per_s']:9,.0f} pairs/s   peak {_mb(job['peak_rss_tree_bytes']):>10} "
-            f"(largest process {_mb(job['peak_rss_largest_process_bytes'])}); load {job['load_average'][0]:.1f}"
-            f"->{job['load_average'][1]:.1f}")
+    return (
+        f"{name:<34} {job['pairs']:>11,} pairs {job['wall_s']:7.0f} s wall {job['cpu_s']:6.0f} s CPU "
+        f"{job['pairs_per_s']:9,.0f} pairs/s   peak {_mb(job['peak_rss_tree_bytes']):>10} "
+        f"(largest process {_mb(job['peak_rss_largest_process_bytes'])}); load {job['load_average'][0]:.1f}"
+        f"->{job['load_average'][1]:.1f}"
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -428,8 +464,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of VoxCeleb2 size, default 1")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder and the outputs")
-    parser.add_argument("--quick", action="store_true",
-                        help="only the default run (no in_memory comparison or pair-count sweep)")
+    parser.add_argument(
+        "--quick", action="store_true", help="only the default run (no in_memory comparison or pair-count sweep)"
+    )
     parser.add_argument("--skip-design", action="store_true", help="skip the storage/throughput comparison")
     args = parser.parse_args(argv if argv is not None else (sys.argv[1:] if __name__ == "__main__" else []))
 
@@ -438,29 +475,42 @@ def main(argv: Optional[List[str]] = None) -> int:
     target = round(TARGET_PAIRS * args.scale)
     work = args.work or tempfile.mkdtemp(prefix="bench_pairs_")
     os.makedirs(work, exist_ok=True)
-    results: Dict[str, object] = {"scale": args.scale, "speakers": speakers, "utterances": utterances,
-                                  "target_pairs": target, "cpus": os.cpu_count()}
+    results: Dict[str, object] = {
+        "scale": args.scale,
+        "speakers": speakers,
+        "utterances": utterances,
+        "target_pairs": target,
+        "cpus": os.cpu_count(),
+    }
     try:
         started = time.perf_counter()
         features = os.path.join(work, "features")
         if os.path.exists(features):
             shutil.rmtree(features)
         index = write_index(features, speakers, utterances)
-        results["index"] = {**index, "seconds": time.perf_counter() - started,
-                            "bytes": folder_bytes(os.path.join(features, "index"))}
-        print(f"index: {index['utterances']:,} utterances of {speakers:,} speakers "
-              f"({index['short']} too short), {_mb(results['index']['bytes'])}, "
-              f"written in {results['index']['seconds']:.0f} s", flush=True)
+        results["index"] = {
+            **index,
+            "seconds": time.perf_counter() - started,
+            "bytes": folder_bytes(os.path.join(features, "index")),
+        }
+        print(
+            f"index: {index['utterances']:,} utterances of {speakers:,} speakers "
+            f"({index['short']} too short), {_mb(results['index']['bytes'])}, "
+            f"written in {results['index']['seconds']:.0f} s",
+            flush=True,
+        )
 
         config = PairConfig()
         synth = synth_speakers(speakers, utterances)
         cap, predicted = cap_for_target(synth, target, config)
         small_cap, small_predicted = cap_for_target(synth, target // 10, config)
         results["speaker_cap"] = cap
-        print(f"speaker cap {cap} -> ~{predicted:,} pairs (target {target:,}); "
-              f"cap {small_cap} -> ~{small_predicted:,}", flush=True)
+        print(
+            f"speaker cap {cap} -> ~{predicted:,} pairs (target {target:,}); cap {small_cap} -> ~{small_predicted:,}",
+            flush=True,
+        )
 
-        from speechpipe.pipeline.pairs_job import default_running_mode
+        from speechpipe.jobs.pairs_job import default_running_mode
 
         default = default_running_mode(results["index"]["bytes"])
         other = "in_memory" if default == "multi_processing" else "multi_processing"
@@ -468,45 +518,59 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.quick:
             # The other running mode, and the same index to a tenth of the pairs: memory that
             # does not depend on the pair count stays the same.
-            other_args = [f"--direct_running_mode={other}"] + (["--direct_num_workers=0"] if other == "multi_processing" else [])
-            runs += [(other, cap, other_args),
-                     ("in_memory, a tenth of the pairs", small_cap, ["--direct_running_mode=in_memory"])]
+            other_args = [f"--direct_running_mode={other}"] + (
+                ["--direct_num_workers=0"] if other == "multi_processing" else []
+            )
+            runs += [
+                (other, cap, other_args),
+                ("in_memory, a tenth of the pairs", small_cap, ["--direct_running_mode=in_memory"]),
+            ]
         results["jobs"] = {}
         out = os.path.join(work, "pairs")
         for name, run_cap, extra in runs:
             job = run_job(features, out, run_cap, extra)
             summary = job.pop("summary")
             total = summary["pairs_per_label"]["same"] + summary["pairs_per_label"]["different"]
-            job.update({
-                "speaker_cap": run_cap,
-                "pairs": total,
-                "pairs_per_label": summary["pairs_per_label"],
-                "excluded_short": summary["excluded_short"],
-                "speakers_capped": summary["speakers_capped"],
-                "pairs_bytes": folder_bytes(os.path.join(out, "pairs")),
-                "trials_bytes": sum(os.path.getsize(os.path.join(out, f"trials_{s}.txt")) for s in SPLITS),
-                "pairs_per_s": total / job["wall_s"],
-            })
+            job.update(
+                {
+                    "speaker_cap": run_cap,
+                    "pairs": total,
+                    "pairs_per_label": summary["pairs_per_label"],
+                    "excluded_short": summary["excluded_short"],
+                    "speakers_capped": summary["speakers_capped"],
+                    "pairs_bytes": folder_bytes(os.path.join(out, "pairs")),
+                    "trials_bytes": sum(os.path.getsize(os.path.join(out, f"trials_{s}.txt")) for s in SPLITS),
+                    "pairs_per_s": total / job["wall_s"],
+                }
+            )
             results["jobs"][name] = job
             print(_job_line(name, job), flush=True)
             if len(results["jobs"]) == 1:
-                print(f"     {summary['pairs_per_label']}; pair references {_mb(job['pairs_bytes'])} "
-                      f"({job['pairs_bytes'] / total:.1f} B/pair), trial lists {_mb(job['trials_bytes'])} "
-                      f"({job['trials_bytes'] / total:.1f} B/pair); {job['excluded_short']} short utterances "
-                      f"excluded, {job['speakers_capped']} speakers capped", flush=True)
+                print(
+                    f"     {summary['pairs_per_label']}; pair references {_mb(job['pairs_bytes'])} "
+                    f"({job['pairs_bytes'] / total:.1f} B/pair), trial lists {_mb(job['trials_bytes'])} "
+                    f"({job['trials_bytes'] / total:.1f} B/pair); {job['excluded_short']} short utterances "
+                    f"excluded, {job['speakers_capped']} speakers capped",
+                    flush=True,
+                )
             if not args.keep:
                 shutil.rmtree(out, ignore_errors=True)
 
         base = baseline(synth, cap, subset=40)
         results["baseline"] = base
-        print(f"baseline on {base['subset_speakers']} speakers / {base['subset_utterances']:,} utterances, "
-              f"{base['ours']['pairs']:,} pairs: naive lists {base['naive']['candidates']:,} candidates in "
-              f"{base['naive']['seconds']:.2f} s, peak heap {_mb(base['naive']['peak_heap_bytes'])}; ours "
-              f"{base['ours']['seconds']:.2f} s, {base['ours']['peak_heap_bytes'] / 1024:,.0f} KiB: naive/ours "
-              f"time x{base['time_ratio_naive_over_ours']:.1f}, memory x{base['memory_ratio_naive_over_ours']:,.0f}",
-              flush=True)
-        print(f"     naive at full size: {base['naive_candidates_at_full_size']:.2e} candidates, "
-              f"~{base['naive_bytes_at_full_size'] / 2**40:,.0f} TiB", flush=True)
+        print(
+            f"baseline on {base['subset_speakers']} speakers / {base['subset_utterances']:,} utterances, "
+            f"{base['ours']['pairs']:,} pairs: naive lists {base['naive']['candidates']:,} candidates in "
+            f"{base['naive']['seconds']:.2f} s, peak heap {_mb(base['naive']['peak_heap_bytes'])}; ours "
+            f"{base['ours']['seconds']:.2f} s, {base['ours']['peak_heap_bytes'] / 1024:,.0f} KiB: naive/ours "
+            f"time x{base['time_ratio_naive_over_ours']:.1f}, memory x{base['memory_ratio_naive_over_ours']:,.0f}",
+            flush=True,
+        )
+        print(
+            f"     naive at full size: {base['naive_candidates_at_full_size']:.2e} candidates, "
+            f"~{base['naive_bytes_at_full_size'] / 2**40:,.0f} TiB",
+            flush=True,
+        )
         if not args.skip_design:
             design_dir = os.path.join(work, "design")
             os.makedirs(design_dir, exist_ok=True)
@@ -515,18 +579,30 @@ def main(argv: Optional[List[str]] = None) -> int:
             r, jz, jr = design["references"], design["joined_gzip"], design["joined_uncompressed"]
             first_job = next(iter(results["jobs"].values()))
             total = first_job["pairs"]
-            print(f"design: pairs of {design['segment'][0]}x{design['segment'][1]} float32 segments in batches of "
-                  f"{design['batch']}, tf.data on {os.cpu_count()} cores ({design['pairs']:,} references, "
-                  f"{design['joined_pairs']:,} joined pairs):", flush=True)
-            print(f"     references:   {r['bytes_per_pair']:8.1f} B/pair on disk ({r['resolved_bytes_per_pair']:.0f} in memory), "
-                  f"{r['pairs_per_s_in_memory']:9,.0f} pairs/s (table in memory), "
-                  f"{r['pairs_per_s_memory_mapped']:9,.0f} pairs/s (table memory-mapped); "
-                  f"loaded at {r['load_pairs_per_s']:,.0f} pairs/s", flush=True)
-            print(f"     joined, GZIP: {jz['bytes_per_pair']:8.1f} B/pair, {jz['pairs_per_s']:9,.0f} pairs/s", flush=True)
-            print(f"     joined, raw:  {jr['bytes_per_pair']:8.1f} B/pair, {jr['pairs_per_s']:9,.0f} pairs/s", flush=True)
-            print(f"     for {total:,} pairs: references {_mb(first_job['pairs_bytes'])} (the job's files), joined GZIP "
-                  f"{jz['bytes_per_pair'] * total / 2**30:,.0f} GiB, joined raw {jr['bytes_per_pair'] * total / 2**30:,.0f} GiB",
-                  flush=True)
+            print(
+                f"design: pairs of {design['segment'][0]}x{design['segment'][1]} float32 segments in batches of "
+                f"{design['batch']}, tf.data on {os.cpu_count()} cores ({design['pairs']:,} references, "
+                f"{design['joined_pairs']:,} joined pairs):",
+                flush=True,
+            )
+            print(
+                f"     references:   {r['bytes_per_pair']:8.1f} B/pair on disk ({r['resolved_bytes_per_pair']:.0f} in memory), "
+                f"{r['pairs_per_s_in_memory']:9,.0f} pairs/s (table in memory), "
+                f"{r['pairs_per_s_memory_mapped']:9,.0f} pairs/s (table memory-mapped); "
+                f"loaded at {r['load_pairs_per_s']:,.0f} pairs/s",
+                flush=True,
+            )
+            print(
+                f"     joined, GZIP: {jz['bytes_per_pair']:8.1f} B/pair, {jz['pairs_per_s']:9,.0f} pairs/s", flush=True
+            )
+            print(
+                f"     joined, raw:  {jr['bytes_per_pair']:8.1f} B/pair, {jr['pairs_per_s']:9,.0f} pairs/s", flush=True
+            )
+            print(
+                f"     for {total:,} pairs: references {_mb(first_job['pairs_bytes'])} (the job's files), joined GZIP "
+                f"{jz['bytes_per_pair'] * total / 2**30:,.0f} GiB, joined raw {jr['bytes_per_pair'] * total / 2**30:,.0f} GiB",
+                flush=True,
+            )
         path = os.path.join(work, "bench_pairs.json")
         with open(path, "w") as f:
             json.dump(results, f, indent=1)

@@ -19,6 +19,7 @@ phonemiser per worker, so a machine's rate is this times its workers):
 Each row is the best of three timing windows after a warm-up pass. Nothing is asserted: the
 figures and their ratios are printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -116,8 +117,8 @@ def _cli_rows(language: str, texts: Sequence[str], seconds: float) -> List[Row]:
 
 
 def language_rows(language: str, texts: Sequence[str], seconds: float) -> List[Row]:
-    from speechpipe.corpus.espeak import EspeakEngine, EspeakVoice
-    from speechpipe.phones.phonemizer import Phonemizer, PhonemizeError
+    from speechpipe.phones.espeak import EspeakEngine, EspeakVoice
+    from speechpipe.phones.phonemizer import PhonemizeError, Phonemizer
 
     phonemizer = Phonemizer(language)
     engine = EspeakEngine.get()
@@ -132,8 +133,7 @@ def language_rows(language: str, texts: Sequence[str], seconds: float) -> List[R
 
     rows = [_measure("naive, one engine call per word", texts, per_word, seconds)]
     rows += _cli_rows(language, texts, seconds)
-    rows.append(_measure("floor: bare engine call per utterance", texts, lambda t: engine.phonemize(t, voice),
-                         seconds))
+    rows.append(_measure("floor: bare engine call per utterance", texts, lambda t: engine.phonemize(t, voice), seconds))
     rows.append(_measure("speechpipe Phonemizer.phones", texts, phonemizer.phones, seconds))
     if language == "de":
         failing = [t.rstrip(".!?") + ", cool." for t in texts]
@@ -160,10 +160,15 @@ def _print(language: str, rows: List[Row]) -> None:
         print(f"{name:46} {utterances / seconds:10.0f} {words / seconds:10.0f} {1000 * seconds / utterances:8.3f}")
     rate = {name: utterances / seconds for name, utterances, _, seconds in rows}
     ours = rate["speechpipe Phonemizer.phones"]
-    print(f"speechpipe / naive per word: {ours / rate['naive, one engine call per word']:.1f}x   "
-          f"speechpipe / floor: {ours / rate['floor: bare engine call per utterance']:.2f}"
-          + (f"   speechpipe / espeak-ng CLI: {ours / rate['espeak-ng CLI, per utterance']:.0f}x"
-             if "espeak-ng CLI, per utterance" in rate else "   (espeak-ng CLI not installed: no CLI row)"))
+    print(
+        f"speechpipe / naive per word: {ours / rate['naive, one engine call per word']:.1f}x   "
+        f"speechpipe / floor: {ours / rate['floor: bare engine call per utterance']:.2f}"
+        + (
+            f"   speechpipe / espeak-ng CLI: {ours / rate['espeak-ng CLI, per utterance']:.0f}x"
+            if "espeak-ng CLI, per utterance" in rate
+            else "   (espeak-ng CLI not installed: no CLI row)"
+        )
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -18,7 +18,7 @@ the others.
 Models (`--model`, repeatable, or BENCH_REALSPEECH_MODELS, comma-separated): an exported
 embedder's SavedModel folder (or a gs:// URI, or a downloaded registry version), or a registry
 reference `models:/NAME@ALIAS` (e.g. @champion) or `models:/NAME/VERSION`, resolved as the
-serving commands resolve it (speechpipe.serving.resolve) through `--tracking-uri` (default:
+serving commands resolve it (speechpipe.results.resolve) through `--tracking-uri` (default:
 $MLFLOW_TRACKING_URI, else the embedded SQLite registry of `--home`). Every clip goes through
 the SavedModel's `embed` signature on the raw 16 kHz waveform, and pairs are scored with the
 model's own scoring (its exported config: cosine, or KL), as the pipeline's evaluator does.
@@ -44,6 +44,7 @@ clips come from a single chapter): same session, same microphone. That flatters 
 (a fixed channel shows in the long-term spectrum as the voice does); read the figures as a
 bound on what cross-session trials would give. Nothing about time is asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,11 @@ DEFAULT_DATA = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "realspe
 TEST_OTHER, TRAIN_CLEAN = "test-other", "train-clean-100"
 SAMPLE_RATE = 16000
 PROTOCOLS = ("a_all", "b_test_other", "c_impostors")
-PROTOCOL_TITLES = {"a_all": "(a) all pairs", "b_test_other": "(b) test-other",
-                   "c_impostors": "(c) train-clean-100 impostors"}
+PROTOCOL_TITLES = {
+    "a_all": "(a) all pairs",
+    "b_test_other": "(b) test-other",
+    "c_impostors": "(c) train-clean-100 impostors",
+}
 
 Trial = Tuple[int, str, str]  # (1 = same speaker, utterance a, utterance b), speaker_eval's form
 
@@ -82,16 +86,21 @@ class Clip:
 
 # ------------------------------------------------------------------------------------- data
 
+
 def find_clips(data: str) -> List[Clip]:
     """Every FLAC clip of both subsets, in a fixed order (subset, speaker, utterance). Accepts
     the realspeech folder (clips under librispeech/) or the librispeech folder itself."""
-    layout = (f"expected {TEST_OTHER}/<speaker>/<file>.flac and {TRAIN_CLEAN}/<speaker>/<chapter>/<file>.flac "
-              "under DIR/librispeech or DIR (see the folder's README.md)")
+    layout = (
+        f"expected {TEST_OTHER}/<speaker>/<file>.flac and {TRAIN_CLEAN}/<speaker>/<chapter>/<file>.flac "
+        "under DIR/librispeech or DIR (see the folder's README.md)"
+    )
     if not os.path.isdir(data):
         raise DataMissing(f"no real-speech folder at {data}: {layout}; point --data at it")
     root = os.path.join(data, "librispeech") if os.path.isdir(os.path.join(data, "librispeech")) else data
-    patterns = {TEST_OTHER: os.path.join(root, TEST_OTHER, "*", "*.flac"),
-                TRAIN_CLEAN: os.path.join(root, TRAIN_CLEAN, "*", "*", "*.flac")}
+    patterns = {
+        TEST_OTHER: os.path.join(root, TEST_OTHER, "*", "*.flac"),
+        TRAIN_CLEAN: os.path.join(root, TRAIN_CLEAN, "*", "*", "*.flac"),
+    }
     clips: List[Clip] = []
     for subset, pattern in patterns.items():
         paths = sorted(glob.glob(pattern))
@@ -115,9 +124,11 @@ def read_waves(clips: Sequence[Clip]) -> List[np.ndarray]:
 
 # -------------------------------------------------------------------------------- protocols
 
+
 def _pairs(clips: Sequence[Clip]) -> List[Trial]:
-    return [(int(a.speaker == b.speaker), a.utterance, b.utterance)
-            for i, a in enumerate(clips) for b in clips[i + 1:]]
+    return [
+        (int(a.speaker == b.speaker), a.utterance, b.utterance) for i, a in enumerate(clips) for b in clips[i + 1 :]
+    ]
 
 
 def protocol_all(clips: Sequence[Clip]) -> List[Trial]:
@@ -140,11 +151,15 @@ def protocol_impostors(clips: Sequence[Clip]) -> List[Trial]:
 
 
 def protocols(clips: Sequence[Clip]) -> Dict[str, List[Trial]]:
-    return {"a_all": protocol_all(clips), "b_test_other": protocol_test_other(clips),
-            "c_impostors": protocol_impostors(clips)}
+    return {
+        "a_all": protocol_all(clips),
+        "b_test_other": protocol_test_other(clips),
+        "c_impostors": protocol_impostors(clips),
+    }
 
 
 # --------------------------------------------------------------------------------- scoring
+
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity of two [N, E] arrays (the floor's scoring; the models use
@@ -169,8 +184,9 @@ def statistics_embeddings(waves: Sequence[np.ndarray], feature_config=None) -> n
     return (e - e.mean(0)).astype(np.float32)
 
 
-def score_protocol(embeddings: Dict[str, np.ndarray], trials: Sequence[Trial],
-                   score_fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+def score_protocol(
+    embeddings: Dict[str, np.ndarray], trials: Sequence[Trial], score_fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> Tuple[np.ndarray, np.ndarray]:
     from speechpipe.speakers import speaker_eval
 
     return speaker_eval.trial_scores(embeddings, trials, score_fn)
@@ -184,8 +200,14 @@ def bootstrap_weights(counts: np.ndarray, labels: np.ndarray, ia: np.ndarray, ib
     return np.where(labels == 1, counts[ia], counts[ia] * counts[ib]).astype(np.int64)
 
 
-def speaker_bootstrap(scores: np.ndarray, labels: np.ndarray, speakers_a: Sequence[str], speakers_b: Sequence[str],
-                      draws: int = 1000, seed: int = 0) -> Dict[str, object]:
+def speaker_bootstrap(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    speakers_a: Sequence[str],
+    speakers_b: Sequence[str],
+    draws: int = 1000,
+    seed: int = 0,
+) -> Dict[str, object]:
     """A 95 % interval of the EER over speakers: each draw resamples the speakers with
     replacement and scores the trials they own (`bootstrap_weights`); the 2.5 and 97.5
     percentiles of the draws' EERs. Draws with no target or no non-target trial (all copies of
@@ -210,13 +232,22 @@ def speaker_bootstrap(scores: np.ndarray, labels: np.ndarray, speakers_a: Sequen
     if not eers:
         raise ValueError("no bootstrap draw had both target and non-target trials")
     low, high = np.percentile(eers, [2.5, 97.5])
-    return {"eer_ci95": [float(low), float(high)], "draws": draws, "draws_used": len(eers), "seed": seed,
-            "speakers": len(speakers)}
+    return {
+        "eer_ci95": [float(low), float(high)],
+        "draws": draws,
+        "draws_used": len(eers),
+        "seed": seed,
+        "speakers": len(speakers),
+    }
 
 
-def evaluate(embeddings: Dict[str, np.ndarray], clips: Sequence[Clip],
-             score_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], draws: int = 1000,
-             seed: int = 0) -> Dict[str, Dict[str, object]]:
+def evaluate(
+    embeddings: Dict[str, np.ndarray],
+    clips: Sequence[Clip],
+    score_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    draws: int = 1000,
+    seed: int = 0,
+) -> Dict[str, Dict[str, object]]:
     """Verification figures of the three protocols, with the speaker bootstrap on (b)."""
     from speechpipe.speakers import speaker_eval
 
@@ -226,20 +257,24 @@ def evaluate(embeddings: Dict[str, np.ndarray], clips: Sequence[Clip],
         scores, labels = score_protocol(embeddings, trials, score_fn)
         out[name] = speaker_eval.verification(scores, labels).to_json()
         if name == "b_test_other":
-            out[name].update(speaker_bootstrap(scores, labels, [speaker[t[1]] for t in trials],
-                                               [speaker[t[2]] for t in trials], draws, seed))
+            out[name].update(
+                speaker_bootstrap(
+                    scores, labels, [speaker[t[1]] for t in trials], [speaker[t[2]] for t in trials], draws, seed
+                )
+            )
     return out
 
 
 # ---------------------------------------------------------------------------------- models
 
+
 def resolve_model(spec: str, tracking_uri: str, workdir: str) -> Tuple[str, Dict[str, str]]:
     """(the SavedModel folder of `spec`, where it came from), through the resolver the serving
-    commands use (speechpipe.serving.resolve): a folder, or a registry version downloaded into
+    commands use (speechpipe.results.resolve): a folder, or a registry version downloaded into
     `workdir`, whether the version is the SavedModel itself or an MLflow model holding it."""
     if "://" in spec and not spec.startswith("models:/"):
         return spec, {"model_dir": spec}  # gs://, s3://: TensorFlow's gfile reads it where it is
-    from speechpipe.serving.resolve import resolve
+    from speechpipe.results.resolve import resolve
 
     resolved = resolve(spec, tracking_uri, workdir)
     if not resolved.version:
@@ -254,46 +289,69 @@ def model_embeddings(model_dir: str, waves: Sequence[np.ndarray]):
 
     embeddings, loaded = _embed_audio(model_dir, waves)
     if loaded.feature_config.sample_rate != SAMPLE_RATE:
-        raise ValueError(f"{model_dir}: the model takes {loaded.feature_config.sample_rate} Hz audio, the clips "
-                         f"are decoded at {SAMPLE_RATE} Hz")
+        raise ValueError(
+            f"{model_dir}: the model takes {loaded.feature_config.sample_rate} Hz audio, the clips "
+            f"are decoded at {SAMPLE_RATE} Hz"
+        )
     return embeddings, loaded
 
 
 # ---------------------------------------------------------------------------------- report
 
+
 def format_table(rows: Sequence[Dict[str, object]]) -> str:
     """Markdown: one row per system (the floor first), EER / minDCF per protocol, and each
     model's EER relative to the floor measured with its feature config."""
-    header = ("| system | (a) all pairs EER | minDCF | (b) test-other EER | 95 % CI (speakers) | minDCF "
-              "| (c) impostors EER | minDCF |")
+    header = (
+        "| system | (a) all pairs EER | minDCF | (b) test-other EER | 95 % CI (speakers) | minDCF "
+        "| (c) impostors EER | minDCF |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         a, b, c = (r["figures"][p] for p in PROTOCOLS)
         low, high = b["eer_ci95"]
-        lines.append(f"| {r['system']} | {100 * a['eer']:.2f} % | {a['min_dcf']:.3f} | {100 * b['eer']:.2f} % "
-                     f"| {100 * low:.1f}-{100 * high:.1f} % | {b['min_dcf']:.3f} | {100 * c['eer']:.2f} % "
-                     f"| {c['min_dcf']:.3f} |")
+        lines.append(
+            f"| {r['system']} | {100 * a['eer']:.2f} % | {a['min_dcf']:.3f} | {100 * b['eer']:.2f} % "
+            f"| {100 * low:.1f}-{100 * high:.1f} % | {b['min_dcf']:.3f} | {100 * c['eer']:.2f} % "
+            f"| {c['min_dcf']:.3f} |"
+        )
     for r in rows:
         floor = r.get("floor")
         if floor is None:
             continue
         base = next(x for x in rows if x["system"] == floor)
         lines.append("")
-        lines.append(f"{r['system']} against the floor: " + ", ".join(
-            f"{PROTOCOL_TITLES[p]} {100 * r['figures'][p]['eer']:.2f} % vs {100 * base['figures'][p]['eer']:.2f} %"
-            for p in PROTOCOLS))
+        lines.append(
+            f"{r['system']} against the floor: "
+            + ", ".join(
+                f"{PROTOCOL_TITLES[p]} {100 * r['figures'][p]['eer']:.2f} % vs {100 * base['figures'][p]['eer']:.2f} %"
+                for p in PROTOCOLS
+            )
+        )
     return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="bench_realspeech", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=os.environ.get("BENCH_REALSPEECH_DATA"),
-                        help=f"the real-speech folder (default {DEFAULT_DATA})")
-    parser.add_argument("--model", action="append", default=None,
-                        help="an exported embedder folder, models:/NAME@champion or models:/NAME/VERSION (repeatable)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
-                        "else the embedded registry under --home)")
-    parser.add_argument("--home", default="speechpipe_home", help="speechpipe's home folder (for the embedded registry)")
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("BENCH_REALSPEECH_DATA"),
+        help=f"the real-speech folder (default {DEFAULT_DATA})",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="an exported embedder folder, models:/NAME@champion or models:/NAME/VERSION (repeatable)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded registry under --home)",
+    )
+    parser.add_argument(
+        "--home", default="speechpipe_home", help="speechpipe's home folder (for the embedded registry)"
+    )
     parser.add_argument("--json", default=None, help="write the figures to this file")
     parser.add_argument("--draws", type=int, default=1000, help="speaker-bootstrap draws for (b)'s interval")
     parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
@@ -309,13 +367,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             raise SystemExit(f"bench_realspeech: {error}") from None
         print(f"bench_realspeech: skipped: {error}")
         return
-    from speechpipe.serving.resolve import tracking_uri_for
+    from speechpipe.results.tracking import tracking_uri_for
 
     tracking_uri = tracking_uri_for(args.tracking_uri, args.home)
     other = [c for c in clips if c.subset == TEST_OTHER]
-    print(f"{data}: {len(other)} {TEST_OTHER} clips of {len({c.speaker for c in other})} speakers, "
-          f"{len(clips) - len(other)} {TRAIN_CLEAN} clips of {len({c.speaker for c in clips if c.subset == TRAIN_CLEAN})} "
-          "speakers", flush=True)
+    print(
+        f"{data}: {len(other)} {TEST_OTHER} clips of {len({c.speaker for c in other})} speakers, "
+        f"{len(clips) - len(other)} {TRAIN_CLEAN} clips of {len({c.speaker for c in clips if c.subset == TRAIN_CLEAN})} "
+        "speakers",
+        flush=True,
+    )
     waves = read_waves(clips)
     print(f"{sum(len(w) for w in waves) / SAMPLE_RATE / 60:.1f} min of audio decoded at {SAMPLE_RATE} Hz", flush=True)
     utterances = [c.utterance for c in clips]
@@ -330,8 +391,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             if label in floors.values():
                 label += f" #{len(floors) + 1}"  # same kind and size, other settings
             e = statistics_embeddings(waves, feature_config)
-            rows.append({"system": label, "kind": "floor", "features": feature_config.to_json(),
-                         "figures": evaluate(dict(zip(utterances, e)), clips, cosine, args.draws, args.seed)})
+            rows.append(
+                {
+                    "system": label,
+                    "kind": "floor",
+                    "features": feature_config.to_json(),
+                    "figures": evaluate(dict(zip(utterances, e)), clips, cosine, args.draws, args.seed),
+                }
+            )
             floors[key] = label
         return floors[key]
 
@@ -345,13 +412,26 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 raise SystemExit(f"bench_realspeech: --model {spec}: {error}") from None
             embeddings, loaded = model_embeddings(model_dir, waves)
             config = loaded.config
-            figures = evaluate(dict(zip(utterances, embeddings)), clips,
-                               lambda a, b, s=config.scoring, eps=config.epsilon: score(a, b, s, eps),
-                               args.draws, args.seed)
-            rows.append({"system": spec, "kind": "model", **source, "scoring": config.scoring,
-                         "embedding": config.embedding, "backend": config.backend,
-                         "dimension": int(embeddings.shape[1]), "floor": floor_for(loaded.feature_config),
-                         "figures": figures})
+            figures = evaluate(
+                dict(zip(utterances, embeddings)),
+                clips,
+                lambda a, b, s=config.scoring, eps=config.epsilon: score(a, b, s, eps),
+                args.draws,
+                args.seed,
+            )
+            rows.append(
+                {
+                    "system": spec,
+                    "kind": "model",
+                    **source,
+                    "scoring": config.scoring,
+                    "embedding": config.embedding,
+                    "backend": config.backend,
+                    "dimension": int(embeddings.shape[1]),
+                    "floor": floor_for(loaded.feature_config),
+                    "figures": figures,
+                }
+            )
     if not specs:
         from speechpipe.config import FeatureConfig
 
@@ -362,11 +442,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"data": os.path.abspath(data), "clips": {
-                TEST_OTHER: {"clips": len(other), "speakers": len({c.speaker for c in other})},
-                TRAIN_CLEAN: {"clips": len(clips) - len(other),
-                              "speakers": len({c.speaker for c in clips if c.subset == TRAIN_CLEAN})}},
-                "systems": rows}, f, indent=1)
+            json.dump(
+                {
+                    "data": os.path.abspath(data),
+                    "clips": {
+                        TEST_OTHER: {"clips": len(other), "speakers": len({c.speaker for c in other})},
+                        TRAIN_CLEAN: {
+                            "clips": len(clips) - len(other),
+                            "speakers": len({c.speaker for c in clips if c.subset == TRAIN_CLEAN}),
+                        },
+                    },
+                    "systems": rows,
+                },
+                f,
+                indent=1,
+            )
         print(f"figures in {args.json}")
 
 

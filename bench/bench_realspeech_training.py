@@ -29,7 +29,7 @@ bench says so and skips.
      job's augmentation (speechpipe.audio.augment: `--augment` kinds, `--augment-copies` copies
      of every training utterance); validation and test stay clean, the global statistics are the
      clean training audio's.
-2. Features: the feature job (`speechpipe.pipeline.features_job.run_job`) on each manifest with
+2. Features: the feature job (`speechpipe.jobs.features_job.run_job`) on each manifest with
    globally normalised log-mel (RunConfig.speaker_features); each run has its own global
    statistics, which its model exports, so a model's serving path normalises as it trained.
 3. Training: `speechpipe.components.embedder_trainer.train` with EmbedderTrainConfig()'s defaults
@@ -48,6 +48,7 @@ bench says so and skips.
 5. Written to --out: results.json and results.md; runs/<run>/{model,result.json}. A finished run
    whose result.json holds the same settings is reused. Nothing about time is asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,6 +85,7 @@ def synth_corpus_config():
 
 # ------------------------------------------------------------------------- manifest planning
 
+
 @dataclass(frozen=True)
 class Item:
     """One manifest line of the real corpus and where its audio comes from."""
@@ -98,9 +100,15 @@ class Item:
     end: int
 
     def manifest_line(self) -> Dict[str, object]:
-        return {"utterance": self.utterance, "audio": self.audio, "speaker": self.speaker, "session": self.session,
-                "split": self.split, "duration": round((self.end - self.start) / SAMPLE_RATE, 6),
-                "source": os.path.basename(self.source)}
+        return {
+            "utterance": self.utterance,
+            "audio": self.audio,
+            "speaker": self.speaker,
+            "session": self.session,
+            "split": self.split,
+            "duration": round((self.end - self.start) / SAMPLE_RATE, 6),
+            "source": os.path.basename(self.source),
+        }
 
 
 def chunk_bounds(n_samples: int, chunk_seconds: float, sample_rate: int = SAMPLE_RATE) -> List[Tuple[int, int]]:
@@ -125,8 +133,9 @@ def validation_speakers(speakers: Sequence[str], count: int, seed: int = 0) -> L
     return sorted(sorted(unique, key=key)[:count])
 
 
-def plan_real_corpus(clips: Sequence["rs.Clip"], lengths: Sequence[int], chunk_seconds: float,
-                     n_validation: int, seed: int = 0) -> List[Item]:
+def plan_real_corpus(
+    clips: Sequence["rs.Clip"], lengths: Sequence[int], chunk_seconds: float, n_validation: int, seed: int = 0
+) -> List[Item]:
     """The real corpus's manifest: train-clean-100 recordings cut into pseudo-utterances (train
     and validation, by speaker), test-other's clips whole (test). `lengths`: samples per clip."""
     if len(clips) != len(lengths):
@@ -138,19 +147,45 @@ def plan_real_corpus(clips: Sequence["rs.Clip"], lengths: Sequence[int], chunk_s
         speaker = REAL_PREFIX + clip.speaker
         session = "-".join(clip.utterance.split("-")[:2])  # <speaker>-<chapter>
         if clip.subset == rs.TEST_OTHER:
-            items.append(Item(f"{speaker}/{session}/{clip.utterance}", f"{rs.TEST_OTHER}/{clip.utterance}.wav",
-                              speaker, session, "test", clip.path, 0, int(n)))
+            items.append(
+                Item(
+                    f"{speaker}/{session}/{clip.utterance}",
+                    f"{rs.TEST_OTHER}/{clip.utterance}.wav",
+                    speaker,
+                    session,
+                    "test",
+                    clip.path,
+                    0,
+                    int(n),
+                )
+            )
             continue
         split = "validation" if clip.speaker in held else "train"
         for k, (a, b) in enumerate(chunk_bounds(int(n), chunk_seconds)):
             name = f"{clip.utterance}-c{k:02d}"
-            items.append(Item(f"{speaker}/{session}/{name}", f"{rs.TRAIN_CLEAN}/{clip.speaker}/{name}.wav",
-                              speaker, session, split, clip.path, a, b))
+            items.append(
+                Item(
+                    f"{speaker}/{session}/{name}",
+                    f"{rs.TRAIN_CLEAN}/{clip.speaker}/{name}.wav",
+                    speaker,
+                    session,
+                    split,
+                    clip.path,
+                    a,
+                    b,
+                )
+            )
     return items
 
 
-def write_real_corpus(clips: Sequence["rs.Clip"], waves: Sequence[np.ndarray], out_dir: str, chunk_seconds: float,
-                      n_validation: int, seed: int = 0) -> List[Item]:
+def write_real_corpus(
+    clips: Sequence["rs.Clip"],
+    waves: Sequence[np.ndarray],
+    out_dir: str,
+    chunk_seconds: float,
+    n_validation: int,
+    seed: int = 0,
+) -> List[Item]:
     """Writes the real corpus's WAV pieces and manifest.jsonl (last, so that a folder with a
     manifest is complete)."""
     import soundfile as sf
@@ -160,7 +195,7 @@ def write_real_corpus(clips: Sequence["rs.Clip"], waves: Sequence[np.ndarray], o
     for item in items:
         path = os.path.join(out_dir, item.audio)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        sf.write(path, wave_of[item.source][item.start:item.end], SAMPLE_RATE, subtype="PCM_16")
+        sf.write(path, wave_of[item.source][item.start : item.end], SAMPLE_RATE, subtype="PCM_16")
     write_manifest(os.path.join(out_dir, MANIFEST), [i.manifest_line() for i in items])
     return items
 
@@ -215,6 +250,7 @@ def split_counts(lines: Sequence[Dict[str, object]]) -> Dict[str, Dict[str, int]
 
 # ---------------------------------------------------------------------------- data and features
 
+
 def prepare_corpora(data: str, out: str, chunk_seconds: float, n_validation: int, seed: int):
     """(clips, waves, {run: manifest path}, synthetic corpus folder), each made once."""
     from speechpipe.corpus.synth import synthesize_corpus
@@ -235,10 +271,17 @@ def prepare_corpora(data: str, out: str, chunk_seconds: float, n_validation: int
         print(f"synthesised in {time.time() - started:.0f} s", flush=True)
     mixed_path = os.path.join(out, f"mixed-{os.path.basename(real_dir)}-{os.path.basename(synth_dir)}.jsonl")
     if not os.path.exists(mixed_path):
-        write_manifest(mixed_path, mixed_manifest([(real_dir, os.path.join(real_dir, MANIFEST)),
-                                                   (synth_dir, os.path.join(synth_dir, MANIFEST))], out))
-    manifests = {"synthetic": os.path.join(synth_dir, MANIFEST), "real": os.path.join(real_dir, MANIFEST),
-                 "mixed": mixed_path}
+        write_manifest(
+            mixed_path,
+            mixed_manifest(
+                [(real_dir, os.path.join(real_dir, MANIFEST)), (synth_dir, os.path.join(synth_dir, MANIFEST))], out
+            ),
+        )
+    manifests = {
+        "synthetic": os.path.join(synth_dir, MANIFEST),
+        "real": os.path.join(real_dir, MANIFEST),
+        "mixed": mixed_path,
+    }
     return clips, waves, manifests, synth_dir
 
 
@@ -270,18 +313,28 @@ def features(manifest: str, folder: str, augment=None) -> str:
 
     from speechpipe.audio.sources import make_spec
     from speechpipe.config import FeatureConfig
-    from speechpipe.pipeline.features_job import SUMMARY_FILE, run_job
+    from speechpipe.filenames import SUMMARY_FILE
+    from speechpipe.jobs.features_job import run_job
 
     if not os.path.exists(os.path.join(folder, SUMMARY_FILE)):
         started = time.time()
-        run_job(make_spec(manifest), FeatureConfig(normalization="global"), folder,
-                PipelineOptions(["--direct_running_mode=in_memory"]), augment=augment)
-        print(f"features of {os.path.basename(manifest)}{' (augmented)' if augment else ''}: "
-              f"{time.time() - started:.0f} s", flush=True)
+        run_job(
+            make_spec(manifest),
+            FeatureConfig(normalization="global"),
+            folder,
+            PipelineOptions(["--direct_running_mode=in_memory"]),
+            augment=augment,
+        )
+        print(
+            f"features of {os.path.basename(manifest)}{' (augmented)' if augment else ''}: "
+            f"{time.time() - started:.0f} s",
+            flush=True,
+        )
     return folder
 
 
 # ------------------------------------------------------------------------------------ training
+
 
 def train_config(minutes: float, seed: int, steps: int = 0):
     """EmbedderTrainConfig()'s recipe with the bench's budget: `minutes` of wall clock, or with
@@ -318,21 +371,34 @@ def train_run(name: str, feature_dir: str, out: str, minutes: float, seed: int, 
         if done.get("config") == expected and done.get("feature_dir") == os.path.abspath(feature_dir):
             print(f"[{name}] reusing {result_path}", flush=True)
             return done
-    print(f"[{name}] training for {f'{steps} steps (cap {minutes:g} min)' if steps else f'{minutes:g} min'} ...",
-          flush=True)
+    print(
+        f"[{name}] training for {f'{steps} steps (cap {minutes:g} min)' if steps else f'{minutes:g} min'} ...",
+        flush=True,
+    )
     keras.backend.clear_session()
-    result = train([os.path.join(feature_dir, "Split-train")], [os.path.join(feature_dir, "Split-validation")],
-                   feature_config, os.path.join(folder, "model"), None, config, stats)
+    result = train(
+        [os.path.join(feature_dir, "Split-train")],
+        [os.path.join(feature_dir, "Split-validation")],
+        feature_config,
+        os.path.join(folder, "model"),
+        None,
+        config,
+        stats,
+    )
     summary = {**result.summary, "feature_dir": os.path.abspath(feature_dir)}
     os.makedirs(folder, exist_ok=True)
     with open(result_path, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
-    print(f"[{name}] {summary['steps']} steps in {summary['train_seconds']:.0f} s, best validation EER "
-          f"{100 * summary['best_val_eer']:.2f} % at step {summary['best_step']}", flush=True)
+    print(
+        f"[{name}] {summary['steps']} steps in {summary['train_seconds']:.0f} s, best validation EER "
+        f"{100 * summary['best_val_eer']:.2f} % at step {summary['best_step']}",
+        flush=True,
+    )
     return summary
 
 
 # ---------------------------------------------------------------------------------- evaluation
+
 
 def synthetic_test(synth_dir: str) -> Tuple[List[str], List[str], List[np.ndarray]]:
     """(utterances, speakers, 16 kHz waves) of the synthetic corpus's held-out test speakers."""
@@ -343,7 +409,9 @@ def synthetic_test(synth_dir: str) -> Tuple[List[str], List[str], List[np.ndarra
     return [str(x["utterance"]) for x in items], [str(x["speaker"]) for x in items], waves
 
 
-def all_pairs(embeddings: np.ndarray, utterances: Sequence[str], speakers: Sequence[str], score_fn) -> Dict[str, object]:
+def all_pairs(
+    embeddings: np.ndarray, utterances: Sequence[str], speakers: Sequence[str], score_fn
+) -> Dict[str, object]:
     from speechpipe.speakers import speaker_eval
 
     trials = speaker_eval.all_pairs_trials(list(utterances), list(speakers))
@@ -367,11 +435,17 @@ def evaluate_model(model_dir: str, clips, waves, synth, draws: int, seed: int) -
 
 
 def evaluate_floor(feature_config, clips, waves, synth, draws: int, seed: int) -> Dict[str, object]:
-    figures = rs.evaluate(dict(zip([x.utterance for x in clips], rs.statistics_embeddings(waves, feature_config))),
-                          clips, rs.cosine, draws, seed)
+    figures = rs.evaluate(
+        dict(zip([x.utterance for x in clips], rs.statistics_embeddings(waves, feature_config))),
+        clips,
+        rs.cosine,
+        draws,
+        seed,
+    )
     utterances, speakers, synth_waves = synth
-    figures["synthetic_test"] = all_pairs(rs.statistics_embeddings(synth_waves, feature_config), utterances, speakers,
-                                          rs.cosine)
+    figures["synthetic_test"] = all_pairs(
+        rs.statistics_embeddings(synth_waves, feature_config), utterances, speakers, rs.cosine
+    )
     return figures
 
 
@@ -392,8 +466,10 @@ def system_name(run: str, augmentation: Optional[Dict[str, object]] = None) -> s
 
 
 def format_table(rows: Sequence[Dict[str, object]]) -> str:
-    header = ("| system | training speakers | steps (best at) | train time | test-other EER | 95 % CI (speakers) | minDCF "
-              "| (c) impostors EER | minDCF | synthetic test EER | minDCF |")
+    header = (
+        "| system | training speakers | steps (best at) | train time | test-other EER | 95 % CI (speakers) | minDCF "
+        "| (c) impostors EER | minDCF | synthetic test EER | minDCF |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         f = r["figures"]
@@ -405,30 +481,50 @@ def format_table(rows: Sequence[Dict[str, object]]) -> str:
             impostors = f"{100 * c['eer']:.2f} % | {c['min_dcf']:.3f}"
         steps = f"{r['steps']} ({r['best_step']})" if r.get("steps") is not None else "-"
         seconds = f"{r['train_seconds'] / 60:.1f} min" if r.get("train_seconds") is not None else "-"
-        lines.append(f"| {r['system']} | {r.get('speakers', '-')} | {steps} | {seconds} | {100 * b['eer']:.2f} % "
-                     f"| {100 * low:.1f}-{100 * high:.1f} % | {b['min_dcf']:.3f} | {impostors} "
-                     f"| {100 * s['eer']:.2f} % | {s['min_dcf']:.3f} |")
+        lines.append(
+            f"| {r['system']} | {r.get('speakers', '-')} | {steps} | {seconds} | {100 * b['eer']:.2f} % "
+            f"| {100 * low:.1f}-{100 * high:.1f} % | {b['min_dcf']:.3f} | {impostors} "
+            f"| {100 * s['eer']:.2f} % | {s['min_dcf']:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="bench_realspeech_training", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=os.environ.get("BENCH_REALSPEECH_DATA"),
-                        help=f"the real-speech folder (default {rs.DEFAULT_DATA})")
-    parser.add_argument("--minutes", type=float, default=None,
-                        help="wall-clock training budget per model, validation included (default 8; with --steps, "
-                             "a cap, default 60)")
-    parser.add_argument("--steps", type=int, default=0,
-                        help="train every model exactly this many steps (early stopping off): compare runs at equal "
-                             "steps, since shared cores make wall-clock budgets unfair (default 0: --minutes decides)")
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("BENCH_REALSPEECH_DATA"),
+        help=f"the real-speech folder (default {rs.DEFAULT_DATA})",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="wall-clock training budget per model, validation included (default 8; with --steps, a cap, default 60)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="train every model exactly this many steps (early stopping off): compare runs at equal "
+        "steps, since shared cores make wall-clock budgets unfair (default 0: --minutes decides)",
+    )
     parser.add_argument("--augment", default="noise,reverb,speed", help="augmentation kinds of the *_aug runs")
-    parser.add_argument("--augment-copies", type=int, default=3,
-                        help="augmented copies per training utterance in the *_aug runs (default 3: one of each kind)")
+    parser.add_argument(
+        "--augment-copies",
+        type=int,
+        default=3,
+        help="augmented copies per training utterance in the *_aug runs (default 3: one of each kind)",
+    )
     parser.add_argument("--augment-seed", type=int, default=None, help="augmentation seed (default: --seed)")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {RUNS}")
     parser.add_argument("--out", default=os.environ.get("BENCH_REALSPEECH_TRAINING_OUT") or OUT)
-    parser.add_argument("--chunk-seconds", type=float, default=3.5,
-                        help="train-clean-100 recordings are cut into pseudo-utterances of this length or a little more")
+    parser.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=3.5,
+        help="train-clean-100 recordings are cut into pseudo-utterances of this length or a little more",
+    )
     parser.add_argument("--validation-speakers", type=int, default=30, help="train-clean-100 speakers that validate")
     parser.add_argument("--draws", type=int, default=1000, help="speaker-bootstrap draws for test-other's interval")
     parser.add_argument("--seed", type=int, default=0, help="training, validation choice and bootstrap seed")
@@ -447,8 +543,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from speechpipe.validation import ConfigError
 
         try:
-            augment = augment_config(args.augment, args.augment_copies,
-                                     args.seed if args.augment_seed is None else args.augment_seed)
+            augment = augment_config(
+                args.augment, args.augment_copies, args.seed if args.augment_seed is None else args.augment_seed
+            )
         except ConfigError as error:
             raise SystemExit(f"bench_realspeech_training: {error}") from None
         if not augment.enabled:
@@ -463,16 +560,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"bench_realspeech_training: skipped: {error}")
         return
     os.makedirs(args.out, exist_ok=True)
-    clips, waves, manifests, synth_dir = prepare_corpora(data, args.out, args.chunk_seconds, args.validation_speakers,
-                                                          args.seed)
+    clips, waves, manifests, synth_dir = prepare_corpora(
+        data, args.out, args.chunk_seconds, args.validation_speakers, args.seed
+    )
     manifests.update({n: manifests[base_run(n)] for n in names})
     counts = {n: split_counts(read_manifest(manifests[n])) for n in names}
     for n in names:
-        print(f"{n}: " + ", ".join(f"{s} {c['speakers']} speakers / {c['utterances']} utterances"
-                                   for s, c in counts[n].items()), flush=True)
+        print(
+            f"{n}: "
+            + ", ".join(f"{s} {c['speakers']} speakers / {c['utterances']} utterances" for s, c in counts[n].items()),
+            flush=True,
+        )
     run_augment = {n: (augment if n.endswith(AUG_SUFFIX) else None) for n in names}
-    feature_dirs = {n: features(manifests[n], feature_folder(args.out, manifests[n], n, run_augment[n]), run_augment[n])
-                    for n in names}
+    feature_dirs = {
+        n: features(manifests[n], feature_folder(args.out, manifests[n], n, run_augment[n]), run_augment[n])
+        for n in names
+    }
     augmentation = {}
     for n in names:
         with open(os.path.join(feature_dirs[n], "summary.json"), encoding="utf-8") as f:
@@ -494,44 +597,80 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         # Speed copies are new speakers (AugmentConfig.speed_new_speaker): the trainer's count says how many.
         trained = int(s.get("inputs", {}).get("train_speakers", train["speakers"]))
         extra = f" + {trained - train['speakers']} speed" if trained > train["speakers"] else ""
-        rows.append({"run": n, "system": system_name(n, augmentation[n]),
-                     "speakers": f"{train['speakers']}{extra} ({train['utterances']} utt.{copies})",
-                     "augmentation": augmentation[n],
-                     "steps": s["steps"], "best_step": s["best_step"], "train_seconds": s["train_seconds"],
-                     "best_val_eer": s["best_val_eer"], "validation_speakers": counts[n]["validation"]["speakers"],
-                     "model_dir": model_dir, "figures": figures})
+        rows.append(
+            {
+                "run": n,
+                "system": system_name(n, augmentation[n]),
+                "speakers": f"{train['speakers']}{extra} ({train['utterances']} utt.{copies})",
+                "augmentation": augmentation[n],
+                "steps": s["steps"],
+                "best_step": s["best_step"],
+                "train_seconds": s["train_seconds"],
+                "best_val_eer": s["best_val_eer"],
+                "validation_speakers": counts[n]["validation"]["speakers"],
+                "model_dir": model_dir,
+                "figures": figures,
+            }
+        )
     if floor_config is not None:
-        rows.insert(0, {"run": "floor", "system": "no learning (log-mel mean+std)", "speakers": "none",
-                        "figures": evaluate_floor(floor_config, clips, waves, synth, args.draws, args.seed)})
+        rows.insert(
+            0,
+            {
+                "run": "floor",
+                "system": "no learning (log-mel mean+std)",
+                "speakers": "none",
+                "figures": evaluate_floor(floor_config, clips, waves, synth, args.draws, args.seed),
+            },
+        )
     table = format_table(rows)
     if args.steps:
-        budget = (f"Budget: exactly {args.steps} training steps per model (early stopping off; a {args.minutes:g} min "
-                  f"cap), compared at equal steps because the {os.cpu_count()} CPU cores are shared with other jobs "
-                  "and a wall-clock budget would give runs unequal training; train time is wall clock, validation "
-                  "included, and not comparable between runs.")
+        budget = (
+            f"Budget: exactly {args.steps} training steps per model (early stopping off; a {args.minutes:g} min "
+            f"cap), compared at equal steps because the {os.cpu_count()} CPU cores are shared with other jobs "
+            "and a wall-clock budget would give runs unequal training; train time is wall clock, validation "
+            "included, and not comparable between runs."
+        )
     else:
-        budget = (f"Budget: {args.minutes:g} min of wall clock per model (validation included), "
-                  f"{os.cpu_count()} CPU cores.")
-    note = (budget + f" train-clean-100 cut into {args.chunk_seconds:g} s pseudo-utterances, "
-            f"{args.validation_speakers} of its speakers validate.")
+        budget = (
+            f"Budget: {args.minutes:g} min of wall clock per model (validation included), {os.cpu_count()} CPU cores."
+        )
+    note = (
+        budget + f" train-clean-100 cut into {args.chunk_seconds:g} s pseudo-utterances, "
+        f"{args.validation_speakers} of its speakers validate."
+    )
     if augment is not None:
-        note += (f" Augmented runs: {augment.copies} copies of every training utterance, kinds "
-                 f"{', '.join(augment.kinds)} (speechpipe.audio.augment defaults otherwise, seed {augment.seed}); "
-                 "validation and test clean; global statistics from the clean training audio.")
+        note += (
+            f" Augmented runs: {augment.copies} copies of every training utterance, kinds "
+            f"{', '.join(augment.kinds)} (speechpipe.audio.augment defaults otherwise, seed {augment.seed}); "
+            "validation and test clean; global statistics from the clean training audio."
+        )
     with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
         f.write(note + "\n\n" + table + "\n")
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"data": os.path.abspath(data), "minutes": args.minutes, "steps": args.steps,
-                   "augment": augment.to_json() if augment is not None else None, "chunk_seconds": args.chunk_seconds,
-                   "validation_speakers": args.validation_speakers, "seed": args.seed, "counts": counts,
-                   "rows": rows}, f, indent=1)
+        json.dump(
+            {
+                "data": os.path.abspath(data),
+                "minutes": args.minutes,
+                "steps": args.steps,
+                "augment": augment.to_json() if augment is not None else None,
+                "chunk_seconds": args.chunk_seconds,
+                "validation_speakers": args.validation_speakers,
+                "seed": args.seed,
+                "counts": counts,
+                "rows": rows,
+            },
+            f,
+            indent=1,
+        )
     print("\n" + note + "\n\n" + table)
     for r in rows:
         if r["run"] == "floor":
             continue
         eer = r["figures"]["b_test_other"]["eer"]
-        print(f"{r['system']}: test-other EER {100 * eer:.2f} % (bar {100 * GOAL_EER:.0f} %: "
-              f"{'met' if eer <= GOAL_EER else 'NOT met'})")
+        print(
+            f"{r['system']}: test-other EER {100 * eer:.2f} % (bar {100 * GOAL_EER:.0f} %: "
+            f"{'met' if eer <= GOAL_EER else 'NOT met'})"
+        )
     print(f"tables in {args.out}")
 
 

@@ -14,6 +14,7 @@ Rows, in seconds of audio per wall-clock second (x real time) and per core:
 The models default to the home's registry champions; the corpus to the home's demo corpus
 (--limit utterances of it). Nothing is asserted about time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,8 @@ def _floor(saved_model_dir: str, signature: str, files: List[str], rate: int) ->
     """(audio seconds, wall seconds) of the signature alone on decoded waveforms."""
     import tensorflow as tf
 
+    from speechpipe.audio.batching import pad_waveforms
     from speechpipe.audio.decode import decode
-    from speechpipe.serving.batching import pad_waveforms
 
     model = tf.saved_model.load(saved_model_dir)
     waves = [decode(path, rate).samples for path in files]
@@ -53,7 +54,7 @@ def _floor(saved_model_dir: str, signature: str, files: List[str], rate: int) ->
     call(waveforms=tf.constant(padded), lengths=tf.constant(lengths))  # traced once, outside the timing
     started = time.perf_counter()
     for i in range(0, len(waves), 16):
-        padded, lengths = pad_waveforms(waves[i:i + 16])
+        padded, lengths = pad_waveforms(waves[i : i + 16])
         call(waveforms=tf.constant(padded), lengths=tf.constant(lengths))
     return sum(w.shape[0] for w in waves) / rate, time.perf_counter() - started
 
@@ -61,8 +62,11 @@ def _floor(saved_model_dir: str, signature: str, files: List[str], rate: int) ->
 def _files(model_ref: str, home: str, command: str, files: List[str]) -> float:
     """Wall seconds of the command on a file list, in its own process (start-up included)."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "speechpipe.cli", command, *files, "--model", model_ref,
-                           "--home", home], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "speechpipe.cli", command, *files, "--model", model_ref, "--home", home],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{command} failed: {done.stderr[-2000:]}")
     return time.perf_counter() - started
@@ -71,16 +75,33 @@ def _files(model_ref: str, home: str, command: str, files: List[str]) -> float:
 def _beam(model_ref: str, home: str, command: str, manifest: str) -> float:
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "speechpipe.cli", command, "--input", manifest, "--out", out,
-                               "--model", model_ref, "--home", home, "--direct_running_mode=in_memory"],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "speechpipe.cli",
+                command,
+                "--input",
+                manifest,
+                "--out",
+                out,
+                "--model",
+                model_ref,
+                "--home",
+                home,
+                "--direct_running_mode=in_memory",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{command} --input failed: {done.stderr[-2000:]}")
         return time.perf_counter() - started
 
 
 def measure(home: str, corpus: str, limit: int, models: Dict[str, str]) -> List[Dict[str, object]]:
-    from speechpipe.serving.resolve import default_cache, model_sample_rate, resolve, tracking_uri_for
+    from speechpipe.results.resolve import default_cache, model_sample_rate, resolve
+    from speechpipe.results.tracking import tracking_uri_for
 
     manifest, files = _corpus_files(corpus, limit)
     rows = []
@@ -94,9 +115,17 @@ def measure(home: str, corpus: str, limit: int, models: Dict[str, str]) -> List[
             entries.append(("files: speechpipe transcribe FILE...", _files(ref, home, "transcribe", files)))
         entries.append((f"beam: speechpipe {command} --input", _beam(ref, home, command, manifest)))
         for label, wall in entries:
-            rows.append({"model": f"{kind} ({resolved.describe()})", "row": label, "audio_seconds": round(audio, 1),
-                         "wall_seconds": round(wall, 2), "x_real_time": round(audio / wall, 1),
-                         "per_core": round(audio / wall / CORES, 1), "vs_floor": round(floor_wall / wall, 3)})
+            rows.append(
+                {
+                    "model": f"{kind} ({resolved.describe()})",
+                    "row": label,
+                    "audio_seconds": round(audio, 1),
+                    "wall_seconds": round(wall, 2),
+                    "x_real_time": round(audio / wall, 1),
+                    "per_core": round(audio / wall / CORES, 1),
+                    "vs_floor": round(floor_wall / wall, 3),
+                }
+            )
     return rows
 
 
@@ -115,8 +144,10 @@ def main(argv=None) -> int:
     rows = measure(args.home, corpus, args.limit, {"ctc": args.ctc_model, "speaker": args.embedder_model})
     print(f"{'model':44} {'row':44} {'audio s':>8} {'wall s':>7} {'x RT':>7} {'/core':>7} {'vs floor':>8}")
     for r in rows:
-        print(f"{r['model'][:44]:44} {r['row'][:44]:44} {r['audio_seconds']:8.1f} {r['wall_seconds']:7.2f} "
-              f"{r['x_real_time']:7.1f} {r['per_core']:7.1f} {r['vs_floor']:8.3f}")
+        print(
+            f"{r['model'][:44]:44} {r['row'][:44]:44} {r['audio_seconds']:8.1f} {r['wall_seconds']:7.2f} "
+            f"{r['x_real_time']:7.1f} {r['per_core']:7.1f} {r['vs_floor']:8.3f}"
+        )
     return 0
 
 

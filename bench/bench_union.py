@@ -21,6 +21,7 @@ On a local disk the copy runs at page-cache speed, which flatters it: on object 
 copied byte goes through the union's pod, where the manifest union still writes a few KB.
 Nothing is asserted about time: the figures are printed (and saved as JSON with --out).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ COPY_THREADS = 16
 # ----------------------------------------------------------------------------------------------
 # Synthetic spans
 
+
 def make_span(root: str, span: int, span_bytes: int, shards: int, seed: int = 0) -> Dict[str, object]:
     """One span's feature output under `root`, about `span_bytes` of records; returns its summary."""
     from speechpipe.io import records
@@ -55,16 +57,21 @@ def make_span(root: str, span: int, span_bytes: int, shards: int, seed: int = 0)
         folder = records.split_dir(root, split)
         os.makedirs(folder, exist_ok=True)
         budget, written, n = span_bytes * fraction, 0, 0
-        frames_out = [open(os.path.join(folder, f"{records.SHARD_PREFIX}-{i:05d}-of-{shards:05d}"), "wb")
-                      for i in range(shards)]
+        frames_out = [
+            open(os.path.join(folder, f"{records.SHARD_PREFIX}-{i:05d}-of-{shards:05d}"), "wb") for i in range(shards)
+        ]
         per_shard = [0] * shards
         try:
             while written < budget or n == 0:
                 frames = int(rng.integers(200, 501))
                 example = records.UtteranceFeatures(
-                    utterance=f"id{span:03d}{n % 50:02d}/s{span}/{n:06d}", speaker=f"id{span:03d}{n % 50:02d}",
-                    session=f"s{span}", split=split,
-                    features=rng.standard_normal((frames, BINS), dtype=np.float32), duration=frames / 100)
+                    utterance=f"id{span:03d}{n % 50:02d}/s{span}/{n:06d}",
+                    speaker=f"id{span:03d}{n % 50:02d}",
+                    session=f"s{span}",
+                    split=split,
+                    features=rng.standard_normal((frames, BINS), dtype=np.float32),
+                    duration=frames / 100,
+                )
                 framed = frame_record(records.encode_example(example))
                 frames_out[n % shards].write(framed)
                 per_shard[n % shards] += 1
@@ -75,8 +82,13 @@ def make_span(root: str, span: int, span_bytes: int, shards: int, seed: int = 0)
                 f.close()
         good[split] = n
         counts[split] = {f"{records.SHARD_PREFIX}-{i:05d}-of-{shards:05d}": c for i, c in enumerate(per_shard)}
-    summary = {"good": good, "shards": counts, "inputs": sum(good.values()),
-               "dead_letter": {"total": 0, "by_reason": {}}, "features": {"kind": "logmel", "n_mels": BINS}}
+    summary = {
+        "good": good,
+        "shards": counts,
+        "inputs": sum(good.values()),
+        "dead_letter": {"total": 0, "by_reason": {}},
+        "features": {"kind": "logmel", "n_mels": BINS},
+    }
     with open(os.path.join(root, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f)
     with open(os.path.join(root, "global_stats.json"), "w", encoding="utf-8") as f:
@@ -85,7 +97,7 @@ def make_span(root: str, span: int, span_bytes: int, shards: int, seed: int = 0)
 
 
 def span_artifact(uri: str, span: int, summary: Dict[str, object]):
-    """The span as FeatureGen publishes it (src/speechpipe/components/feature_gen.py)."""
+    """The span as FeatureGen publishes it (components/feature_gen.py)."""
     from tfx.types import artifact_utils, standard_artifacts
 
     artifact = standard_artifacts.Examples()
@@ -118,6 +130,7 @@ def tree_bytes(root: str) -> Tuple[int, int]:
 # ----------------------------------------------------------------------------------------------
 # The baseline: the copying union
 
+
 def copying_union(members: Sequence[Tuple[int, object]], out: str) -> Dict[str, object]:
     """Every member's split files copied into `out/Split-<split>/` as
     `data_tfrecord-span<i>-...`, 16 at a time through TFX's fileio, counted and checked; the first
@@ -141,7 +154,7 @@ def copying_union(members: Sequence[Tuple[int, object]], out: str) -> Dict[str, 
         for split in splits:
             source, target = storage.join(member.uri, f"Split-{split}"), storage.join(out, f"Split-{split}")
             for name, size in files(source):
-                new = f"data_tfrecord-span{index}-{name[len('data_tfrecord-'):]}"
+                new = f"data_tfrecord-span{index}-{name[len('data_tfrecord-') :]}"
                 copies.append((storage.join(source, name), storage.join(target, new)))
                 expected[split][0] += 1
                 expected[split][1] += size
@@ -162,6 +175,7 @@ def copying_union(members: Sequence[Tuple[int, object]], out: str) -> Dict[str, 
 # ----------------------------------------------------------------------------------------------
 # The measurement
 
+
 def _best(repeat: int, fn) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -171,8 +185,9 @@ def _best(repeat: int, fn) -> float:
     return best
 
 
-def measure(work: str, spans: int, span_paths: List[str], summaries: List[Dict[str, object]],
-            repeat: int) -> Dict[str, object]:
+def measure(
+    work: str, spans: int, span_paths: List[str], summaries: List[Dict[str, object]], repeat: int
+) -> Dict[str, object]:
     from speechpipe.components.examples_union import union_examples
     from speechpipe.training import expand_files
 
@@ -195,15 +210,26 @@ def measure(work: str, spans: int, span_paths: List[str], summaries: List[Dict[s
     resolve_list_s = _best(max(repeat, 3), lambda: expand_files(train_list + "/*"))
     span_bytes = sum(tree_bytes(os.path.join(p))[1] for p in span_paths[:spans])
     return {
-        "spans": spans, "span_bytes": span_bytes,
+        "spans": spans,
+        "span_bytes": span_bytes,
         "shards": sum(len(expand_files(os.path.join(list_dir, f"Split-{s}"))) for s, _ in SPLIT_FRACTIONS),
-        "copy": {"seconds": copy_s, "files": copy_files, "bytes_written": copy_bytes,
-                 "resolve_train_seconds": resolve_copy_s},
-        "manifest": {"seconds": list_s, "files": list_files, "bytes_written": list_bytes,
-                     "resolve_train_seconds": resolve_list_s},
-        "ratios": {"seconds": copy_s / list_s if list_s else None,
-                   "bytes_written": copy_bytes / list_bytes if list_bytes else None,
-                   "resolve_train_seconds": resolve_list_s / resolve_copy_s if resolve_copy_s else None},
+        "copy": {
+            "seconds": copy_s,
+            "files": copy_files,
+            "bytes_written": copy_bytes,
+            "resolve_train_seconds": resolve_copy_s,
+        },
+        "manifest": {
+            "seconds": list_s,
+            "files": list_files,
+            "bytes_written": list_bytes,
+            "resolve_train_seconds": resolve_list_s,
+        },
+        "ratios": {
+            "seconds": copy_s / list_s if list_s else None,
+            "bytes_written": copy_bytes / list_bytes if list_bytes else None,
+            "resolve_train_seconds": resolve_list_s / resolve_copy_s if resolve_copy_s else None,
+        },
     }
 
 
@@ -226,8 +252,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     work = args.work or tempfile.mkdtemp(prefix="bench_union_")
     os.makedirs(work, exist_ok=True)
-    results: Dict[str, object] = {"span_mb": args.span_mb, "shards_per_split": args.shards, "repeat": args.repeat,
-                                  "cpus": os.cpu_count(), "runs": []}
+    results: Dict[str, object] = {
+        "span_mb": args.span_mb,
+        "shards_per_split": args.shards,
+        "repeat": args.repeat,
+        "cpus": os.cpu_count(),
+        "runs": [],
+    }
     try:
         started = time.perf_counter()
         span_paths, summaries = [], []
@@ -235,23 +266,34 @@ def main(argv: Optional[List[str]] = None) -> int:
             path = os.path.join(work, "spans", f"span{span}")
             span_paths.append(path)
             summaries.append(make_span(path, span, int(args.span_mb * 1e6), args.shards))
-        print(f"{sizes[-1]} synthetic spans of {_mb(tree_bytes(span_paths[0])[1])} "
-              f"({sum(summaries[0]['good'].values())} records, {args.shards} shards a split) "
-              f"in {time.perf_counter() - started:.1f} s", flush=True)
-        print(f"{'spans':>5} {'features':>11} {'way':>9} {'seconds':>9} {'files':>6} {'written':>11} "
-              f"{'train resolve':>14}")
+        print(
+            f"{sizes[-1]} synthetic spans of {_mb(tree_bytes(span_paths[0])[1])} "
+            f"({sum(summaries[0]['good'].values())} records, {args.shards} shards a split) "
+            f"in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
+        print(
+            f"{'spans':>5} {'features':>11} {'way':>9} {'seconds':>9} {'files':>6} {'written':>11} "
+            f"{'train resolve':>14}"
+        )
         for spans in sizes:
             run = measure(work, spans, span_paths, summaries, args.repeat)
             results["runs"].append(run)
             for way in ("copy", "manifest"):
                 r = run[way]
-                print(f"{spans:5d} {_mb(run['span_bytes']):>11} {way:>9} {r['seconds']:9.4f} {r['files']:6d} "
-                      f"{_mb(r['bytes_written']):>11} {1000 * r['resolve_train_seconds']:11.2f} ms", flush=True)
+                print(
+                    f"{spans:5d} {_mb(run['span_bytes']):>11} {way:>9} {r['seconds']:9.4f} {r['files']:6d} "
+                    f"{_mb(r['bytes_written']):>11} {1000 * r['resolve_train_seconds']:11.2f} ms",
+                    flush=True,
+                )
             ratios = run["ratios"]
-            print(f"{spans:5d} spans: the manifest union is {ratios['seconds']:,.0f}x faster and writes "
-                  f"{ratios['bytes_written']:,.0f}x fewer bytes ({_mb(run['manifest']['bytes_written'])} for "
-                  f"{run['shards']} shards); resolving the train split costs {ratios['resolve_train_seconds']:.1f}x "
-                  "a glob of the copied folder", flush=True)
+            print(
+                f"{spans:5d} spans: the manifest union is {ratios['seconds']:,.0f}x faster and writes "
+                f"{ratios['bytes_written']:,.0f}x fewer bytes ({_mb(run['manifest']['bytes_written'])} for "
+                f"{run['shards']} shards); resolving the train split costs {ratios['resolve_train_seconds']:.1f}x "
+                "a glob of the copied folder",
+                flush=True,
+            )
         if args.out:
             with open(args.out, "w", encoding="utf-8") as f:
                 json.dump(results, f, indent=1)

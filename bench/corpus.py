@@ -6,6 +6,7 @@ once into bench/.cache/demo_corpus-<tag>. The tag names the corpus's configurati
 default never reuses an older corpus, nor the features, pairs and trained runs made from one:
 those go under <root>/corpus-<tag>/ (`derived_dir`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,7 +28,9 @@ def corpus_tag(config: Dict[str, object]) -> str:
 
 def bench_corpus() -> str:
     """BENCH_CORPUS, or the demo corpus, synthesised when absent."""
-    corpus = os.environ.get("BENCH_CORPUS") or os.path.join(CACHE, "demo_corpus-" + corpus_tag(DEMO_CORPUS.content_json()))
+    corpus = os.environ.get("BENCH_CORPUS") or os.path.join(
+        CACHE, "demo_corpus-" + corpus_tag(DEMO_CORPUS.content_json())
+    )
     if not os.path.exists(os.path.join(corpus, MANIFEST)):
         from speechpipe.corpus.synth import synthesize_corpus
 

@@ -15,6 +15,7 @@ Seed 002's choices, each a setting of `Seed002Settings`:
 `train_pairs` runs the product trainer's steps (splits, best-weights validation, back end,
 threshold, export: speechpipe.components.embedder_trainer) around this model and dataset.
 """
+
 from __future__ import annotations
 
 import time
@@ -64,8 +65,15 @@ def kl_divergence(p: tf.Tensor, q: tf.Tensor, epsilon: float = 1e-7, clip: bool 
     return tf.reduce_sum(p_prob * (p_log - q_log), axis=-1)
 
 
-def kl_hinge_pair_loss(labels: tf.Tensor, p: tf.Tensor, q: tf.Tensor, margin: float, epsilon: float = 1e-7,
-                       symmetric: bool = True, clip: bool = False) -> tf.Tensor:
+def kl_hinge_pair_loss(
+    labels: tf.Tensor,
+    p: tf.Tensor,
+    q: tf.Tensor,
+    margin: float,
+    epsilon: float = 1e-7,
+    symmetric: bool = True,
+    clip: bool = False,
+) -> tf.Tensor:
     """Per-pair loss [batch]: KL for label 1, max(0, margin - KL) for label 0; one direction
     (seed 002) or the mean of both."""
     same = tf.cast(tf.reshape(labels, [-1]), tf.float32)
@@ -82,15 +90,22 @@ def kl_hinge_pair_loss(labels: tf.Tensor, p: tf.Tensor, q: tf.Tensor, margin: fl
 class PairwiseKLHingeLoss(keras.losses.Loss):
     """y_true = pair labels [batch], y_pred = the siamese model's stacked outputs [batch, 2, D]."""
 
-    def __init__(self, margin: float, epsilon: float, symmetric: bool, clip: bool, name: str = "pairwise_kl_hinge",
-                 **kwargs) -> None:
+    def __init__(
+        self, margin: float, epsilon: float, symmetric: bool, clip: bool, name: str = "pairwise_kl_hinge", **kwargs
+    ) -> None:
         super().__init__(name=name, **kwargs)
-        self.margin, self.epsilon, self.symmetric, self.clip = float(margin), float(epsilon), bool(symmetric), bool(clip)
+        self.margin, self.epsilon, self.symmetric, self.clip = (
+            float(margin),
+            float(epsilon),
+            bool(symmetric),
+            bool(clip),
+        )
 
     def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         y_pred = tf.cast(y_pred, tf.float32)
-        return kl_hinge_pair_loss(y_true, y_pred[:, 0], y_pred[:, 1], self.margin, self.epsilon, self.symmetric,
-                                  self.clip)
+        return kl_hinge_pair_loss(
+            y_true, y_pred[:, 0], y_pred[:, 1], self.margin, self.epsilon, self.symmetric, self.clip
+        )
 
 
 def seed002_keras_accuracy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
@@ -112,13 +127,13 @@ def build_siamese_model(base: keras.Model) -> keras.Model:
 def build_network(model_config, settings: Seed002Settings) -> keras.Model:
     from speechpipe.speakers.embedder import OUTPUT_LAYER, build_base_network
 
-    head = (keras.layers.PReLU(dtype="float32", name=OUTPUT_LAYER) if settings.output_activation == "prelu"
-            else None)
+    head = keras.layers.PReLU(dtype="float32", name=OUTPUT_LAYER) if settings.output_activation == "prelu" else None
     return build_base_network(model_config, output_head=head)
 
 
-def pair_training_dataset(data, pairs_dir: str, segment_frames: int, pairs_per_batch: int,
-                          seed: int) -> Tuple[tf.data.Dataset, int]:
+def pair_training_dataset(
+    data, pairs_dir: str, segment_frames: int, pairs_per_batch: int, seed: int
+) -> Tuple[tf.data.Dataset, int]:
     """The pair job's training pairs -> ((segments_a, segments_b), labels)."""
     from speechpipe.speakers.pair_dataset import PairReferences, SegmentTable, pair_dataset
 
@@ -128,8 +143,9 @@ def pair_training_dataset(data, pairs_dir: str, segment_frames: int, pairs_per_b
         raise FileNotFoundError(f"no training pairs match {pattern}: run `speechpipe pairs --out {pairs_dir}`")
     table = SegmentTable.from_arrays(zip(data.utterances, data.features))
     references = PairReferences.read(files, table, segment_frames)
-    dataset = pair_dataset(references, table, segment_frames, pairs_per_batch, training=True, seed=seed,
-                           repeat=True, drop_remainder=True)
+    dataset = pair_dataset(
+        references, table, segment_frames, pairs_per_batch, training=True, seed=seed, repeat=True, drop_remainder=True
+    )
     return dataset, len(references)
 
 
@@ -142,9 +158,17 @@ class _KerasAccuracy(keras.callbacks.Callback):
         self.per_epoch.append(float((logs or {}).get("accuracy", float("nan"))))
 
 
-def train_pairs(train_files: Sequence[str], eval_files: Sequence[str], feature_config, serving_model_dir: Optional[str],
-                log_dir: Optional[str], config, settings: Seed002Settings, pairs_dir: str,
-                global_stats: Optional[Dict[str, object]] = None):
+def train_pairs(
+    train_files: Sequence[str],
+    eval_files: Sequence[str],
+    feature_config,
+    serving_model_dir: Optional[str],
+    log_dir: Optional[str],
+    config,
+    settings: Seed002Settings,
+    pairs_dir: str,
+    global_stats: Optional[Dict[str, object]] = None,
+):
     """Seed 002's form: the siamese model on the pair job's pairs, with the product's validation,
     back end, threshold and export. Returns the product's TrainResult."""
     from speechpipe.components import trainer_contract
@@ -157,24 +181,40 @@ def train_pairs(train_files: Sequence[str], eval_files: Sequence[str], feature_c
     set_mixed_precision(config.mixed_precision)
     splits = read_splits(train_files, eval_files, feature_config)
     dataset, splits.inputs["train_pairs"] = pair_training_dataset(
-        splits.train, pairs_dir, config.model.segment_frames, settings.pairs_per_batch, config.seed)
+        splits.train, pairs_dir, config.model.segment_frames, settings.pairs_per_batch, config.seed
+    )
     base = build_network(config.model, settings)
     model = build_siamese_model(base)
-    metrics = [keras.metrics.MeanMetricWrapper(seed002_keras_accuracy, name="accuracy")] if settings.keras_accuracy else []
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm),
-                  loss=PairwiseKLHingeLoss(config.model.margin, config.model.epsilon, settings.symmetric, settings.clip),
-                  metrics=metrics)
+    metrics = (
+        [keras.metrics.MeanMetricWrapper(seed002_keras_accuracy, name="accuracy")] if settings.keras_accuracy else []
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm),
+        loss=PairwiseKLHingeLoss(config.model.margin, config.model.epsilon, settings.symmetric, settings.clip),
+        metrics=metrics,
+    )
     embedder, validation = best_weights_validation(base, splits, config)
     accuracy = _KerasAccuracy()
     callbacks: List[keras.callbacks.Callback] = [StopOnNonFiniteLoss(), accuracy, validation]
     if log_dir:
         callbacks.append(tensorboard(log_dir))
     started = time.time()
-    model.fit(dataset, steps_per_epoch=config.eval_every_steps, epochs=fit_epochs(config), callbacks=callbacks,
-              verbose=0)
-    result = finish(base, embedder, validation, splits, config, feature_config, global_stats, serving_model_dir,
-                    trainer_contract.WarmStart(False, None, trainer_contract.NO_CHAMPION), time.time() - started,
-                    2 * settings.pairs_per_batch)
+    model.fit(
+        dataset, steps_per_epoch=config.eval_every_steps, epochs=fit_epochs(config), callbacks=callbacks, verbose=0
+    )
+    result = finish(
+        base,
+        embedder,
+        validation,
+        splits,
+        config,
+        feature_config,
+        global_stats,
+        serving_model_dir,
+        trainer_contract.WarmStart(False, None, trainer_contract.NO_CHAMPION),
+        time.time() - started,
+        2 * settings.pairs_per_batch,
+    )
     if settings.keras_accuracy:
         for row, value in zip(result.summary["history"], accuracy.per_epoch):
             row["keras_accuracy"] = value

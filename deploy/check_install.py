@@ -5,6 +5,7 @@ comes from the environment being checked, not from a source tree on the path.
 
 The image's last build step runs it (deploy/image_steps.sh check), and so do the tests of the
 installed wheel and sdist. It prints one line per finding and exits 1 on any problem."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Generators of good, unusual and bad audio inputs for the feature job's tests."""
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,15 @@ def tone(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndar
     return np.stack([mono * (1 - 0.1 * c) for c in range(channels)], axis=1).astype(np.float32)
 
 
-def write_wav(path: str, seconds: float = 1.0, rate: int = 16000, channels: int = 1, subtype: str = "PCM_16", fmt: str = "WAV", seed: int = 0) -> str:
+def write_wav(
+    path: str,
+    seconds: float = 1.0,
+    rate: int = 16000,
+    channels: int = 1,
+    subtype: str = "PCM_16",
+    fmt: str = "WAV",
+    seed: int = 0,
+) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     sf.write(path, tone(seconds, rate, channels, seed), rate, subtype=subtype, format=fmt)
     return path
@@ -88,9 +97,15 @@ BAD_AUDIO = {
     "notaudio": (lambda p: write_bytes(p + ".m4a", b"this is a text file with an audio name\n" * 20), "unreadable"),
     "truncated": (_truncated, "truncated"),
     "zerobytes": (lambda p: write_bytes(p + ".wav", b""), "empty"),
-    "zerosamples": (lambda p: (sf.write(p + ".wav", np.zeros(0, np.float32), 16000, subtype="PCM_16"), p + ".wav")[1], "empty"),
+    "zerosamples": (
+        lambda p: (sf.write(p + ".wav", np.zeros(0, np.float32), 16000, subtype="PCM_16"), p + ".wav")[1],
+        "empty",
+    ),
     "nan": (_nan, "non_finite"),
-    "silent": (lambda p: (sf.write(p + ".wav", np.zeros(16000, np.float32), 16000, subtype="PCM_16"), p + ".wav")[1], "silent"),
+    "silent": (
+        lambda p: (sf.write(p + ".wav", np.zeros(16000, np.float32), 16000, subtype="PCM_16"), p + ".wav")[1],
+        "silent",
+    ),
     "short": (lambda p: write_wav(p + ".wav", seconds=0.01), "too_short"),
     "long": (lambda p: write_wav(p + ".wav", seconds=3.0), "too_long"),  # jobs in tests use max 2 s
 }
@@ -108,8 +123,19 @@ def build_mixed_manifest(root: str) -> Tuple[str, Dict[str, str], List[str]]:
     write_wav(os.path.join(outside, "secret.wav"))
 
     def entry(utt: str, audio: str, speaker: str = "spk1", split: str = "train", phones: str = GOOD_PHONES) -> bytes:
-        return json.dumps({"utterance": utt, "audio": audio, "speaker": speaker, "session": "s1",
-                           "text": "t", "phones": phones, "duration": 1.0, "split": split}, ensure_ascii=False).encode()
+        return json.dumps(
+            {
+                "utterance": utt,
+                "audio": audio,
+                "speaker": speaker,
+                "session": "s1",
+                "text": "t",
+                "phones": phones,
+                "duration": 1.0,
+                "split": split,
+            },
+            ensure_ascii=False,
+        ).encode()
 
     for i, split in enumerate(("train", "train", "validation", "test")):
         utt = f"good{i}"

@@ -1,8 +1,11 @@
 import os
+import subprocess
+import sys
 
 import pytest
 
 from tests.helpers import make_tiny_corpus
+from tests.services import free_port, wait_for
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -18,11 +21,55 @@ def tiny_features(tiny_corpus, tmp_path_factory) -> str:
     """The feature job's output (defaults, in_memory) for the tiny corpus, once per session."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from speechpipe.config import FeatureConfig
-    from speechpipe.pipeline import features_job
     from speechpipe.audio.sources import make_spec
+    from speechpipe.config import FeatureConfig
+    from speechpipe.jobs import features_job
 
     out = str(tmp_path_factory.mktemp("tiny_features"))
-    features_job.run_job(make_spec(os.path.join(tiny_corpus, "manifest.jsonl")), FeatureConfig(), out,
-                         PipelineOptions(["--direct_running_mode=in_memory"]))
+    features_job.run_job(
+        make_spec(os.path.join(tiny_corpus, "manifest.jsonl")),
+        FeatureConfig(),
+        out,
+        PipelineOptions(["--direct_running_mode=in_memory"]),
+    )
     return out
+
+
+@pytest.fixture(scope="module")
+def portable_services(tmp_path_factory):
+    """Beam's job service and an external worker pool, each its own process: (job port, pool port)."""
+    job_port, pool_port = free_port(), free_port()
+    logs = tmp_path_factory.mktemp("services")
+    # The worker pool starts SDK workers as plain `python`: the venv's must come first on PATH,
+    # as a cluster's worker image has the project installed.
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    }
+    job_service = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "apache_beam.runners.portability.local_job_service_main",
+            f"--port={job_port}",
+            f"--staging_dir={logs / 'staging'}",
+        ],
+        stdout=open(logs / "job.log", "w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    worker_pool = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={pool_port}"],
+        stdout=open(logs / "pool.log", "w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        wait_for(job_port, job_service)
+        wait_for(pool_port, worker_pool)
+        yield job_port, pool_port
+    finally:
+        for process in (job_service, worker_pool):
+            process.terminate()
+            process.wait(timeout=30)

@@ -1,4 +1,5 @@
 """Test data generators shared by the tests."""
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,9 @@ def voxceleb_layout(corpus_dir: str, out_dir: str, version: int, test_speakers: 
         else:
             folder = "test" if line["speaker"] in test_speakers else "dev"
             samples, rate = sf.read(source, dtype="float32")
-            write_m4a(os.path.join(out_dir, folder, "aac", os.path.splitext(relative)[0] + ".m4a"), rate=rate,
-                      samples=samples)
+            write_m4a(
+                os.path.join(out_dir, folder, "aac", os.path.splitext(relative)[0] + ".m4a"), rate=rate, samples=samples
+            )
     if version == 1:
         rows = ["VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet"]
         rows += [f"{s}\tPerson_{s}\tf\tGermany\t{'test' if s in test_speakers else 'dev'}" for s in speakers]

@@ -4,6 +4,7 @@ It behaves like GCS or S3 where speechpipe relies on them: no folders (a "folder
 prefix), listings carry each object's size and update time, and a prefix is listed in one call.
 Beam finds the class by its scheme as soon as this module is imported.
 """
+
 from __future__ import annotations
 
 import io

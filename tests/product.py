@@ -1,6 +1,7 @@
 """Helpers for the tests of what a user installs: fresh virtual environments outside the
 repository, the image's build context, and commands run as a user would run them (no checkout on
 the path, a working folder of their own)."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -29,8 +30,11 @@ def uv() -> str:
 def user_env(venv: str = "", **extra: str) -> Dict[str, str]:
     """The environment of a user's shell: this machine's, less anything that puts the checkout or
     the test venv on the path, with `venv`'s bin first on PATH."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PYTEST_CURRENT_TEST")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PYTEST_CURRENT_TEST")
+    }
     test_bin = os.path.dirname(sys.executable)
     path = [p for p in env.get("PATH", "").split(os.pathsep) if p and os.path.realpath(p) != os.path.realpath(test_bin)]
     if venv:
@@ -45,8 +49,10 @@ def user_env(venv: str = "", **extra: str) -> Dict[str, str]:
 def run(args: Sequence[str], cwd: str, env: Dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
     """Runs a command; on failure the assertion shows its output."""
     done = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, (f"{' '.join(args)} exited {done.returncode}\n--- stdout\n{done.stdout[-6000:]}"
-                                  f"\n--- stderr\n{done.stderr[-6000:]}")
+    assert done.returncode == 0, (
+        f"{' '.join(args)} exited {done.returncode}\n--- stdout\n{done.stdout[-6000:]}"
+        f"\n--- stderr\n{done.stderr[-6000:]}"
+    )
     return done
 
 
@@ -54,7 +60,9 @@ def locked_venv(path: str) -> str:
     """A fresh venv at `path` holding exactly the locked packages (uv links them from its cache)."""
     env = user_env(UV_COMPILE_BYTECODE="0")
     run([base_python(), "-m", "venv", path], cwd=os.path.dirname(path), env=env)
-    run([uv(), "pip", "sync", "--python", os.path.join(path, "bin", "python"), LOCK], cwd=os.path.dirname(path), env=env)
+    run(
+        [uv(), "pip", "sync", "--python", os.path.join(path, "bin", "python"), LOCK], cwd=os.path.dirname(path), env=env
+    )
     return path
 
 
@@ -62,8 +70,10 @@ def build_distributions(out_dir: str) -> Dict[str, str]:
     """The sdist and the wheel, built from the checkout as a release would be: {'sdist', 'wheel'}."""
     run([uv(), "build", "--sdist", "--wheel", "--out-dir", out_dir, REPO], cwd=out_dir, env=user_env())
     names = os.listdir(out_dir)
-    return {"sdist": os.path.join(out_dir, next(n for n in names if n.endswith(".tar.gz"))),
-            "wheel": os.path.join(out_dir, next(n for n in names if n.endswith(".whl")))}
+    return {
+        "sdist": os.path.join(out_dir, next(n for n in names if n.endswith(".tar.gz"))),
+        "wheel": os.path.join(out_dir, next(n for n in names if n.endswith(".whl"))),
+    }
 
 
 def dockerignore_rules() -> List[str]:
@@ -93,8 +103,12 @@ def build_context(dest: str) -> List[str]:
     """Copies what `docker build .` would send (the repository's files that .dockerignore lets in)
     to `dest`; returns their relative paths."""
     rules = dockerignore_rules()
-    tracked = subprocess.run(["git", "-C", REPO, "ls-files", "--cached", "--others", "--exclude-standard"],
-                             capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "-C", REPO, "ls-files", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     copied = []
     for relative in sorted(tracked):
         if _ignored(relative, rules) or not os.path.isfile(os.path.join(REPO, relative)):

@@ -17,6 +17,7 @@ existing file appends to it. So listings here go through glob, which matches eve
 writes create their parent folders, as TFX's components do before writing, so that gfile's walk
 sees them as it would on gs://; and a write replaces the object, as on an object store.
 """
+
 from __future__ import annotations
 
 import io
@@ -49,7 +50,7 @@ def _store(path: str, data: bytes) -> None:
 def _is_object(path: str) -> bool:
     try:
         return not _gfile().stat(path).is_directory
-    except Exception:  # noqa: BLE001 - tf.errors.NotFoundError
+    except Exception:  # tf.errors.NotFoundError
         return False
 
 

@@ -1,5 +1,6 @@
 """speechpipe.audio.decode's direct reader of plain 16-bit PCM WAV: libsndfile's samples, bit for bit, and
 libsndfile (or a dead-letter reason) for everything else."""
+
 import io
 import os
 import struct
@@ -35,7 +36,7 @@ def test_full_scale_and_extreme_samples_are_libsndfiles_bits(tmp_path):
 def _with_data_size(path: str, declared: int) -> bytes:
     data = bytearray(open(path, "rb").read())
     at = data.index(b"data")
-    data[at + 4: at + 8] = struct.pack("<I", declared)
+    data[at + 4 : at + 8] = struct.pack("<I", declared)
     return bytes(data)
 
 

@@ -1,5 +1,6 @@
 """speechpipe.audio.augment: measured behaviour of each augmentation (SNR, the image-source RIR's
 delay and decay, alignment of reverberated audio, speed and pitch), determinism, validation."""
+
 import math
 
 import numpy as np
@@ -23,7 +24,7 @@ def _speech_like(seconds=1.5, seed=0):
 def _snr_db(clean, mixed):
     clean = np.asarray(clean, np.float64)
     noise = np.asarray(mixed, np.float64) - clean
-    return 10 * math.log10(np.mean(clean ** 2) / np.mean(noise ** 2))
+    return 10 * math.log10(np.mean(clean**2) / np.mean(noise**2))
 
 
 def _t30(rir, rate):
@@ -45,6 +46,7 @@ def _frequency(x, rate):
 
 # ------------------------------------------------------------------------------------- noise
 
+
 @pytest.mark.parametrize("colour", ["white", "pink", "brown"])
 @pytest.mark.parametrize("snr", [0.0, 7.5, 15.0])
 def test_mixed_signal_has_the_asked_snr(colour, snr):
@@ -63,13 +65,15 @@ def test_short_noise_is_looped_to_the_speech_and_silent_noise_refused():
         A.mix_at_snr(speech, np.zeros(100), 5.0)
 
 
-@pytest.mark.parametrize("colour, slope_db_per_octave", [("white", 0.0), ("pink", -3.0), ("brown", -6.0)])
+@pytest.mark.parametrize(("colour", "slope_db_per_octave"), [("white", 0.0), ("pink", -3.0), ("brown", -6.0)])
 def test_noise_colours_have_their_spectral_slopes(colour, slope_db_per_octave):
     rng = np.random.default_rng(3)
-    n = 2 ** 16
+    n = 2**16
     # averaged periodograms of 64 frames: a smooth spectrum to fit a line to
-    psd = np.mean([np.abs(np.fft.rfft(A.coloured_noise(n, colour, rng)[:4096] * np.hanning(4096))) ** 2
-                   for _ in range(64)], axis=0)
+    psd = np.mean(
+        [np.abs(np.fft.rfft(A.coloured_noise(n, colour, rng)[:4096] * np.hanning(4096))) ** 2 for _ in range(64)],
+        axis=0,
+    )
     f = np.fft.rfftfreq(4096, 1 / RATE)
     band = (f >= 100) & (f <= 6400)
     slope = np.polyfit(np.log2(f[band]), 10 * np.log10(psd[band]), 1)[0]
@@ -82,13 +86,14 @@ def test_babble_sums_other_utterances_and_mixes_at_the_asked_snr():
     noise = A.babble(len(speech), others, np.random.default_rng(0))
     assert noise.shape == speech.shape
     # each source enters at unit mean square: the sum's power is near the number of sources
-    assert 1.5 < np.mean(noise ** 2) < 8
+    assert 1.5 < np.mean(noise**2) < 8
     assert abs(_snr_db(speech, A.mix_at_snr(speech, noise, 13.0)) - 13.0) < 0.1
     with pytest.raises(ValueError):
         A.babble(100, [], np.random.default_rng(0))
 
 
 # ------------------------------------------------------------------------------ reverberation
+
 
 def _rooms(count=8, seed=0):
     config = A.AugmentConfig(copies=1)
@@ -140,8 +145,9 @@ def test_reverberated_output_has_the_same_length_and_is_aligned():
         assert wet.shape == speech.shape and wet.dtype == np.float32
         assert np.mean(wet.astype(np.float64) ** 2) == pytest.approx(np.mean(speech.astype(np.float64) ** 2), rel=1e-6)
         lags = np.arange(-400, 401)
-        xcorr = [np.dot(speech[max(0, -k): len(speech) - max(0, k)], wet[max(0, k): len(wet) - max(0, -k)])
-                 for k in lags]
+        xcorr = [
+            np.dot(speech[max(0, -k) : len(speech) - max(0, k)], wet[max(0, k) : len(wet) - max(0, -k)]) for k in lags
+        ]
         assert lags[int(np.argmax(xcorr))] == 0
         assert not np.allclose(wet, speech, atol=1e-3)  # and it did reverberate
 
@@ -152,6 +158,7 @@ def test_reverberate_refuses_a_delay_outside_the_rir():
 
 
 # ------------------------------------------------------------------------------------- speed
+
 
 @pytest.mark.parametrize("factor", [0.9, 1.1])
 def test_speed_changes_length_by_one_over_factor_and_pitch_by_factor(factor):
@@ -164,6 +171,7 @@ def test_speed_changes_length_by_one_over_factor_and_pitch_by_factor(factor):
 
 # ------------------------------------------------------------------------------ copies, seeds
 
+
 def test_copies_are_deterministic_and_depend_on_seed_utterance_and_copy():
     config = A.AugmentConfig(copies=3, rir_bank=4)
     speech = _speech_like()
@@ -175,8 +183,9 @@ def test_copies_are_deterministic_and_depend_on_seed_utterance_and_copy():
     # copies = len(kinds): one of each kind
     assert sorted(c.kind for c in first) == sorted(A.KINDS)
     other_utterance = [A.augment(speech, RATE, config, "spk/s/u2", k, others) for k in range(3)]
-    other_seed = [A.augment(speech, RATE, A.AugmentConfig(copies=3, rir_bank=4, seed=1), "spk/s/u1", k, others)
-                  for k in range(3)]
+    other_seed = [
+        A.augment(speech, RATE, A.AugmentConfig(copies=3, rir_bank=4, seed=1), "spk/s/u1", k, others) for k in range(3)
+    ]
     by_kind = lambda copies: {c.kind: c.samples.tobytes() for c in copies}  # noqa: E731
     for changed in (other_utterance, other_seed):
         assert any(by_kind(changed)[k] != by_kind(first)[k] for k in A.KINDS)
@@ -222,26 +231,30 @@ def test_noise_copy_snr_is_within_the_configured_range():
 
 # ------------------------------------------------------------------------------- validation
 
-@pytest.mark.parametrize("changes, message", [
-    ({"copies": -1}, "copies"),
-    ({"copies": 1.5}, "copies"),
-    ({"kinds": ()}, "kinds"),
-    ({"kinds": ("noise", "echo")}, "kinds"),
-    ({"kinds": ("noise", "noise")}, "kinds"),
-    ({"noise_types": ("pink", "violet")}, "noise_types"),
-    ({"snr_db": (15.0, 0.0)}, "snr_db"),
-    ({"snr_db": (0.0, float("nan"))}, "snr_db"),
-    ({"babble_speakers": (0, 3)}, "babble_speakers"),
-    ({"babble_pool": 2}, "babble_pool"),
-    ({"speed_factors": (1.0,)}, "speed_factors"),
-    ({"speed_factors": (0.3,)}, "speed_factors"),
-    ({"speed_factors": ()}, "speed_factors"),
-    ({"room_min_m": (1.0, 3.0, 2.5)}, "room side 0"),
-    ({"room_min_m": (5.0, 3.0, 2.5), "room_max_m": (4.0, 8.0, 4.0)}, "room side 0"),
-    ({"rt60_s": (0.0, 0.5)}, "rt60_s"),
-    ({"rir_bank": 0}, "rir_bank"),
-    ({"seed": -1}, "seed"),
-])
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"copies": -1}, "copies"),
+        ({"copies": 1.5}, "copies"),
+        ({"kinds": ()}, "kinds"),
+        ({"kinds": ("noise", "echo")}, "kinds"),
+        ({"kinds": ("noise", "noise")}, "kinds"),
+        ({"noise_types": ("pink", "violet")}, "noise_types"),
+        ({"snr_db": (15.0, 0.0)}, "snr_db"),
+        ({"snr_db": (0.0, float("nan"))}, "snr_db"),
+        ({"babble_speakers": (0, 3)}, "babble_speakers"),
+        ({"babble_pool": 2}, "babble_pool"),
+        ({"speed_factors": (1.0,)}, "speed_factors"),
+        ({"speed_factors": (0.3,)}, "speed_factors"),
+        ({"speed_factors": ()}, "speed_factors"),
+        ({"room_min_m": (1.0, 3.0, 2.5)}, "room side 0"),
+        ({"room_min_m": (5.0, 3.0, 2.5), "room_max_m": (4.0, 8.0, 4.0)}, "room side 0"),
+        ({"rt60_s": (0.0, 0.5)}, "rt60_s"),
+        ({"rir_bank": 0}, "rir_bank"),
+        ({"seed": -1}, "seed"),
+    ],
+)
 def test_bad_settings_raise_config_errors_naming_them(changes, message):
     with pytest.raises(ConfigError, match=message):
         A.AugmentConfig(**{"copies": 1, **changes}).validate()

@@ -1,4 +1,5 @@
 """bench/corpus.py: a bench never reuses files made from another corpus."""
+
 import json
 import os
 import shutil

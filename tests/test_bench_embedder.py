@@ -1,4 +1,5 @@
 """bench/bench_embedder.py: the ablation's configurations and the reuse of finished runs."""
+
 from dataclasses import replace
 
 from bench import bench_embedder
@@ -14,15 +15,25 @@ def test_the_ablation_ends_in_the_default_configuration_one_change_at_a_time():
     assert runs["+hidden"].config.model.embedding == runs["+lda_total"].config.model.embedding == "hidden"
     # Seed 002's form is the bench's own (bench/seed002.py) up to +margin; the product's from +in_batch.
     assert all(runs[name].seed002 is not None for name in ("seed002", "+softmax", "+symmetric", "+margin"))
-    assert all(run.seed002 is None for name, run in runs.items()
-               if name not in ("seed002", "+softmax", "+symmetric", "+margin"))
+    assert all(
+        run.seed002 is None
+        for name, run in runs.items()
+        if name not in ("seed002", "+softmax", "+symmetric", "+margin")
+    )
     assert runs["seed002"].seed002.output_activation == "prelu" and not runs["seed002"].seed002.symmetric
     assert runs["+symmetric"].seed002.symmetric and runs["+symmetric"].seed002.output_activation == "softmax"
     assert runs["+margin"].config == runs["+in_batch"].config
     before = runs["+wide_output"].config.model
     assert (before.lda_shrink_toward, before.lda_shrinkage) == ("isotropic", 0.05)  # the isotropic LDA of older runs
-    assert replace(before, lda_shrink_toward="total", lda_shrinkage=default.model.lda_shrinkage,
-                   embedding=default.model.embedding) == default.model
+    assert (
+        replace(
+            before,
+            lda_shrink_toward="total",
+            lda_shrinkage=default.model.lda_shrinkage,
+            embedding=default.model.embedding,
+        )
+        == default.model
+    )
 
 
 def test_a_stored_run_is_reused_only_when_the_settings_that_shape_it_agree():

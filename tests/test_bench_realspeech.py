@@ -2,6 +2,7 @@
 synthetic voices with speaker-dependent spectra): the clip finder, the three protocols' trials,
 the speaker bootstrap, the model-free floor, the missing-data errors, and the bench end to end
 on an exported embedder, from a folder and from the registry."""
+
 import json
 import os
 from typing import Dict, List
@@ -41,13 +42,21 @@ def make_fake_realspeech(root: str) -> str:
         speaker = str(100 + s)
         os.makedirs(os.path.join(base, rs.TEST_OTHER, speaker))
         for u in range(OTHER_UTTERANCES):
-            sf.write(os.path.join(base, rs.TEST_OTHER, speaker, f"{speaker}-7{s}-{u:04d}.flac"), _voice(s, u), RATE,
-                     subtype="PCM_16")
+            sf.write(
+                os.path.join(base, rs.TEST_OTHER, speaker, f"{speaker}-7{s}-{u:04d}.flac"),
+                _voice(s, u),
+                RATE,
+                subtype="PCM_16",
+            )
     for s in range(CLEAN_SPEAKERS):
         speaker, chapter = str(200 + s), str(900 + s)
         os.makedirs(os.path.join(base, rs.TRAIN_CLEAN, speaker, chapter))
-        sf.write(os.path.join(base, rs.TRAIN_CLEAN, speaker, chapter, f"{speaker}-{chapter}-0000.flac"),
-                 _voice(OTHER_SPEAKERS + s, 0), RATE, subtype="PCM_16")
+        sf.write(
+            os.path.join(base, rs.TRAIN_CLEAN, speaker, chapter, f"{speaker}-{chapter}-0000.flac"),
+            _voice(OTHER_SPEAKERS + s, 0),
+            RATE,
+            subtype="PCM_16",
+        )
     for name in ("LICENSE.TXT", "SPEAKERS.TXT"):
         with open(os.path.join(base, rs.TEST_OTHER, name), "w", encoding="utf-8") as f:
             f.write("; not audio\n")
@@ -83,8 +92,11 @@ def test_the_protocols_hold_exactly_the_pairs_they_promise(clips):
     targets = OTHER_SPEAKERS * OTHER_UTTERANCES * (OTHER_UTTERANCES - 1) // 2
     trials = rs.protocols(clips)
     counts = {name: (len(t), sum(label for label, _, _ in t)) for name, t in trials.items()}
-    assert counts == {"a_all": (n * (n - 1) // 2, targets), "b_test_other": (n_other * (n_other - 1) // 2, targets),
-                      "c_impostors": (targets + n_other * n_clean, targets)}
+    assert counts == {
+        "a_all": (n * (n - 1) // 2, targets),
+        "b_test_other": (n_other * (n_other - 1) // 2, targets),
+        "c_impostors": (targets + n_other * n_clean, targets),
+    }
     subset = {c.utterance: c.subset for c in clips}
     speaker = {c.utterance: c.speaker for c in clips}
     for name, t in trials.items():
@@ -104,8 +116,9 @@ def test_a_bootstrap_draw_weighs_trials_by_the_copies_of_their_speakers():
     np.testing.assert_array_equal(rs.bootstrap_weights(np.array([1, 1, 1]), labels, ia, ib), [1, 1, 1, 1])
     # Speaker 0 twice, 1 never: 0's targets twice, every trial of 1's gone, (0, 2) twice.
     np.testing.assert_array_equal(rs.bootstrap_weights(np.array([2, 0, 1]), labels, ia, ib), [2, 0, 0, 0])
-    np.testing.assert_array_equal(rs.bootstrap_weights(np.array([2, 1, 1]), np.array([0]), np.array([0]),
-                                                       np.array([2])), [2])
+    np.testing.assert_array_equal(
+        rs.bootstrap_weights(np.array([2, 1, 1]), np.array([0]), np.array([0]), np.array([2])), [2]
+    )
 
 
 def _overlapping_speakers(speakers: int = 10, utterances: int = 10) -> Dict[str, object]:
@@ -120,8 +133,12 @@ def _overlapping_speakers(speakers: int = 10, utterances: int = 10) -> Dict[str,
     trials = all_pairs_trials(ids, names)
     scores, labels = rs.score_protocol(dict(zip(ids, e)), trials, rs.cosine)
     speaker = dict(zip(ids, names))
-    return {"scores": scores, "labels": labels, "a": [speaker[t[1]] for t in trials],
-            "b": [speaker[t[2]] for t in trials]}
+    return {
+        "scores": scores,
+        "labels": labels,
+        "a": [speaker[t[1]] for t in trials],
+        "b": [speaker[t[2]] for t in trials],
+    }
 
 
 def test_the_speaker_bootstrap_is_seeded_and_brackets_the_estimate():
@@ -197,8 +214,9 @@ def exported_embedder(tmp_path_factory) -> str:
     from speechpipe.speakers.embedder import EmbedderConfig
 
     keras.utils.set_random_seed(0)
-    config = EmbedderConfig(lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1, backend="none",
-                            embedding="output")
+    config = EmbedderConfig(
+        lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1, backend="none", embedding="output"
+    )
     base = embedder.build_base_network(config)
     layer = base.get_layer("output_dense")
     kernel, bias = layer.get_weights()
@@ -211,8 +229,8 @@ def exported_embedder(tmp_path_factory) -> str:
 def test_an_exported_embedder_from_a_folder_and_from_the_registry(fake_data, exported_embedder, tmp_path, capsys):
     """The same SavedModel as a folder, as a registry version that is the SavedModel itself (v1),
     and as one that is an MLflow model holding it (v2, what the pusher registers): the same figures."""
+    from speechpipe.results.pyfunc import save_flavor
     from speechpipe.results.registry import Registry
-    from speechpipe.serving.pyfunc import save_flavor
 
     uri = "sqlite:///" + str(tmp_path / "mlflow" / "mlflow.db")
     registry = Registry(uri)
@@ -221,9 +239,24 @@ def test_an_exported_embedder_from_a_folder_and_from_the_registry(fake_data, exp
     wrapped = registry.register("tiny-speaker", flavor, {"eer": 0.5}, {"smoke_test": "passed"})
     registry.set_champion("tiny-speaker", wrapped.version)
     out = tmp_path / "figures.json"
-    rs.main(["--data", fake_data, "--model", exported_embedder, "--model", "models:/tiny-speaker@champion",
-             "--model", f"models:/tiny-speaker/{bare.version}", "--tracking-uri", uri, "--json", str(out),
-             "--draws", "50"])
+    rs.main(
+        [
+            "--data",
+            fake_data,
+            "--model",
+            exported_embedder,
+            "--model",
+            "models:/tiny-speaker@champion",
+            "--model",
+            f"models:/tiny-speaker/{bare.version}",
+            "--tracking-uri",
+            uri,
+            "--json",
+            str(out),
+            "--draws",
+            "50",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "models:/tiny-speaker@champion against the floor: (a) all pairs" in printed
     systems = json.loads(out.read_text())["systems"]

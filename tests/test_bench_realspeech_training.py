@@ -3,6 +3,7 @@ of one-recording speakers into pseudo-utterances, the seeded validation speakers
 corpus's manifest and WAV pieces (read back by the feature job's manifest parser), the mixed
 manifest, the report table, and that the trainer's sampler can draw K segments of a speaker
 that has a single utterance."""
+
 import os
 
 import numpy as np
@@ -27,7 +28,7 @@ def _clips(clean_speakers=6, other_speakers=2, other_utterances=3):
     return clips
 
 
-@pytest.mark.parametrize("seconds, pieces", [(14.0, 4), (13.9, 3), (3.5, 1), (2.0, 1), (7.2, 2)])
+@pytest.mark.parametrize(("seconds", "pieces"), [(14.0, 4), (13.9, 3), (3.5, 1), (2.0, 1), (7.2, 2)])
 def test_chunk_bounds_cover_the_recording_in_pieces_of_at_least_one_chunk(seconds, pieces):
     n = int(seconds * RATE)
     bounds = rst.chunk_bounds(n, 3.5)
@@ -75,8 +76,10 @@ def test_write_real_corpus_writes_pieces_the_manifest_parser_accepts(tmp_path):
 
     clips = _clips(clean_speakers=4, other_speakers=2, other_utterances=2)
     rng = np.random.default_rng(0)
-    waves = [(0.1 * rng.standard_normal(int((1.5 if c.subset == rs.TEST_OTHER else 7.5) * RATE))).astype(np.float32)
-             for c in clips]
+    waves = [
+        (0.1 * rng.standard_normal(int((1.5 if c.subset == rs.TEST_OTHER else 7.5) * RATE))).astype(np.float32)
+        for c in clips
+    ]
     out = tmp_path / "real"
     items = rst.write_real_corpus(clips, waves, str(out), 3.5, n_validation=1)
     lines = rst.read_manifest(str(out / rst.MANIFEST))
@@ -85,7 +88,7 @@ def test_write_real_corpus_writes_pieces_the_manifest_parser_accepts(tmp_path):
         samples, rate = sf.read(str(out / line["audio"]), dtype="float32")
         assert rate == RATE and len(samples) == item.end - item.start
         source = waves[[c.path for c in clips].index(item.source)]
-        np.testing.assert_allclose(samples, source[item.start:item.end], atol=1 / 32768 + 1e-6)
+        np.testing.assert_allclose(samples, source[item.start : item.end], atol=1 / 32768 + 1e-6)
         assert {"utterance", "audio", "speaker", "split", "session"} <= set(line)
     spec = make_spec(str(out / rst.MANIFEST))
     assert spec.kind == MANIFEST and spec.data_root == str(out)
@@ -98,15 +101,19 @@ def test_mixed_manifest_rebases_audio_and_refuses_clashes(tmp_path):
     a, b = tmp_path / "real", tmp_path / "synth"
     a.mkdir()
     b.mkdir()
-    rst.write_manifest(str(a / "manifest.jsonl"), [{"utterance": "ls1/c/u1", "audio": "x/u1.wav", "speaker": "ls1",
-                                                    "split": "train"}])
-    rst.write_manifest(str(b / "manifest.jsonl"), [{"utterance": "id1/s/u1", "audio": "wav/u1.wav", "speaker": "id1",
-                                                    "split": "test"}])
-    lines = rst.mixed_manifest([(str(a), str(a / "manifest.jsonl")), (str(b), str(b / "manifest.jsonl"))],
-                               str(tmp_path))
+    rst.write_manifest(
+        str(a / "manifest.jsonl"), [{"utterance": "ls1/c/u1", "audio": "x/u1.wav", "speaker": "ls1", "split": "train"}]
+    )
+    rst.write_manifest(
+        str(b / "manifest.jsonl"), [{"utterance": "id1/s/u1", "audio": "wav/u1.wav", "speaker": "id1", "split": "test"}]
+    )
+    lines = rst.mixed_manifest(
+        [(str(a), str(a / "manifest.jsonl")), (str(b), str(b / "manifest.jsonl"))], str(tmp_path)
+    )
     assert [x["audio"] for x in lines] == [os.path.join("real", "x", "u1.wav"), os.path.join("synth", "wav", "u1.wav")]
-    rst.write_manifest(str(b / "manifest.jsonl"), [{"utterance": "id1/s/u1", "audio": "wav/u1.wav", "speaker": "ls1",
-                                                    "split": "test"}])
+    rst.write_manifest(
+        str(b / "manifest.jsonl"), [{"utterance": "id1/s/u1", "audio": "wav/u1.wav", "speaker": "ls1", "split": "test"}]
+    )
     with pytest.raises(ValueError, match="speakers in two corpora"):
         rst.mixed_manifest([(str(a), str(a / "manifest.jsonl")), (str(b), str(b / "manifest.jsonl"))], str(tmp_path))
     with pytest.raises(ValueError, match="not inside"):
@@ -116,11 +123,18 @@ def test_mixed_manifest_rebases_audio_and_refuses_clashes(tmp_path):
 def test_table_marks_protocol_c_unfair_for_real_trained_models():
     def figures(eer):
         row = {"eer": eer, "min_dcf": 0.5}
-        return {"b_test_other": {**row, "eer_ci95": [eer / 2, eer * 2]}, "c_impostors": row, "synthetic_test": row,
-                "a_all": row}
-    rows = [{"run": "floor", "system": "floor", "figures": figures(0.13)},
-            {"run": "synthetic", "system": "synthetic-only", "steps": 10, "best_step": 5, "figures": figures(0.2)},
-            {"run": "real", "system": "real-only", "steps": 10, "best_step": 10, "figures": figures(0.05)}]
+        return {
+            "b_test_other": {**row, "eer_ci95": [eer / 2, eer * 2]},
+            "c_impostors": row,
+            "synthetic_test": row,
+            "a_all": row,
+        }
+
+    rows = [
+        {"run": "floor", "system": "floor", "figures": figures(0.13)},
+        {"run": "synthetic", "system": "synthetic-only", "steps": 10, "best_step": 5, "figures": figures(0.2)},
+        {"run": "real", "system": "real-only", "steps": 10, "best_step": 10, "figures": figures(0.05)},
+    ]
     table = rst.format_table(rows).splitlines()
     assert len(table) == 5
     assert "n/a" not in table[3] and "20.00 %" in table[3]
@@ -132,8 +146,12 @@ def test_sampler_draws_k_segments_from_a_single_utterance():
     from speechpipe.speakers.split_data import SplitData
 
     rng = np.random.default_rng(0)
-    data = SplitData([f"u{i}" for i in range(4)], [f"s{i}" for i in range(4)], ["a"] * 4,
-                     [rng.standard_normal((300, 8)).astype(np.float32) for _ in range(4)])
+    data = SplitData(
+        [f"u{i}" for i in range(4)],
+        [f"s{i}" for i in range(4)],
+        ["a"] * 4,
+        [rng.standard_normal((300, 8)).astype(np.float32) for _ in range(4)],
+    )
     x, y = next(SpeakerBatches(data, 40, 3, 5, seed=0).batches())
     assert x.shape == (15, 40, 8) and len(set(y.tolist())) == 3
     first = x[:5].reshape(5, -1)
@@ -171,16 +189,28 @@ def test_augmented_runs_share_the_manifest_and_get_their_own_features(tmp_path):
     augmented = rst.feature_folder(str(tmp_path), manifest, "real_aug", augment)
     other_seed = rst.feature_folder(str(tmp_path), manifest, "real_aug", rst.augment_config("noise,reverb,speed", 3, 1))
     assert len({clean, augmented, other_seed}) == 3
-    assert rst.system_name("real_aug", {"config": augment.to_json()}) == \
-        "real-only + augmentation (noise, reverb, speed; 3 copies)"
+    assert (
+        rst.system_name("real_aug", {"config": augment.to_json()})
+        == "real-only + augmentation (noise, reverb, speed; 3 copies)"
+    )
     assert rst.system_name("real") == "real-only"
 
 
 def test_table_shows_train_time_and_marks_augmented_real_runs_unfair_for_protocol_c():
     row = {"eer": 0.05, "min_dcf": 0.5}
     figures = {"b_test_other": {**row, "eer_ci95": [0.01, 0.1]}, "c_impostors": row, "synthetic_test": row}
-    table = rst.format_table([{"run": "real_aug", "system": "real-only + augmentation", "steps": 800,
-                               "best_step": 600, "train_seconds": 450.0, "figures": figures}]).splitlines()
+    table = rst.format_table(
+        [
+            {
+                "run": "real_aug",
+                "system": "real-only + augmentation",
+                "steps": 800,
+                "best_step": 600,
+                "train_seconds": 450.0,
+                "figures": figures,
+            }
+        ]
+    ).splitlines()
     assert "n/a (trained on them)" in table[2] and "800 (600)" in table[2] and "7.5 min" in table[2]
 
 

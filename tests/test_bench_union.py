@@ -1,4 +1,5 @@
 """bench/bench_union.py at a tiny size: it runs, and reports both ways for every union size."""
+
 import json
 
 from bench import bench_union
@@ -6,8 +7,25 @@ from bench import bench_union
 
 def test_bench_union_reports_both_ways_for_each_union_size(tmp_path, capsys):
     out = tmp_path / "results.json"
-    assert bench_union.main(["--span-mb", "0.3", "--spans", "2,3", "--shards", "2", "--repeat", "1",
-                             "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    assert (
+        bench_union.main(
+            [
+                "--span-mb",
+                "0.3",
+                "--spans",
+                "2,3",
+                "--shards",
+                "2",
+                "--repeat",
+                "1",
+                "--work",
+                str(tmp_path / "work"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     results = json.loads(out.read_text())
     assert [run["spans"] for run in results["runs"]] == [2, 3]

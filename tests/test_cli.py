@@ -15,8 +15,23 @@ def test_help_lists_the_commands():
 
 def test_corpus_synth_command(tmp_path, capsys):
     out = str(tmp_path / "c")
-    code = main(["corpus", "synth", "--out", out, "--speakers", "3", "--utterances", "2",
-                 "--sessions", "1", "--workers", "2", "--no-progress"])
+    code = main(
+        [
+            "corpus",
+            "synth",
+            "--out",
+            out,
+            "--speakers",
+            "3",
+            "--utterances",
+            "2",
+            "--sessions",
+            "1",
+            "--workers",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert os.path.exists(os.path.join(out, "manifest.jsonl"))
     assert "corpus written" in capsys.readouterr().out
@@ -33,8 +48,12 @@ def test_corpus_synth_sessions_follow_fewer_utterances(tmp_path):
     from tests.helpers import read_manifest
 
     out = str(tmp_path / "c")
-    assert main(["corpus", "synth", "--out", out, "--speakers", "3", "--utterances", "3", "--workers", "2",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["corpus", "synth", "--out", out, "--speakers", "3", "--utterances", "3", "--workers", "2", "--no-progress"]
+        )
+        == 0
+    )
     sessions = {}
     for line in read_manifest(out):
         sessions.setdefault(line["speaker"], set()).add(line["session"])
@@ -48,8 +67,19 @@ def test_compile_checks_its_output_name_before_any_work(tmp_path, monkeypatch, c
         raise AssertionError("the pipeline was built before the arguments were checked")
 
     monkeypatch.setattr(kubeflow_v2_runner, "configs_from_args", reached)
-    argv = ["compile", "--target", "kubeflow", "--out", str(tmp_path / "pipeline.txt"), "--image", "r/s:1",
-            "--home", "gs://b/h", "--span", "gs://b/s0"]
+    argv = [
+        "compile",
+        "--target",
+        "kubeflow",
+        "--out",
+        str(tmp_path / "pipeline.txt"),
+        "--image",
+        "r/s:1",
+        "--home",
+        "gs://b/h",
+        "--span",
+        "gs://b/s0",
+    ]
     assert main(argv) == 2
     assert "name a .yaml" in capsys.readouterr().err
     assert main(argv[:4] + [str(tmp_path / "pipeline.json")] + argv[5:]) == 2

@@ -7,8 +7,8 @@ import soundfile as sf
 
 from speechpipe.config import DEMO_CORPUS, CorpusConfig
 from speechpipe.corpus.synth import load_sentences, plan_corpus
-from speechpipe.corpus.voices import MAX_SPEAKERS, design_speakers
-from speechpipe.validation import ConfigError, validate_corpus_config
+from speechpipe.corpus.voices import MAX_SPEAKERS, design_speakers, validate_corpus_config
+from speechpipe.validation import ConfigError
 from tests.helpers import make_tiny_corpus, read_manifest, read_speakers, tree_bytes
 
 
@@ -100,7 +100,7 @@ def test_sentence_set():
 
 
 @pytest.mark.parametrize(
-    "overrides, message",
+    ("overrides", "message"),
     [
         ({"speakers": 2}, "speakers=2"),
         ({"utterances": 0}, "utterances=0"),

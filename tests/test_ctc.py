@@ -7,8 +7,17 @@ import tf_keras as keras
 
 from speechpipe.audio.decode import decode
 from speechpipe.config import FeatureConfig
-from speechpipe.phones.ctc_model import (CTCModelConfig, CTCTrainer, PERResult, beam_decode, build_acoustic_model,
-                                   ctc_feasible, edit_distance, export_transcriber, greedy_decode)
+from speechpipe.phones.ctc_model import (
+    CTCModelConfig,
+    CTCTrainer,
+    PERResult,
+    beam_decode,
+    build_acoustic_model,
+    ctc_feasible,
+    edit_distance,
+    export_transcriber,
+    greedy_decode,
+)
 from speechpipe.phones.inventory import default_inventory
 from speechpipe.training import NonFiniteLossError, StopOnNonFiniteLoss
 from tests.helpers import read_manifest
@@ -17,8 +26,8 @@ BLANK = default_inventory().blank_id
 NUM_CLASSES = default_inventory().num_classes
 
 
-
 # ----------------------------------------------------------------------- decoding and PER by hand
+
 
 def _logits(path, classes=NUM_CLASSES):
     """One-hot-ish logits that make `path` (class per frame) the best path."""
@@ -48,8 +57,10 @@ def test_beam_search_finds_the_more_probable_labelling_greedy_misses():
     assert beam_decode(logits, [2], 2, beam_width=4) == [[a]]
 
 
-@pytest.mark.parametrize("ref, hyp, distance", [("abc", "abc", 0), ("abc", "", 3), ("", "ab", 2), ("kitten", "sitting", 3),
-                                                ("abcd", "acbd", 2), ("aaa", "aa", 1)])
+@pytest.mark.parametrize(
+    ("ref", "hyp", "distance"),
+    [("abc", "abc", 0), ("abc", "", 3), ("", "ab", 2), ("kitten", "sitting", 3), ("abcd", "acbd", 2), ("aaa", "aa", 1)],
+)
 def test_edit_distance(ref, hyp, distance):
     assert edit_distance(list(ref), list(hyp)) == distance
 
@@ -65,8 +76,11 @@ def test_per_is_total_edits_over_total_reference():
 
 # ----------------------------------------------------------------------- CTC lengths
 
-@pytest.mark.parametrize("label, frames, ok", [([1, 2, 3], 3, True), ([1, 1], 2, False), ([1, 1], 3, True),
-                                               ([1, 2, 2, 2], 5, False), ([1, 2, 2, 2], 6, True)])
+
+@pytest.mark.parametrize(
+    ("label", "frames", "ok"),
+    [([1, 2, 3], 3, True), ([1, 1], 2, False), ([1, 1], 3, True), ([1, 2, 2, 2], 5, False), ([1, 2, 2, 2], 6, True)],
+)
 def test_ctc_feasibility(label, frames, ok):
     assert ctc_feasible(label, frames) is ok
 
@@ -78,13 +92,22 @@ def test_loss_uses_real_lengths_not_padding():
     trainer = CTCTrainer(acoustic, BLANK, 1)
     rng = np.random.default_rng(0)
     short, long = rng.normal(size=(20, 8)).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32)
-    alone = trainer.ctc_loss({"features": short[None], "num_frames": tf.constant([20])},
-                             tf.constant([[1, 2, 3]]), tf.constant([3]), training=False)
+    alone = trainer.ctc_loss(
+        {"features": short[None], "num_frames": tf.constant([20])},
+        tf.constant([[1, 2, 3]]),
+        tf.constant([3]),
+        training=False,
+    )
     padded = np.zeros((2, 50, 8), np.float32)
     padded[0, :20], padded[1] = short, long
-    per_row = tf.nn.ctc_loss(tf.constant([[1, 2, 3, 0, 0, 0], [4, 5, 6, 7, 8, 9]]),
-                             acoustic({"features": padded, "num_frames": tf.constant([20, 50])}),
-                             tf.constant([3, 6]), tf.constant([20, 50]), logits_time_major=False, blank_index=BLANK)
+    per_row = tf.nn.ctc_loss(
+        tf.constant([[1, 2, 3, 0, 0, 0], [4, 5, 6, 7, 8, 9]]),
+        acoustic({"features": padded, "num_frames": tf.constant([20, 50])}),
+        tf.constant([3, 6]),
+        tf.constant([20, 50]),
+        logits_time_major=False,
+        blank_index=BLANK,
+    )
     assert float(per_row[0]) == pytest.approx(float(alone), rel=1e-5)
 
 
@@ -94,23 +117,31 @@ def test_non_finite_loss_stops_training_with_a_clear_error():
     trainer = CTCTrainer(acoustic, BLANK, 1)
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     features = np.full((1, 10, 4), np.nan, np.float32)
-    data = tf.data.Dataset.from_tensors(({"features": features, "num_frames": [10]},
-                                         {"labels": [[1, 2]], "label_length": [2]}))
+    data = tf.data.Dataset.from_tensors(
+        ({"features": features, "num_frames": [10]}, {"labels": [[1, 2]], "label_length": [2]})
+    )
     with pytest.raises(NonFiniteLossError, match="epoch 1, batch 1"):
         trainer.fit(data, epochs=1, callbacks=[StopOnNonFiniteLoss()], verbose=0)
 
 
 # ----------------------------------------------------------------------- learning and export
 
+
 @pytest.mark.slow  # trains to a learning threshold
 def test_tiny_model_overfits_a_handful_of_utterances_and_exports(tiny_features, tiny_corpus, tmp_path):
-    from speechpipe.components.ctc_trainer import CTCTrainConfig, evaluate_per, make_dataset
     from speechpipe.audio.tf_features import GraphFeatures
+    from speechpipe.components.ctc_trainer import CTCTrainConfig, evaluate_per, make_dataset
 
     keras.utils.set_random_seed(1)
     # no SpecAugment: the test is that the model can fit these utterances exactly
-    config = CTCTrainConfig(model=CTCModelConfig(lstm_units=(96, 96), dropout=0.0, frame_stack=2),
-                            learning_rate=4e-3, batch_size=4, shuffle_buffer=4, time_masks=0, freq_masks=0)
+    config = CTCTrainConfig(
+        model=CTCModelConfig(lstm_units=(96, 96), dropout=0.0, frame_stack=2),
+        learning_rate=4e-3,
+        batch_size=4,
+        shuffle_buffer=4,
+        time_masks=0,
+        freq_masks=0,
+    )
     files = [os.path.join(tiny_features, "Split-test")]  # the 4 utterances of the test speaker
     acoustic = build_acoustic_model(80, NUM_CLASSES, config.model)
     trainer = CTCTrainer(acoustic, BLANK, config.model.frame_stack)

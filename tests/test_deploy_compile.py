@@ -1,7 +1,8 @@
-"""`speechpipe compile` (src/speechpipe/pipeline/kubeflow_v2_runner.py): the compiled spec parses with KFP's own
+"""`speechpipe compile` (pipeline/kubeflow_v2_runner.py): the compiled spec parses with KFP's own
 pipeline-spec protos, holds every node of the local DAG, requests GPUs for the trainers and for
 nothing else, runs every container on the image, roots the pipeline on object storage and passes
 the cluster's Beam options to the Beam stages."""
+
 import json
 import os
 from dataclasses import replace
@@ -11,9 +12,8 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from speechpipe.pipeline import kubeflow_v2_runner as runner
-from speechpipe.pipeline.beam_options import DataflowArgs
-from speechpipe.pipeline.cluster_resources import (
+from speechpipe.jobs.beam_options import DataflowArgs
+from speechpipe.jobs.cluster_resources import (
     ACCELERATORS,
     GKE_ACCELERATOR_LABEL,
     KUBERNETES_GPU_RESOURCE,
@@ -21,6 +21,7 @@ from speechpipe.pipeline.cluster_resources import (
     ResourceError,
     apply_resources,
 )
+from speechpipe.pipeline import kubeflow_v2_runner as runner
 from speechpipe.pipeline.run_config import RunConfig
 from speechpipe.validation import ConfigError
 from tests import memfs
@@ -29,8 +30,14 @@ IMAGE = "europe-docker.pkg.dev/p/speechpipe/speechpipe:1.0"
 HOME = "gs://speechpipe-test/home"
 TRACKING = "http://mlflow.mlflow.svc.cluster.local:5000"
 TRAINER = NodeResources(cpu=12.0, memory_gb=85.0, accelerator="A100", accelerator_count=2)
-DATAFLOW = DataflowArgs(project="p", region="europe-west4", temp_location="gs://speechpipe-test/tmp",
-                        sdk_container_image=IMAGE, setup_file=runner.IMAGE_SETUP_FILE, max_num_workers=50)
+DATAFLOW = DataflowArgs(
+    project="p",
+    region="europe-west4",
+    temp_location="gs://speechpipe-test/tmp",
+    sdk_container_image=IMAGE,
+    setup_file=runner.IMAGE_SETUP_FILE,
+    max_num_workers=50,
+)
 
 
 def _span(folder) -> str:
@@ -50,13 +57,19 @@ def span(tmp_path_factory) -> str:
 
 
 def _config(spans, include_speaker: bool) -> RunConfig:
-    return RunConfig(home=HOME, spans=tuple(spans), branches=("ctc", "speaker") if include_speaker else ("ctc",), tracking_uri=TRACKING,
-                     beam_args=tuple(DATAFLOW.to_args()))
+    return RunConfig(
+        home=HOME,
+        spans=tuple(spans),
+        branches=("ctc", "speaker") if include_speaker else ("ctc",),
+        tracking_uri=TRACKING,
+        beam_args=tuple(DATAFLOW.to_args()),
+    )
 
 
 def _cluster(target: str, **changes) -> runner.ClusterConfig:
-    return runner.ClusterConfig(**{"target": target, "image": IMAGE, "tracking_uri": TRACKING, "trainer": TRAINER,
-                                   **changes})
+    return runner.ClusterConfig(
+        **{"target": target, "image": IMAGE, "tracking_uri": TRACKING, "trainer": TRAINER, **changes}
+    )
 
 
 def _compile(config: RunConfig, cluster: runner.ClusterConfig) -> runner.CompiledPipeline:
@@ -96,7 +109,7 @@ def _executor(spec, task: str):
     return label, spec["deploymentSpec"]["executors"][label]
 
 
-@pytest.mark.parametrize("target, out", [("kubeflow", "pipeline.yaml"), ("vertex", "pipeline.json")])
+@pytest.mark.parametrize(("target", "out"), [("kubeflow", "pipeline.yaml"), ("vertex", "pipeline.json")])
 @pytest.mark.parametrize("include_speaker", [False, True], ids=["ctc", "ctc+speaker"])
 def test_the_compiled_spec(span, tmp_path, target, out, include_speaker):
     from speechpipe.pipeline.tfx_pipeline import TRAINER_NODE_IDS
@@ -131,8 +144,10 @@ def test_the_compiled_spec(span, tmp_path, target, out, include_speaker):
             assert (resources["cpuRequest"], resources["memoryRequest"]) == (12.0, 85.0)
     if target == "kubeflow":
         selected = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-        assert selected == {_executor(spec, t)[0]: {"nodeSelector": {"labels": {
-            GKE_ACCELERATOR_LABEL: ACCELERATORS["A100"].gke_label}}} for t in trainers}
+        assert selected == {
+            _executor(spec, t)[0]: {"nodeSelector": {"labels": {GKE_ACCELERATOR_LABEL: ACCELERATORS["A100"].gke_label}}}
+            for t in trainers
+        }
     else:
         assert platform is None
 
@@ -150,30 +165,64 @@ def test_the_compiled_spec(span, tmp_path, target, out, include_speaker):
     assert runner.IMAGE_SCHEMA_FILE in json.dumps(tasks["ImportSchemaGen"]["inputs"])
 
     # The champion queries keep ChampionStrategy's rules: its kind, and not this run's data.
-    resolver_filters = [q["filter"] for e in spec["deploymentSpec"]["executors"].values() if "resolver" in e
-                        for q in e["resolver"]["outputArtifactQueries"].values() if "tfx.ModelBlessing" in q["filter"]]
+    resolver_filters = [
+        q["filter"]
+        for e in spec["deploymentSpec"]["executors"].values()
+        if "resolver" in e
+        for q in e["resolver"]["outputArtifactQueries"].values()
+        if "tfx.ModelBlessing" in q["filter"]
+    ]
     kinds = ["ctc", "speaker"] if include_speaker else ["ctc"]
     assert sorted(resolver_filters) == sorted(
         'schema_title="tfx.ModelBlessing" AND state=LIVE AND metadata.blessed.number_value=1 AND '
         f'metadata.model_kind.string_value="{kind}" AND metadata.data_key.string_value!="{compiled.data_keys[kind]}"'
-        for kind in kinds)
+        for kind in kinds
+    )
 
 
 def test_the_command_line_writes_a_vertex_yaml(span, tmp_path):
     from speechpipe.cli import main
 
     out = tmp_path / "spec" / "pipeline.yaml"
-    argv = ["compile", "--target", "vertex", "--out", str(out), "--image", IMAGE, "--home", HOME, "--span", span,
-            "--tracking-uri", TRACKING, "--no-speaker", "--accelerator-type", "L4", "--trainer-cpu", "8",
-            "--trainer-memory", "32", "--beam-runner", "flink", "--job-endpoint", "flink-jobserver:8099"]
+    argv = [
+        "compile",
+        "--target",
+        "vertex",
+        "--out",
+        str(out),
+        "--image",
+        IMAGE,
+        "--home",
+        HOME,
+        "--span",
+        span,
+        "--tracking-uri",
+        TRACKING,
+        "--no-speaker",
+        "--accelerator-type",
+        "L4",
+        "--trainer-cpu",
+        "8",
+        "--trainer-memory",
+        "32",
+        "--beam-runner",
+        "flink",
+        "--job-endpoint",
+        "flink-jobserver:8099",
+    ]
     assert main(argv) == 0
     spec, platform = _read_back(str(out), "vertex")
     trainer = _executor(spec, "Trainer")[1]["container"]["resources"]
     assert trainer["accelerator"] == {"type": "NVIDIA_L4", "count": "1"} and platform is None
     args = _executor(spec, "FeatureGen_span0")[1]["container"]["args"]
     # Flink's DOCKER workers run the pipeline's image unless told otherwise.
-    assert {"--runner=PortableRunner", "--job_endpoint=flink-jobserver:8099", "--environment_type=DOCKER",
-            f"--environment_config={IMAGE}", f"--setup_file={runner.IMAGE_SETUP_FILE}"} <= set(args)
+    assert {
+        "--runner=PortableRunner",
+        "--job_endpoint=flink-jobserver:8099",
+        "--environment_type=DOCKER",
+        f"--environment_config={IMAGE}",
+        f"--setup_file={runner.IMAGE_SETUP_FILE}",
+    } <= set(args)
 
 
 @pytest.mark.parametrize("include_speaker", [False, True], ids=["ctc", "ctc+speaker"])
@@ -220,25 +269,36 @@ def test_the_accelerators_are_vertex_types():
 
     for accelerator in ACCELERATORS.values():
         assert accelerator.vertex_type in AcceleratorType.__members__, accelerator
-    assert NodeResources(accelerator="NVIDIA_H100_80GB", accelerator_count=8).accelerator_type("vertex") == \
-        "NVIDIA_H100_80GB"
-    assert NodeResources(accelerator="NVIDIA_H100_80GB", accelerator_count=8).accelerator_type("kubeflow") == \
-        KUBERNETES_GPU_RESOURCE
+    assert (
+        NodeResources(accelerator="NVIDIA_H100_80GB", accelerator_count=8).accelerator_type("vertex")
+        == "NVIDIA_H100_80GB"
+    )
+    assert (
+        NodeResources(accelerator="NVIDIA_H100_80GB", accelerator_count=8).accelerator_type("kubeflow")
+        == KUBERNETES_GPU_RESOURCE
+    )
     custom = NodeResources(accelerator="L4", accelerator_count=1, node_selector=("nvidia.com/gpu.product", "NVIDIA-L4"))
     assert custom.gpu_node_selector() == ("nvidia.com/gpu.product", "NVIDIA-L4")
     assert NodeResources(accelerator="L4", accelerator_count=1, node_selector=("", "")).gpu_node_selector() is None
-    for bad in (dict(accelerator="B300", accelerator_count=1), dict(accelerator="L4", accelerator_count=0),
-                dict(accelerator_count=1), dict(cpu=0.0)):
+    for bad in (
+        dict(accelerator="B300", accelerator_count=1),
+        dict(accelerator="L4", accelerator_count=0),
+        dict(accelerator_count=1),
+        dict(cpu=0.0),
+    ):
         with pytest.raises(ResourceError):
             NodeResources(**bad)
     with pytest.raises(ResourceError, match="Kubernetes resource name"):
         NodeResources(accelerator="nvidia.com/gpu", accelerator_count=1).accelerator_type("vertex")
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(home="/tmp/home"), "object storage"),
-    (dict(tracking_uri="sqlite:////tmp/mlflow.db"), "MLflow tracking server"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(home="/tmp/home"), "object storage"),
+        (dict(tracking_uri="sqlite:////tmp/mlflow.db"), "MLflow tracking server"),
+    ],
+)
 def test_a_cluster_needs_shared_storage_and_a_registry_server(span, change, message):
     config = _config([span], include_speaker=False)
     tracking = change.pop("tracking_uri", TRACKING)
@@ -266,8 +326,11 @@ def test_spans_on_object_storage(tmp_path):
     assert "memfs://bucket/spans/s0/manifest.jsonl" in parameters
 
 
-@pytest.mark.parametrize("include_speaker, speaker_normalization", [
-    (False, None), (True, "global"), (True, "cmvn")], ids=["ctc", "ctc+speaker", "ctc+speaker-shared-features"])
+@pytest.mark.parametrize(
+    ("include_speaker", "speaker_normalization"),
+    [(False, None), (True, "global"), (True, "cmvn")],
+    ids=["ctc", "ctc+speaker", "ctc+speaker-shared-features"],
+)
 def test_two_spans(span, tmp_path, include_speaker, speaker_normalization):
     """Several spans compile: one FeatureGen / StatisticsGen / ExampleValidator / ValidationGate per
     span, as in the local DAG, and an ExamplesUnion (one single-channel input per span, after every
@@ -278,8 +341,7 @@ def test_two_spans(span, tmp_path, include_speaker, speaker_normalization):
     spans = [span, _span(str(tmp_path / "span1")), _span(str(tmp_path / "span2"))]
     config = _config(spans, include_speaker)
     if speaker_normalization:
-        config = replace(config, speaker_features=replace(config.speaker_features,
-                                                          normalization=speaker_normalization))
+        config = replace(config, speaker_features=replace(config.speaker_features, normalization=speaker_normalization))
     compiled = _compile(config, _cluster("kubeflow"))
     path = runner.write_compiled(compiled, str(tmp_path / "pipeline.yaml"))
     spec, platform = _read_back(path, "kubeflow")
@@ -289,8 +351,12 @@ def test_two_spans(span, tmp_path, include_speaker, speaker_normalization):
     for node in local:
         assert node in tasks or any(t.startswith(node + "-") for t in tasks), f"{node} is not in the compiled spec"
     for i in range(len(spans)):
-        assert {f"FeatureGen_span{i}", f"StatisticsGen_span{i}", f"ExampleValidator_span{i}",
-                f"ValidationGate_span{i}"} <= set(tasks)
+        assert {
+            f"FeatureGen_span{i}",
+            f"StatisticsGen_span{i}",
+            f"ExampleValidator_span{i}",
+            f"ValidationGate_span{i}",
+        } <= set(tasks)
     own_speaker_features = include_speaker and speaker_normalization != config.features.normalization
     unions = {UNION_ID: "FeatureGen_span"}
     if own_speaker_features:
@@ -303,21 +369,31 @@ def test_two_spans(span, tmp_path, include_speaker, speaker_normalization):
         artifacts = task["inputs"]["artifacts"]
         assert sorted(artifacts) == [f"span_{i}" for i in range(len(spans))]
         for i in range(len(spans)):
-            assert artifacts[f"span_{i}"]["taskOutputArtifact"] == {"producerTask": f"{producer}{i}",
-                                                                    "outputArtifactKey": "examples"}
+            assert artifacts[f"span_{i}"]["taskOutputArtifact"] == {
+                "producerTask": f"{producer}{i}",
+                "outputArtifactKey": "examples",
+            }
         assert gates <= set(task["dependentTasks"])  # after every span's gate
         assert _executor(spec, union)[1]["container"]["command"]  # an ordinary container step
         assert f"{ExamplesUnion.__module__}.Executor" in json.dumps(_executor(spec, union)[1]["container"])
     # The trainers and pushers read the union's one output; the evaluators the test span's own.
     readers = {"Trainer": UNION_ID, "RegistryPusher": UNION_ID}
     if include_speaker:
-        readers.update({"SpeakerTrainer": SPEAKER_UNION_ID if own_speaker_features else UNION_ID,
-                        "SpeakerRegistryPusher": SPEAKER_UNION_ID if own_speaker_features else UNION_ID})
+        readers.update(
+            {
+                "SpeakerTrainer": SPEAKER_UNION_ID if own_speaker_features else UNION_ID,
+                "SpeakerRegistryPusher": SPEAKER_UNION_ID if own_speaker_features else UNION_ID,
+            }
+        )
     for reader, union in readers.items():
         assert tasks[reader]["inputs"]["artifacts"]["examples"]["taskOutputArtifact"] == {
-            "producerTask": union, "outputArtifactKey": "examples"}, reader
-    assert tasks["SpeechEvaluator"]["inputs"]["artifacts"]["examples"]["taskOutputArtifact"]["producerTask"] == \
-        "FeatureGen_span0"
+            "producerTask": union,
+            "outputArtifactKey": "examples",
+        }, reader
+    assert (
+        tasks["SpeechEvaluator"]["inputs"]["artifacts"]["examples"]["taskOutputArtifact"]["producerTask"]
+        == "FeatureGen_span0"
+    )
 
     # GPUs on the trainers alone, the union included among the nodes without one.
     trainers = sorted(t for t in TRAINER_NODE_IDS if t in tasks)
@@ -325,7 +401,8 @@ def test_two_spans(span, tmp_path, include_speaker, speaker_normalization):
     with_gpus = {t for t in tasks if _executor(spec, t)[1].get("container", {}).get("resources", {}).get("accelerator")}
     assert with_gpus == set(trainers)
     assert set(platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]) == {
-        _executor(spec, t)[0] for t in trainers}
+        _executor(spec, t)[0] for t in trainers
+    }
 
 
 def test_one_span_has_no_union_node(span, tmp_path):
@@ -344,9 +421,28 @@ def test_champion_from_the_registry(span, tmp_path, target):
 
     out = tmp_path / ("pipeline.yaml" if target == "kubeflow" else "pipeline.json")
     second = _span(str(tmp_path / "span1"))
-    argv = ["compile", "--target", target, "--out", str(out), "--image", IMAGE, "--home", HOME, "--span", span,
-            "--span", second, "--tracking-uri", TRACKING, "--speaker", "--accelerator-type", "L4",
-            "--champion-from", "registry"]
+    argv = [
+        "compile",
+        "--target",
+        target,
+        "--out",
+        str(out),
+        "--image",
+        IMAGE,
+        "--home",
+        HOME,
+        "--span",
+        span,
+        "--span",
+        second,
+        "--tracking-uri",
+        TRACKING,
+        "--speaker",
+        "--accelerator-type",
+        "L4",
+        "--champion-from",
+        "registry",
+    ]
     assert main(argv) == 0
     spec, platform = _read_back(str(out), target)
     tasks = spec["root"]["dag"]["tasks"]
@@ -354,9 +450,16 @@ def test_champion_from_the_registry(span, tmp_path, target):
     assert not [label for label, e in executors.items() if "resolver" in e]
     assert not [t for t in tasks if "Resolver" in t]
     for champion, trainer, evaluator, model_name, kind, run_fn in (
-            ("RegistryChampion", "Trainer", "SpeechEvaluator", "speechpipe-ctc", "ctc", CTC_RUN_FN),
-            ("SpeakerRegistryChampion", "SpeakerTrainer", "SpeakerEvaluator", "speechpipe-embedder", "speaker",
-             EMBEDDER_RUN_FN)):
+        ("RegistryChampion", "Trainer", "SpeechEvaluator", "speechpipe-ctc", "ctc", CTC_RUN_FN),
+        (
+            "SpeakerRegistryChampion",
+            "SpeakerTrainer",
+            "SpeakerEvaluator",
+            "speechpipe-embedder",
+            "speaker",
+            EMBEDDER_RUN_FN,
+        ),
+    ):
         task = tasks[champion]
         assert "artifacts" not in task.get("inputs", {})  # no upstream: it asks the registry
         parameters = json.dumps(task["inputs"]["parameters"])
@@ -365,9 +468,13 @@ def test_champion_from_the_registry(span, tmp_path, target):
         assert container["image"] == IMAGE and "accelerator" not in container.get("resources", {})
         assert "speechpipe.components.registry_champion.Executor" in container["args"]
         assert tasks[trainer]["inputs"]["artifacts"]["base_model"]["taskOutputArtifact"] == {
-            "producerTask": champion, "outputArtifactKey": "model"}
+            "producerTask": champion,
+            "outputArtifactKey": "model",
+        }
         assert tasks[evaluator]["inputs"]["artifacts"]["champion"]["taskOutputArtifact"] == {
-            "producerTask": champion, "outputArtifactKey": "model"}
+            "producerTask": champion,
+            "outputArtifactKey": "model",
+        }
         assert run_fn in json.dumps(tasks[trainer]["inputs"]["parameters"])
     with_gpus = {t for t in tasks if _executor(spec, t)[1].get("container", {}).get("resources", {}).get("accelerator")}
     assert with_gpus == {"Trainer", "SpeakerTrainer"}
@@ -390,8 +497,14 @@ def test_each_branch_on_its_own_span_compiles_with_its_own_gates(tmp_path):
     config = replace(_config([], True), ctc_spans=(ctc,), speaker_spans=(speaker,))
     compiled = _compile(config, _cluster("kubeflow"))
     tasks = compiled.pipeline_spec["root"]["dag"]["tasks"]
-    assert {"FeatureGen_span0", "ValidationGate_span0", "SpeakerFeatureGen_span1", "SpeakerStatisticsGen_span1",
-            "SpeakerExampleValidator_span1", "SpeakerValidationGate_span1"} <= set(tasks)
+    assert {
+        "FeatureGen_span0",
+        "ValidationGate_span0",
+        "SpeakerFeatureGen_span1",
+        "SpeakerStatisticsGen_span1",
+        "SpeakerExampleValidator_span1",
+        "SpeakerValidationGate_span1",
+    } <= set(tasks)
     assert "FeatureGen_span1" not in tasks and "SpeakerFeatureGen_span0" not in tasks
 
     def upstream(task: str) -> set:
@@ -417,8 +530,18 @@ def test_speaker_augmentation_reaches_the_speaker_feature_job_only(span, tmp_pat
     from speechpipe.pipeline import local_runner
     from speechpipe.pipeline.run_config import data_keys, validate_run_config
 
-    args = local_runner.build_parser().parse_args(["--home", str(tmp_path / "home"), "--span", span,
-                                                   "--speaker-augment", "noise,speed", "--speaker-augment-copies", "2"])
+    args = local_runner.build_parser().parse_args(
+        [
+            "--home",
+            str(tmp_path / "home"),
+            "--span",
+            span,
+            "--speaker-augment",
+            "noise,speed",
+            "--speaker-augment-copies",
+            "2",
+        ]
+    )
     config = replace(local_runner.config_from_args(args), tracking_uri=None)
     assert config.speaker_augment["kinds"] == ("noise", "speed") and config.speaker_augment["copies"] == 2
     pipeline, _, _ = local_runner.build(config)

@@ -3,6 +3,7 @@ build stage's steps). The image is built from the lock with the lock's uv, for t
 versions the lock pins, installs the project where the compiled pipeline looks for it, runs as a
 non-root user and starts Beam's worker boot program; the build context lets in the project and
 nothing else."""
+
 import os
 import re
 
@@ -55,8 +56,9 @@ def test_the_project_is_installed_where_the_pipeline_reads_it():
     assert f"WORKDIR {IMAGE_ROOT}" in DOCKERFILE
     assert f"COPY --from=build {IMAGE_ROOT} {IMAGE_ROOT}" in DOCKERFILE
     assert "--no-deps --no-cache ." in STEPS  # installed, not editable
-    assert IMAGE_SCHEMA_FILE == f"{IMAGE_ROOT}/src/speechpipe/schemas/features.pbtxt" and os.path.exists(
-        os.path.join(REPO, "src", "speechpipe", "schemas", "features.pbtxt"))
+    assert IMAGE_SCHEMA_FILE == f"{IMAGE_ROOT}/schemas/features.pbtxt" and os.path.exists(
+        os.path.join(REPO, "src", "speechpipe", "schemas", "features.pbtxt")
+    )
     assert IMAGE_SETUP_FILE == f"{IMAGE_ROOT}/setup.py"
 
 
@@ -71,7 +73,16 @@ def test_the_build_context_is_the_project_only():
     assert lines[0] == "*"  # everything is out unless let in
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     # The package's source tree, what setup.py and the sdist build from, the lock, and the steps.
-    assert allowed == {"src", "setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "requirements.in",
-                       "requirements.lock", "deploy/image_steps.sh", "deploy/check_install.py"}
+    assert allowed == {
+        "src",
+        "setup.py",
+        "pyproject.toml",
+        "MANIFEST.in",
+        "README.md",
+        "requirements.in",
+        "requirements.lock",
+        "deploy/image_steps.sh",
+        "deploy/check_install.py",
+    }
     for heavy in (".venv", ".git", "speechpipe_home", "bench", "tests"):
         assert heavy not in allowed

@@ -3,6 +3,7 @@ stage calls deploy/image_steps.sh for every step, and this test runs the same st
 the build context (what .dockerignore lets in) into a scratch prefix: the same lock, the same
 install, the same import check, from the same kind of working folder. The CPU image is built
 (TF_EXTRA empty): the CUDA wheels are 3 GB from PyPI and change nothing the check looks at."""
+
 import os
 import re
 
@@ -39,9 +40,19 @@ def test_the_build_stage_installs_only_through_the_steps_script():
 
 def test_the_build_context_lets_in_what_the_steps_use(tmp_path):
     copied = set(build_context(str(tmp_path)))
-    assert {"requirements.lock", "setup.py", "pyproject.toml", "MANIFEST.in", "requirements.in", "README.md",
-            "deploy/image_steps.sh", "deploy/check_install.py", "src/speechpipe/cli.py",
-            "src/speechpipe/schemas/features.pbtxt", "src/speechpipe/corpus/sentences_de.txt"} <= copied
+    assert {
+        "requirements.lock",
+        "setup.py",
+        "pyproject.toml",
+        "MANIFEST.in",
+        "requirements.in",
+        "README.md",
+        "deploy/image_steps.sh",
+        "deploy/check_install.py",
+        "src/speechpipe/cli.py",
+        "schemas/features.pbtxt",
+        "src/speechpipe/corpus/sentences_de.txt",
+    } <= copied
     for heavy in (".venv/", ".git/", "speechpipe_home/", "bench/", "tests/", "docs/"):
         assert not any(path.startswith(heavy) for path in copied), heavy
 
@@ -53,10 +64,15 @@ def test_the_image_steps_build_a_working_environment(tmp_path):
     context = tmp_path / "opt-speechpipe"  # stands for the image's WORKDIR, IMAGE_ROOT
     build_context(str(context))
     venv = tmp_path / "opt-venv"
-    env = user_env(VENV=str(venv), PYTHON=base_python(), TF_EXTRA="",
-                   # Links from uv's cache and no bytecode: the same packages, built faster than the
-                   # image's copies (the image's layers cannot link into a cache mount).
-                   UV_LINK_MODE="hardlink", UV_COMPILE_BYTECODE="0")
+    env = user_env(
+        VENV=str(venv),
+        PYTHON=base_python(),
+        TF_EXTRA="",
+        # Links from uv's cache and no bytecode: the same packages, built faster than the
+        # image's copies (the image's layers cannot link into a cache mount).
+        UV_LINK_MODE="hardlink",
+        UV_COMPILE_BYTECODE="0",
+    )
     done = run(["sh", "deploy/image_steps.sh", *STEPS], cwd=str(context), env=env, timeout=1200)
     assert "modules imported" in done.stdout, done.stdout + done.stderr
     assert f"speechpipe from {os.path.realpath(venv)}" in done.stdout
@@ -74,7 +90,12 @@ def test_a_source_tree_that_shadows_the_package_is_caught(tmp_path):
 
     (tmp_path / "speechpipe").mkdir()
     (tmp_path / "speechpipe" / "__init__.py").write_text("")
-    done = subprocess.run([sys.executable, os.path.join(REPO, "deploy", "check_install.py"), "--expect-prefix",
-                           sys.prefix], cwd=str(tmp_path), capture_output=True, text=True, env=user_env())
+    done = subprocess.run(
+        [sys.executable, os.path.join(REPO, "deploy", "check_install.py"), "--expect-prefix", sys.prefix],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        env=user_env(),
+    )
     assert done.returncode == 1
     assert f"speechpipe is imported from {os.path.realpath(tmp_path / 'speechpipe')}" in done.stderr

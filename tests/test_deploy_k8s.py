@@ -2,6 +2,7 @@
 kubernetes client's models, nothing is dropped), and the retraining CronJob runs `speechpipe run`
 on spans discovered under its volume, one run at a time, with resource requests and limits, as
 the image's non-root user, with the service account, config map and volume the manifests define."""
+
 import json
 import os
 import shutil
@@ -16,8 +17,13 @@ from kubernetes.client import ApiClient
 from speechpipe.pipeline.schedules import check_cron
 
 K8S = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy", "k8s")
-MODELS = {"CronJob": "V1CronJob", "ServiceAccount": "V1ServiceAccount", "ConfigMap": "V1ConfigMap",
-          "PersistentVolumeClaim": "V1PersistentVolumeClaim", "Namespace": "V1Namespace"}
+MODELS = {
+    "CronJob": "V1CronJob",
+    "ServiceAccount": "V1ServiceAccount",
+    "ConfigMap": "V1ConfigMap",
+    "PersistentVolumeClaim": "V1PersistentVolumeClaim",
+    "Namespace": "V1Namespace",
+}
 IMAGE_USER = 10001  # deploy/Dockerfile's USER
 
 

@@ -1,5 +1,6 @@
 """Homes and spans on object storage (RunConfig's paths, span fingerprints) and span discovery
-(src/speechpipe/pipeline/spans.py), locally and on an in-memory object store (tests/memfs.py)."""
+(pipeline/spans.py), locally and on an in-memory object store (tests/memfs.py)."""
+
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ def _upload(local_root: str, uri_root: str) -> None:
 
 # ------------------------------------------------------------------------------ RunConfig paths
 
+
 @pytest.mark.parametrize("home", ["gs://bucket/speechpipe", "gs://bucket/speechpipe/", "s3://bucket/a/b"])
 def test_a_home_on_object_storage_is_kept_as_given(home):
     config = RunConfig(home=home)
@@ -46,7 +48,7 @@ def test_a_home_on_object_storage_is_kept_as_given(home):
     assert config.pipeline_root == f"{base}/pipeline_root/speechpipe"
     assert config.reports_dir == f"{base}/reports"
     with pytest.raises(ConfigError, match="local SQLite file"):
-        config.metadata_path
+        _ = config.metadata_path
 
 
 def test_a_local_home_is_made_absolute(tmp_path, monkeypatch):
@@ -58,6 +60,7 @@ def test_a_local_home_is_made_absolute(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------ fingerprints
+
 
 def _manifest_span(root) -> str:
     _write(os.path.join(root, "wav", "a.wav"), b"a" * 10)
@@ -97,6 +100,7 @@ def test_a_remote_fingerprint_follows_the_manifest_and_its_audio_only(tmp_path):
 
 # ------------------------------------------------------------------------------ discovery
 
+
 def _publish_spans(root: str) -> None:
     """Five children: a manifest span, a Kaldi span, a VoxCeleb span, one still being uploaded
     (no marker) and a staging folder."""
@@ -132,8 +136,12 @@ def test_explicit_spans_come_first_and_count_once(tmp_path):
     _publish_spans(root)
     first = os.path.join(root, "2025-02-01")
     spans = resolve_spans([first, "/elsewhere/old.jsonl"], root, "_SUCCESS")
-    assert spans == (first, "/elsewhere/old.jsonl", os.path.join(root, "2025-01-01", "manifest.jsonl"),
-                     os.path.join(root, "2025-03-01"))
+    assert spans == (
+        first,
+        "/elsewhere/old.jsonl",
+        os.path.join(root, "2025-01-01", "manifest.jsonl"),
+        os.path.join(root, "2025-03-01"),
+    )
     assert resolve_spans(["a"]) == ("a",)
     assert resolve_spans([]) == ()
 

@@ -1,5 +1,6 @@
 """The embedder's loss, its numerics, the verification and clustering figures, and learning on
 small generated data. Trainer, TFX and SavedModel tests are in test_embedder_export.py."""
+
 import math
 
 import numpy as np
@@ -7,8 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from speechpipe.speakers import speaker_eval
-from speechpipe.speakers import embedder
+from speechpipe.speakers import embedder, speaker_eval
 from speechpipe.speakers.embedder import (
     EmbedderConfig,
     in_batch_kl_hinge_loss,
@@ -31,6 +31,7 @@ def _kl(p, q):
 
 
 # ------------------------------------------------------------------------------------------ loss
+
 
 def test_identical_distributions_cost_nothing_when_same_and_the_margin_when_different():
     p = tf.constant([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]])
@@ -58,8 +59,9 @@ def test_the_loss_is_symmetric():
     p = tf.nn.softmax(rng.normal(size=(8, 5)) * 2).numpy()
     q = tf.nn.softmax(rng.normal(size=(8, 5)) * 2).numpy()
     labels = tf.constant([1, 0] * 4)
-    np.testing.assert_allclose(_np(kl_hinge_pair_loss(labels, p, q, 3.0)), _np(kl_hinge_pair_loss(labels, q, p, 3.0)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        _np(kl_hinge_pair_loss(labels, p, q, 3.0)), _np(kl_hinge_pair_loss(labels, q, p, 3.0)), rtol=1e-6
+    )
 
 
 def test_kl_matches_the_definition_and_is_never_negative():
@@ -85,7 +87,9 @@ def test_in_batch_loss_equals_the_mean_over_every_pair():
             if i == j:
                 continue
             kl = _kl(outputs[i], outputs[j])
-            (same if speakers[i] == speakers[j] else diff).append(kl if speakers[i] == speakers[j] else max(0.0, margin - kl))
+            (same if speakers[i] == speakers[j] else diff).append(
+                kl if speakers[i] == speakers[j] else max(0.0, margin - kl)
+            )
     want = 0.5 * (np.mean(same) + np.mean(diff))
     got = float(in_batch_kl_hinge_loss(tf.constant(speakers), tf.constant(outputs), margin))
     assert got == pytest.approx(want, abs=1e-5)
@@ -139,6 +143,7 @@ def test_config_errors_are_clear():
 
 
 # ------------------------------------------------------------------------------- verification
+
 
 def _brute_operating_points(scores, labels):
     """Loops: every threshold, accept score >= t."""
@@ -204,6 +209,7 @@ def test_verification_rejects_bad_trials():
 
 # --------------------------------------------------------------------------------- clustering
 
+
 def test_misclassification_rate_on_constructed_clusterings():
     truth = ["a", "a", "a", "b", "b", "b"]
     assert speaker_eval.misclassification_rate(truth, [1, 1, 1, 2, 2, 2]) == 0.0
@@ -212,7 +218,9 @@ def test_misclassification_rate_on_constructed_clusterings():
     assert speaker_eval.misclassification_rate(truth, [1, 1, 1, 1, 1, 1]) == pytest.approx(1 / 2)  # merged
     assert speaker_eval.misclassification_rate(truth, [1, 2, 3, 4, 5, 6]) == pytest.approx(4 / 6)  # singletons
     # one cluster cannot be credited to two speakers
-    assert speaker_eval.misclassification_rate(["a", "a", "b", "b", "c", "c"], [1, 1, 1, 1, 2, 2]) == pytest.approx(2 / 6)
+    assert speaker_eval.misclassification_rate(["a", "a", "b", "b", "c", "c"], [1, 1, 1, 1, 2, 2]) == pytest.approx(
+        2 / 6
+    )
     assert speaker_eval.adjusted_rand_index(truth, [5, 5, 5, 9, 9, 9]) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         speaker_eval.misclassification_rate(truth, [1, 2])
@@ -252,7 +260,9 @@ def test_plots_are_png_files(tmp_path):
     fpr, fnr = speaker_eval.det_curve(rng.normal(size=200) + labels, labels)
     paths = [
         speaker_eval.plot_det({"model": (fpr, fnr)}, str(tmp_path / "det.png")),
-        speaker_eval.plot_embeddings(rng.normal(size=(30, 8)), np.repeat(["a", "b", "c"], 10), str(tmp_path / "emb.png")),
+        speaker_eval.plot_embeddings(
+            rng.normal(size=(30, 8)), np.repeat(["a", "b", "c"], 10), str(tmp_path / "emb.png")
+        ),
         speaker_eval.plot_curves({"eer": ([0, 1, 2], [0.5, 0.2, 0.1])}, str(tmp_path / "curve.png"), "min", "EER"),
     ]
     for path in paths:
@@ -261,6 +271,7 @@ def test_plots_are_png_files(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ learning
+
 
 def _synthetic_utterances(rng, profiles, per_speaker, frames=20, bins=12):
     """Speaker identity is a profile over the first bins, under frame noise."""
@@ -291,10 +302,23 @@ def test_in_batch_training_learns_to_tell_speakers_apart():
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    config = EmbedderConfig(segment_frames=8, n_bins=12, freq_mask=0, time_mask=0, input_noise=0.0, backend="none",
-                            lstm_units=16, dense_units=(32,), output_dim=16,
-                            dropout=0.1, margin=2.0, eval_hop=4, cosine_scale=5.0,
-                            input_statistics=False, embedding="hidden")  # the BLSTM must learn it: no statistics
+    config = EmbedderConfig(
+        segment_frames=8,
+        n_bins=12,
+        freq_mask=0,
+        time_mask=0,
+        input_noise=0.0,
+        backend="none",
+        lstm_units=16,
+        dense_units=(32,),
+        output_dim=16,
+        dropout=0.1,
+        margin=2.0,
+        eval_hop=4,
+        cosine_scale=5.0,
+        input_statistics=False,
+        embedding="hidden",
+    )  # the BLSTM must learn it: no statistics
     profiles = rng.normal(size=(8, 4))
     train_x, train_y = _synthetic_utterances(rng, profiles, 6)
     test_x, test_y = _synthetic_utterances(rng, profiles, 4)  # new utterances
@@ -309,10 +333,11 @@ def test_in_batch_training_learns_to_tell_speakers_apart():
             chosen = rng.choice(len(profiles), p, replace=False)
             rows = np.concatenate([rng.choice(np.flatnonzero(train_y == s), k) for s in chosen])
             start = rng.integers(0, 13, rows.size)
-            yield np.stack([train_x[r, o:o + 8] for r, o in zip(rows, start)]), np.repeat(chosen, k)
+            yield np.stack([train_x[r, o : o + 8] for r, o in zip(rows, start)]), np.repeat(chosen, k)
 
-    data = tf.data.Dataset.from_generator(batches, output_signature=(
-        tf.TensorSpec([p * k, 8, 12], tf.float32), tf.TensorSpec([p * k], tf.int64)))
+    data = tf.data.Dataset.from_generator(
+        batches, output_signature=(tf.TensorSpec([p * k, 8, 12], tf.float32), tf.TensorSpec([p * k], tf.int64))
+    )
     history = base.fit(data, steps_per_epoch=100, epochs=3, verbose=0).history["loss"]
     after = _eer_of(base, config, test_x, test_y)
     assert history[-1] < history[0], history
@@ -330,9 +355,19 @@ def test_statistics_pooling_is_mean_and_std_over_frames_with_finite_gradients():
     np.testing.assert_allclose(pooled.numpy()[0], np.concatenate([x[0].mean(0), x[0].std(0)]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pooled.numpy()[1], np.concatenate([np.full(5, 0.25), np.full(5, 1e-3)]), atol=1e-6)
     assert np.all(np.isfinite(tape.gradient(pooled, inputs).numpy()))
-    base = embedder.build_base_network(EmbedderConfig(segment_frames=7, n_bins=5, freq_mask=2, time_mask=3,
-                                                      lstm_units=4, dense_units=(8,),
-                                                      output_dim=6, pooling="stats", eval_hop=3))
+    base = embedder.build_base_network(
+        EmbedderConfig(
+            segment_frames=7,
+            n_bins=5,
+            freq_mask=2,
+            time_mask=3,
+            lstm_units=4,
+            dense_units=(8,),
+            output_dim=6,
+            pooling="stats",
+            eval_hop=3,
+        )
+    )
     assert base.get_layer("statistics_pooling").output_shape == (None, 16)
     assert base(inputs).shape == (2, 6)
 
@@ -341,8 +376,17 @@ def test_input_statistics_reach_the_dense_layers_next_to_the_blstm_summary():
     """With input_statistics the hidden layer sees the segment's per-bin mean and standard
     deviation (at inference: of the input itself) beside the BLSTM's last states; without, the
     network is seed 002's topology."""
-    small = dict(segment_frames=7, n_bins=5, freq_mask=2, time_mask=3, lstm_units=4, dense_units=(8,), output_dim=6,
-                 eval_hop=3, input_noise=0.1)
+    small = dict(
+        segment_frames=7,
+        n_bins=5,
+        freq_mask=2,
+        time_mask=3,
+        lstm_units=4,
+        dense_units=(8,),
+        output_dim=6,
+        eval_hop=3,
+        input_noise=0.1,
+    )
     keras.utils.set_random_seed(0)
     base = embedder.build_base_network(EmbedderConfig(**small))
     x = np.random.default_rng(4).normal(size=(3, 7, 5)).astype(np.float32)
@@ -360,8 +404,9 @@ def test_input_statistics_reach_the_dense_layers_next_to_the_blstm_summary():
     assert joined_model.output_shape == (None, 8 + 2 * 5)
     assert len(joined_model.weights) == len(base.weights) - 2  # no weights of its own; not the output's
     hidden = embedder.embedding_model(base, EmbedderConfig(**small, embedding="hidden"))(x, training=False)
-    np.testing.assert_allclose(joined_model(x, training=False).numpy(),
-                               np.concatenate([hidden.numpy(), statistics.numpy()], axis=1), rtol=1e-6)
+    np.testing.assert_allclose(
+        joined_model(x, training=False).numpy(), np.concatenate([hidden.numpy(), statistics.numpy()], axis=1), rtol=1e-6
+    )
     with pytest.raises(ConfigError, match="input_statistics=True"):
         EmbedderConfig(**small, input_statistics=False).validate()
 
@@ -385,9 +430,19 @@ def test_spec_augment_masks_one_band_and_one_span_in_training_only():
     widths = [(s == 0).all(axis=0).sum() for s in masked]
     assert max(widths) >= 5 and min(widths) < max(widths)  # random widths, not a constant
     np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
-    base = embedder.build_base_network(EmbedderConfig(segment_frames=8, n_bins=12, lstm_units=4, dense_units=(8,),
-                                                      output_dim=6, eval_hop=4, freq_mask=3, time_mask=2,
-                                                      input_noise=0.1))
+    base = embedder.build_base_network(
+        EmbedderConfig(
+            segment_frames=8,
+            n_bins=12,
+            lstm_units=4,
+            dense_units=(8,),
+            output_dim=6,
+            eval_hop=4,
+            freq_mask=3,
+            time_mask=2,
+            input_noise=0.1,
+        )
+    )
     segments = np.random.default_rng(0).normal(size=(3, 8, 12)).astype(np.float32)
     np.testing.assert_array_equal(base(segments, training=False).numpy(), base(segments, training=False).numpy())
     with pytest.raises(ConfigError, match="freq_mask"):
@@ -484,13 +539,13 @@ def test_ward_linkage_keeps_an_outlier_with_its_speaker_where_average_linkage_sp
     Ward's merge cost (the added within-cluster variance) grows with the clusters' sizes."""
     rng = np.random.default_rng(0)
     centres = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.96, 0.28]])  # speakers 1 and 2 close
-    points = np.concatenate([c + rng.normal(size=(10, 3)) * 0.02 for c in centres]
-                            + [np.array([[0.875, 0.0, -0.485]])])  # speaker 0's odd utterance, 29 degrees off
+    points = np.concatenate(
+        [c + rng.normal(size=(10, 3)) * 0.02 for c in centres] + [np.array([[0.875, 0.0, -0.485]])]
+    )  # speaker 0's odd utterance, 29 degrees off
     speakers = np.r_[np.repeat([0, 1, 2], 10), 0]
     for linkage, expected_mr in (("average", 11 / 31), ("ward", 0.0)):  # average: {0}, {odd}, {1, 2}
         config = EmbedderConfig(linkage=linkage)
-        result = speaker_eval.clustering(embedder.clustering_distances(points, config), speakers,
-                                         method=config.linkage)
+        result = speaker_eval.clustering(embedder.clustering_distances(points, config), speakers, method=config.linkage)
         assert result.mr_known == pytest.approx(expected_mr), linkage
     unit = points / np.linalg.norm(points, axis=1, keepdims=True)
     chord = np.linalg.norm(unit[:, None] - unit[None], axis=-1)

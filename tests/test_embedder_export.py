@@ -7,6 +7,7 @@ Parity tolerance: max |difference| of utterance embeddings (softmax outputs) <= 
 themselves differ by up to 1e-3, see tests/test_feature_parity.py, and averaging over windows
 shrinks that). Between the in-memory Keras network and the SavedModel on the same inputs the
 tolerance is 1e-6 (one graph, float32 rounding only)."""
+
 import dataclasses
 import glob
 import json
@@ -30,8 +31,9 @@ PARITY_TOLERANCE = 2e-5
 ROUND_TRIP_TOLERANCE = 1e-6
 # backend="none": these tests check the network and its export; the LDA back end has its own.
 # The output distribution as the embedding: the round trip checks that rows stay distributions.
-TINY_MODEL = EmbedderConfig(lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1, backend="none",
-                            embedding="output")
+TINY_MODEL = EmbedderConfig(
+    lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1, backend="none", embedding="output"
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +53,9 @@ def random_network():
 def exported(random_network, tmp_path_factory):
     """The random network's SavedModel, exported once for the tests below."""
     base, config = random_network
-    return embedder.export_embedder(str(tmp_path_factory.mktemp("embedder_model") / "model"), base, config,
-                                    FeatureConfig())
+    return embedder.export_embedder(
+        str(tmp_path_factory.mktemp("embedder_model") / "model"), base, config, FeatureConfig()
+    )
 
 
 def _waveforms(tiny_corpus, utterances):
@@ -77,7 +80,7 @@ def test_warm_start_restores_the_exported_network(random_network, exported):
         embedder.restore_network(other, exported)
 
 
-@pytest.mark.parametrize("embedding, other", [("hidden", "hidden_statistics"), ("hidden_statistics", "hidden")])
+@pytest.mark.parametrize(("embedding", "other"), [("hidden", "hidden_statistics"), ("hidden_statistics", "hidden")])
 def test_a_hidden_layer_export_serves_that_layer_and_warm_starts_the_whole_network(embedding, other, tmp_path):
     """With embedding="hidden" the signatures serve the layer below the output, with
     "hidden_statistics" that layer joined with the input statistics; either way the export
@@ -99,8 +102,9 @@ def test_a_hidden_layer_export_serves_that_layer_and_warm_starts_the_whole_netwo
     assert served.shape == (3, config.dense_units[-1] + statistics)
     np.testing.assert_allclose(served, expected, atol=ROUND_TRIP_TOLERANCE)
     if statistics:
-        np.testing.assert_allclose(served[:, -statistics:], np.concatenate([segments.mean(1), segments.std(1)], 1),
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            served[:, -statistics:], np.concatenate([segments.mean(1), segments.std(1)], 1), rtol=1e-4, atol=1e-5
+        )
     keras.utils.set_random_seed(3)
     fresh = embedder.build_base_network(replace(config, embedding=other, backend="lda"))
     embedder.restore_network(fresh, path)
@@ -115,8 +119,9 @@ def test_saved_model_round_trip(random_network, exported):
     assert loaded.config == config and loaded.feature_config == FeatureConfig()
     assert set(loaded.saved_model.signatures) >= {"embed", "embed_segments", "serving_default"}
     segments = np.random.default_rng(0).normal(size=(5, 40, 80)).astype(np.float32)
-    np.testing.assert_allclose(loaded.embed_segments(segments), base(segments, training=False).numpy(),
-                               atol=ROUND_TRIP_TOLERANCE)
+    np.testing.assert_allclose(
+        loaded.embed_segments(segments), base(segments, training=False).numpy(), atol=ROUND_TRIP_TOLERANCE
+    )
     # `embed` = windows of the in-graph features, averaged: the same as the numpy path on them
     from speechpipe.audio.tf_features import GraphFeatures
 
@@ -166,8 +171,9 @@ def test_export_with_an_lda_backend_applies_it_in_both_signatures(random_network
 
     base, config = random_network
     rng = np.random.default_rng(4)
-    backend = embedder.LinearBackend(rng.normal(size=8).astype(np.float32) * 0.1,
-                                     rng.normal(size=(8, 3)).astype(np.float32))
+    backend = embedder.LinearBackend(
+        rng.normal(size=8).astype(np.float32) * 0.1, rng.normal(size=(8, 3)).astype(np.float32)
+    )
     with_lda = dataclasses.replace(config, backend="lda")
     with pytest.raises(ConfigError, match="fitted back end"):
         embedder.export_embedder(str(tmp_path / "m1"), base, with_lda, FeatureConfig())
@@ -177,15 +183,17 @@ def test_export_with_an_lda_backend_applies_it_in_both_signatures(random_network
     loaded = embedder.load_embedder(path)
     assert loaded.config.backend == "lda"
     segments = rng.normal(size=(5, 40, 80)).astype(np.float32)
-    np.testing.assert_allclose(loaded.embed_segments(segments), backend.apply(base(segments, training=False).numpy()),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.embed_segments(segments), backend.apply(base(segments, training=False).numpy()), atol=1e-5
+    )
     lengths = np.array([16000, 7000, 100], np.int32)
     waves = np.zeros((3, 16000), np.float32)
     for i, n in enumerate(lengths):
         waves[i, :n] = rng.normal(size=n) * 0.1
     features, frames = GraphFeatures(FeatureConfig())(waves, lengths)
-    expected = backend.apply(embedder.embed_utterances(base, [features[i, : frames[i]].numpy() for i in range(2)],
-                                                       config))
+    expected = backend.apply(
+        embedder.embed_utterances(base, [features[i, : frames[i]].numpy() for i in range(2)], config)
+    )
     served = loaded.embed(waves, lengths)
     np.testing.assert_allclose(served[:2], expected, atol=1e-5)
     assert np.all(served[2] == 0)  # under one analysis window: no segment, a zero embedding
@@ -200,12 +208,22 @@ def test_export_with_an_lda_backend_applies_it_in_both_signatures(random_network
 def test_trainer_fits_the_lda_backend_on_the_training_speakers(tiny_features, tmp_path):
     with open(os.path.join(tiny_features, "summary.json"), encoding="utf-8") as f:
         features = FeatureConfig.from_json(json.load(f)["features"])
-    config = EmbedderTrainConfig(model=dataclasses.replace(TINY_MODEL, backend="lda"), speakers_per_batch=4,
-                                 segments_per_speaker=2, max_steps=2, eval_every_steps=2)
+    config = EmbedderTrainConfig(
+        model=dataclasses.replace(TINY_MODEL, backend="lda"),
+        speakers_per_batch=4,
+        segments_per_speaker=2,
+        max_steps=2,
+        eval_every_steps=2,
+    )
     serving = str(tmp_path / "serving")
-    result = embedder_trainer.train([os.path.join(tiny_features, "Split-train")],
-                                    [os.path.join(tiny_features, "Split-validation"),
-                                     os.path.join(tiny_features, "Split-test")], features, serving, None, config)
+    result = embedder_trainer.train(
+        [os.path.join(tiny_features, "Split-train")],
+        [os.path.join(tiny_features, "Split-validation"), os.path.join(tiny_features, "Split-test")],
+        features,
+        serving,
+        None,
+        config,
+    )
     backend = result.summary["backend"]
     assert backend["kind"] == "lda" and backend["input_dims"] == TINY_MODEL.output_dim
     assert backend["output_dims"] == result.summary["inputs"]["train_speakers"] - 1 == 3
@@ -214,8 +232,11 @@ def test_trainer_fits_the_lda_backend_on_the_training_speakers(tiny_features, tm
     served = embedder.load_embedder(serving).embed(waves, np.array([16000, 12000]))
     assert served.shape == (2, 3) and np.all(np.isfinite(served))
     segments = np.random.default_rng(1).normal(size=(4, 40, features.n_bins)).astype(np.float32)
-    np.testing.assert_allclose(embedder.load_embedder(serving).embed_segments(segments),
-                               result.backend.apply(result.embedder(segments, training=False).numpy()), atol=1e-5)
+    np.testing.assert_allclose(
+        embedder.load_embedder(serving).embed_segments(segments),
+        result.backend.apply(result.embedder(segments, training=False).numpy()),
+        atol=1e-5,
+    )
 
 
 def test_an_export_older_than_the_new_settings_loads_with_the_values_it_was_made_with(exported, tmp_path):
@@ -248,10 +269,14 @@ def test_export_rejects_mismatched_bins(random_network, tmp_path):
 def _fn_args(features_dir, tmp_path, custom, train_steps=None):
     from tfx.components.trainer.fn_args_utils import FnArgs
 
-    return FnArgs(train_files=[os.path.join(features_dir, "Split-train")],
-                  eval_files=[os.path.join(features_dir, "Split-validation"), os.path.join(features_dir, "Split-test")],
-                  serving_model_dir=str(tmp_path / "serving"), model_run_dir=str(tmp_path / "run"),
-                  train_steps=train_steps, custom_config=custom)
+    return FnArgs(
+        train_files=[os.path.join(features_dir, "Split-train")],
+        eval_files=[os.path.join(features_dir, "Split-validation"), os.path.join(features_dir, "Split-test")],
+        serving_model_dir=str(tmp_path / "serving"),
+        model_run_dir=str(tmp_path / "run"),
+        train_steps=train_steps,
+        custom_config=custom,
+    )
 
 
 @pytest.mark.slow  # runs a trainer
@@ -259,8 +284,9 @@ def test_run_fn_trains_logs_and_exports(tiny_features, tmp_path):
     with open(os.path.join(tiny_features, "summary.json"), encoding="utf-8") as f:
         features = json.load(f)["features"]
     config = EmbedderTrainConfig(model=TINY_MODEL, speakers_per_batch=4, segments_per_speaker=2, eval_every_steps=2)
-    embedder_trainer.run_fn(_fn_args(tiny_features, tmp_path, {"features": features, "embedder": config.to_json()},
-                                     train_steps=4))
+    embedder_trainer.run_fn(
+        _fn_args(tiny_features, tmp_path, {"features": features, "embedder": config.to_json()}, train_steps=4)
+    )
     serving = str(tmp_path / "serving")
     with open(os.path.join(serving, trainer_contract.RESULT_FILE), encoding="utf-8") as f:
         result = json.load(f)
@@ -286,8 +312,12 @@ def test_trainer_errors_are_clear(tiny_features, tmp_path):
     with pytest.raises(ConfigError, match="unknown"):
         EmbedderTrainConfig.from_json({"form": "pairs"})
     with pytest.raises(ConfigError, match="speakers_per_batch=16"):
-        embedder_trainer.train(train, val + [os.path.join(tiny_features, "Split-test")], features,
-                               config=EmbedderTrainConfig(model=TINY_MODEL, max_steps=1))
+        embedder_trainer.train(
+            train,
+            val + [os.path.join(tiny_features, "Split-test")],
+            features,
+            config=EmbedderTrainConfig(model=TINY_MODEL, max_steps=1),
+        )
     with pytest.raises(ValueError, match="share speakers"):
         embedder_trainer.train(train, train, features, config=EmbedderTrainConfig(model=TINY_MODEL, max_steps=1))
     with pytest.raises(ValueError, match="at least 2 speakers"):

@@ -1,4 +1,5 @@
 """speechpipe.io.example_proto: the Example messages and the TFRecord reader, against TensorFlow's."""
+
 import os
 import subprocess
 import sys
@@ -15,26 +16,50 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _utterances():
     rng = np.random.default_rng(7)
-    yield records.UtteranceFeatures("u1", "id10001", "sessA", "train", rng.normal(size=(13, 80)).astype(np.float32),
-                                    1.25, phone_ids=[0, 58, 3], phones=["a", "tʃ", "ʏ"], text="Grüße, Äpfel")
+    yield records.UtteranceFeatures(
+        "u1",
+        "id10001",
+        "sessA",
+        "train",
+        rng.normal(size=(13, 80)).astype(np.float32),
+        1.25,
+        phone_ids=[0, 58, 3],
+        phones=["a", "tʃ", "ʏ"],
+        text="Grüße, Äpfel",
+    )
     yield records.UtteranceFeatures("u2", "id10002", "sessB", "test", np.zeros((1, 3), np.float32), 0.025)
-    yield records.UtteranceFeatures("u3", "id10003", "s", "validation", rng.normal(size=(5, 2)).astype(np.float32),
-                                    3e-9, phone_ids=[], phones=[], text="")
+    yield records.UtteranceFeatures(
+        "u3",
+        "id10003",
+        "s",
+        "validation",
+        rng.normal(size=(5, 2)).astype(np.float32),
+        3e-9,
+        phone_ids=[],
+        phones=[],
+        text="",
+    )
 
 
 def _tf_encode(u: records.UtteranceFeatures) -> bytes:
     """The same record built with TensorFlow's own classes."""
+
     def _bytes(v):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode("utf-8")]))
 
     def _ints(v):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=v))
 
-    feature = {records.UTTERANCE: _bytes(u.utterance), records.SPEAKER: _bytes(u.speaker),
-               records.SESSION: _bytes(u.session), records.SPLIT: _bytes(u.split),
-               records.NUM_FRAMES: _ints([u.features.shape[0]]), records.NUM_BINS: _ints([u.features.shape[1]]),
-               records.FEATURES: tf.train.Feature(bytes_list=tf.train.BytesList(value=[u.features.astype("<f4").tobytes()])),
-               records.DURATION: tf.train.Feature(float_list=tf.train.FloatList(value=[u.duration]))}
+    feature = {
+        records.UTTERANCE: _bytes(u.utterance),
+        records.SPEAKER: _bytes(u.speaker),
+        records.SESSION: _bytes(u.session),
+        records.SPLIT: _bytes(u.split),
+        records.NUM_FRAMES: _ints([u.features.shape[0]]),
+        records.NUM_BINS: _ints([u.features.shape[1]]),
+        records.FEATURES: tf.train.Feature(bytes_list=tf.train.BytesList(value=[u.features.astype("<f4").tobytes()])),
+        records.DURATION: tf.train.Feature(float_list=tf.train.FloatList(value=[u.duration])),
+    }
     if u.phone_ids is not None:
         feature[records.PHONE_IDS] = _ints(u.phone_ids)
         feature[records.PHONES] = _bytes(" ".join(u.phones))
@@ -56,16 +81,22 @@ def test_tensorflow_parses_our_records_and_we_parse_tensorflows():
         back = records.decode_example(_tf_encode(u))
         np.testing.assert_array_equal(back.features, u.features)
         assert (back.utterance, back.speaker, back.phone_ids, back.phones, back.text) == (
-            u.utterance, u.speaker, u.phone_ids, u.phones, u.text)
+            u.utterance,
+            u.speaker,
+            u.phone_ids,
+            u.phones,
+            u.text,
+        )
 
 
 def test_negative_and_large_int64_values_round_trip():
     from speechpipe.io.example_proto import Example, Feature, Features, Int64List
 
-    values = [-1, -(2 ** 63), 2 ** 63 - 1, 0, 300]
+    values = [-1, -(2**63), 2**63 - 1, 0, 300]
     ours = Example(features=Features(feature={"x": Feature(int64_list=Int64List(value=values))}))
-    theirs = tf.train.Example(features=tf.train.Features(feature={"x": tf.train.Feature(
-        int64_list=tf.train.Int64List(value=values))}))
+    theirs = tf.train.Example(
+        features=tf.train.Features(feature={"x": tf.train.Feature(int64_list=tf.train.Int64List(value=values))})
+    )
     assert ours.SerializeToString(deterministic=True) == theirs.SerializeToString(deterministic=True)
 
 
@@ -77,7 +108,9 @@ def test_reader_matches_tf_data(tmp_path, compression):
         for p in payloads:
             w.write(p)
     assert list(read_tfrecord_file(path)) == payloads
-    assert list(read_tfrecord_file(path)) == list(tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator())
+    assert list(read_tfrecord_file(path)) == list(
+        tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator()
+    )
 
 
 def test_framed_records_are_tensorflows_bytes(tmp_path):
@@ -119,7 +152,12 @@ def test_encoding_and_reading_records_never_import_tensorflow(tmp_path):
         "from speechpipe.io.example_proto import iter_records\n"
         "u = records.UtteranceFeatures('u', 's', 'x', 'train', np.ones((2, 3), np.float32), 1.0)\n"
         "records.decode_example(records.encode_example(u))\n"
-        "import speechpipe.pipeline.features_job\n"
+        "import speechpipe.jobs.features_job\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": os.path.join(_REPO, "src")})
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=str(tmp_path),
+        env={**os.environ, "PYTHONPATH": os.path.join(_REPO, "src")},
+    )

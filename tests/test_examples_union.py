@@ -1,6 +1,7 @@
-"""ExamplesUnion (src/speechpipe/components/examples_union.py): two spans' feature outputs -> one Examples
+"""ExamplesUnion (components/examples_union.py): two spans' feature outputs -> one Examples
 artifact whose split folders list every span's shards (a manifest; nothing copied), locally and on
 object storage (TensorFlow's ram://, as in tests/test_object_storage.py), read as the trainers read."""
+
 import json
 import os
 import uuid
@@ -9,9 +10,9 @@ from collections import Counter
 import pytest
 from tfx.types import artifact_utils, standard_artifacts
 
-from speechpipe.io import records
 from speechpipe.components import examples_union
 from speechpipe.components.examples_union import ExamplesUnionError, Executor, member_spans
+from speechpipe.io import records
 from tests import ramfs
 from tests.helpers import make_tiny_corpus
 
@@ -23,20 +24,25 @@ def second_features(tmp_path_factory) -> str:
     """A second, different span: 3 new speakers x 3 utterances through the feature job."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from speechpipe.config import FeatureConfig
-    from speechpipe.pipeline import features_job
     from speechpipe.audio.sources import make_spec
+    from speechpipe.config import FeatureConfig
+    from speechpipe.jobs import features_job
 
-    corpus = make_tiny_corpus(str(tmp_path_factory.mktemp("span1_corpus")), seed=1, speakers=3, utterances=3,
-                              sessions=1)
+    corpus = make_tiny_corpus(
+        str(tmp_path_factory.mktemp("span1_corpus")), seed=1, speakers=3, utterances=3, sessions=1
+    )
     out = str(tmp_path_factory.mktemp("span1_features"))
-    features_job.run_job(make_spec(os.path.join(corpus, "manifest.jsonl")), FeatureConfig(), out,
-                         PipelineOptions(["--direct_running_mode=in_memory"]))
+    features_job.run_job(
+        make_spec(os.path.join(corpus, "manifest.jsonl")),
+        FeatureConfig(),
+        out,
+        PipelineOptions(["--direct_running_mode=in_memory"]),
+    )
     return out
 
 
 def _member(uri: str, span: int, artifact_id: int, summary_dir: str = None) -> standard_artifacts.Examples:
-    """An Examples artifact as FeatureGen publishes it (src/speechpipe/components/feature_gen.py)."""
+    """An Examples artifact as FeatureGen publishes it (components/feature_gen.py)."""
     with open(os.path.join(summary_dir or uri, "summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
     artifact = standard_artifacts.Examples()
@@ -106,10 +112,17 @@ def test_two_spans_become_one_examples_artifact(tiny_features, second_features, 
         assert os.listdir(os.path.join(out.uri, f"Split-{split}")) == [records.SHARD_MANIFEST]
         # The manifest lists every span's shards, where they are, with their bytes and records.
         manifest = _manifest(out.uri, split)
-        expected = [{"uri": os.path.join(m.uri, f"Split-{split}", n),
-                     "bytes": os.path.getsize(os.path.join(m.uri, f"Split-{split}", n)),
-                     "records": summaries[i]["shards"][split][n], "span": i, "examples_id": m.id}
-                    for i, m in enumerate(members) for n in names[i][split]]
+        expected = [
+            {
+                "uri": os.path.join(m.uri, f"Split-{split}", n),
+                "bytes": os.path.getsize(os.path.join(m.uri, f"Split-{split}", n)),
+                "records": summaries[i]["shards"][split][n],
+                "span": i,
+                "examples_id": m.id,
+            }
+            for i, m in enumerate(members)
+            for n in names[i][split]
+        ]
         assert manifest["shards"] == expected and manifest["format"] == records.MANIFEST_FORMAT
         assert manifest["files"] == len(expected) and manifest["bytes"] == sum(e["bytes"] for e in expected)
         assert manifest["records"] == sum(s["good"][split] for s in summaries)
@@ -146,10 +159,13 @@ def test_two_spans_become_one_examples_artifact(tiny_features, second_features, 
         assert good[split] == sum(_utterances(out.uri, split).values())
     assert out.get_int_custom_property("inputs") == sum(m.get_int_custom_property("inputs") for m in members)
     assert out.get_float_custom_property("audio_hours") == pytest.approx(
-        sum(m.get_float_custom_property("audio_hours") for m in members))
+        sum(m.get_float_custom_property("audio_hours") for m in members)
+    )
     assert out.get_string_custom_property("feature_config") == members[0].get_string_custom_property("feature_config")
-    assert json.loads(out.get_string_custom_property("input_path")) == ["/spans/0/manifest.jsonl",
-                                                                         "/spans/1/manifest.jsonl"]
+    assert json.loads(out.get_string_custom_property("input_path")) == [
+        "/spans/0/manifest.jsonl",
+        "/spans/1/manifest.jsonl",
+    ]
     # The first span's global statistics, where the trainers look for them (TFX's `<split>/*`).
     from speechpipe.training import find_global_stats
 
@@ -189,8 +205,11 @@ def test_a_damaged_span_shard_is_an_error_naming_it(tiny_features, second_featur
             f.truncate(os.path.getsize(victim) - 7)
         match = "bytes where the manifest recorded"
     split_uri = os.path.join(out.uri, "Split-train")
-    for read in (lambda: expand_files(split_uri), lambda: record_dataset(split_uri + "/*"),
-                 lambda: records.shard_paths(out.uri, "train")):
+    for read in (
+        lambda: expand_files(split_uri),
+        lambda: record_dataset(split_uri + "/*"),
+        lambda: records.shard_paths(out.uri, "train"),
+    ):
         with pytest.raises(records.ShardCheckError, match=match) as error:
             read()
         assert victim in str(error.value)
@@ -243,8 +262,11 @@ def test_spans_with_other_feature_configs_are_refused(tiny_features, second_feat
     other = _member(second_features, 1, 12)
     other.set_string_custom_property("feature_config", json.dumps({"normalization": "global"}))
     with pytest.raises(ExamplesUnionError, match="different feature configs"):
-        Executor().Do({"span_0": [_member(tiny_features, 0, 11)], "span_1": [other]},
-                      {"examples": [_output(str(tmp_path / "union"))]}, {})
+        Executor().Do(
+            {"span_0": [_member(tiny_features, 0, 11)], "span_1": [other]},
+            {"examples": [_output(str(tmp_path / "union"))]},
+            {},
+        )
 
 
 def test_the_union_on_object_storage(tiny_features, second_features, tmp_path):
@@ -261,15 +283,18 @@ def test_the_union_on_object_storage(tiny_features, second_features, tmp_path):
             assert _utterances(out.uri, split) == _utterances(local.uri, split)
             with open(os.path.join(local.uri, f"Split-{split}", records.SHARD_MANIFEST), encoding="utf-8") as f:
                 local_manifest = json.load(f)
-            remote_manifest = json.loads(ramfs._gfile().GFile(
-                f"{out.uri}/Split-{split}/{records.SHARD_MANIFEST}", "rb").read())
+            remote_manifest = json.loads(
+                ramfs._gfile().GFile(f"{out.uri}/Split-{split}/{records.SHARD_MANIFEST}", "rb").read()
+            )
             assert all(s["uri"].startswith(bucket + "/span") for s in remote_manifest["shards"])
-            assert [(s["bytes"], s["records"]) for s in remote_manifest["shards"]] == \
-                [(s["bytes"], s["records"]) for s in local_manifest["shards"]]
+            assert [(s["bytes"], s["records"]) for s in remote_manifest["shards"]] == [
+                (s["bytes"], s["records"]) for s in local_manifest["shards"]
+            ]
         # The union's own objects: the manifests, union.json and global_stats.json; no shard.
-        remote = sorted(o[len(out.uri) + 1:] for o in ramfs.objects(out.uri + "/"))
-        assert remote == sorted(os.path.relpath(os.path.join(d, f), local.uri)
-                                for d, _, fs in os.walk(local.uri) for f in fs)
+        remote = sorted(o[len(out.uri) + 1 :] for o in ramfs.objects(out.uri + "/"))
+        assert remote == sorted(
+            os.path.relpath(os.path.join(d, f), local.uri) for d, _, fs in os.walk(local.uri) for f in fs
+        )
         assert not [o for o in remote if "data_tfrecord" in o]
         assert out.get_string_custom_property("good") == local.get_string_custom_property("good")
         # A span shard gone from the bucket: an error naming it.
@@ -294,7 +319,10 @@ def test_a_retried_attempt_starts_clean(tiny_features, second_features, tmp_path
         f.write(b"half a shard")
     with open(os.path.join(out.uri, "Split-train", records.SHARD_MANIFEST), "wb") as f:
         f.write(b'{"half": ')
-    Executor().Do({"span_0": [_member(tiny_features, 0, 11)], "span_1": [_member(second_features, 1, 12)]},
-                  {"examples": [out]}, {})
+    Executor().Do(
+        {"span_0": [_member(tiny_features, 0, 11)], "span_1": [_member(second_features, 1, 12)]},
+        {"examples": [out]},
+        {},
+    )
     assert os.listdir(os.path.join(out.uri, "Split-train")) == [records.SHARD_MANIFEST]
     assert _utterances(out.uri, "train") == _utterances(tiny_features, "train") + _utterances(second_features, "train")

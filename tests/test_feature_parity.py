@@ -5,14 +5,15 @@ Stated tolerance: max |difference| <= 1e-3 in every mode (measured: 5.5e-5 on ra
 with cmvn on the linear STFT, both float32 FFTs since the job stopped using librosa's float64 one,
 which measured 7.3e-5 and 3.9e-4; float32 FFTs differ in rounding, and normalising divides by
 per-bin deviations of order 1)."""
+
 import os
 
 import numpy as np
 import pytest
 
 from speechpipe.audio.decode import decode
-from speechpipe.config import FeatureConfig
 from speechpipe.audio.features import GlobalStats, compute_features, normalise
+from speechpipe.config import FeatureConfig
 from tests.helpers import read_manifest
 
 TOLERANCE = 1e-3
@@ -32,8 +33,10 @@ def _batch(waves):
     return batch, np.array([len(w) for w in waves], np.int32)
 
 
-@pytest.mark.parametrize("kind, normalization", [("logmel", "cmvn"), ("logmel", "minmax"), ("logmel", "global"),
-                                                 ("logmel", "none"), ("stft", "cmvn")])
+@pytest.mark.parametrize(
+    ("kind", "normalization"),
+    [("logmel", "cmvn"), ("logmel", "minmax"), ("logmel", "global"), ("logmel", "none"), ("stft", "cmvn")],
+)
 def test_graph_features_equal_librosa_features(waveforms, kind, normalization):
     from speechpipe.audio.tf_features import GraphFeatures
 
@@ -53,7 +56,7 @@ def test_graph_features_equal_librosa_features(waveforms, kind, normalization):
         assert n_frames[i] == e.shape[0]
         got = features[i, : n_frames[i]]
         assert np.max(np.abs(got - e)) <= TOLERANCE, (kind, normalization, float(np.max(np.abs(got - e))))
-        assert np.all(features[i, n_frames[i]:] == 0.0), "padded frames are zero"
+        assert np.all(features[i, n_frames[i] :] == 0.0), "padded frames are zero"
 
 
 def test_short_waveforms_give_no_frames():

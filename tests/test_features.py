@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from speechpipe.config import FeatureConfig
 from speechpipe.audio.features import GlobalStats, cmvn, compute_features, minmax, normalise, num_frames
+from speechpipe.config import FeatureConfig
 from speechpipe.validation import ConfigError, validate_feature_config
 from tests.audio_inputs import tone
 
@@ -51,8 +51,18 @@ def test_normalise_modes(logmel):
         normalise(logmel, FeatureConfig(normalization="global"))
 
 
-@pytest.mark.parametrize("field, value", [("n_fft", 8), ("hop_length", 0), ("n_mels", 500), ("fmax", 9000.0),
-                                          ("normalization", "zscore"), ("kind", "mfcc"), ("max_seconds", 0.01)])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("n_fft", 8),
+        ("hop_length", 0),
+        ("n_mels", 500),
+        ("fmax", 9000.0),
+        ("normalization", "zscore"),
+        ("kind", "mfcc"),
+        ("max_seconds", 0.01),
+    ],
+)
 def test_bad_feature_config_names_the_setting(field, value):
     with pytest.raises(ConfigError, match=field):
         validate_feature_config(FeatureConfig(**{field: value}))
@@ -65,20 +75,28 @@ def _librosa_features(samples: np.ndarray, config: FeatureConfig) -> np.ndarray:
     spectrum = librosa.stft(samples, n_fft=config.n_fft, hop_length=config.hop_length, window="hann", center=False)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
     if config.kind == "logmel":
-        power = librosa.filters.mel(sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels,
-                                    fmin=config.fmin, fmax=config.fmax) @ power
+        power = (
+            librosa.filters.mel(
+                sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels, fmin=config.fmin, fmax=config.fmax
+            )
+            @ power
+        )
     return np.log(power + config.log_floor).T.astype(np.float32)
 
 
-@pytest.mark.parametrize("sample_rate, n_fft, hop, n_mels, fmax", [(16000, 400, 160, 80, 7600.0), (8000, 256, 80, 40, 4000.0),
-                                                                  (22050, 512, 128, 64, 11025.0)])
+@pytest.mark.parametrize(
+    ("sample_rate", "n_fft", "hop", "n_mels", "fmax"),
+    [(16000, 400, 160, 80, 7600.0), (8000, 256, 80, 40, 4000.0), (22050, 512, 128, 64, 11025.0)],
+)
 def test_mel_basis_and_window_are_librosas_bits(sample_rate, n_fft, hop, n_mels, fmax):
     import librosa
 
     from speechpipe.audio.features import _hann_window, _mel_basis
 
-    assert np.array_equal(_mel_basis(sample_rate, n_fft, n_mels, 20.0, fmax),
-                          librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=20.0, fmax=fmax))
+    assert np.array_equal(
+        _mel_basis(sample_rate, n_fft, n_mels, 20.0, fmax),
+        librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=20.0, fmax=fmax),
+    )
     assert np.array_equal(_hann_window(n_fft), librosa.filters.get_window("hann", n_fft, fftbins=True))
 
 
@@ -104,5 +122,7 @@ def test_shorter_than_one_window_is_refused():
 def test_cmvn_is_numpys_mean_and_std_bit_for_bit(order):
     x = np.asarray(np.random.default_rng(5).normal(3, 2, size=(301, 80)), np.float32, order=order)
     x[:, 7] = 1.5  # a constant bin: divided by the floor
-    expected = ((x - x.mean(axis=0, dtype=np.float64)) / np.maximum(x.std(axis=0, dtype=np.float64), 1e-5)).astype(np.float32)
+    expected = ((x - x.mean(axis=0, dtype=np.float64)) / np.maximum(x.std(axis=0, dtype=np.float64), 1e-5)).astype(
+        np.float32
+    )
     assert np.array_equal(cmvn(x), expected)

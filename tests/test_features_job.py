@@ -9,12 +9,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from speechpipe.io import records
 from speechpipe.audio.decode import decode
-from speechpipe.config import FeatureConfig
 from speechpipe.audio.features import compute_features
-from speechpipe.pipeline import features_job
 from speechpipe.audio.sources import make_spec
+from speechpipe.config import FeatureConfig
+from speechpipe.io import records
+from speechpipe.jobs import features_job
 from tests.audio_inputs import BAD_AUDIO, UNUSUAL, build_mixed_manifest, write_m4a, write_wav
 from tests.helpers import read_manifest
 
@@ -44,14 +44,25 @@ def test_every_bad_input_is_dead_lettered_and_every_unusual_format_accepted(mixe
     manifest, expected, good = mixed
     with TestPipeline(options=PipelineOptions(IN_MEMORY)) as p:
         outputs = features_job.build(p, make_spec(manifest), CONFIG)
-        assert_that(outputs["dead_letter"] | "Reasons" >> beam.Map(lambda d: (d.utterance, d.reason)),
-                    equal_to(_expected_pairs(expected)), label="DeadLetterReasons")
-        assert_that(outputs["examples"] | "Ids" >> beam.Map(lambda e: e.utterance),
-                    equal_to(good), label="GoodUtterances")
+        assert_that(
+            outputs["dead_letter"] | "Reasons" >> beam.Map(lambda d: (d.utterance, d.reason)),
+            equal_to(_expected_pairs(expected)),
+            label="DeadLetterReasons",
+        )
+        assert_that(
+            outputs["examples"] | "Ids" >> beam.Map(lambda e: e.utterance), equal_to(good), label="GoodUtterances"
+        )
     reasons = set(expected.values())
     assert {r for _, r in BAD_AUDIO.values()} <= reasons
-    assert {"missing_file", "outside_root", "unknown_phone", "duplicate_utterance", "invalid_json",
-            "invalid_utf8", "missing_field"} <= reasons
+    assert {
+        "missing_file",
+        "outside_root",
+        "unknown_phone",
+        "duplicate_utterance",
+        "invalid_json",
+        "invalid_utf8",
+        "missing_field",
+    } <= reasons
     assert set(UNUSUAL) <= set(good)
 
 
@@ -94,7 +105,9 @@ def test_records_read_back_with_phones_and_shapes(mixed_run):
         assert e.phones == ["a", "pf", "ə", "l", "ʃ", "t", "ɾ", "ʊ", "m", "pf"]
         assert len(e.phone_ids) == len(e.phones)
         assert e.split in ("train", "validation", "test")
-    index = [json.loads(l) for n in os.listdir(os.path.join(out, "index")) for l in open(os.path.join(out, "index", n))]
+    index = [
+        json.loads(line) for n in os.listdir(os.path.join(out, "index")) for line in open(os.path.join(out, "index", n))
+    ]
     assert sorted(i["utterance"] for i in index) == sorted(e.utterance for e in examples)
 
 
@@ -139,7 +152,9 @@ def test_kaldi_data_dir_input(tmp_path):
     assert summary["input"]["kind"] == "kaldi"
     assert sum(summary["good"].values()) == 2
     assert summary["dead_letter"]["by_reason"] == {"command_not_supported": 1, "missing_speaker": 1}
-    examples = {e.utterance: e for s in ("train", "validation", "test") for e in records.read_split(str(tmp_path / "out"), s)}
+    examples = {
+        e.utterance: e for s in ("train", "validation", "test") for e in records.read_split(str(tmp_path / "out"), s)
+    }
     assert examples["uttA"].phones == ["a", "pf", "ə", "l"] and examples["uttB"].phone_ids is None
 
 
@@ -149,21 +164,29 @@ def test_job_is_deterministic(tiny_corpus, tmp_path):
     for run in ("a", "b"):
         out = str(tmp_path / run)
         features_job.run_job(spec, FeatureConfig(), out, PipelineOptions(IN_MEMORY))
-        serialized.append({s: sorted(records.encode_example(e) for e in records.read_split(out, s))
-                           for s in ("train", "validation", "test")})
+        serialized.append(
+            {
+                s: sorted(records.encode_example(e) for e in records.read_split(out, s))
+                for s in ("train", "validation", "test")
+            }
+        )
     assert serialized[0] == serialized[1]
     corpus_splits = {r["utterance"]: r["split"] for r in read_manifest(tiny_corpus)}
-    assert {u: s for s, items in serialized[0].items() for u in
-            (records.decode_example(b).utterance for b in items)} == corpus_splits
+    assert {
+        u: s for s, items in serialized[0].items() for u in (records.decode_example(b).utterance for b in items)
+    } == corpus_splits
 
 
 def test_global_statistics_equal_numpy(tiny_corpus, tmp_path):
     config = FeatureConfig(normalization="global")
     out = str(tmp_path / "global")
-    features_job.run_job(make_spec(os.path.join(tiny_corpus, "manifest.jsonl")), config, out, PipelineOptions(IN_MEMORY))
+    features_job.run_job(
+        make_spec(os.path.join(tiny_corpus, "manifest.jsonl")), config, out, PipelineOptions(IN_MEMORY)
+    )
     train = [r for r in read_manifest(tiny_corpus) if r["split"] == "train"]
-    frames = np.concatenate([compute_features(decode(os.path.join(tiny_corpus, r["audio"]), 16000).samples, config)
-                             for r in train]).astype(np.float64)
+    frames = np.concatenate(
+        [compute_features(decode(os.path.join(tiny_corpus, r["audio"]), 16000).samples, config) for r in train]
+    ).astype(np.float64)
     stats = json.load(open(os.path.join(out, "global_stats.json")))
     assert stats["frames"] == frames.shape[0]
     np.testing.assert_allclose(stats["mean"], frames.mean(axis=0), rtol=1e-9, atol=1e-9)
@@ -182,8 +205,13 @@ def test_output_folder_with_a_summary_is_refused(mixed, mixed_run):
 
 def test_fixed_shard_count_and_no_temporary_files_left(tiny_corpus, tmp_path):
     out = str(tmp_path / "sharded")
-    summary = features_job.run_job(make_spec(os.path.join(tiny_corpus, "manifest.jsonl")), FeatureConfig(), out,
-                                   PipelineOptions(IN_MEMORY), num_shards=2)
+    summary = features_job.run_job(
+        make_spec(os.path.join(tiny_corpus, "manifest.jsonl")),
+        FeatureConfig(),
+        out,
+        PipelineOptions(IN_MEMORY),
+        num_shards=2,
+    )
     for split in ("train", "validation", "test"):
         assert sorted(summary["shards"][split]) == [f"data_tfrecord-{k:05d}-of-00002" for k in range(2)]
         assert sum(summary["shards"][split].values()) == summary["good"][split]
@@ -202,8 +230,12 @@ def test_direct_runs_use_the_fn_api_runner_and_other_runners_stay_as_given():
 
 # ------------------------------------------------------------------- augmentation of the train split
 
+
 def _split_bytes(out):
-    return {s: sorted(records.encode_example(e) for e in records.read_split(out, s)) for s in ("train", "validation", "test")}
+    return {
+        s: sorted(records.encode_example(e) for e in records.read_split(out, s))
+        for s in ("train", "validation", "test")
+    }
 
 
 def _index(out):
@@ -225,8 +257,10 @@ def augmented_runs(tiny_corpus, tmp_path_factory):
     augment = AugmentConfig(copies=3, rir_bank=8, babble_speakers=(1, 2), babble_pool=10)
     root = tmp_path_factory.mktemp("augmented")
     clean = features_job.run_job(spec, config, str(root / "clean"), PipelineOptions(IN_MEMORY))
-    runs = [features_job.run_job(spec, config, str(root / name), PipelineOptions(IN_MEMORY), augment=augment)
-            for name in ("a", "b")]
+    runs = [
+        features_job.run_job(spec, config, str(root / name), PipelineOptions(IN_MEMORY), augment=augment)
+        for name in ("a", "b")
+    ]
     return root, clean, runs, augment
 
 
@@ -289,8 +323,9 @@ def test_augmentation_off_writes_the_same_bytes(tiny_corpus, tmp_path):
 
     spec = make_spec(os.path.join(tiny_corpus, "manifest.jsonl"))
     plain = features_job.run_job(spec, FeatureConfig(), str(tmp_path / "plain"), PipelineOptions(IN_MEMORY))
-    off = features_job.run_job(spec, FeatureConfig(), str(tmp_path / "off"), PipelineOptions(IN_MEMORY),
-                               augment=AugmentConfig(copies=0))
+    off = features_job.run_job(
+        spec, FeatureConfig(), str(tmp_path / "off"), PipelineOptions(IN_MEMORY), augment=AugmentConfig(copies=0)
+    )
     assert "augmentation" not in off and set(off) == set(plain)
     assert _split_bytes(str(tmp_path / "plain")) == _split_bytes(str(tmp_path / "off"))
     assert _index(str(tmp_path / "plain")) == _index(str(tmp_path / "off"))
@@ -308,14 +343,24 @@ def test_a_copy_the_checks_refuse_is_dead_lettered_and_counted_apart(tmp_path):
         lines.append(json.dumps({"utterance": utt, "audio": f"audio/{utt}.wav", "speaker": f"s{utt}", "split": split}))
     (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     augment = AugmentConfig(copies=1, kinds=("speed",), speed_factors=(0.9,))
-    summary = features_job.run_job(make_spec(str(root / "manifest.jsonl")), CONFIG, str(tmp_path / "out"),
-                                   PipelineOptions(IN_MEMORY), augment=augment)
+    summary = features_job.run_job(
+        make_spec(str(root / "manifest.jsonl")),
+        CONFIG,
+        str(tmp_path / "out"),
+        PipelineOptions(IN_MEMORY),
+        augment=augment,
+    )
     assert summary["good"] == {"train": 2, "validation": 1, "test": 0} and summary["dead_letter"]["total"] == 0
     block = summary["augmentation"]
-    assert block["asked"] == 2 and block["train"] == 1 and block["refused"] == {"total": 1, "by_reason": {"too_long": 1}}
+    assert (
+        block["asked"] == 2 and block["train"] == 1 and block["refused"] == {"total": 1, "by_reason": {"too_long": 1}}
+    )
     assert sum(summary["shards"]["train"].values()) == 3
-    dead = [json.loads(line) for name in os.listdir(tmp_path / "out" / "dead_letter")
-            for line in open(tmp_path / "out" / "dead_letter" / name, encoding="utf-8")]
+    dead = [
+        json.loads(line)
+        for name in os.listdir(tmp_path / "out" / "dead_letter")
+        for line in open(tmp_path / "out" / "dead_letter" / name, encoding="utf-8")
+    ]
     assert [(d["stage"], d["reason"], d["utterance"]) for d in dead] == [("augment", "too_long", "long-aug0-speed")]
 
 
@@ -329,10 +374,28 @@ def test_augment_flags_make_the_config_and_bad_flags_are_refused():
 
     assert config() is None
     assert config("--augment", "noise,reverb,speed") == AugmentConfig(copies=1)
-    made = config("--augment", "reverb,speed", "--augment-copies", "2", "--augment-seed", "7", "--augment-speed",
-                  "0.95,1.05", "--augment-rt60", "0.3,0.5", "--augment-speed-speaker", "same")
-    assert made == AugmentConfig(copies=2, kinds=("reverb", "speed"), seed=7, speed_factors=(0.95, 1.05),
-                                 rt60_s=(0.3, 0.5), speed_new_speaker=False)
+    made = config(
+        "--augment",
+        "reverb,speed",
+        "--augment-copies",
+        "2",
+        "--augment-seed",
+        "7",
+        "--augment-speed",
+        "0.95,1.05",
+        "--augment-rt60",
+        "0.3,0.5",
+        "--augment-speed-speaker",
+        "same",
+    )
+    assert made == AugmentConfig(
+        copies=2,
+        kinds=("reverb", "speed"),
+        seed=7,
+        speed_factors=(0.95, 1.05),
+        rt60_s=(0.3, 0.5),
+        speed_new_speaker=False,
+    )
     with pytest.raises(ConfigError, match="--augment-copies needs --augment"):
         config("--augment-copies", "2")
     with pytest.raises(ConfigError, match="echo"):

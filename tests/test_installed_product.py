@@ -2,6 +2,7 @@
 Dataflow and Flink workers), each installed into a fresh venv outside the repository, then used
 from a folder outside it: `speechpipe --help`, a tiny corpus, the feature job and a tiny pipeline
 run. The checkout is never on the path, so a module or data file the distributions lack fails."""
+
 import json
 import os
 import shutil
@@ -35,9 +36,14 @@ def test_the_wheel_holds_every_module_and_data_file(distributions):
     with zipfile.ZipFile(distributions["wheel"]) as wheel:
         listed = {n for n in wheel.namelist() if not n.startswith("speechpipe-")}
     expected = _source_files()
-    assert {"speechpipe/corpus/sentences_de.txt", "speechpipe/schemas/features.pbtxt",
-            "speechpipe/schemas/phones_de.json", "speechpipe/pipeline/tfx_pipeline.py",
-            "speechpipe/components/feature_gen.py", "speechpipe/corpus/synth.py"} <= expected
+    assert {
+        "speechpipe/corpus/sentences_de.txt",
+        "speechpipe/schemas/features.pbtxt",
+        "speechpipe/schemas/phones_de.json",
+        "speechpipe/pipeline/tfx_pipeline.py",
+        "speechpipe/components/feature_gen.py",
+        "speechpipe/corpus/synth.py",
+    } <= expected
     assert listed == expected, (sorted(expected - listed), sorted(listed - expected))
     # Every folder of the package is a real package (find_packages skips one without __init__).
     folders = {os.path.dirname(n) for n in expected}
@@ -54,10 +60,19 @@ def test_the_sdist_holds_the_package_and_what_rebuilds_it(distributions):
 def test_the_wheel_declares_the_runtime_requirements(distributions):
     with zipfile.ZipFile(distributions["wheel"]) as wheel:
         metadata = wheel.read("speechpipe-0.1.0.dist-info/METADATA").decode()
-    required = {line.split(":", 1)[1].strip().split(";")[0].replace(" ", "")
-                for line in metadata.splitlines() if line.startswith("Requires-Dist:")}
-    assert {"tfx[kfp]==1.16.0", "tensorflow==2.16.2", "apache-beam[gcp]", "mlflow", "librosa",
-            "espeakng-loader"} <= required
+    required = {
+        line.split(":", 1)[1].strip().split(";")[0].replace(" ", "")
+        for line in metadata.splitlines()
+        if line.startswith("Requires-Dist:")
+    }
+    assert {
+        "tfx[kfp]==1.16.0",
+        "tensorflow==2.16.2",
+        "apache-beam[gcp]",
+        "mlflow",
+        "librosa",
+        "espeakng-loader",
+    } <= required
     assert not {"pytest", "pytest-timeout", "uv"} & required  # test tools are not the package's
 
 
@@ -67,39 +82,105 @@ def test_installed_distribution_runs_outside_the_repository(kind, distributions,
     venv = locked_venv(str(tmp_path / "venv"))
     # The distribution with its declared dependencies, resolved within the lock: every one of them
     # must already be satisfied by the locked environment.
-    run([uv(), "pip", "install", "--python", os.path.join(venv, "bin", "python"), "-c", LOCK, distributions[kind]],
-        cwd=str(tmp_path), env=user_env())
+    run(
+        [uv(), "pip", "install", "--python", os.path.join(venv, "bin", "python"), "-c", LOCK, distributions[kind]],
+        cwd=str(tmp_path),
+        env=user_env(),
+    )
     run([uv(), "pip", "check", "--python", os.path.join(venv, "bin", "python")], cwd=str(tmp_path), env=user_env())
     work = tmp_path / "work"
     work.mkdir()
     env = user_env(venv)
     speechpipe = os.path.join(venv, "bin", "speechpipe")
 
-    checked = run([os.path.join(venv, "bin", "python"), os.path.join(REPO, "deploy", "check_install.py"),
-                   "--expect-prefix", venv], cwd=str(work), env=env)
+    checked = run(
+        [
+            os.path.join(venv, "bin", "python"),
+            os.path.join(REPO, "deploy", "check_install.py"),
+            "--expect-prefix",
+            venv,
+        ],
+        cwd=str(work),
+        env=env,
+    )
     assert "modules imported" in checked.stdout
     assert "usage: speechpipe" in run([speechpipe, "--help"], cwd=str(work), env=env).stdout
 
     # --utterances 3 with the default sessions (4): sessions follow the utterances.
-    run([speechpipe, "corpus", "synth", "--out", "corpus", "--speakers", "4", "--utterances", "3", "--seed", "5",
-         "--no-progress"], cwd=str(work), env=env)
-    features = run([speechpipe, "features", "--input", "corpus/manifest.jsonl", "--out", "features",
-                    "--direct_running_mode=in_memory"], cwd=str(work), env=env)
+    run(
+        [
+            speechpipe,
+            "corpus",
+            "synth",
+            "--out",
+            "corpus",
+            "--speakers",
+            "4",
+            "--utterances",
+            "3",
+            "--seed",
+            "5",
+            "--no-progress",
+        ],
+        cwd=str(work),
+        env=env,
+    )
+    features = run(
+        [
+            speechpipe,
+            "features",
+            "--input",
+            "corpus/manifest.jsonl",
+            "--out",
+            "features",
+            "--direct_running_mode=in_memory",
+        ],
+        cwd=str(work),
+        env=env,
+    )
     with open(work / "features" / "summary.json", encoding="utf-8") as f:
         summary = json.load(f)
     assert summary["inputs"] == 12 and sum(summary["good"].values()) == 12, (summary, features.stdout)
     assert summary["dead_letter"]["total"] == 0
 
-    done = run([speechpipe, "run", "--home", "home", "--span", "corpus/manifest.jsonl", "--in-memory", "--no-speaker",
-                "--lstm-units", "8", "--max-epochs", "1", "--max-minutes", "1", "--batch-size", "4",
-                "--patience", "1", "--max-per", "10"], cwd=str(work), env=env)
+    done = run(
+        [
+            speechpipe,
+            "run",
+            "--home",
+            "home",
+            "--span",
+            "corpus/manifest.jsonl",
+            "--in-memory",
+            "--no-speaker",
+            "--lstm-units",
+            "8",
+            "--max-epochs",
+            "1",
+            "--max-minutes",
+            "1",
+            "--batch-size",
+            "4",
+            "--patience",
+            "1",
+            "--max-per",
+            "10",
+        ],
+        cwd=str(work),
+        env=env,
+    )
     assert "RegistryPusher: done" in done.stdout, done.stdout
     assert "pushed" in done.stdout
     # One line per event: no log line twice, none of Beam's worker start-up warnings, none of
     # TensorFlow's C++ start-up errors, no dependency FutureWarnings.
     said = done.stdout + done.stderr
-    for noise in ("INFO:speechpipe", "Discarding unparseable args", "semi_persistent_directory",
-                  "Unable to register", "FutureWarning"):
+    for noise in (
+        "INFO:speechpipe",
+        "Discarding unparseable args",
+        "semi_persistent_directory",
+        "Unable to register",
+        "FutureWarning",
+    ):
         assert noise not in said, (noise, said[-4000:])
     epochs = [line for line in done.stdout.splitlines() if "epoch 1:" in line]
     assert len(epochs) == 1, done.stdout

@@ -8,6 +8,7 @@ under ram://, in one process (DirectRunner in_memory), and compared with the sam
 folders. Anything that fell back to a local file call on a URI would fail to find its data, or
 leave a local folder named `ram:` behind, which every test checks for.
 """
+
 import io
 import json
 import os
@@ -18,11 +19,18 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from speechpipe.io import records, storage
 from speechpipe.audio.decode import AudioRejected, check_usable, decode
+from speechpipe.audio.sources import (
+    OUTSIDE_ROOT,
+    count_ignored_files,
+    expand_input,
+    make_spec,
+    parse_input,
+    resolve_inside,
+)
 from speechpipe.config import FeatureConfig
-from speechpipe.pipeline import features_job, pairs_job
-from speechpipe.audio.sources import OUTSIDE_ROOT, count_ignored_files, expand_input, make_spec, parse_input, resolve_inside
+from speechpipe.io import records, storage
+from speechpipe.jobs import features_job, pairs_job
 from tests import ramfs
 from tests.audio_inputs import BAD_AUDIO, GOOD_PHONES, UNUSUAL, build_mixed_manifest, write_wav
 
@@ -53,19 +61,26 @@ def _examples(out: str):
     found = {}
     for split in SPLITS:
         for path in records.shard_paths(out, split):
-            for record in tf.data.TFRecordDataset(path, compression_type=records.compression_of(path)).as_numpy_iterator():
+            for record in tf.data.TFRecordDataset(
+                path, compression_type=records.compression_of(path)
+            ).as_numpy_iterator():
                 example = records.decode_example(record)
                 found[example.utterance] = example
     return found
 
 
 def _jsonl(prefix_pattern: str):
-    return [json.loads(line) for path in storage.beam_match(prefix_pattern)
-            for line in storage.beam_read_bytes(path).decode("utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line)
+        for path in storage.beam_match(prefix_pattern)
+        for line in storage.beam_read_bytes(path).decode("utf-8").splitlines()
+        if line.strip()
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
 # Inputs: confinement to the data root, listing, decoding
+
 
 def test_paths_are_confined_to_a_data_root_on_object_storage():
     root = "ram://b/spans/s0"
@@ -111,8 +126,11 @@ def test_inputs_on_object_storage_are_listed_like_local_ones(tmp_path, bucket):
     # A manifest.
     write_wav(str(local / "man" / "audio" / "a.wav"))
     (local / "man" / "manifest.jsonl").write_text(
-        json.dumps({"utterance": "u1", "audio": "audio/a.wav", "speaker": "s1"}) + "\n\n"
-        + json.dumps({"utterance": "u2", "audio": "../../x.wav", "speaker": "s1"}) + "\n")
+        json.dumps({"utterance": "u1", "audio": "audio/a.wav", "speaker": "s1"})
+        + "\n\n"
+        + json.dumps({"utterance": "u2", "audio": "../../x.wav", "speaker": "s1"})
+        + "\n"
+    )
     remote = f"{bucket}/inputs"
     ramfs.upload_tree(str(local), remote)
 
@@ -126,7 +144,9 @@ def test_inputs_on_object_storage_are_listed_like_local_ones(tmp_path, bucket):
         parsed_here = [parse_input(i, here) for i in local_items]
         parsed_there = [parse_input(i, there) for i in remote_items]
         assert [type(p).__name__ for p in parsed_there] == [type(p).__name__ for p in parsed_here], name
-        assert ([getattr(p, "reason", None) for p in parsed_there] == [getattr(p, "reason", None) for p in parsed_here]), name
+        assert [getattr(p, "reason", None) for p in parsed_there] == [
+            getattr(p, "reason", None) for p in parsed_here
+        ], name
         for record in parsed_there:
             if hasattr(record, "audio_path"):
                 assert record.audio_path.startswith(there.data_root + "/")
@@ -161,14 +181,16 @@ def test_audio_objects_decode_like_local_files(tmp_path, bucket):
 # ----------------------------------------------------------------------------------------------
 # The feature job
 
+
 @pytest.fixture(scope="module")
 def remote_features(tiny_corpus, bucket):
     """The tiny corpus uploaded to ram://, and the feature job run on it into ram://."""
     span = f"{bucket}/corpus"
     ramfs.upload_tree(tiny_corpus, span)
     out = f"{bucket}/features"
-    summary = features_job.run_job(make_spec(f"{span}/manifest.jsonl"), FeatureConfig(), out,
-                                   PipelineOptions(IN_MEMORY))
+    summary = features_job.run_job(
+        make_spec(f"{span}/manifest.jsonl"), FeatureConfig(), out, PipelineOptions(IN_MEMORY)
+    )
     return span, out, summary
 
 
@@ -200,12 +222,24 @@ def test_feature_job_on_object_storage_dead_letters_paths_outside_the_root(tmp_p
         "uri_inside": (f"{root}/audio/good1.wav", None),
         "dotdot_inside": ("audio/../audio/good2.wav", None),
         "other_bucket": (f"{bucket}-other/secret.wav", OUTSIDE_ROOT),
-        "climbs_out_of_the_bucket": ("../../../../" + bucket[len("ram://"):] + "-other/secret.wav", OUTSIDE_ROOT),
+        "climbs_out_of_the_bucket": ("../../../../" + bucket[len("ram://") :] + "-other/secret.wav", OUTSIDE_ROOT),
         "sibling_prefix": (f"{base}/data-old/audio/good0.wav", OUTSIDE_ROOT),
-        "other_scheme": (f"memfs://{root[len('ram://'):]}/audio/good0.wav", OUTSIDE_ROOT),
+        "other_scheme": (f"memfs://{root[len('ram://') :]}/audio/good0.wav", OUTSIDE_ROOT),
     }
-    lines = [json.dumps({"utterance": u, "audio": a, "speaker": f"spk_{u}", "session": "s1", "text": "t",
-                         "phones": GOOD_PHONES, "split": "train"}) for u, (a, _) in extra.items()]
+    lines = [
+        json.dumps(
+            {
+                "utterance": u,
+                "audio": a,
+                "speaker": f"spk_{u}",
+                "session": "s1",
+                "text": "t",
+                "phones": GOOD_PHONES,
+                "split": "train",
+            }
+        )
+        for u, (a, _) in extra.items()
+    ]
     # Uploaded as `gsutil cp -r` would: the tree (data/ and outside/), without its symlink.
     ramfs.upload_tree(str(tmp_path), base)
     ramfs.put(f"{bucket}-other/secret.wav", open(str(tmp_path / "outside" / "secret.wav"), "rb").read())
@@ -235,6 +269,7 @@ def test_feature_job_on_object_storage_dead_letters_paths_outside_the_root(tmp_p
 # ----------------------------------------------------------------------------------------------
 # The custom components' executors with their artifact URIs under ram://
 
+
 def _artifact(cls, uri: str, **custom):
     artifact = cls()
     artifact.uri = uri
@@ -253,8 +288,11 @@ def test_validation_gate_reads_and_writes_object_storage(bucket):
     from speechpipe.components.validation_gate import ValidationGate, ValidationGateError, ValidationResult
 
     base = f"{bucket}/gate"
-    counts = dict(inputs=10, dead_letter=json.dumps({"total": 1, "by_reason": {"silent": 1}}),
-                  good=json.dumps({"train": 7, "validation": 1, "test": 1}))
+    counts = dict(
+        inputs=10,
+        dead_letter=json.dumps({"total": 1, "by_reason": {"silent": 1}}),
+        good=json.dumps({"train": 7, "validation": 1, "test": 1}),
+    )
     examples = _artifact(standard_artifacts.Examples, f"{base}/examples", **counts)
     clean = _artifact(standard_artifacts.ExampleAnomalies, f"{base}/clean")
     ramfs.put(f"{base}/clean/Split-train/SchemaDiff.pb", anomalies_pb2.Anomalies().SerializeToString())
@@ -269,8 +307,9 @@ def test_validation_gate_reads_and_writes_object_storage(bucket):
     ramfs.put(f"{base}/bad/Split-train/SchemaDiff.pb", anomalies.SerializeToString())
     failed = _artifact(ValidationResult, f"{base}/failed")
     with pytest.raises(ValidationGateError, match="train: num_frames: Out-of-range values"):
-        ValidationGate.test_call(examples=examples, anomalies=_artifact(standard_artifacts.ExampleAnomalies, f"{base}/bad"),
-                                 result=failed)
+        ValidationGate.test_call(
+            examples=examples, anomalies=_artifact(standard_artifacts.ExampleAnomalies, f"{base}/bad"), result=failed
+        )
     verdict = storage.read_json(f"{base}/failed/validation.json")
     assert verdict["passed"] is False and "num_frames" in verdict["reasons"][0]
 
@@ -298,16 +337,20 @@ def test_pair_gen_reads_and_writes_object_storage(remote_features, tiny_features
         assert there["splits"][split]["pairs"] == here["splits"][split]["pairs"], split
         assert not storage.beam_match(f"{bucket}/pairs/pairs/{split}/pairs-*"), split
     assert pairs.get_string_custom_property("test_trials_file") == "trials_test.txt"
-    assert storage.beam_read_bytes(f"{bucket}/pairs/trials_test.txt") == \
-        open(os.path.join(local, "trials_test.txt"), "rb").read()
+    assert (
+        storage.beam_read_bytes(f"{bucket}/pairs/trials_test.txt")
+        == open(os.path.join(local, "trials_test.txt"), "rb").read()
+    )
     assert not storage.beam_match(f"{bucket}/pairs/trials_train.txt")
     # The job itself writes every split's pair records to object storage, as it does locally.
     pairs_job.run(["--features", features, "--out", f"{bucket}/all_pairs", "--seed", "0"] + IN_MEMORY)
     for split in SPLITS:
-        drawn = sorted(p for f in storage.beam_match(f"{bucket}/all_pairs/pairs/{split}/pairs-*")
-                       for p in read_pair_file(f))
-        assert drawn and drawn == sorted(p for f in here["splits"][split]["pair_files"]
-                                         for p in read_pair_file(os.path.join(local, f))), split
+        drawn = sorted(
+            p for f in storage.beam_match(f"{bucket}/all_pairs/pairs/{split}/pairs-*") for p in read_pair_file(f)
+        )
+        assert drawn and drawn == sorted(
+            p for f in here["splits"][split]["pair_files"] for p in read_pair_file(os.path.join(local, f))
+        ), split
 
 
 def _write_test_split(uri: str, speakers: int = 3, utterances: int = 4, frames: int = 120, bins: int = 80):
@@ -323,11 +366,20 @@ def _write_test_split(uri: str, speakers: int = 3, utterances: int = 4, frames: 
             for n in range(utterances):
                 utterance = f"id1000{s + 1}/abcdefghij{s}/{n + 1:05d}"
                 features = (profile + 0.3 * rng.normal(0, 1, (frames, bins))).astype(np.float32)
-                writer.write(records.encode_example(records.UtteranceFeatures(
-                    utterance=utterance, speaker=f"id1000{s + 1}", session=f"abcdefghij{s}", split="test",
-                    features=features, duration=frames / 100)))
+                writer.write(
+                    records.encode_example(
+                        records.UtteranceFeatures(
+                            utterance=utterance,
+                            speaker=f"id1000{s + 1}",
+                            session=f"abcdefghij{s}",
+                            split="test",
+                            features=features,
+                            duration=frames / 100,
+                        )
+                    )
+                )
                 ids.append(utterance)
-    return [(int(a.split("/")[0] == b.split("/")[0]), a, b) for i, a in enumerate(ids) for b in ids[i + 1:]]
+    return [(int(a.split("/")[0] == b.split("/")[0]), a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]]
 
 
 def test_speaker_evaluator_and_registry_pusher_on_object_storage(tmp_path, bucket):
@@ -338,9 +390,9 @@ def test_speaker_evaluator_and_registry_pusher_on_object_storage(tmp_path, bucke
     from speechpipe.components.pair_gen import SpeakerPairs
     from speechpipe.components.registry_pusher import PUSH_FILE, Executor
     from speechpipe.components.speaker_evaluator import SpeakerEvaluator
+    from speechpipe.results.registry import CHAMPION, Registry
     from speechpipe.speakers import embedder
     from speechpipe.speakers.embedder import EmbedderConfig
-    from speechpipe.results.registry import CHAMPION, Registry
     from speechpipe.speakers.trials import write_trials
 
     base = f"{bucket}/speaker"
@@ -350,9 +402,12 @@ def test_speaker_evaluator_and_registry_pusher_on_object_storage(tmp_path, bucke
     ramfs.put(f"{base}/pairs/trials_test.txt", text.getvalue().encode())
     # An untrained tiny embedder, exported locally and uploaded as a Trainer's Model artifact.
     keras.utils.set_random_seed(0)
-    config = EmbedderConfig(lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1, backend="none",
-                            embedding="hidden")
-    exported = embedder.export_embedder(str(tmp_path / "model"), embedder.build_base_network(config), config, FeatureConfig())
+    config = EmbedderConfig(
+        lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1, backend="none", embedding="hidden"
+    )
+    exported = embedder.export_embedder(
+        str(tmp_path / "model"), embedder.build_base_network(config), config, FeatureConfig()
+    )
     ramfs.upload_tree(exported, f"{base}/model/Format-Serving")
     model = _artifact(standard_artifacts.Model, f"{base}/model")
     model.id = 7
@@ -360,8 +415,15 @@ def test_speaker_evaluator_and_registry_pusher_on_object_storage(tmp_path, bucke
     examples.span, examples.id = 0, 3
     blessing = _artifact(standard_artifacts.ModelBlessing, f"{base}/blessing")
     blessing.id = 9
-    SpeakerEvaluator.test_call(model=model, examples=examples, pairs=_artifact(SpeakerPairs, f"{base}/pairs"),
-                               blessing=blessing, champion=None, max_eer=1.0, data_key="key")
+    SpeakerEvaluator.test_call(
+        model=model,
+        examples=examples,
+        pairs=_artifact(SpeakerPairs, f"{base}/pairs"),
+        blessing=blessing,
+        champion=None,
+        max_eer=1.0,
+        data_key="key",
+    )
     evaluation = storage.read_json(f"{base}/blessing/evaluation.json")
     assert evaluation["blessed"] and evaluation["candidate"]["trials"] == len(trials)
     assert evaluation["candidate"]["speakers"] == 3 and 0.0 <= evaluation["candidate"]["eer"] <= 1.0
@@ -375,16 +437,25 @@ def test_speaker_evaluator_and_registry_pusher_on_object_storage(tmp_path, bucke
     home = tmp_path / "mlflow"
     tracking = f"sqlite:///{home}/mlflow.db"
     pushed = _artifact(standard_artifacts.PushedModel, f"{base}/pushed")
-    Executor().Do({"model": [model], "model_blessing": [blessing], "examples": [examples]}, {"pushed_model": [pushed]},
-                  {"tracking_uri": tracking, "artifact_root": str(home / "artifacts"), "model_name": "ram-embedder",
-                   "pipeline_name": "p", "feature_config": json.dumps(FeatureConfig().to_json()),
-                   "model_kind": "speaker", "data_key": "key"})
+    Executor().Do(
+        {"model": [model], "model_blessing": [blessing], "examples": [examples]},
+        {"pushed_model": [pushed]},
+        {
+            "tracking_uri": tracking,
+            "artifact_root": str(home / "artifacts"),
+            "model_name": "ram-embedder",
+            "pipeline_name": "p",
+            "feature_config": json.dumps(FeatureConfig().to_json()),
+            "model_kind": "speaker",
+            "data_key": "key",
+        },
+    )
     push = storage.read_json(f"{base}/pushed/{PUSH_FILE}")
     assert push["pushed"] is True and push["version"] == "1", push
     assert push["smoke_test"]["signature"] == "embed"
     registry = Registry(tracking)
     assert registry.champion("ram-embedder") == "1"
-    from speechpipe.serving.resolve import saved_model_in
+    from speechpipe.results.resolve import saved_model_in
 
     downloaded = saved_model_in(registry.download("ram-embedder", "1", str(tmp_path / "downloaded")))
     # The whole SavedModel was staged and logged (inside the MLflow model), the embedder's config included.
@@ -411,12 +482,22 @@ def test_embedder_trainer_reads_and_exports_on_object_storage(remote_features, b
 
     _, features, summary = remote_features
     base = f"{bucket}/embedder_trainer"
-    config = EmbedderTrainConfig(model=EmbedderConfig(lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1),
-                                 speakers_per_batch=4, segments_per_speaker=2, eval_every_steps=2)
-    embedder_trainer.run_fn(FnArgs(
-        train_files=[f"{features}/Split-train"], eval_files=[f"{features}/Split-validation", f"{features}/Split-test"],
-        serving_model_dir=f"{base}/serving", model_run_dir=f"{base}/run", train_steps=2,
-        custom_config={"features": summary["features"], "embedder": config.to_json()}))
+    config = EmbedderTrainConfig(
+        model=EmbedderConfig(lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1),
+        speakers_per_batch=4,
+        segments_per_speaker=2,
+        eval_every_steps=2,
+    )
+    embedder_trainer.run_fn(
+        FnArgs(
+            train_files=[f"{features}/Split-train"],
+            eval_files=[f"{features}/Split-validation", f"{features}/Split-test"],
+            serving_model_dir=f"{base}/serving",
+            model_run_dir=f"{base}/run",
+            train_steps=2,
+            custom_config={"features": summary["features"], "embedder": config.to_json()},
+        )
+    )
     result = storage.read_json(f"{base}/serving/{trainer_contract.RESULT_FILE}")
     assert result["steps"] == 2
     assert storage.exists(f"{base}/serving/saved_model.pb")
@@ -441,11 +522,12 @@ def test_registry_hands_an_object_storage_artifact_root_to_mlflow(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # The whole TFX pipeline: span and pipeline root under ram://, ML Metadata and MLflow local
 
+
 @pytest.mark.e2e
 def test_tfx_pipeline_with_root_and_span_on_object_storage(remote_features, tmp_path, bucket):
-    from speechpipe.results import report
     from speechpipe.pipeline.local_runner import run_pipeline
     from speechpipe.pipeline.run_config import CTCBudget, RunConfig
+    from speechpipe.results import report
     from speechpipe.results.registry import Registry
 
     @dataclass(frozen=True)
@@ -462,13 +544,25 @@ def test_tfx_pipeline_with_root_and_span_on_object_storage(remote_features, tmp_
     span, _, _ = remote_features
     root = f"{bucket}/pipeline_root"
     config = RemoteRootConfig(
-        home=str(tmp_path / "home"), spans=(f"{span}/manifest.jsonl",), branches=("ctc",), max_per=10.0,
+        home=str(tmp_path / "home"),
+        spans=(f"{span}/manifest.jsonl",),
+        branches=("ctc",),
+        max_per=10.0,
         ctc=CTCBudget(lstm_units=(16,), max_epochs=1, max_minutes=1.0, batch_size=8, patience=1),
-        beam_args=tuple(IN_MEMORY), remote_root=root)
+        beam_args=tuple(IN_MEMORY),
+        remote_root=root,
+    )
     summary = run_pipeline(config)
     assert summary["status"] == "succeeded", summary["error"]
-    for node in ("FeatureGen_span0", "StatisticsGen_span0", "ExampleValidator_span0", "ValidationGate_span0",
-                 "Trainer", "SpeechEvaluator", "RegistryPusher"):
+    for node in (
+        "FeatureGen_span0",
+        "StatisticsGen_span0",
+        "ExampleValidator_span0",
+        "ValidationGate_span0",
+        "Trainer",
+        "SpeechEvaluator",
+        "RegistryPusher",
+    ):
         assert node in summary["executed"], (node, summary["nodes"])
     # Every artifact of the run is under the remote root, and the report read them from there.
     nodes = report.run_nodes(config, summary["run_id"])
@@ -480,6 +574,8 @@ def test_tfx_pipeline_with_root_and_span_on_object_storage(remote_features, tmp_
     assert summary["training"]["epochs"] == 1 and summary["warm_start"]["warm_start"] is False
     assert summary["evaluation"]["blessed"] is True
     assert summary["push"]["pushed"] is True and summary["push"]["version"] == "1"
-    assert storage.exists(storage.join(nodes["Trainer"]["outputs"]["model"][0]["uri"], "Format-Serving", "saved_model.pb"))
+    assert storage.exists(
+        storage.join(nodes["Trainer"]["outputs"]["model"][0]["uri"], "Format-Serving", "saved_model.pb")
+    )
     (model,) = [m for m in Registry(config.registry_uri).list() if m["name"] == config.registry_model_name]
     assert model["versions"][0]["tags"]["smoke_test"] == "passed"

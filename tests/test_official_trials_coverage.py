@@ -1,13 +1,14 @@
 """An official trial list as the speaker branch's test protocol (PairGen's `trials_file`): a list
 that names utterances the corpus lacks, or pairs speakers outside the test split, is an error that
 names what is wrong, never a silently smaller list."""
+
 import json
 import os
 
 import pytest
 
 from speechpipe.components.pair_gen import TrialListError, check_official_coverage
-from speechpipe.pipeline import pairs_job
+from speechpipe.jobs import pairs_job
 from tests.helpers import read_jsonl
 
 
@@ -20,8 +21,9 @@ def _coverage(tiny_features, tmp_path, lines):
     trials = tmp_path / "veri_test2.txt"
     trials.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = str(tmp_path / "pairs")
-    pairs_job.run(["--features", tiny_features, "--out", out, "--official_trials", str(trials),
-                   "--direct_running_mode=in_memory"])
+    pairs_job.run(
+        ["--features", tiny_features, "--out", out, "--official_trials", str(trials), "--direct_running_mode=in_memory"]
+    )
     with open(os.path.join(out, pairs_job.SUMMARY), encoding="utf-8") as f:
         (official,) = json.load(f)["official_trials"]
     return official, str(trials)
@@ -36,7 +38,7 @@ def _by_split(tiny_features):
 
 def test_a_list_of_test_utterances_is_accepted(tiny_features, tmp_path):
     test = _by_split(tiny_features)["test"]
-    (speaker, utterances), = list(test.items())[:1]
+    ((speaker, utterances),) = list(test.items())[:1]
     lines = [f"1 {utterances[0]}.wav {utterances[1]}.wav"]
     official, path = _coverage(tiny_features, tmp_path, lines)
     check_official_coverage(official, path)

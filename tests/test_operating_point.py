@@ -1,5 +1,6 @@
 """The decision threshold a speaker model ships (speechpipe.speakers.speaker_eval): the lowest
 threshold within a target false-accept rate, and the rates a user gets at a threshold."""
+
 import numpy as np
 import pytest
 

@@ -1,7 +1,8 @@
-"""The pair builder: sampling rules (speechpipe.speakers.pairs) and the Beam job (src/speechpipe/pipeline/pairs_job.py).
+"""The pair builder: sampling rules (speechpipe.speakers.pairs) and the Beam job (src/speechpipe/jobs/pairs_job.py).
 
 Index files are generated here (`write_index`) in the feature job's layout, so these tests do
 not depend on the feature job."""
+
 from __future__ import annotations
 
 import glob
@@ -19,6 +20,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from speechpipe.cli import main as cli_main
 from speechpipe.config import FeatureConfig
+from speechpipe.jobs import pairs_job
 from speechpipe.speakers.pairs import (
     DIFFERENT,
     SAME,
@@ -37,7 +39,6 @@ from speechpipe.speakers.pairs import (
     sample_negatives,
     sample_positives,
 )
-from speechpipe.pipeline import pairs_job
 from speechpipe.speakers.trials import Trial, read_trials, write_trials
 from tests.helpers import read_manifest
 
@@ -46,6 +47,7 @@ IN_MEMORY = "--direct_running_mode=in_memory"
 
 # ----------------------------------------------------------------------------------------------
 # Generated inputs
+
 
 def index_records(
     splits: Dict[str, int] = None,
@@ -66,18 +68,24 @@ def index_records(
             speaker = f"id{number}"
             number += 1
             n = (heavy or {}).get(speaker, utterances)
-            session_ids = ["".join(rng.choice("abcdefghijkABCDEFGHIJK0123456789-_") for _ in range(11))
-                           for _ in range(sessions)]
+            session_ids = [
+                "".join(rng.choice("abcdefghijkABCDEFGHIJK0123456789-_") for _ in range(11)) for _ in range(sessions)
+            ]
             for k in range(n):
                 session = session_ids[k % sessions]
                 frames = rng.randint(41, 900)
                 if short_every and (len(records) % short_every == short_every - 1):
                     frames = rng.randint(0, 39)
-                records.append({
-                    "utterance": f"{speaker}/{session}/{k + 1:05d}", "speaker": speaker,
-                    "session": session, "split": split, "num_frames": frames,
-                    "duration": round((frames - 1) * 0.01 + 0.025, 4),
-                })
+                records.append(
+                    {
+                        "utterance": f"{speaker}/{session}/{k + 1:05d}",
+                        "speaker": speaker,
+                        "session": session,
+                        "split": split,
+                        "num_frames": frames,
+                        "duration": round((frames - 1) * 0.01 + 0.025, 4),
+                    }
+                )
     return records
 
 
@@ -125,6 +133,7 @@ def session_of(utterance: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # Sampling rules
 
+
 def test_sample_distinct_draws_distinct_values_in_range():
     rng = random.Random(1)
     for population, k in ((10, 10), (10, 3), (10**12, 1000), (1, 1), (5, 0)):
@@ -140,8 +149,11 @@ def test_positive_index_decoding_covers_exactly_the_candidates(cross_session):
     g = group("id10001", [3, 1, 4, 2])
     config = PairConfig(speaker_cap=10**6, cross_session=cross_session)
     pairs, available = sample_positives(g, config)
-    brute = {key(a, b) for a, b in itertools.combinations(g.utterances, 2)
-             if not cross_session or session_of(a) != session_of(b)}
+    brute = {
+        key(a, b)
+        for a, b in itertools.combinations(g.utterances, 2)
+        if not cross_session or session_of(a) != session_of(b)
+    }
     assert available == len(brute) == g.positives_available(cross_session)
     assert len(pairs) == len(brute) and {key(a, b) for a, b in pairs} == brute
 
@@ -170,7 +182,7 @@ def test_links_visit_every_speaker_pair_once(speakers):
     plan = SplitPlan.build("train", groups, PairConfig())
     links = Counter()
     for rank in range(speakers):
-        for partner, quota in plan.links_from(rank):
+        for partner, _quota in plan.links_from(rank):
             assert partner != rank
             links[frozenset((rank, partner))] += 1
     assert len(links) == speakers * (speakers - 1) // 2 == plan.links
@@ -240,8 +252,14 @@ def test_ratio_and_config_errors():
 
 def test_index_record_checks_and_frames_from_duration():
     features = FeatureConfig()
-    good = {"utterance": "id10001/abcdefghijk/00001", "speaker": "id10001", "session": "abcdefghijk",
-            "split": "train", "num_frames": 312, "duration": 3.14}
+    good = {
+        "utterance": "id10001/abcdefghijk/00001",
+        "speaker": "id10001",
+        "session": "abcdefghijk",
+        "split": "train",
+        "num_frames": 312,
+        "duration": 3.14,
+    }
     assert parse_index_record(good, features, "f:1").num_frames == 312
     manifest_line = {k: v for k, v in good.items() if k != "num_frames"}
     assert parse_index_record(manifest_line, features, "f:1").num_frames == 1 + (50240 - 400) // 160
@@ -268,8 +286,10 @@ def test_repeated_utterance_is_an_error():
 
 
 def test_pair_records_round_trip_without_tensorflow():
-    pairs = [(SAME, "id10001/abcdefghijk/00001", "id10001/bcdefghijkl/00002"),
-             (DIFFERENT, "id10001/abcdefghijk/00001", "id10002/cdefghijklm/00003")]
+    pairs = [
+        (SAME, "id10001/abcdefghijk/00001", "id10001/bcdefghijkl/00002"),
+        (DIFFERENT, "id10001/abcdefghijk/00001", "id10002/cdefghijklm/00003"),
+    ]
     records = decode_pair_block(encode_pair_block(pairs))
     assert [decode_pair_example(r) for r in records] == pairs
     with pytest.raises(ValueError, match="corrupt"):
@@ -278,6 +298,7 @@ def test_pair_records_round_trip_without_tensorflow():
 
 # ----------------------------------------------------------------------------------------------
 # The Beam transform, with TestPipeline
+
 
 def test_transform_in_a_test_pipeline():
     records = index_records({"train": 4, "validation": 2, "test": 2}, utterances=6, sessions=2, short_every=9)
@@ -297,28 +318,35 @@ def test_transform_in_a_test_pipeline():
             assert len({key(a, b) for _, a, b in pairs}) == len(pairs)
             per_speaker = Counter(speaker_of(a) for label, a, _ in pairs if label == SAME)
             assert max(per_speaker.values()) <= config.speaker_cap
+
         return check
 
     with BeamTestPipeline(options=beam.options.pipeline_options.PipelineOptions([IN_MEMORY])) as p:
         result = p | beam.Create(elements) | pairs_job.PairsFromUtterances(config)
         for split in ("train", "validation", "test"):
             assert_that(result[pairs_job.PAIRS_TAG[split]], check_blocks(split), label=f"Check[{split}]")
-        assert_that(result[pairs_job.SHORT] | beam.Map(lambda line: json.loads(line)["utterance"]),
-                    equal_to(short), label="CheckShort")
-        totals = (result[pairs_job.SPEAKER_STATS]
-                  | beam.Map(lambda kv: kv[1]["excluded_short"]) | beam.CombineGlobally(sum))
+        assert_that(
+            result[pairs_job.SHORT] | beam.Map(lambda line: json.loads(line)["utterance"]),
+            equal_to(short),
+            label="CheckShort",
+        )
+        totals = (
+            result[pairs_job.SPEAKER_STATS] | beam.Map(lambda kv: kv[1]["excluded_short"]) | beam.CombineGlobally(sum)
+        )
         assert_that(totals, equal_to([len(short)]), label="CheckShortCount")
 
 
 # ----------------------------------------------------------------------------------------------
 # The job, end to end
 
+
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     """One run on a generated index: 3 splits, a heavy speaker, short utterances."""
     root = tmp_path_factory.mktemp("pairs_job")
-    records = index_records({"train": 8, "validation": 4, "test": 4}, utterances=14, sessions=3,
-                            short_every=11, heavy={"id10001": 80})
+    records = index_records(
+        {"train": 8, "validation": 4, "test": 4}, utterances=14, sessions=3, short_every=11, heavy={"id10001": 80}
+    )
     features = write_index(str(root / "features"), records)
     out = str(root / "out")
     summary = run_job(features, out, "--speaker_cap", "30", "--seed", "7")
@@ -385,7 +413,10 @@ def test_job_is_deterministic_for_a_seed(job, tmp_path):
         ours = sorted(job_pairs(job["out"], split))
         assert sorted(job_pairs(again, split)) == ours
         assert sorted(job_pairs(other, split)) != ours
-        with open(os.path.join(job["out"], f"trials_{split}.txt")) as a, open(os.path.join(again, f"trials_{split}.txt")) as b:
+        with (
+            open(os.path.join(job["out"], f"trials_{split}.txt")) as a,
+            open(os.path.join(again, f"trials_{split}.txt")) as b,
+        ):
             assert sorted(a) == sorted(b)
 
 
@@ -393,8 +424,9 @@ def test_job_ratio_and_same_session_options(tmp_path):
     records = index_records({"train": 6, "validation": 3, "test": 3}, utterances=10, sessions=2)
     features = write_index(str(tmp_path / "features"), records)
     out = str(tmp_path / "out")
-    summary = run_job(features, out, "--ratio", "1:2", "--same_session_positives", "--speaker_cap", "12",
-                      "--trial_splits", "test")
+    summary = run_job(
+        features, out, "--ratio", "1:2", "--same_session_positives", "--speaker_cap", "12", "--trial_splits", "test"
+    )
     train = job_pairs(out, "train")
     labels = Counter(label for label, _, _ in train)
     assert labels[DIFFERENT] == 2 * labels[SAME]
@@ -421,8 +453,10 @@ def test_job_reads_a_demo_corpus_manifest(tiny_corpus, tmp_path):
 def test_official_trial_list_is_checked_and_copied(job, tmp_path):
     records = [r for r in job["records"] if r["num_frames"] >= 40]
     test_utts = [r["utterance"] for r in records if r["split"] == "test"]
-    trials = [Trial(SAME if speaker_of(a) == speaker_of(b) else DIFFERENT, a, b)
-              for a, b in zip(test_utts[::2], test_utts[1::2])]
+    trials = [
+        Trial(SAME if speaker_of(a) == speaker_of(b) else DIFFERENT, a, b)
+        for a, b in zip(test_utts[::2], test_utts[1::2])
+    ]
     trials.append(Trial(DIFFERENT, test_utts[0], "id19999/zzzzzzzzzzz/00001"))  # not in the index
     official = str(tmp_path / "veri_test2.txt")
     write_trials(official, trials)
@@ -460,8 +494,10 @@ def test_command_line_errors(tmp_path, capsys, job):
     assert cli_main(["pairs", "--features", job["features"], "--out", str(tmp_path / "o"), "--ratio", "x"]) == 2
     bad = tmp_path / "list_test_hard2.txt"
     bad.write_text("1 id10001/abcdefghijk/00001.wav id10002/abcdefghijk/00001.wav\n2 a b\n")
-    assert cli_main(["pairs", "--features", job["features"], "--out", str(tmp_path / "o"),
-                     "--official_trials", str(bad)]) == 2
+    assert (
+        cli_main(["pairs", "--features", job["features"], "--out", str(tmp_path / "o"), "--official_trials", str(bad)])
+        == 2
+    )
     assert "list_test_hard2.txt:2" in capsys.readouterr().err
 
 

@@ -1,5 +1,6 @@
 """The trainer's side of the pairs: pair records in TensorFlow, the segment table and the
 tf.data pipeline that resolves references into 40-frame segment pairs."""
+
 from __future__ import annotations
 
 import glob
@@ -70,11 +71,15 @@ def test_pair_example_is_a_tensorflow_example():
     assert f["utterance_a"].bytes_list.value == [b"id10270/x6uYqmx31kE/00001"]
     assert f["utterance_b"].bytes_list.value == [b"id10270/8jEAjG6SegY/00008"]
     assert set(f) == {"label", "utterance_a", "utterance_b"}
-    theirs = tf.train.Example(features=tf.train.Features(feature={
-        "utterance_b": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"b/c/d"])),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[0])),
-        "utterance_a": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"a/b/c"])),
-    })).SerializeToString()
+    theirs = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "utterance_b": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"b/c/d"])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[0])),
+                "utterance_a": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"a/b/c"])),
+            }
+        )
+    ).SerializeToString()
     assert decode_pair_example(theirs) == (DIFFERENT, "a/b/c", "b/c/d")
 
 
@@ -87,13 +92,24 @@ def test_job_files_are_tfrecords(tmp_path):
 def test_segment_table_from_feature_records_and_memory_map(tmp_path):
     folder = tmp_path / "features" / "Split-train"
     folder.mkdir(parents=True)
-    arrays = {f"id10001/abcdefghijk/{k:05d}": np.random.default_rng(k).standard_normal((50 + k, 4)).astype(np.float32)
-              for k in range(1, 4)}
+    arrays = {
+        f"id10001/abcdefghijk/{k:05d}": np.random.default_rng(k).standard_normal((50 + k, 4)).astype(np.float32)
+        for k in range(1, 4)
+    }
     with tf.io.TFRecordWriter(str(folder / "data_tfrecord-00000-of-00001.gz"), options="GZIP") as w:  # GZIP: .gz
         for name, array in arrays.items():
-            w.write(records.encode_example(records.UtteranceFeatures(
-                utterance=name, speaker="id10001", session="abcdefghijk", split="train", features=array,
-                duration=1.0)))
+            w.write(
+                records.encode_example(
+                    records.UtteranceFeatures(
+                        utterance=name,
+                        speaker="id10001",
+                        session="abcdefghijk",
+                        split="train",
+                        features=array,
+                        duration=1.0,
+                    )
+                )
+            )
     table = SegmentTable.from_feature_records(str(tmp_path / "features"), ["train"])
     for name, array in arrays.items():
         np.testing.assert_array_equal(table.features(name), array)
@@ -103,7 +119,9 @@ def test_segment_table_from_feature_records_and_memory_map(tmp_path):
     np.testing.assert_array_equal(mapped.features("id10001/abcdefghijk/00002"), arrays["id10001/abcdefghijk/00002"])
     cropped = SegmentTable.from_arrays(arrays.items(), max_frames=50)
     assert set(cropped.lengths) == {50}
-    np.testing.assert_array_equal(cropped.features("id10001/abcdefghijk/00003"), arrays["id10001/abcdefghijk/00003"][1:51])
+    np.testing.assert_array_equal(
+        cropped.features("id10001/abcdefghijk/00003"), arrays["id10001/abcdefghijk/00003"][1:51]
+    )
     with pytest.raises(MissingUtteranceError):
         table.row("id10001/abcdefghijk/00009")
 
@@ -124,8 +142,9 @@ def test_training_epoch_is_a_seeded_permutation_with_valid_crops(tmp_path):
     rng = np.random.default_rng(0)
     lengths = rng.integers(40, 200, 30)
     names, table = make_table(lengths)
-    pairs = [(k % 2, names[a], names[b]) for k, (a, b) in enumerate(
-        (a, b) for a in range(30) for b in range(a + 1, 30))][:300]
+    pairs = [
+        (k % 2, names[a], names[b]) for k, (a, b) in enumerate((a, b) for a in range(30) for b in range(a + 1, 30))
+    ][:300]
     path = write_pairs(tmp_path / "pairs.gz", pairs)
     references = PairReferences.read([path], table)
 
@@ -145,7 +164,7 @@ def test_training_epoch_is_a_seeded_permutation_with_valid_crops(tmp_path):
     assert epoch(1, 0) == (first, crops)  # deterministic
     second, second_crops = epoch(1, 1)
     assert sorted(second) == sorted(pairs) and (second, second_crops) != (first, crops)
-    assert len({c for c in crops}) > 50  # crops vary
+    assert len(set(crops)) > 50  # crops vary
 
 
 def test_evaluation_keeps_order_and_centres_segments(tmp_path):
@@ -153,7 +172,7 @@ def test_evaluation_keeps_order_and_centres_segments(tmp_path):
     names, table = make_table(lengths)
     pairs = [(SAME, names[0], names[1]), (DIFFERENT, names[2], names[3])]
     dataset = pair_dataset([write_pairs(tmp_path / "p.gz", pairs)], table, training=False, batch_size=8)
-    ((seg_a, seg_b), labels), = list(dataset)
+    (((seg_a, seg_b), labels),) = list(dataset)
     assert labels.numpy().tolist() == [1, 0]
     assert [cut(s) for s in seg_a.numpy()] == [(0, 0), (2, 30)]
     assert [cut(s) for s in seg_b.numpy()] == [(1, 0), (3, 108)]
@@ -187,7 +206,8 @@ def test_job_output_feeds_the_trainer(tmp_path):
     run_job(features, out, "--speaker_cap", "6")
     eligible = [r for r in rec if r["split"] == "train" and r["num_frames"] >= 40]
     table = SegmentTable.from_arrays(
-        (r["utterance"], identity_features(k, r["num_frames"])) for k, r in enumerate(eligible))
+        (r["utterance"], identity_features(k, r["num_frames"])) for k, r in enumerate(eligible)
+    )
     files = sorted(glob.glob(os.path.join(out, "pairs", "train", "*.tfrecord.gz")))
     expected = sorted(p for f in files for p in read_pair_file(f))
     got = []

@@ -1,4 +1,5 @@
 """VoxCeleb trial lists (speechpipe.speakers.trials): strict reading, writing, round trips."""
+
 from __future__ import annotations
 
 import random
@@ -59,18 +60,21 @@ def test_crlf_and_missing_final_newline_are_read(tmp_path):
     assert [format_trial(*t) for t in read_trials(str(path))] == lines
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("1 id10270/x6uYqmx31kE/00001.wav", "expected '<label> <path-a> <path-b>'"),
-    ("1  id10270/x6uYqmx31kE/00001.wav id10271/x6uYqmx31kE/00001.wav", "single spaces"),
-    ("1\tid10270/x6uYqmx31kE/00001.wav\tid10271/x6uYqmx31kE/00001.wav", "single spaces"),
-    ("2 id10270/x6uYqmx31kE/00001.wav id10271/x6uYqmx31kE/00001.wav", "label '2'"),
-    ("true id10270/x6uYqmx31kE/00001.wav id10271/x6uYqmx31kE/00001.wav", "label 'true'"),
-    ("1 id10270/x6uYqmx31kE/00001.flac id10271/x6uYqmx31kE/00001.wav", "is not idXXXXX"),
-    ("1 id10270/x6uYqmx31kE/1.wav id10271/x6uYqmx31kE/00001.wav", "is not idXXXXX"),
-    ("1 id10270/x6uYqmx31k/00001.wav id10271/x6uYqmx31kE/00001.wav", "is not idXXXXX"),
-    ("", "expected"),
-    ("1 id10270/x6uYqmx31kE/00001.wav id10271/x6uYqmx31kE/00001.wav ", "single spaces"),
-])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("1 id10270/x6uYqmx31kE/00001.wav", "expected '<label> <path-a> <path-b>'"),
+        ("1  id10270/x6uYqmx31kE/00001.wav id10271/x6uYqmx31kE/00001.wav", "single spaces"),
+        ("1\tid10270/x6uYqmx31kE/00001.wav\tid10271/x6uYqmx31kE/00001.wav", "single spaces"),
+        ("2 id10270/x6uYqmx31kE/00001.wav id10271/x6uYqmx31kE/00001.wav", "label '2'"),
+        ("true id10270/x6uYqmx31kE/00001.wav id10271/x6uYqmx31kE/00001.wav", "label 'true'"),
+        ("1 id10270/x6uYqmx31kE/00001.flac id10271/x6uYqmx31kE/00001.wav", "is not idXXXXX"),
+        ("1 id10270/x6uYqmx31kE/1.wav id10271/x6uYqmx31kE/00001.wav", "is not idXXXXX"),
+        ("1 id10270/x6uYqmx31k/00001.wav id10271/x6uYqmx31kE/00001.wav", "is not idXXXXX"),
+        ("", "expected"),
+        ("1 id10270/x6uYqmx31kE/00001.wav id10271/x6uYqmx31kE/00001.wav ", "single spaces"),
+    ],
+)
 def test_malformed_line_names_file_and_line(tmp_path, bad, message):
     lines = official_lines(6)
     lines.insert(3, bad)
@@ -104,8 +108,12 @@ def test_ids_and_paths():
 
 
 def test_trial_stats():
-    trials = [Trial(1, "id1/a/1", "id1/b/2"), Trial(1, "id1/b/2", "id1/a/1"), Trial(0, "id1/a/1", "id2/c/1"),
-              Trial(1, "id2/c/1", "id2/c/1")]
+    trials = [
+        Trial(1, "id1/a/1", "id1/b/2"),
+        Trial(1, "id1/b/2", "id1/a/1"),
+        Trial(0, "id1/a/1", "id2/c/1"),
+        Trial(1, "id2/c/1", "id2/c/1"),
+    ]
     stats = trial_stats(trials)
     assert (stats.trials, stats.same, stats.different) == (4, 3, 1)
     assert (stats.duplicates, stats.self_trials, stats.utterances, stats.speakers) == (1, 1, 3, 2)

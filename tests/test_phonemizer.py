@@ -1,4 +1,5 @@
 """The phonemiser: ordinary German and English text to the phones of their inventories."""
+
 import json
 import pickle
 import subprocess
@@ -7,8 +8,8 @@ from importlib import resources
 
 import pytest
 
-from speechpipe.corpus.espeak import EspeakEngine, EspeakVoice
 from speechpipe.corpus.synth import load_sentences
+from speechpipe.phones.espeak import EspeakEngine, EspeakVoice
 from speechpipe.phones.inventory import LANGUAGE_INVENTORIES, PhoneInventory, load_inventory
 from speechpipe.phones.phonemizer import (
     LanguageSwitch,
@@ -94,7 +95,7 @@ def test_inventory_file_has_the_german_file_format():
 
 
 @pytest.mark.parametrize(
-    "ipa, phones",
+    ("ipa", "phones"),
     [
         ("fˈaɪɚ tˈaʊɚ", ["f", "aɪ", "ɚ", "t", "aʊ", "ɚ"]),  # espeak-ng's triphthongs are two phones
         ("dʒˈʌdʒᵻz", ["dʒ", "ʌ", "dʒ", "ᵻ", "z"]),
@@ -202,13 +203,17 @@ print(json.dumps([out[i] for i in range(len(texts))], ensure_ascii=False))
 
 def test_output_is_the_same_across_processes_and_call_orders(en, de):
     # Interleaved languages, and texts that make espeak-ng hold a word over into the next call.
-    texts = ([("en-us", s) for s in ENGLISH[:6]] + [("de", s) for s in load_sentences()[:6]]
-             + [("en-us", "a – b"), ("en-us", "hello"), ("de", "ok, x"), ("de", "Haus"), ("en-us", "one – two")])
-    texts = [t for pair in zip(texts[::2], texts[1::2]) for t in pair] + texts[len(texts) // 2 * 2:]
+    texts = (
+        [("en-us", s) for s in ENGLISH[:6]]
+        + [("de", s) for s in load_sentences()[:6]]
+        + [("en-us", "a – b"), ("en-us", "hello"), ("de", "ok, x"), ("de", "Haus"), ("en-us", "one – two")]
+    )
+    texts = [t for pair in zip(texts[::2], texts[1::2]) for t in pair] + texts[len(texts) // 2 * 2 :]
     runs = []
     for order in ("forward", "reversed"):
-        result = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(texts), order],
-                                capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            [sys.executable, "-c", _CHILD, json.dumps(texts), order], capture_output=True, text=True, check=True
+        )
         runs.append(json.loads(result.stdout))
     here = [(en if language == "en-us" else de).phonemize(text) for language, text in texts]
     assert runs[0] == runs[1] == here
@@ -252,11 +257,14 @@ def test_a_length_mark_without_its_long_vowel_is_named_with_the_vowel():
     assert "after 'i'" in str(error.value)
 
 
-@pytest.mark.parametrize("language, text, word, letter", [
-    ("en-us", "Hello Привет", "Привет", "П"),
-    ("de", "Wir fahren nach Ελλάδα.", "Ελλάδα", "Ε"),
-    ("en-us", "ＡＢＣ news", "ＡＢＣ", "Ａ"),  # fullwidth letters: espeak-ng reads their code points
-])
+@pytest.mark.parametrize(
+    ("language", "text", "word", "letter"),
+    [
+        ("en-us", "Hello Привет", "Привет", "П"),
+        ("de", "Wir fahren nach Ελλάδα.", "Ελλάδα", "Ε"),
+        ("en-us", "ＡＢＣ news", "ＡＢＣ", "Ａ"),  # fullwidth letters: espeak-ng reads their code points
+    ],
+)
 def test_a_letter_of_another_script_is_an_error(language, text, word, letter):
     with pytest.raises(PhonemizeError) as error:
         Phonemizer(language).phones(text)
@@ -332,5 +340,4 @@ def test_phonemizer_and_its_errors_pickle(en):
     with pytest.raises(LanguageSwitchError) as error:
         Phonemizer("de").phones("Das war cool.")
     copy = pickle.loads(pickle.dumps(error.value))
-    assert (type(copy), copy.word, copy.language, str(copy)) == (
-        LanguageSwitchError, "cool", "en", str(error.value))
+    assert (type(copy), copy.word, copy.language, str(copy)) == (LanguageSwitchError, "cool", "en", str(error.value))

@@ -1,7 +1,7 @@
 import pytest
 
-from speechpipe.corpus.espeak import EspeakEngine, EspeakVoice
 from speechpipe.corpus.synth import load_sentences
+from speechpipe.phones.espeak import EspeakEngine, EspeakVoice
 from speechpipe.phones.inventory import UnknownPhoneError, default_inventory
 from tests.helpers import read_manifest
 
@@ -31,7 +31,7 @@ def test_manifest_phones_tokenize(tiny_corpus, inventory):
 
 
 @pytest.mark.parametrize(
-    "ipa, phones",
+    ("ipa", "phones"),
     [
         ("ˈapfəl", ["a", "pf", "ə", "l"]),  # affricate even where espeak segments p + f
         ("kvˈatʃ", ["k", "v", "a", "tʃ"]),
@@ -45,7 +45,7 @@ def test_tokenizer_cases(inventory, ipa, phones):
     assert inventory.tokenize(ipa) == phones
 
 
-@pytest.mark.parametrize("ipa, symbol", [("haʘo", "ʘ"), ("ɬa", "ɬ"), ("aːː", "ː"), ("(en)hɛlo", "(")])
+@pytest.mark.parametrize(("ipa", "symbol"), [("haʘo", "ʘ"), ("ɬa", "ɬ"), ("aːː", "ː"), ("(en)hɛlo", "(")])
 def test_unknown_symbol_is_named(inventory, ipa, symbol):
     with pytest.raises(UnknownPhoneError) as error:
         inventory.tokenize(ipa)

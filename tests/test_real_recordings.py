@@ -9,6 +9,7 @@ duration, 100 frames a second, and nothing above 4 kHz, which an 8 kHz recording
 and per-utterance CMVN gives unit variance wherever there is signal, but not in the empty band
 above 4 kHz of the upsampled prompts.
 """
+
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ from speechpipe.audio.features import _mel_basis, compute_features, num_frames
 from speechpipe.audio.sources import DeadLetter, expand_input, make_spec, parse_input
 from speechpipe.config import SPLITS, FeatureConfig
 from speechpipe.io import records
-from speechpipe.pipeline import features_job
+from speechpipe.jobs import features_job
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "realspeech_debian")
 MANIFEST = os.path.join(DATA, "manifest.jsonl")
@@ -74,14 +75,19 @@ def _energy_fraction(samples, rate, low_hz, high_hz=None):
 
 # ------------------------------------------------------------------------- the data itself
 
+
 def test_committed_files_are_the_packaged_bytes_and_the_manifest_covers_them():
     sums = {}
     with open(os.path.join(DATA, "SHA256SUMS")) as f:
         for line in f:
             digest, name = line.split()
             sums[name] = digest
-    on_disk = {os.path.relpath(os.path.join(folder, n), DATA)
-               for folder, _, files in os.walk(DATA) for n in files if n.endswith(".wav")}
+    on_disk = {
+        os.path.relpath(os.path.join(folder, n), DATA)
+        for folder, _, files in os.walk(DATA)
+        for n in files
+        if n.endswith(".wav")
+    }
     assert on_disk == set(sums) == {e["audio"] for e in ENTRIES}
     for name, digest in sums.items():
         with open(os.path.join(DATA, name), "rb") as f:
@@ -109,6 +115,7 @@ def test_manifest_and_kaldi_dir_give_the_same_records():
 
 
 # ------------------------------------------------------------------------- decoding
+
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e["utterance"])
 def test_decode_gives_16khz_float_mono_of_the_files_duration(entry):
@@ -152,6 +159,7 @@ def test_log_mel_of_the_empty_band_sits_at_the_log_floor(entry):
 
 # ------------------------------------------------------------------------- the feature job
 
+
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("real_features"))
@@ -165,8 +173,12 @@ def test_every_real_recording_becomes_a_record(job):
     assert summary["inputs"] == len(ENTRIES)
     assert summary["dead_letter"] == {"total": 0, "by_reason": {}}
     assert sum(summary["good"].values()) == len(ENTRIES)
-    dead_lines = [line for name in os.listdir(os.path.join(out, "dead_letter"))
-                  for line in open(os.path.join(out, "dead_letter", name), encoding="utf-8") if line.strip()]
+    dead_lines = [
+        line
+        for name in os.listdir(os.path.join(out, "dead_letter"))
+        for line in open(os.path.join(out, "dead_letter", name), encoding="utf-8")
+        if line.strip()
+    ]
     assert dead_lines == []
     assert set(examples) == {e["utterance"] for e in ENTRIES}
     total = sum(_header(e)[1] / _header(e)[0] for e in ENTRIES)

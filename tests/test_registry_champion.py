@@ -1,6 +1,7 @@
-"""RegistryChampion (src/speechpipe/components/registry_champion.py, `speechpipe compile --champion-from registry`):
+"""RegistryChampion (components/registry_champion.py, `speechpipe compile --champion-from registry`):
 the champion from a local SQLite MLflow registry's `champion` alias, published as a Model
 artifact, or marked absent, which the trainers and evaluators then treat as "no champion"."""
+
 import json
 import os
 import uuid
@@ -9,7 +10,6 @@ from types import SimpleNamespace
 import pytest
 from tfx.types import standard_artifacts
 
-from speechpipe.components import registry_champion
 from speechpipe.components.blessing import champion_origin, present_champion, serving_dir
 from speechpipe.components.registry_champion import NO_CHAMPION_FILE, Executor, champion_absent
 from speechpipe.results.registry import Registry
@@ -35,8 +35,12 @@ def _saved_model(folder: str, value: float) -> str:
 def _push(registry: Registry, tmp_path, data_key: str, value: float, smoke: str = "passed") -> str:
     """What RegistryPusher does for a blessed model: register, tag, move the alias."""
     folder = _saved_model(str(tmp_path / f"model-{uuid.uuid4().hex[:6]}"), value)
-    registered = registry.register(NAME, folder, {"test_per": value}, {"data_key": data_key, "data_spans": "0",
-                                                                       "mlmd_model_id": str(int(value * 10))})
+    registered = registry.register(
+        NAME,
+        folder,
+        {"test_per": value},
+        {"data_key": data_key, "data_spans": "0", "mlmd_model_id": str(int(value * 10))},
+    )
     registry.tag_version(NAME, registered.version, "smoke_test", smoke)
     if smoke == "passed":
         registry.set_champion(NAME, registered.version)
@@ -46,8 +50,11 @@ def _push(registry: Registry, tmp_path, data_key: str, value: float, smoke: str 
 def _resolve(tracking_uri: str, uri: str, data_key: str, kind: str = "ctc") -> standard_artifacts.Model:
     model = standard_artifacts.Model()
     model.uri = uri
-    Executor().Do({}, {"model": [model]}, {"tracking_uri": tracking_uri, "model_name": NAME, "data_key": data_key,
-                                           "model_kind": kind})
+    Executor().Do(
+        {},
+        {"model": [model]},
+        {"tracking_uri": tracking_uri, "model_name": NAME, "data_key": data_key, "model_kind": kind},
+    )
     return model
 
 
@@ -57,7 +64,7 @@ def _value(model: standard_artifacts.Model) -> float:
     return float(tf.saved_model.load(serving_dir(model.uri)).signatures["f"]()["value"].numpy())
 
 
-@pytest.fixture()
+@pytest.fixture
 def registry(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow/mlflow.db"
     return uri, Registry(uri)
@@ -128,8 +135,9 @@ def test_the_trainers_drop_an_absent_champion(registry, tmp_path):
     absent = os.path.join(_resolve(uri, str(tmp_path / "champion"), "key1").uri, "Format-Serving")
     for model_key in ("ctc", "embedder"):
         for base_model in (absent, None):
-            fn_args = SimpleNamespace(base_model=base_model, custom_config={"features": {}}, train_files=[],
-                                      train_steps=None)
+            fn_args = SimpleNamespace(
+                base_model=base_model, custom_config={"features": {}}, train_files=[], train_steps=None
+            )
             assert trainer_contract.read_inputs(fn_args, model_key).champion is None
     present = str(tmp_path / "present")
     os.makedirs(present)

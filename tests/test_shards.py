@@ -1,4 +1,5 @@
 """speechpipe.io.shards: the feature job's one sink for its TFRecords, index and dead letter."""
+
 import glob
 import gzip
 import os
@@ -14,9 +15,13 @@ IN_MEMORY = ["--direct_running_mode=in_memory"]
 
 
 def _outputs(root: str, gzip_records: bool = False):
-    return [ShardedOutput(os.path.join(root, "Split-a", "data_tfrecord"), ".gz" if gzip_records else "", TFRECORD, gzip_records),
-            ShardedOutput(os.path.join(root, "Split-empty", "data_tfrecord"), "", TFRECORD),
-            ShardedOutput(os.path.join(root, "index", "lines"), ".jsonl", LINES)]
+    return [
+        ShardedOutput(
+            os.path.join(root, "Split-a", "data_tfrecord"), ".gz" if gzip_records else "", TFRECORD, gzip_records
+        ),
+        ShardedOutput(os.path.join(root, "Split-empty", "data_tfrecord"), "", TFRECORD),
+        ShardedOutput(os.path.join(root, "index", "lines"), ".jsonl", LINES),
+    ]
 
 
 def _run(root: str, records, lines, num_shards: int = 0, gzip_records: bool = False) -> None:
@@ -28,8 +33,11 @@ def _run(root: str, records, lines, num_shards: int = 0, gzip_records: bool = Fa
 
 def _read(root: str):
     records = [r for path in sorted(glob.glob(os.path.join(root, "Split-a", "*"))) for r in read_tfrecord_file(path)]
-    lines = [line for path in sorted(glob.glob(os.path.join(root, "index", "*")))
-             for line in open(path, encoding="utf-8").read().splitlines()]
+    lines = [
+        line
+        for path in sorted(glob.glob(os.path.join(root, "index", "*")))
+        for line in open(path, encoding="utf-8").read().splitlines()
+    ]
     return records, lines
 
 
@@ -38,13 +46,15 @@ def _read(root: str):
 def test_every_payload_lands_once_and_empty_outputs_get_a_shard(tmp_path, num_shards, gzip_records):
     root = str(tmp_path)
     records = [f"record {i}".encode() * (i % 5) for i in range(200)]
-    lines = [f"{{\"u\": \"ü{i}\"}}" for i in range(50)]
+    lines = [f'{{"u": "ü{i}"}}' for i in range(50)]
     _run(root, records, lines, num_shards, gzip_records)
     got_records, got_lines = _read(root)
     assert sorted(got_records) == sorted(records) and sorted(got_lines) == sorted(lines)
     a = sorted(os.listdir(os.path.join(root, "Split-a")))
     expected_count = num_shards or len(a)
-    assert a == [f"data_tfrecord-{k:05d}-of-{expected_count:05d}{'.gz' if gzip_records else ''}" for k in range(expected_count)]
+    assert a == [
+        f"data_tfrecord-{k:05d}-of-{expected_count:05d}{'.gz' if gzip_records else ''}" for k in range(expected_count)
+    ]
     if gzip_records:
         gzip.open(os.path.join(root, "Split-a", a[0])).read()  # a real gzip stream
     # an output without a record still gets its shards (TFX's readers expect a file per split)
@@ -61,7 +71,9 @@ def test_fixed_shard_count_assigns_records_by_content(tmp_path):
     for run in ("a", "b"):
         root = str(tmp_path / run)
         _run(root, records, [], num_shards=4)
-        contents.append([sorted(read_tfrecord_file(path)) for path in sorted(glob.glob(os.path.join(root, "Split-a", "*")))])
+        contents.append(
+            [sorted(read_tfrecord_file(path)) for path in sorted(glob.glob(os.path.join(root, "Split-a", "*")))]
+        )
     assert contents[0] == contents[1] and sum(len(s) for s in contents[0]) == 100
 
 

@@ -9,6 +9,7 @@ run 3 (span 0 + a bad span)  -> the validation gate stops the run: no training, 
 
 Tiny budgets: one BLSTM of 16 units, one epoch; Beam in_memory.
 """
+
 import json
 import os
 from dataclasses import replace
@@ -30,8 +31,14 @@ TINY_CTC = CTCBudget(lstm_units=(16,), max_epochs=1, max_minutes=1.0, batch_size
 def tiny_config(home, spans, **changes) -> RunConfig:
     # The tiny corpus has one validation and one test speaker: the CTC branch only
     # (tests/test_tfx_pipeline_speaker.py runs both).
-    base = RunConfig(home=str(home), spans=tuple(spans), ctc=TINY_CTC, beam_args=("--direct_running_mode=in_memory",),
-                     max_per=10.0, branches=("ctc",))  # an untrained tiny model must still be blessed on run 1
+    base = RunConfig(
+        home=str(home),
+        spans=tuple(spans),
+        ctc=TINY_CTC,
+        beam_args=("--direct_running_mode=in_memory",),
+        max_per=10.0,
+        branches=("ctc",),
+    )  # an untrained tiny model must still be blessed on run 1
     return replace(base, **changes)
 
 
@@ -59,8 +66,9 @@ def runs(tiny_corpus, tmp_path_factory):
     out = {"home": str(home)}
     out["first"] = run_pipeline(tiny_config(home, [span0]))
     out["again"] = run_pipeline(tiny_config(home, [span0]))
-    out["second"] = run_pipeline(tiny_config(home, [span0, os.path.join(new_span, "manifest.jsonl")],
-                                             min_per_improvement=0.99))
+    out["second"] = run_pipeline(
+        tiny_config(home, [span0, os.path.join(new_span, "manifest.jsonl")], min_per_improvement=0.99)
+    )
     out["bad"] = run_pipeline(tiny_config(home, [span0, _bad_span(tiny_corpus, str(extra / "bad"))]))
     out["registry"] = Registry(tiny_config(home, [span0]).registry_uri).list()
     return out

@@ -8,6 +8,7 @@
 
 Tiny budgets; Beam in_memory. The corpora are synthesised German, rewritten in VoxCeleb's layouts.
 """
+
 import os
 from dataclasses import replace
 
@@ -22,23 +23,32 @@ from tests.test_tfx_pipeline import _bad_span
 pytestmark = pytest.mark.e2e
 
 TINY_CTC = CTCBudget(lstm_units=(16,), max_epochs=1, max_minutes=1.0, batch_size=8, patience=1)
-TINY_EMBEDDER = EmbedderBudget(max_seconds=60.0, max_steps=20, eval_every_steps=10, speakers_per_batch=4,
-                               segments_per_speaker=2)
+TINY_EMBEDDER = EmbedderBudget(
+    max_seconds=60.0, max_steps=20, eval_every_steps=10, speakers_per_batch=4, segments_per_speaker=2
+)
 # A validation share of the dev speakers large enough to give the tiny corpus 2 validation speakers.
 FRACTIONS = (0.8, 0.2, 0.0)
 
 
 def _config(home, **changes) -> RunConfig:
-    base = RunConfig(home=str(home), ctc=TINY_CTC, embedder=TINY_EMBEDDER, split_fractions=FRACTIONS,
-                     beam_args=("--direct_running_mode=in_memory",), max_per=10.0, max_eer=1.0)
+    base = RunConfig(
+        home=str(home),
+        ctc=TINY_CTC,
+        embedder=TINY_EMBEDDER,
+        split_fractions=FRACTIONS,
+        beam_args=("--direct_running_mode=in_memory",),
+        max_per=10.0,
+        max_eer=1.0,
+    )
     return replace(base, **changes)
 
 
 @pytest.fixture(scope="module")
 def speaker_corpus(tmp_path_factory):
     # 14 speakers: 2 of them the meta file's test speakers, 12 dev (2 validate, 10 train).
-    return make_tiny_corpus(str(tmp_path_factory.mktemp("vox_source") / "corpus"), speakers=14, utterances=3,
-                            sessions=2)
+    return make_tiny_corpus(
+        str(tmp_path_factory.mktemp("vox_source") / "corpus"), speakers=14, utterances=3, sessions=2
+    )
 
 
 def _test_speakers(corpus: str):
@@ -51,14 +61,19 @@ def test_voxceleb_as_it_ships_trains_scores_and_pushes_the_embedder_alone(versio
     trials = write_official_trials(speaker_corpus, _test_speakers(speaker_corpus), str(tmp_path / "veri_test2.txt"))
     with open(trials, encoding="utf-8") as f:
         listed = sum(1 for line in f if line.strip())
-    summary = run_pipeline(_config(tmp_path / "home", branches=("speaker",), speaker_spans=(root,),
-                                   trials_file=trials))
+    summary = run_pipeline(_config(tmp_path / "home", branches=("speaker",), speaker_spans=(root,), trials_file=trials))
     assert summary["status"] == "succeeded", summary["error"]
     # No CTC node at all: no CTC features, trainer, evaluator or pusher.
     ctc_nodes = [n for n in summary["nodes"] if not n.startswith("Speaker") and n not in ("PairGen", "ImportSchemaGen")]
     assert ctc_nodes == [], ctc_nodes
-    assert {"SpeakerFeatureGen_span0", "SpeakerValidationGate_span0", "PairGen", "SpeakerTrainer",
-            "SpeakerEvaluator", "SpeakerRegistryPusher"} <= set(summary["executed"])
+    assert {
+        "SpeakerFeatureGen_span0",
+        "SpeakerValidationGate_span0",
+        "PairGen",
+        "SpeakerTrainer",
+        "SpeakerEvaluator",
+        "SpeakerRegistryPusher",
+    } <= set(summary["executed"])
     (data,) = summary["data"]
     assert data["dead_letter"]["total"] == 0
     assert data["good"]["test"] == 2 * 3 and data["good"]["validation"] == 2 * 3  # the meta file's test speakers
@@ -73,8 +88,14 @@ def test_voxceleb_as_it_ships_trains_scores_and_pushes_the_embedder_alone(versio
 
 def test_a_failing_ctc_span_stops_the_ctc_branch_only(speaker_corpus, tiny_corpus, tmp_path):
     bad = _bad_span(tiny_corpus, str(tmp_path / "bad"))
-    summary = run_pipeline(_config(tmp_path / "home", speaker_spans=(os.path.join(speaker_corpus, "manifest.jsonl"),),
-                                   ctc_spans=(bad,), split_fractions=(0.8, 0.1, 0.1)))
+    summary = run_pipeline(
+        _config(
+            tmp_path / "home",
+            speaker_spans=(os.path.join(speaker_corpus, "manifest.jsonl"),),
+            ctc_spans=(bad,),
+            split_fractions=(0.8, 0.1, 0.1),
+        )
+    )
     assert summary["status"] == "failed"
     # The CTC branch's span is span 0 and fails its gate; nothing of that branch runs after it.
     assert summary["nodes"]["ValidationGate_span0"]["state"] == "failed"
@@ -111,8 +132,9 @@ def test_a_kaldi_directory_with_german_text_trains_and_pushes_the_ctc_model_alon
         assert not any(c in f.read() for c in "ˈʃçː")  # ordinary German text, no IPA
 
     home = tmp_path / "home"
-    summary = run_pipeline(_config(home, branches=("ctc",), ctc_spans=(data,), language="de",
-                                   split_fractions=fractions))
+    summary = run_pipeline(
+        _config(home, branches=("ctc",), ctc_spans=(data,), language="de", split_fractions=fractions)
+    )
     assert summary["status"] == "succeeded", summary["error"]
     assert not any(n.startswith("Speaker") or n == "PairGen" for n in summary["nodes"]), summary["nodes"]
     (span,) = summary["data"]
@@ -123,12 +145,13 @@ def test_a_kaldi_directory_with_german_text_trains_and_pushes_the_ctc_model_alon
     registry = Registry(_config(home).registry_uri)
     (model,) = registry.list()
     assert model["name"] == "speechpipe-ctc"
-    from speechpipe.serving.resolve import saved_model_in
+    from speechpipe.results.resolve import saved_model_in
 
     transcriber = tf.saved_model.load(saved_model_in(registry.download("speechpipe-ctc", "1", str(tmp_path / "v1"))))
     audio, rate = sf.read(os.path.join(corpus, read_manifest(corpus)[0]["audio"]), dtype="float32")
-    out = transcriber.signatures["transcribe"](waveforms=tf.constant(audio[None, :]),
-                                              lengths=tf.constant([audio.shape[0]], tf.int32))
+    out = transcriber.signatures["transcribe"](
+        waveforms=tf.constant(audio[None, :]), lengths=tf.constant([audio.shape[0]], tf.int32)
+    )
     phones = out["phones"].numpy()[0].decode("utf-8").split()
     assert set(phones) <= set(load_inventory("phones_de.json").phones), phones
     assert np.isfinite(summary["evaluation"]["candidate"]["per"])

@@ -9,6 +9,7 @@ run 1 again                -> every node a cache hit, the registry step included
 run 2 (span 0 + new span)  -> the step publishes v1 from the registry: warm start from it,
                               comparison with it, refused (an impossible improvement is asked)
 """
+
 import os
 
 import pytest
@@ -23,13 +24,17 @@ pytestmark = pytest.mark.e2e  # LocalDagRunner runs of the whole pipeline
 @pytest.fixture(scope="module")
 def runs(tiny_corpus, tmp_path_factory):
     home = tmp_path_factory.mktemp("registry_home")
-    new_span = make_tiny_corpus(str(tmp_path_factory.mktemp("spans") / "new"), seed=1, speakers=3, utterances=3,
-                                sessions=1)
+    new_span = make_tiny_corpus(
+        str(tmp_path_factory.mktemp("spans") / "new"), seed=1, speakers=3, utterances=3, sessions=1
+    )
     span0 = os.path.join(tiny_corpus, "manifest.jsonl")
     out = {"first": run_pipeline(tiny_config(home, [span0], champion_from="registry"))}
     out["again"] = run_pipeline(tiny_config(home, [span0], champion_from="registry"))
-    out["second"] = run_pipeline(tiny_config(home, [span0, os.path.join(new_span, "manifest.jsonl")],
-                                             champion_from="registry", min_per_improvement=0.99))
+    out["second"] = run_pipeline(
+        tiny_config(
+            home, [span0, os.path.join(new_span, "manifest.jsonl")], champion_from="registry", min_per_improvement=0.99
+        )
+    )
     return out
 
 

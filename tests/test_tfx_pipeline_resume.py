@@ -6,6 +6,7 @@ trainers' input reader (`trainer_contract.read_inputs`, the first thing the CTC 
 replaced by one that SIGKILLs its own process, so it always dies at the same point, inside the
 Trainer's execution, whatever the machine's speed. (TFX reloads the module its run_fn names, so
 that module itself cannot be patched.)"""
+
 import os
 import subprocess
 import sys
@@ -32,16 +33,39 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _cli_args(home, span):
-    return ["run", "--home", str(home), "--span", span, "--in-memory", "--no-speaker",
-            "--lstm-units", "16", "--max-epochs", "1", "--max-minutes", "1", "--batch-size", "8", "--patience", "1",
-            "--max-per", "10"]
+    return [
+        "run",
+        "--home",
+        str(home),
+        "--span",
+        span,
+        "--in-memory",
+        "--no-speaker",
+        "--lstm-units",
+        "16",
+        "--max-epochs",
+        "1",
+        "--max-minutes",
+        "1",
+        "--batch-size",
+        "8",
+        "--patience",
+        "1",
+        "--max-per",
+        "10",
+    ]
 
 
 def test_killed_run_resumes_with_the_same_artifacts(tiny_corpus, tmp_path):
     span = os.path.join(tiny_corpus, "manifest.jsonl")
     home = tmp_path / "home"
-    done = subprocess.run([sys.executable, "-c", _KILLED_RUN, *_cli_args(home, span)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, *_cli_args(home, span)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        timeout=600,
+    )
     lines = done.stdout.splitlines(keepends=True)
     assert done.returncode == -9, (done.returncode, done.stdout[-3000:], done.stderr[-3000:])
     assert "[test] killing the run inside the Trainer" in done.stdout

@@ -8,6 +8,7 @@ run 2 (span 0 + new span)  -> the speaker champion resolved through ML Metadata 
 
 Tiny budgets; Beam in_memory.
 """
+
 import os
 from dataclasses import replace
 
@@ -22,13 +23,22 @@ from tests.helpers import make_tiny_corpus, read_manifest
 pytestmark = pytest.mark.e2e  # LocalDagRunner runs of the whole pipeline
 
 TINY_CTC = CTCBudget(lstm_units=(16,), max_epochs=1, max_minutes=1.0, batch_size=8, patience=1)
-TINY_EMBEDDER = EmbedderBudget(max_seconds=60.0, max_steps=20, eval_every_steps=10, speakers_per_batch=4,
-                               segments_per_speaker=2)
+TINY_EMBEDDER = EmbedderBudget(
+    max_seconds=60.0, max_steps=20, eval_every_steps=10, speakers_per_batch=4, segments_per_speaker=2
+)
 
 
 def speaker_config(home, spans, **changes) -> RunConfig:
-    base = RunConfig(home=str(home), spans=tuple(spans), ctc=TINY_CTC, embedder=TINY_EMBEDDER, branches=("ctc", "speaker"),
-                     beam_args=("--direct_running_mode=in_memory",), max_per=10.0, max_eer=1.0)
+    base = RunConfig(
+        home=str(home),
+        spans=tuple(spans),
+        ctc=TINY_CTC,
+        embedder=TINY_EMBEDDER,
+        branches=("ctc", "speaker"),
+        beam_args=("--direct_running_mode=in_memory",),
+        max_per=10.0,
+        max_eer=1.0,
+    )
     return replace(base, **changes)
 
 
@@ -42,8 +52,11 @@ def runs(tmp_path_factory):
     spans0 = [os.path.join(span0, "manifest.jsonl")]
     out = {"home": str(home), "span0": span0}
     out["first"] = run_pipeline(speaker_config(home, spans0))
-    out["second"] = run_pipeline(speaker_config(home, spans0 + [os.path.join(span1, "manifest.jsonl")],
-                                                min_eer_improvement=0.99, min_per_improvement=0.99))
+    out["second"] = run_pipeline(
+        speaker_config(
+            home, spans0 + [os.path.join(span1, "manifest.jsonl")], min_eer_improvement=0.99, min_per_improvement=0.99
+        )
+    )
     out["registry"] = {m["name"]: m for m in Registry(speaker_config(home, spans0).registry_uri).list()}
     return out
 
@@ -51,7 +64,15 @@ def runs(tmp_path_factory):
 def test_first_run_pushes_both_models(runs):
     first = runs["first"]
     assert first["status"] == "succeeded", first["error"]
-    for node in ("SpeakerFeatureGen_span0", "PairGen", "SpeakerTrainer", "SpeakerEvaluator", "SpeakerRegistryPusher", "Trainer", "RegistryPusher"):
+    for node in (
+        "SpeakerFeatureGen_span0",
+        "PairGen",
+        "SpeakerTrainer",
+        "SpeakerEvaluator",
+        "SpeakerRegistryPusher",
+        "Trainer",
+        "RegistryPusher",
+    ):
         assert node in first["executed"], (node, first["nodes"])
     speaker = first["speaker"]
     evaluation = speaker["evaluation"]
@@ -76,13 +97,14 @@ def test_embedder_registry_version_is_smoke_tested_and_embeds_raw_audio(runs):
     assert '"normalization": "global"' in v1["tags"]["feature_config"]  # the embedder's own features
     assert {"test_eer", "test_min_dcf", "test_mr"} <= set(v1["metrics"])
     registry = Registry(speaker_config(runs["home"], []).registry_uri)
-    from speechpipe.serving.resolve import saved_model_in
+    from speechpipe.results.resolve import saved_model_in
 
     local = saved_model_in(registry.download("speechpipe-embedder", "1", os.path.join(runs["home"], "downloaded")))
     item = [m for m in read_manifest(runs["span0"]) if m["split"] == "test"][0]
     wave = decode(os.path.join(runs["span0"], item["audio"]), 16000).samples
-    out = tf.saved_model.load(local).signatures["embed"](waveforms=tf.constant(wave[None], tf.float32),
-                                                         lengths=tf.constant([len(wave)], tf.int32))
+    out = tf.saved_model.load(local).signatures["embed"](
+        waveforms=tf.constant(wave[None], tf.float32), lengths=tf.constant([len(wave)], tf.int32)
+    )
     embedding = out["embeddings"].numpy()
     assert embedding.shape[0] == 1 and np.isfinite(embedding).all() and out["num_segments"].numpy()[0] >= 1
 
@@ -115,6 +137,7 @@ def test_new_span_resolves_the_speaker_champion_and_is_refused_with_a_reason(run
 # ------------------------------------------------------------------------------------------------
 # Using the champions the first run pushed: the pyfunc flavor, the shipped threshold, the commands,
 # `mlflow models serve` over HTTP.
+
 
 def _test_audio(runs, count: int = 4):
     lines = [m for m in read_manifest(runs["span0"]) if m["split"] == "test"]
@@ -188,15 +211,42 @@ def test_embed_and_cluster_commands_on_the_test_split(runs, tmp_path, capsys):
     with open(manifest, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(m) + "\n" for m in test)
     out = tmp_path / "embedded"
-    assert main(["embed", "--input", str(manifest), "--out", str(out), "--home", runs["home"],
-                 "--direct_running_mode=in_memory"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--input",
+                str(manifest),
+                "--out",
+                str(out),
+                "--home",
+                runs["home"],
+                "--direct_running_mode=in_memory",
+            ]
+        )
+        == 0
+    )
     embeddings = np.load(out / "embeddings.npy")
     index = [json.loads(line) for line in open(out / "utterances.jsonl", encoding="utf-8")]
     assert embeddings.shape[0] == len(index) == len(test)
     assert np.load(out / "speaker_means.npy").shape == (len({m["speaker"] for m in test}), embeddings.shape[1])
     capsys.readouterr()
-    assert main(["cluster", "--input", str(manifest), "--out", str(tmp_path / "clustered"), "--home", runs["home"],
-                 "--num-speakers", "2"]) == 0
+    assert (
+        main(
+            [
+                "cluster",
+                "--input",
+                str(manifest),
+                "--out",
+                str(tmp_path / "clustered"),
+                "--home",
+                runs["home"],
+                "--num-speakers",
+                "2",
+            ]
+        )
+        == 0
+    )
     said = capsys.readouterr().out
     assert "2 clusters among" in said and "MR" in said
     table = open(tmp_path / "clustered" / "clusters.tsv", encoding="utf-8").read().splitlines()
@@ -226,14 +276,34 @@ def test_mlflow_models_serve_answers_over_http(runs):
     wave, rate = sf.read(files[0], dtype="float32")
     body = json.dumps({"dataframe_records": [{"waveform": wave.tolist(), "sample_rate": rate}]}).encode()
     bin_dir = os.path.dirname(sys.executable)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": speaker_config(runs["home"], []).registry_uri,
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": speaker_config(runs["home"], []).registry_uri,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
     answers = {}
     for name in ("speechpipe-ctc", "speechpipe-embedder"):
         port = _free_port()
-        server = subprocess.Popen([os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
-                                   "-h", "127.0.0.1", "-p", str(port), "--env-manager", "local"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        server = subprocess.Popen(
+            [
+                os.path.join(bin_dir, "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{name}@champion",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "--env-manager",
+                "local",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
             deadline = time.time() + 180
             while True:
@@ -245,8 +315,9 @@ def test_mlflow_models_serve_answers_over_http(runs):
                 assert server.poll() is None, server.stderr.read().decode()[-3000:]
                 assert time.time() < deadline, "the model server did not answer /ping within 180 s"
                 time.sleep(1)
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                             headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+            )
             answers[name] = json.load(urllib.request.urlopen(request, timeout=120))["predictions"]
         finally:
             os.killpg(server.pid, 15)

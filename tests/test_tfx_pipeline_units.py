@@ -1,11 +1,12 @@
 """The pipeline's decisions without running it: blessing, the gate, the champion resolver, fingerprints."""
+
 import json
 import os
 
 from tfx.types import standard_artifacts
 
-from speechpipe.components.champion_resolver import ChampionStrategy
 from speechpipe.components.blessing import decide
+from speechpipe.components.champion_resolver import ChampionStrategy
 from speechpipe.components.validation_gate import gate_reasons
 from speechpipe.pipeline.run_config import RunConfig, data_key, span_fingerprint
 
@@ -47,7 +48,10 @@ def _blessing(i, model_id, blessed, key):
 def test_champion_is_the_latest_blessed_model_on_other_data():
     models = [_model(1), _model(2), _model(3)]
     blessings = [_blessing(10, 1, 1, "a"), _blessing(11, 2, 1, "b"), _blessing(12, 3, 0, "c")]
-    resolve = lambda key: ChampionStrategy(key).resolve_artifacts(None, {"model": list(models), "model_blessing": list(blessings)})
+
+    def resolve(key):
+        return ChampionStrategy(key).resolve_artifacts(None, {"model": list(models), "model_blessing": list(blessings)})
+
     assert [m.id for m in resolve("c")["model"]] == [2]  # 3 is not blessed
     assert [m.id for m in resolve("b")["model"]] == [1]  # a re-run on b's data resolves what b's run did
     assert [m.id for m in resolve("a")["model"]] == [2]
@@ -105,7 +109,7 @@ def test_an_older_demo_corpus_is_used_as_it_is_with_a_notice(tmp_path):
     assert "speakers=60, utterances=40" in said
     assert f"speakers={DEMO_CORPUS.speakers}, utterances={DEMO_CORPUS.utterances}" in said
     assert sorted(os.listdir(folder)) == ["corpus.json", "manifest.jsonl"]  # nothing synthesised or removed
-    (folder / "corpus.json").write_text(json.dumps({"config": {k: v for k, v in DEMO_CORPUS.to_json().items()}}))
+    (folder / "corpus.json").write_text(json.dumps({"config": dict(DEMO_CORPUS.to_json().items())}))
     quiet = io.StringIO()
     local_runner._ensure_demo_corpus(config, quiet)
     assert quiet.getvalue() == ""

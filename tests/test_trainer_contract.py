@@ -1,6 +1,7 @@
 """The contract both Trainer modules keep (speechpipe.components.trainer_contract): one custom_config
 policy, one warm start and its record, one best-weights callback with its budgets, and both
 trainers' configs refusing unknown settings."""
+
 import logging
 import os
 from types import SimpleNamespace
@@ -50,6 +51,7 @@ def _restore_from(weights_by_path):
         if path not in weights_by_path:
             raise ValueError(f"no weights at {path}")
         model.set_weights(weights_by_path[path])
+
     return restore
 
 

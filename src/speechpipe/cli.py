@@ -1,5 +1,6 @@
 """The `speechpipe` command. Each subcommand imports its stage only when it runs, so that
 `speechpipe --help` answers without loading TensorFlow or Beam."""
+
 from __future__ import annotations
 
 import argparse
@@ -43,11 +44,11 @@ def _phones(args: argparse.Namespace) -> int:
 
 
 def _registry_list(args: argparse.Namespace) -> int:
-    from speechpipe.pipeline.run_config import embedded_tracking_uri
     from speechpipe.results.registry import Registry, format_listing
+    from speechpipe.results.tracking import tracking_uri_for
 
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri(args.home)
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+    uri = tracking_uri_for(args.tracking_uri, args.home)
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///") :]):
         print(f"no registry at {uri} (nothing pushed yet)")
         return 0
     models = Registry(uri).list()
@@ -58,8 +59,8 @@ def _registry_list(args: argparse.Namespace) -> int:
 # Beam jobs parse their own arguments (Beam's parse_known_args style), so that runner options
 # such as --runner or --direct_running_mode pass straight through to PipelineOptions.
 BEAM_JOBS: Dict[str, str] = {
-    "features": "speechpipe.pipeline.features_job",
-    "pairs": "speechpipe.pipeline.pairs_job",
+    "features": "speechpipe.jobs.features_job",
+    "pairs": "speechpipe.jobs.pairs_job",
     # The TFX pipeline parses its own arguments too (`speechpipe run --help`).
     "run": "speechpipe.pipeline.local_runner",
     # The same pipeline compiled for Kubeflow Pipelines / Vertex AI (`speechpipe compile --help`).
@@ -98,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--speakers", type=int, default=d.speakers, help=f"default {d.speakers}")
     synth.add_argument("--utterances", type=int, default=d.utterances, help=f"per speaker, default {d.utterances}")
-    synth.add_argument("--sessions", type=int, default=None,
-                       help=f"per speaker, default {d.sessions} (or --utterances, when fewer)")
+    synth.add_argument(
+        "--sessions", type=int, default=None, help=f"per speaker, default {d.sessions} (or --utterances, when fewer)"
+    )
     synth.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     synth.add_argument("--sample-rate", type=int, default=d.sample_rate, help=f"default {d.sample_rate}")
     synth.add_argument("--sentences", default=None, help="sentence file (default: packaged German set)")
@@ -124,8 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     registry_commands.required = True
     listing = registry_commands.add_parser("list", help="models, versions, aliases and metrics")
     listing.add_argument("--home", default="speechpipe_home", help="home folder of the embedded registry")
-    listing.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, "
-                                                               "else SQLite under --home)")
+    listing.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else SQLite under --home)",
+    )
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_registry_list)
 

@@ -1,12 +1,11 @@
 """Typed configurations with their defaults. Checks live in `speechpipe.validation`."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Tuple
 
 SPLITS: Tuple[str, str, str] = ("train", "validation", "test")
-# The corpus manifest: one JSON line per utterance (the demo corpus writes one; spans and jobs read it).
-MANIFEST_FILE = "manifest.jsonl"
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,6 @@ def speaker_split_counts(config: CorpusConfig) -> SplitCounts:
     validation = max(1, round(n * config.validation_fraction))
     test = max(1, round(n * config.test_fraction))
     return SplitCounts(train=n - validation - test, validation=validation, test=test)
-
 
 
 NORMALISATIONS: Tuple[str, ...] = ("minmax", "cmvn", "global", "none")

@@ -5,6 +5,7 @@ Keras: speechpipe uses Keras 2 through `tf_keras` everywhere. TF 2.16 defaults t
 TFX 1.16 and TFMA 0.47 are built around tf.keras, and a SavedModel written by tf_keras loads
 back with TensorFlow alone (tests do this for each model).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import tensorflow as tf
 import tf_keras as keras
 
+from speechpipe.filenames import GLOBAL_STATS_FILE
 from speechpipe.io import records
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,6 @@ def expand_files(patterns: Union[str, Sequence[str]]) -> List[str]:
 def find_global_stats(train_files: Union[str, Sequence[str]]) -> Optional[Dict[str, object]]:
     """The feature job's global_stats.json beside the first split folder that has one (the
     features of span 0 come first), or None."""
-    from speechpipe.pipeline.features_job import GLOBAL_STATS_FILE
 
     files = [train_files] if isinstance(train_files, str) else list(train_files)
     for split_uri in files:
@@ -111,8 +112,16 @@ def set_mixed_precision(enabled: bool) -> None:
 def cudnn_lstm(units: int, return_sequences: bool = True, name: str = None) -> keras.layers.Layer:
     """An LSTM whose settings select the cuDNN kernel on a GPU: tanh / sigmoid activations, no
     recurrent dropout, no unrolling, with bias (dropout goes in separate layers instead)."""
-    return keras.layers.LSTM(units, activation="tanh", recurrent_activation="sigmoid", recurrent_dropout=0.0,
-                             unroll=False, use_bias=True, return_sequences=return_sequences, name=name)
+    return keras.layers.LSTM(
+        units,
+        activation="tanh",
+        recurrent_activation="sigmoid",
+        recurrent_dropout=0.0,
+        unroll=False,
+        use_bias=True,
+        return_sequences=return_sequences,
+        name=name,
+    )
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

@@ -1,15 +1,16 @@
 """Validation of configurations: the error every bad setting raises (`ConfigError`), the policy
-for settings read from json (`reject_unknown`), and the checks of the configs in
-speechpipe.config (corpus, features). A config defined in another module (the run config, the
+for settings read from json (`reject_unknown`), and the checks of the feature config
+in speechpipe.config (the corpus config's checks need the voices' limits and live with the
+synthesiser, in speechpipe.corpus.voices). A config defined in another module (the run config, the
 model and trainer configs, the pair config, the augmentation config) is checked by a
 `validate` next to its fields, so that a field and its rule change together; each raises
 ConfigError with the value and what it needs."""
+
 from __future__ import annotations
 
-import os
 from typing import Iterable, Mapping
 
-from speechpipe.config import FEATURE_KINDS, NORMALISATIONS, CorpusConfig, FeatureConfig, speaker_split_counts
+from speechpipe.config import FEATURE_KINDS, NORMALISATIONS, FeatureConfig
 
 
 class ConfigError(ValueError):
@@ -22,37 +23,6 @@ def reject_unknown(data: Mapping[str, object], fields: Iterable[str], what: str)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"unknown {what} setting(s): {', '.join(unknown)}")
-
-
-def validate_corpus_config(config: CorpusConfig) -> CorpusConfig:
-    from speechpipe.corpus.voices import MAX_SEED, MAX_SPEAKERS
-
-    if not 0 <= config.seed <= MAX_SEED:
-        raise ConfigError(f"seed={config.seed}: need 0..{MAX_SEED} (each seed numbers its speakers in its own id block)")
-
-    if not 3 <= config.speakers <= MAX_SPEAKERS:
-        raise ConfigError(
-            f"speakers={config.speakers}: need 3..{MAX_SPEAKERS} (one per split at least)"
-        )
-    if config.utterances < 1:
-        raise ConfigError(f"utterances={config.utterances}: need at least 1 per speaker")
-    if not 1 <= config.sessions <= config.utterances:
-        raise ConfigError(
-            f"sessions={config.sessions}: need 1..utterances ({config.utterances})"
-        )
-    if config.sample_rate not in (8000, 16000, 22050, 24000, 44100, 48000):
-        raise ConfigError(f"sample_rate={config.sample_rate}: not a supported rate")
-    for name in ("validation_fraction", "test_fraction", "heldout_sentence_fraction"):
-        value = getattr(config, name)
-        if not 0.0 < value < 0.5:
-            raise ConfigError(f"{name}={value}: need a fraction in (0, 0.5)")
-    if speaker_split_counts(config).train < 1:
-        raise ConfigError(f"speakers={config.speakers}: no speaker left for training")
-    if config.sentences is not None and not os.path.isfile(config.sentences):
-        raise ConfigError(f"sentences={config.sentences!r}: no such file")
-    if config.workers is not None and config.workers < 1:
-        raise ConfigError(f"workers={config.workers}: need at least 1")
-    return config
 
 
 def validate_feature_config(config: FeatureConfig) -> FeatureConfig:
@@ -70,7 +40,9 @@ def validate_feature_config(config: FeatureConfig) -> FeatureConfig:
         if not 1 <= config.n_mels <= config.n_fft // 2 + 1:
             raise ConfigError(f"n_mels={config.n_mels}: need 1..n_fft/2+1 ({config.n_fft // 2 + 1})")
         if not 0 <= config.fmin < config.fmax <= config.sample_rate / 2:
-            raise ConfigError(f"fmin={config.fmin}, fmax={config.fmax}: need 0 <= fmin < fmax <= {config.sample_rate / 2:g}")
+            raise ConfigError(
+                f"fmin={config.fmin}, fmax={config.fmax}: need 0 <= fmin < fmax <= {config.sample_rate / 2:g}"
+            )
     if config.max_seconds <= config.n_fft / config.sample_rate:
         raise ConfigError(f"max_seconds={config.max_seconds}: shorter than one window")
     if config.log_floor <= 0:

@@ -2,11 +2,12 @@
 ids (id10001, ...). A new span made with `--seed 1` then put "id10005" in training in one span
 and in validation in the other, and the speaker trainer refused the run (found by
 tests/test_tfx_pipeline_speaker.py). Each seed now numbers its speakers in its own block."""
+
 import pytest
 
 from speechpipe.config import CorpusConfig
-from speechpipe.corpus.voices import MAX_SEED, design_speakers, speaker_id
-from speechpipe.validation import ConfigError, validate_corpus_config
+from speechpipe.corpus.voices import MAX_SEED, design_speakers, speaker_id, validate_corpus_config
+from speechpipe.validation import ConfigError
 
 
 def test_seeds_number_their_speakers_apart():

@@ -6,6 +6,7 @@ generator for every utterance (EspeakEngine.synthesize's `seed`, from the corpus
 Every variant the corpus synthesiser can choose is synthesised in two fresh processes that start
 in different seconds (what made the clock seed differ), in the same order with the same seeds:
 the bytes must be the same."""
+
 import hashlib
 import json
 import subprocess
@@ -17,7 +18,7 @@ from tests.helpers import make_tiny_corpus, tree_bytes
 
 _SYNTHESISE_EVERY_VARIANT = """
 import hashlib, json, sys
-from speechpipe.corpus.espeak import EspeakEngine, EspeakVoice
+from speechpipe.phones.espeak import EspeakEngine, EspeakVoice
 from speechpipe.corpus.voices import HUMAN_VARIANTS
 engine = EspeakEngine.get()
 print(json.dumps({v: hashlib.sha256(engine.synthesize("Der Wind pfeift laut.", EspeakVoice(variant=v), seed=7)
@@ -26,8 +27,9 @@ print(json.dumps({v: hashlib.sha256(engine.synthesize("Der Wind pfeift laut.", E
 
 
 def _digests() -> dict:
-    done = subprocess.run([sys.executable, "-c", _SYNTHESISE_EVERY_VARIANT], capture_output=True, text=True,
-                          check=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _SYNTHESISE_EVERY_VARIANT], capture_output=True, text=True, check=True, timeout=300
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -41,7 +43,7 @@ def test_every_variant_gives_the_same_bytes_in_every_process():
 
 
 def test_the_seed_decides_the_noise_of_a_breathy_voice():
-    from speechpipe.corpus.espeak import EspeakEngine, EspeakVoice
+    from speechpipe.phones.espeak import EspeakEngine, EspeakVoice
 
     engine = EspeakEngine.get()
     voice = EspeakVoice(variant="Alicia")
@@ -55,7 +57,8 @@ def test_a_corpus_with_breathy_voices_is_the_same_in_every_run(tmp_path):
     """The issue's reproduction: 4 speakers of seed 11 include Alicia (id21004)."""
     runs = []
     for i in range(2):
-        runs.append(tree_bytes(make_tiny_corpus(str(tmp_path / f"run{i}"), speakers=4, utterances=2, sessions=2,
-                                                seed=11)))
+        runs.append(
+            tree_bytes(make_tiny_corpus(str(tmp_path / f"run{i}"), speakers=4, utterances=2, sessions=2, seed=11))
+        )
         time.sleep(1.2)
     assert runs[0] == runs[1]

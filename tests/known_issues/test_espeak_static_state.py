@@ -1,7 +1,8 @@
 """Regression: libespeak-ng keeps wave-generator state across syntheses, so the same utterance
 synthesised after different ones came out different, and the corpus depended on how the work
 was split between processes. Fixed by one fresh process per speaker."""
-from speechpipe.corpus.espeak import EspeakEngine, EspeakVoice
+
+from speechpipe.phones.espeak import EspeakEngine, EspeakVoice
 from tests.helpers import make_tiny_corpus, tree_bytes
 
 

@@ -2,6 +2,7 @@
 too short for CTC to align their label, while the evaluator's test PER (which blesses) counted
 them, so the weights were chosen by another figure than the one they were judged by. Both now
 use speechpipe.phones.phone_error_rate: every utterance with a transcript."""
+
 import os
 
 import numpy as np
@@ -18,8 +19,13 @@ def _write_split(folder: str, utterances) -> str:
     os.makedirs(folder)
     with tf.io.TFRecordWriter(os.path.join(folder, f"{records.SHARD_PREFIX}-00000-of-00001")) as writer:
         for name, frames, ids in utterances:
-            writer.write(records.encode_example(records.UtteranceFeatures(
-                name, "spk", "s1", "validation", np.zeros((frames, 80), np.float32), frames / 100, ids)))
+            writer.write(
+                records.encode_example(
+                    records.UtteranceFeatures(
+                        name, "spk", "s1", "validation", np.zeros((frames, 80), np.float32), frames / 100, ids
+                    )
+                )
+            )
     return folder
 
 
@@ -35,7 +41,9 @@ def test_validation_and_test_per_count_the_same_utterances(tmp_path):
     validation = evaluate_per(acoustic, [split], config)
 
     def forward(features, num_frames):
-        return acoustic({"features": features, "num_frames": num_frames}, training=False), stacked_lengths(num_frames, 3)
+        return acoustic({"features": features, "num_frames": num_frames}, training=False), stacked_lengths(
+            num_frames, 3
+        )
 
     test, _ = records_per(forward, split, inventory.blank_id, batch_size=4)
     assert set(validation.per_utterance) == set(test.per_utterance) == {"long", "short"}

@@ -16,6 +16,7 @@ Why one module of this size: the three kinds share the config, the seeding and t
 point the feature job calls (`augment`); the room simulation (a third of it) exists only to
 make reverberated copies.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -104,16 +105,20 @@ class AugmentConfig:
                 raise ConfigError("speed_factors=(): need at least one factor")
             for f in self.speed_factors:
                 if not (isinstance(f, (int, float)) and 0.5 <= f <= 2.0) or f == 1.0:
-                    raise ConfigError(f"speed_factors={tuple(self.speed_factors)}: need factors in [0.5, 2], "
-                                      "other than 1 (a copy at 1.0 is the utterance itself)")
+                    raise ConfigError(
+                        f"speed_factors={tuple(self.speed_factors)}: need factors in [0.5, 2], "
+                        "other than 1 (a copy at 1.0 is the utterance itself)"
+                    )
         if REVERB in self.kinds:
             if len(self.room_min_m) != 3 or len(self.room_max_m) != 3:
                 raise ConfigError(f"room_min_m={self.room_min_m}, room_max_m={self.room_max_m}: need three sides each")
             for axis, (lo, hi) in enumerate(zip(self.room_min_m, self.room_max_m)):
                 # Source and microphone keep WALL_MARGIN_M from the walls and MIN_SOURCE_MIC_M apart.
                 if not 2 * WALL_MARGIN_M + MIN_SOURCE_MIC_M <= lo <= hi <= 100.0:
-                    raise ConfigError(f"room side {axis}: {lo}..{hi} m; need "
-                                      f"{2 * WALL_MARGIN_M + MIN_SOURCE_MIC_M:g} <= min <= max <= 100 m")
+                    raise ConfigError(
+                        f"room side {axis}: {lo}..{hi} m; need "
+                        f"{2 * WALL_MARGIN_M + MIN_SOURCE_MIC_M:g} <= min <= max <= 100 m"
+                    )
             _range("rt60_s", self.rt60_s, 0.05, 2.0)
             if not 1 <= self.rir_bank <= 100_000:
                 raise ConfigError(f"rir_bank={self.rir_bank}: need 1..100000 rooms")
@@ -146,9 +151,10 @@ def parse_kinds(text: str) -> Tuple[str, ...]:
 
 # ------------------------------------------------------------------------------ seeding
 
+
 def _words(text: str) -> Tuple[int, ...]:
     digest = hashlib.sha256(text.encode("utf-8")).digest()
-    return tuple(int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4))
+    return tuple(int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4))
 
 
 def rng_for(seed: int, utterance: str, copy: int) -> np.random.Generator:
@@ -167,6 +173,7 @@ def augmented_id(utterance: str, copy: int, kind: str) -> str:
 
 
 # ------------------------------------------------------------------------------ noise
+
 
 def power(x: np.ndarray) -> float:
     """Mean square, in float64."""
@@ -229,6 +236,7 @@ def babble(length: int, others: Sequence[np.ndarray], rng: np.random.Generator) 
 
 
 # ------------------------------------------------------------------------------ reverberation
+
 
 @dataclass(frozen=True)
 class Room:
@@ -364,7 +372,7 @@ def reverberate(speech: np.ndarray, rir: np.ndarray, direct_delay: int) -> np.nd
     speech = np.asarray(speech, np.float64)
     if not 0 <= direct_delay < rir.shape[0]:
         raise ValueError(f"direct_delay={direct_delay} outside the RIR ({rir.shape[0]} samples)")
-    wet = scipy.signal.fftconvolve(speech, rir)[direct_delay: direct_delay + speech.shape[0]]
+    wet = scipy.signal.fftconvolve(speech, rir)[direct_delay : direct_delay + speech.shape[0]]
     p_dry, p_wet = power(speech), power(wet)
     if p_wet > 0:
         wet *= math.sqrt(p_dry / p_wet)
@@ -372,6 +380,7 @@ def reverberate(speech: np.ndarray, rir: np.ndarray, direct_delay: int) -> np.nd
 
 
 # ------------------------------------------------------------------------------ speed
+
 
 def speed_perturb(speech: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
     """sox's `speed factor`, as Kaldi's and WeSpeaker's recipes apply it: the audio resampled as
@@ -382,11 +391,13 @@ def speed_perturb(speech: np.ndarray, factor: float, sample_rate: int) -> np.nda
 
     if not 0.1 <= factor <= 10:
         raise ValueError(f"speed factor {factor}: need 0.1..10")
-    return np.asarray(soxr.resample(np.asarray(speech, np.float32), sample_rate * factor, sample_rate,
-                                    quality="HQ"), np.float32)
+    return np.asarray(
+        soxr.resample(np.asarray(speech, np.float32), sample_rate * factor, sample_rate, quality="HQ"), np.float32
+    )
 
 
 # ------------------------------------------------------------------------------ one copy
+
 
 @dataclass(frozen=True)
 class AugmentedCopy:
@@ -400,8 +411,14 @@ class AugmentedCopy:
     extra: Dict[str, float] = field(default_factory=dict)
 
 
-def augment(samples: np.ndarray, sample_rate: int, config: AugmentConfig, utterance: str, copy: int,
-            babble_sources: Optional[Sequence[np.ndarray]] = None) -> AugmentedCopy:
+def augment(
+    samples: np.ndarray,
+    sample_rate: int,
+    config: AugmentConfig,
+    utterance: str,
+    copy: int,
+    babble_sources: Optional[Sequence[np.ndarray]] = None,
+) -> AugmentedCopy:
     """Copy `copy` of one utterance, a function of (config, utterance id, copy index, samples,
     and the babble sources offered) only. `babble_sources`: utterances of other speakers of the
     same split to draw babble from; the caller has already excluded the utterance's own speaker.
@@ -429,13 +446,19 @@ def augment(samples: np.ndarray, sample_rate: int, config: AugmentConfig, uttera
         index = int(rng.integers(config.rir_bank))
         rir, delay = _bank_rir(config, index, sample_rate)
         rt60 = _bank_room(config, index).rt60_s
-        return AugmentedCopy(reverberate(samples, rir, delay), kind, f"reverb:room{index}:rt60={rt60:.2f}",
-                             extra={"rt60_s": rt60})
+        return AugmentedCopy(
+            reverberate(samples, rir, delay), kind, f"reverb:room{index}:rt60={rt60:.2f}", extra={"rt60_s": rt60}
+        )
     if kind == SPEED:
         factor = float(config.speed_factors[int(rng.integers(len(config.speed_factors)))])
         suffix = f"-speed{factor:g}" if config.speed_new_speaker else ""
-        return AugmentedCopy(speed_perturb(samples, factor, sample_rate), kind, f"speed:{factor:g}",
-                             speaker_suffix=suffix, extra={"factor": factor})
+        return AugmentedCopy(
+            speed_perturb(samples, factor, sample_rate),
+            kind,
+            f"speed:{factor:g}",
+            speaker_suffix=suffix,
+            extra={"factor": factor},
+        )
     raise ValueError(f"unknown augmentation kind {kind!r}")
 
 

@@ -3,6 +3,7 @@ dead-letter reason; valid but unusual audio (stereo, other rates, 8/24-bit, floa
 decoded, downmixed and resampled, never rejected.
 
 Audio is a local file or an object on object storage (a URI, read through Beam's FileSystems)."""
+
 from __future__ import annotations
 
 import io
@@ -93,8 +94,15 @@ def _scan_wav_of(f: BinaryIO, size: int) -> Tuple[str, Optional[_Pcm16Layout]]:
                 tag, channels, rate, byte_rate, block_align, bits = fmt
                 # Only the plainest layout; anything else (extensible, 8/24/32-bit, float, odd
                 # sizes) is left to libsndfile.
-                if (tag == 1 and bits == 16 and channels >= 1 and rate > 0 and block_align == 2 * channels
-                        and byte_rate == rate * block_align and chunk_size % block_align == 0):
+                if (
+                    tag == 1
+                    and bits == 16
+                    and channels >= 1
+                    and rate > 0
+                    and block_align == 2 * channels
+                    and byte_rate == rate * block_align
+                    and chunk_size % block_align == 0
+                ):
                     layout = _Pcm16Layout(channels, rate, f.tell(), chunk_size)
             return "", layout
         if chunk_id == b"fmt " and chunk_size >= 16:
@@ -232,7 +240,9 @@ def decode(path: str, target_rate: int, max_seconds: float = float("inf")) -> De
         import soxr
 
         mono = soxr.resample(mono, rate, target_rate, quality="HQ").astype(np.float32)
-    return DecodedAudio(samples=np.ascontiguousarray(mono), sample_rate=target_rate, source_rate=rate, source_channels=channels)
+    return DecodedAudio(
+        samples=np.ascontiguousarray(mono), sample_rate=target_rate, source_rate=rate, source_channels=channels
+    )
 
 
 def check_usable(audio: DecodedAudio, min_samples: int, max_seconds: float) -> None:

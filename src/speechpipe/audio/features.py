@@ -4,6 +4,7 @@ The in-graph serving features (TensorFlow, tf.signal) must reproduce `compute_fe
 the tolerance the parity tests state, so this module keeps to what tf.signal can mirror: a
 periodic Hann window, no centring, power spectra, a Slaney mel filterbank and a natural log.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: flo
         lower = -ramps[i] / fdiff[i]
         upper = ramps[i + 2] / fdiff[i + 1]
         weights[i] = np.maximum(0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_f[2: n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
+    weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
     return weights
 
 
@@ -109,8 +110,9 @@ def compute_features(samples: np.ndarray, config: FeatureConfig) -> np.ndarray:
     n = num_frames(samples.shape[0], config)
     step = samples.strides[0]
     # [n_fft, frames], a view: column t is samples[t * hop: t * hop + n_fft], librosa.util.frame's layout
-    frames = np.lib.stride_tricks.as_strided(samples, (config.n_fft, n), (step, step * config.hop_length),
-                                             writeable=False)
+    frames = np.lib.stride_tricks.as_strided(
+        samples, (config.n_fft, n), (step, step * config.hop_length), writeable=False
+    )
     spectrum = scipy.fft.rfft(_hann_window32(config.n_fft)[:, np.newaxis] * frames, axis=0)  # complex64
     # In place where the values allow (same operations, same rounding, fewer temporaries).
     power = np.square(spectrum.real)  # float32 [bins, frames]
@@ -188,8 +190,10 @@ class GlobalStats:
 
 def global_mean_std(global_stats: Dict[str, object]) -> Tuple[np.ndarray, np.ndarray]:
     """(mean, std) of global_stats.json as float32 bins, the std floored as `apply_global` does."""
-    return (np.asarray(global_stats["mean"], np.float32),
-            np.maximum(np.asarray(global_stats["std"], np.float32), GLOBAL_STD_FLOOR))
+    return (
+        np.asarray(global_stats["mean"], np.float32),
+        np.maximum(np.asarray(global_stats["std"], np.float32), GLOBAL_STD_FLOOR),
+    )
 
 
 def apply_global(features: np.ndarray, mean: List[float], std: List[float]) -> np.ndarray:

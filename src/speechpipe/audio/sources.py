@@ -13,6 +13,7 @@ Why one module of this size: the three layouts share the rules that matter (path
 split assignment, the dead-letter reasons and duplicate handling), and each layout's reader is a
 few dozen lines; apart, the rules would be copied or imported in circles.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,9 +23,9 @@ import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
+from speechpipe.audio.decode import AUDIO_EXTENSIONS
 from speechpipe.config import SPLITS
 from speechpipe.io import storage
-from speechpipe.audio.decode import AUDIO_EXTENSIONS
 
 # Input-side dead-letter reasons (the audio-side ones are in speechpipe.audio.decode).
 INVALID_UTF8 = "invalid_utf8"
@@ -67,12 +68,16 @@ class InputSpec:
         if self.speaker_sets is not None:
             sets = list(self.speaker_sets.values())
             dev = sets.count("train") + sets.count("validation")
-            return (f"{os.path.basename(self.meta_file)}'s Set column: its {sets.count('test')} test speakers are "
-                    f"the test split; {sets.count('validation')} of its {dev} dev speakers (a share of "
-                    f"{validation_share(self.split_fractions):.4f}, those first in a hash of their ids with seed "
-                    f"{self.split_seed}) validate, the rest train")
-        return (f"by speaker id, fractions {list(self.split_fractions)} with seed {self.split_seed}, where an "
-                "input line names no split")
+            return (
+                f"{os.path.basename(self.meta_file)}'s Set column: its {sets.count('test')} test speakers are "
+                f"the test split; {sets.count('validation')} of its {dev} dev speakers (a share of "
+                f"{validation_share(self.split_fractions):.4f}, those first in a hash of their ids with seed "
+                f"{self.split_seed}) validate, the rest train"
+            )
+        return (
+            f"by speaker id, fractions {list(self.split_fractions)} with seed {self.split_seed}, where an "
+            "input line names no split"
+        )
 
 
 def validation_share(fractions: Tuple[float, float, float]) -> float:
@@ -85,8 +90,11 @@ def read_voxceleb_meta(path: str) -> Dict[str, str]:
     """{speaker id: "dev" | "test"} from vox1_meta.csv or vox2_meta.csv (a local file or a URI).
     Raises InputError on a file without an id and a Set column, or with another Set value."""
     lines = [line.decode("utf-8") for line in _lines(path)]
-    rows = [[cell.strip() for cell in (line.split("\t") if "\t" in line else line.split(","))]
-            for line in lines if line.strip()]
+    rows = [
+        [cell.strip() for cell in (line.split("\t") if "\t" in line else line.split(","))]
+        for line in lines
+        if line.strip()
+    ]
     if not rows:
         raise InputError(f"{path}: an empty VoxCeleb meta file")
     header = [h.lower() for h in rows[0]]
@@ -94,8 +102,10 @@ def read_voxceleb_meta(path: str) -> Dict[str, str]:
         id_column = next(i for i, h in enumerate(header) if h.startswith("voxceleb") and h.endswith("id"))
         set_column = header.index("set")
     except (StopIteration, ValueError):
-        raise InputError(f"{path}: expected VoxCeleb's header with a 'VoxCeleb1 ID' (or 'VoxCeleb2 ID') and a "
-                         f"'Set' column, found {rows[0]}") from None
+        raise InputError(
+            f"{path}: expected VoxCeleb's header with a 'VoxCeleb1 ID' (or 'VoxCeleb2 ID') and a "
+            f"'Set' column, found {rows[0]}"
+        ) from None
     sets: Dict[str, str] = {}
     for number, row in enumerate(rows[1:], start=2):
         if len(row) <= max(id_column, set_column):
@@ -111,7 +121,7 @@ def _find_meta(root: str) -> str:
     """The VoxCeleb meta file in a VoxCeleb root, or ''."""
     for name in VOXCELEB_META_FILES:
         candidate = storage.join(root, name) if storage.is_uri(root) else os.path.join(root, name)
-        if (storage.beam_exists(candidate) if storage.is_uri(root) else os.path.isfile(candidate)):
+        if storage.beam_exists(candidate) if storage.is_uri(root) else os.path.isfile(candidate):
             return candidate
     return ""
 
@@ -201,11 +211,14 @@ def voxceleb_splits(sets: Mapping[str, str], spec: InputSpec) -> Dict[str, str]:
     """{speaker: split} for a meta file's speakers: test speakers test; of the dev speakers, the
     round(share x count) first by a seeded hash of their ids validate (an exact, recorded number
     that does not depend on the order of the file), the others train."""
-    dev = sorted((s for s, which in sets.items() if which == "dev"),
-                 key=lambda s: hashlib.sha256(f"{spec.split_seed}:{s}".encode("utf-8")).digest())
-    validating = set(dev[:round(validation_share(spec.split_fractions) * len(dev))])
-    return {s: ("test" if which == "test" else "validation" if s in validating else "train")
-            for s, which in sets.items()}
+    dev = sorted(
+        (s for s, which in sets.items() if which == "dev"),
+        key=lambda s: hashlib.sha256(f"{spec.split_seed}:{s}".encode("utf-8")).digest(),
+    )
+    validating = set(dev[: round(validation_share(spec.split_fractions) * len(dev))])
+    return {
+        s: ("test" if which == "test" else "validation" if s in validating else "train") for s, which in sets.items()
+    }
 
 
 def _make_uri_spec(path: str, kind: Optional[str], data_root: Optional[str], **split) -> InputSpec:
@@ -276,6 +289,7 @@ def assign_split(speaker: str, fractions: Tuple[float, float, float], seed: int)
 
 # ---------------------------------------------------------------- listing (one worker, cheap)
 
+
 def expand_input(spec: InputSpec) -> Iterator[RawInput]:
     """Every input item, in a stable order. Lines and file names only: no audio is read here."""
     if spec.kind == MANIFEST:
@@ -286,7 +300,7 @@ def expand_input(spec: InputSpec) -> Iterator[RawInput]:
         # One listing of the prefix, in the order os.walk gives a local folder, so that the same
         # files are the same inputs (orders, sources) wherever they are.
         prefix = spec.path.rstrip("/") + "/"
-        relative = [uri[len(prefix):] for uri in storage.beam_list(spec.path)]
+        relative = [uri[len(prefix) :] for uri in storage.beam_list(spec.path)]
         order = 0
         for name in sorted(relative, key=storage.walk_order):
             if name.lower().endswith(AUDIO_EXTENSIONS):
@@ -320,11 +334,12 @@ def count_ignored_files(spec: InputSpec) -> int:
         return 0
     if storage.is_uri(spec.path):
         # A name ending in '/' is a console-made "folder" placeholder, not a file.
-        return sum(1 for uri in storage.beam_list(spec.path)
-                   if not uri.endswith("/") and not uri.lower().endswith(AUDIO_EXTENSIONS))
-    return sum(
-        1 for _, _, files in os.walk(spec.path) for n in files if not n.lower().endswith(AUDIO_EXTENSIONS)
-    )
+        return sum(
+            1
+            for uri in storage.beam_list(spec.path)
+            if not uri.endswith("/") and not uri.lower().endswith(AUDIO_EXTENSIONS)
+        )
+    return sum(1 for _, _, files in os.walk(spec.path) for n in files if not n.lower().endswith(AUDIO_EXTENSIONS))
 
 
 def _read_kaldi_table(path: str) -> Dict[str, str]:
@@ -360,6 +375,7 @@ def _expand_kaldi(spec: InputSpec) -> Iterator[RawInput]:
 
 # ---------------------------------------------------------------- parsing (parallel)
 
+
 def parse_input(item: RawInput, spec: InputSpec):
     """A `SourceRecord`, or a `DeadLetter` saying why the item cannot be one."""
     if spec.kind == MANIFEST:
@@ -373,8 +389,17 @@ def _dead(item: RawInput, reason: str, detail: str, utterance: Optional[str] = N
     return DeadLetter(source=item.source, stage="input", reason=reason, detail=detail, utterance=utterance)
 
 
-def _record(item: RawInput, spec: InputSpec, utterance: str, audio: str, speaker: str, session: str,
-            split: Optional[str], text: Optional[str], phones: Optional[str]):
+def _record(
+    item: RawInput,
+    spec: InputSpec,
+    utterance: str,
+    audio: str,
+    speaker: str,
+    session: str,
+    split: Optional[str],
+    text: Optional[str],
+    phones: Optional[str],
+):
     resolved, why = resolve_inside(spec.data_root, audio)
     if resolved is None:
         return _dead(item, OUTSIDE_ROOT, why, utterance)
@@ -382,8 +407,17 @@ def _record(item: RawInput, spec: InputSpec, utterance: str, audio: str, speaker
         split = assign_split(speaker, spec.split_fractions, spec.split_seed)
     elif split not in SPLITS:
         return _dead(item, INVALID_SPLIT, f"split {split!r} is not one of {SPLITS}", utterance)
-    return SourceRecord(utterance=utterance, audio_path=resolved, source=item.source, order=item.order,
-                        speaker=speaker, session=session, split=split, text=text, phones=phones)
+    return SourceRecord(
+        utterance=utterance,
+        audio_path=resolved,
+        source=item.source,
+        order=item.order,
+        speaker=speaker,
+        session=session,
+        split=split,
+        text=text,
+        phones=phones,
+    )
 
 
 def _parse_manifest_line(item: RawInput, spec: InputSpec):
@@ -402,8 +436,17 @@ def _parse_manifest_line(item: RawInput, spec: InputSpec):
         return _dead(item, MISSING_FIELD, f"missing or empty: {', '.join(missing)}", obj.get("utterance"))
     parts = obj["utterance"].split("/")
     session = obj.get("session") or (parts[1] if len(parts) == 3 else obj["utterance"])
-    return _record(item, spec, obj["utterance"], obj["audio"], obj["speaker"], str(session),
-                   obj.get("split"), obj.get("text"), obj.get("phones"))
+    return _record(
+        item,
+        spec,
+        obj["utterance"],
+        obj["audio"],
+        obj["speaker"],
+        str(session),
+        obj.get("split"),
+        obj.get("text"),
+        obj.get("phones"),
+    )
 
 
 def _parse_voxceleb(item: RawInput, spec: InputSpec):
@@ -436,7 +479,12 @@ def _parse_kaldi(item: RawInput, spec: InputSpec):
     if not audio:
         return _dead(item, MISSING_FIELD, "wav.scp line has no audio path", utterance)
     if audio.endswith("|") or audio.startswith("|"):
-        return _dead(item, COMMAND_NOT_SUPPORTED, f"wav.scp command {audio!r} is never executed; convert the audio to files", utterance)
+        return _dead(
+            item,
+            COMMAND_NOT_SUPPORTED,
+            f"wav.scp command {audio!r} is never executed; convert the audio to files",
+            utterance,
+        )
     if not extra["speaker"]:
         return _dead(item, MISSING_SPEAKER, "utterance not in utt2spk", utterance)
     parts = utterance.split("/")
@@ -450,8 +498,13 @@ def keep_first(utterance: str, records: List[SourceRecord]) -> Tuple[SourceRecor
     ordered = sorted(records, key=lambda r: (r.order, r.source))
     kept = ordered[0]
     dead = [
-        DeadLetter(source=r.source, stage="input", reason=DUPLICATE_UTTERANCE,
-                   detail=f"utterance {utterance!r} already given by {kept.source}", utterance=utterance)
+        DeadLetter(
+            source=r.source,
+            stage="input",
+            reason=DUPLICATE_UTTERANCE,
+            detail=f"utterance {utterance!r} already given by {kept.source}",
+            utterance=utterance,
+        )
         for r in ordered[1:]
     ]
     return kept, dead

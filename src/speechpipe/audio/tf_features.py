@@ -1,6 +1,7 @@
 """The feature job's features inside a TensorFlow graph, for serving signatures that take raw
 waveforms: tf.signal.stft with librosa's window, framing and mel matrix, then the same
 normalisation. `tests/test_feature_parity.py` holds the two implementations together."""
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
@@ -8,8 +9,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from speechpipe.config import FeatureConfig
 from speechpipe.audio.features import CMVN_STD_FLOOR, GLOBAL_STD_FLOOR
+from speechpipe.config import FeatureConfig
 
 
 def frame_lengths(sample_lengths: tf.Tensor, config: FeatureConfig) -> tf.Tensor:
@@ -44,8 +45,14 @@ class GraphFeatures(tf.Module):
         # A batch shorter than one window still yields a [batch, 0, bins] tensor.
         padding = tf.maximum(c.n_fft - tf.shape(waveforms)[1], 0)
         waveforms = tf.pad(waveforms, [[0, 0], [0, padding]])
-        spectrum = tf.signal.stft(waveforms, frame_length=c.n_fft, frame_step=c.hop_length, fft_length=c.n_fft,
-                                  window_fn=tf.signal.hann_window, pad_end=False)
+        spectrum = tf.signal.stft(
+            waveforms,
+            frame_length=c.n_fft,
+            frame_step=c.hop_length,
+            fft_length=c.n_fft,
+            window_fn=tf.signal.hann_window,
+            pad_end=False,
+        )
         power = tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2
         if self.mel_basis is not None:
             power = tf.matmul(power, self.mel_basis)

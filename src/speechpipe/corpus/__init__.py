@@ -1,1 +1,2 @@
-"""The demo corpus: German speech synthesised with espeak-ng, with IPA transcripts."""
+"""The demo corpus: German speech synthesised with espeak-ng (the engine lives in
+speechpipe.phones.espeak, which the phonemiser shares), with IPA transcripts."""

@@ -8,6 +8,7 @@ Layout written under the output folder:
     corpus.json                           the configuration, sentence split and engine facts
 Every byte is a function of the configuration: same seed, same files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,9 +22,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from speechpipe.config import MANIFEST_FILE, SPLITS, CorpusConfig, speaker_split_counts
-from speechpipe.corpus.voices import SpeakerVoice, design_speakers
-from speechpipe.validation import validate_corpus_config
+from speechpipe.config import SPLITS, CorpusConfig, speaker_split_counts
+from speechpipe.corpus.voices import SpeakerVoice, design_speakers, validate_corpus_config
+from speechpipe.filenames import MANIFEST_FILE
 
 MANIFEST = MANIFEST_FILE  # tests and the bench name it through this module too
 SPEAKERS = "speakers.jsonl"
@@ -123,7 +124,9 @@ def _draw(pool: Sequence[int], count: int, rng: np.random.Generator) -> List[int
     return out
 
 
-def plan_corpus(config: CorpusConfig, sentences: Sequence[str]) -> Tuple[List[SpeakerVoice], List[str], List[UtterancePlan], Dict[str, List[int]]]:
+def plan_corpus(
+    config: CorpusConfig, sentences: Sequence[str]
+) -> Tuple[List[SpeakerVoice], List[str], List[UtterancePlan], Dict[str, List[int]]]:
     voices = design_speakers(config.speakers, config.seed)
     speaker_splits = split_speakers(config)
     train_ids, heldout_ids = split_sentences(config, len(sentences))
@@ -160,7 +163,7 @@ def render_utterance(
     """(int16 samples at `sample_rate`, IPA) for one utterance."""
     import soxr
 
-    from speechpipe.corpus.espeak import EspeakEngine
+    from speechpipe.phones.espeak import EspeakEngine
 
     engine = EspeakEngine.get()
     espeak_voice = voice.espeak_voice()
@@ -197,7 +200,10 @@ def _render_speaker(job: _SpeakerJob) -> List[Tuple[str, str, int]]:
     results = []
     for plan, channel in utterances:
         samples, ipa = render_utterance(
-            plan.text, voice, channel, sample_rate,
+            plan.text,
+            voice,
+            channel,
+            sample_rate,
             (seed, 0xA0D, plan.speaker_index, plan.session_index, int(plan.utterance[-5:])),
         )
         path = os.path.join(root, plan.audio)
@@ -220,7 +226,9 @@ def _run_jobs(jobs: List[_SpeakerJob], workers: int, progress: bool) -> Iterator
                 bar.update(len(results))
 
 
-def synthesize_corpus(config: CorpusConfig, out_dir: str, progress: bool = True, overwrite: bool = False) -> Dict[str, object]:
+def synthesize_corpus(
+    config: CorpusConfig, out_dir: str, progress: bool = True, overwrite: bool = False
+) -> Dict[str, object]:
     """Writes the corpus and returns a summary (counts per split, total seconds)."""
     validate_corpus_config(config)
     if os.path.exists(os.path.join(out_dir, MANIFEST)) and not overwrite:
@@ -241,7 +249,7 @@ def synthesize_corpus(config: CorpusConfig, out_dir: str, progress: bool = True,
     workers = min(config.workers or os.cpu_count() or 1, len(jobs))
     results = {utt: (ipa, n) for utt, ipa, n in _run_jobs(jobs, workers, progress)}
 
-    seconds = {s: 0.0 for s in SPLITS}
+    seconds = dict.fromkeys(SPLITS, 0.0)
     with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8", newline="\n") as f:
         for p in plans:
             ipa, n = results[p.utterance]
@@ -285,4 +293,3 @@ def synthesize_corpus(config: CorpusConfig, out_dir: str, progress: bool = True,
         json.dump(summary, f, ensure_ascii=False, indent=1, sort_keys=True)
         f.write("\n")
     return summary
-

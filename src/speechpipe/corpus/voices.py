@@ -1,27 +1,104 @@
 """Speaker design for the demo corpus: each speaker is an espeak-ng variant plus prosody and a
 vocal-tract scaling, drawn so that no two speakers of one corpus share a variant-and-pitch cell.
 """
+
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import Dict, List
 
 import numpy as np
 
-from speechpipe.corpus.espeak import EspeakVoice
+from speechpipe.config import CorpusConfig, speaker_split_counts
+from speechpipe.phones.espeak import EspeakVoice
+from speechpipe.validation import ConfigError
 
 # espeak-ng variants that sound like people. Left out: whisper/whisperf (unvoiced), croak,
 # Demonic, the robot variants and the novelty voices, which no real corpus has.
 HUMAN_VARIANTS = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5",
-    "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6",
-    "Alex", "Alicia", "Andrea", "Andy", "Annie", "Denis", "Diogo", "Gene", "Gene2", "Henrique",
-    "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "Reed", "Storm",
-    "adam", "anika", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "david", "ed",
-    "edward", "edward2", "gustave", "ian", "iven", "iven2", "iven3", "iven4", "john", "linda",
-    "max", "michel", "miguel", "mike2", "norbert", "pablo", "paul", "pedro", "quincy", "rob",
-    "robert", "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "zac",
-    "grandma", "grandpa", "marcelo", "announcer",
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "m8",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "klatt4",
+    "klatt5",
+    "klatt6",
+    "Alex",
+    "Alicia",
+    "Andrea",
+    "Andy",
+    "Annie",
+    "Denis",
+    "Diogo",
+    "Gene",
+    "Gene2",
+    "Henrique",
+    "Hugo",
+    "Jacky",
+    "Lee",
+    "Marco",
+    "Mario",
+    "Michael",
+    "Mike",
+    "Nguyen",
+    "Reed",
+    "Storm",
+    "adam",
+    "anika",
+    "antonio",
+    "aunty",
+    "belinda",
+    "benjamin",
+    "boris",
+    "caleb",
+    "david",
+    "ed",
+    "edward",
+    "edward2",
+    "gustave",
+    "ian",
+    "iven",
+    "iven2",
+    "iven3",
+    "iven4",
+    "john",
+    "linda",
+    "max",
+    "michel",
+    "miguel",
+    "mike2",
+    "norbert",
+    "pablo",
+    "paul",
+    "pedro",
+    "quincy",
+    "rob",
+    "robert",
+    "sandro",
+    "shelby",
+    "steph",
+    "steph2",
+    "steph3",
+    "travis",
+    "victor",
+    "zac",
+    "grandma",
+    "grandpa",
+    "marcelo",
+    "announcer",
 )
 # Pitch bands: a variant is used at most once per band, so two speakers that share a variant
 # differ by at least one band in pitch.
@@ -98,3 +175,31 @@ def design_speakers(count: int, seed: int) -> List[SpeakerVoice]:
             )
         )
     return voices
+
+
+def validate_corpus_config(config: CorpusConfig) -> CorpusConfig:
+    """Checks a demo-corpus config against the voices there are; raises ConfigError."""
+    if not 0 <= config.seed <= MAX_SEED:
+        raise ConfigError(
+            f"seed={config.seed}: need 0..{MAX_SEED} (each seed numbers its speakers in its own id block)"
+        )
+
+    if not 3 <= config.speakers <= MAX_SPEAKERS:
+        raise ConfigError(f"speakers={config.speakers}: need 3..{MAX_SPEAKERS} (one per split at least)")
+    if config.utterances < 1:
+        raise ConfigError(f"utterances={config.utterances}: need at least 1 per speaker")
+    if not 1 <= config.sessions <= config.utterances:
+        raise ConfigError(f"sessions={config.sessions}: need 1..utterances ({config.utterances})")
+    if config.sample_rate not in (8000, 16000, 22050, 24000, 44100, 48000):
+        raise ConfigError(f"sample_rate={config.sample_rate}: not a supported rate")
+    for name in ("validation_fraction", "test_fraction", "heldout_sentence_fraction"):
+        value = getattr(config, name)
+        if not 0.0 < value < 0.5:
+            raise ConfigError(f"{name}={value}: need a fraction in (0, 0.5)")
+    if speaker_split_counts(config).train < 1:
+        raise ConfigError(f"speakers={config.speakers}: no speaker left for training")
+    if config.sentences is not None and not os.path.isfile(config.sentences):
+        raise ConfigError(f"sentences={config.sentences!r}: no such file")
+    if config.workers is not None and config.workers < 1:
+        raise ConfigError(f"workers={config.workers}: need at least 1")
+    return config

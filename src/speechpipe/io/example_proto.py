@@ -9,6 +9,7 @@ cannot clash with TensorFlow's own declarations when both live in one process.
 `tests/test_example_proto.py` holds the serialised bytes equal to TensorFlow's and the reader
 equal to tf.data's.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -23,7 +24,8 @@ _F = descriptor_pb2.FieldDescriptorProto
 
 def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
     proto = descriptor_pb2.FileDescriptorProto(
-        name="speechpipe/tensorflow_example.proto", package=_PACKAGE, syntax="proto3")
+        name="speechpipe/tensorflow_example.proto", package=_PACKAGE, syntax="proto3"
+    )
 
     def message(name: str, *fields: Tuple[str, int, int, int, str, bool]) -> descriptor_pb2.DescriptorProto:
         m = proto.message_type.add(name=name)
@@ -39,15 +41,18 @@ def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
     message("BytesList", ("value", 1, repeated, _F.TYPE_BYTES, "", False))
     message("FloatList", ("value", 1, repeated, _F.TYPE_FLOAT, "", True))
     message("Int64List", ("value", 1, repeated, _F.TYPE_INT64, "", True))
-    feature = message("Feature",
-                      ("bytes_list", 1, optional, _F.TYPE_MESSAGE, ".tensorflow.BytesList", False),
-                      ("float_list", 2, optional, _F.TYPE_MESSAGE, ".tensorflow.FloatList", False),
-                      ("int64_list", 3, optional, _F.TYPE_MESSAGE, ".tensorflow.Int64List", False))
+    feature = message(
+        "Feature",
+        ("bytes_list", 1, optional, _F.TYPE_MESSAGE, ".tensorflow.BytesList", False),
+        ("float_list", 2, optional, _F.TYPE_MESSAGE, ".tensorflow.FloatList", False),
+        ("int64_list", 3, optional, _F.TYPE_MESSAGE, ".tensorflow.Int64List", False),
+    )
     feature.oneof_decl.add(name="kind")
     for f in feature.field:
         f.oneof_index = 0
-    features = message("Features",
-                       ("feature", 1, repeated, _F.TYPE_MESSAGE, ".tensorflow.Features.FeatureEntry", False))
+    features = message(
+        "Features", ("feature", 1, repeated, _F.TYPE_MESSAGE, ".tensorflow.Features.FeatureEntry", False)
+    )
     entry = features.nested_type.add(name="FeatureEntry")
     entry.options.map_entry = True
     entry.field.add(name="key", number=1, label=optional, type=_F.TYPE_STRING)
@@ -62,14 +67,17 @@ def _message_classes():
     get_class = getattr(message_factory, "GetMessageClass", None)  # protobuf >= 4.21
     if get_class is None:
         get_class = message_factory.MessageFactory(pool).GetPrototype
-    return tuple(get_class(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-                 for name in ("Example", "Features", "Feature", "BytesList", "FloatList", "Int64List"))
+    return tuple(
+        get_class(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+        for name in ("Example", "Features", "Feature", "BytesList", "FloatList", "Int64List")
+    )
 
 
 Example, Features, Feature, BytesList, FloatList, Int64List = _message_classes()
 
 
 # ------------------------------------------------------------------------------------- TFRecords
+
 
 def _masked_crc(data: bytes) -> int:
     import google_crc32c  # in the lock (Beam's GCS client needs it); C-accelerated
@@ -82,8 +90,7 @@ def frame_record(payload: bytes) -> bytes:
     """One TFRecord as written to a file: u64 length, u32 masked CRC of the length, payload, u32
     masked CRC of the payload (what `iter_records` checks and TensorFlow's writer writes)."""
     length = struct.pack("<Q", len(payload))
-    return b"".join((length, struct.pack("<I", _masked_crc(length)), payload,
-                     struct.pack("<I", _masked_crc(payload))))
+    return b"".join((length, struct.pack("<I", _masked_crc(length)), payload, struct.pack("<I", _masked_crc(payload))))
 
 
 class CorruptRecordError(ValueError):

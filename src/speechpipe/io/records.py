@@ -7,6 +7,7 @@ trainers read it unchanged):
 A split folder may instead hold a manifest listing shards elsewhere (`SHARD_MANIFEST`, below);
 readers find a split's shards through `split_shards` / `resolve_shards` either way.
 """
+
 from __future__ import annotations
 
 import glob
@@ -16,7 +17,9 @@ from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
-# Feature keys; src/speechpipe/schemas/features.pbtxt describes the same keys for TFDV.
+from speechpipe.filenames import SHARD_MANIFEST, SHARD_PREFIX, SPLIT_DIR
+
+# Feature keys; schemas/features.pbtxt describes the same keys for TFDV.
 UTTERANCE = "utterance"
 SPEAKER = "speaker"
 SESSION = "session"
@@ -33,8 +36,6 @@ PHONE_IDS = "phone_ids"  # int64 list; absent when the input has no transcript
 PHONES = "phones"  # phones joined by spaces; absent when the input has no transcript
 TEXT = "text"  # absent when the input has no text
 
-SPLIT_DIR = "Split-{split}"
-SHARD_PREFIX = "data_tfrecord"
 # Uncompressed by default: GZIP saves 8 % on float spectrograms (146 -> 134 MB on the demo
 # training split) and cost a quarter of the feature job's time.
 COMPRESSIONS = ("none", "gzip")
@@ -76,9 +77,9 @@ def encode_example(u: UtteranceFeatures) -> bytes:
         SPLIT: _bytes(u.split),
         NUM_FRAMES: _ints([frames]),
         NUM_BINS: _ints([bins]),
-        FEATURES: Feature(bytes_list=BytesList(
-            value=[np.ascontiguousarray(u.features, dtype=FEATURES_DTYPE).tobytes()]
-        )),
+        FEATURES: Feature(
+            bytes_list=BytesList(value=[np.ascontiguousarray(u.features, dtype=FEATURES_DTYPE).tobytes()])
+        ),
         DURATION: Feature(float_list=FloatList(value=[u.duration])),
     }
     if u.phone_ids is not None:
@@ -106,7 +107,9 @@ def decode_example(serialized: bytes) -> UtteranceFeatures:
         speaker=_str(SPEAKER),
         session=_str(SESSION),
         split=_str(SPLIT),
-        features=np.frombuffer(f[FEATURES].bytes_list.value[0], FEATURES_DTYPE).astype(np.float32).reshape(frames, bins),
+        features=np.frombuffer(f[FEATURES].bytes_list.value[0], FEATURES_DTYPE)
+        .astype(np.float32)
+        .reshape(frames, bins),
         duration=float(f[DURATION].float_list.value[0]),
         phone_ids=list(f[PHONE_IDS].int64_list.value) if PHONE_IDS in f else None,
         phones=phones.split(" ") if phones else ([] if phones == "" else None),
@@ -137,12 +140,11 @@ def read_split(root: str, split: str) -> Iterator[UtteranceFeatures]:
 # ---------------------------------------------------------------------------------- shard manifests
 # An Examples artifact may list its shards instead of holding them: a split folder with a
 # manifest (`SHARD_MANIFEST`) stands for the shard files it names, wherever they are (the
-# ExamplesUnion, src/speechpipe/components/examples_union.py, lists its spans' shards so that
+# ExamplesUnion, components/examples_union.py, lists its spans' shards so that
 # nothing is copied). Every reader of a split folder goes through `split_shards` /
 # `resolve_shards`, which read the manifest and check each listed shard still has the bytes it
 # had when it was listed; a folder without a manifest holds its shards itself.
 
-SHARD_MANIFEST = "shards.json"
 MANIFEST_FORMAT = "speechpipe.shard_manifest/1"
 FILEIO, BEAM = "fileio", "beam"  # the file layers of speechpipe.io.storage: TFX's fileio, Beam's FileSystems
 STAT_THREADS = 16  # stats at once on object storage, one request each (gfile releases the GIL)
@@ -220,7 +222,7 @@ def shard_sizes(paths: List[str], layer: str = FILEIO) -> Dict[str, Optional[int
     def stat(path: str) -> Optional[int]:
         try:
             info = fileio.stat(path)
-        except Exception:  # noqa: BLE001 - fileio raises its own NotFoundError per filesystem
+        except Exception:  # fileio raises its own NotFoundError per filesystem
             return None
         return None if info.is_directory else int(info.length)
 
@@ -237,20 +239,25 @@ def read_manifest(split_folder: str, layer: str = FILEIO, check: bool = True) ->
         return None
     manifest = _read_json(path, layer)
     if manifest.get("format") != MANIFEST_FORMAT:
-        raise ShardCheckError(f"{path}: not a shard manifest of format {MANIFEST_FORMAT} "
-                              f"(format {manifest.get('format')!r})")
+        raise ShardCheckError(
+            f"{path}: not a shard manifest of format {MANIFEST_FORMAT} (format {manifest.get('format')!r})"
+        )
     if check:
         shards = manifest["shards"]
         sizes = shard_sizes([s["uri"] for s in shards], layer)
         for shard in shards:
             found = sizes[shard["uri"]]
             if found is None:
-                raise ShardCheckError(f"shard {shard['uri']}, listed in {path}, is missing: the span's Examples "
-                                      "artifact it belongs to was deleted or moved after the union listed it")
+                raise ShardCheckError(
+                    f"shard {shard['uri']}, listed in {path}, is missing: the span's Examples "
+                    "artifact it belongs to was deleted or moved after the union listed it"
+                )
             if found != int(shard["bytes"]):
-                raise ShardCheckError(f"shard {shard['uri']}, listed in {path}, has {found} bytes where the "
-                                      f"manifest recorded {shard['bytes']}: it was truncated or rewritten after "
-                                      "the union listed it")
+                raise ShardCheckError(
+                    f"shard {shard['uri']}, listed in {path}, has {found} bytes where the "
+                    f"manifest recorded {shard['bytes']}: it was truncated or rewritten after "
+                    "the union listed it"
+                )
     return manifest
 
 

@@ -22,6 +22,7 @@ which Beam's sinks do not promise either. With `num_shards` = N every output get
 shards, a record going to shard crc32(payload) % N (through a GroupByKey, as Beam's sinks do
 for a fixed count). Paths go through Beam's FileSystems: local, gs://, s3://, ...
 """
+
 from __future__ import annotations
 
 import os
@@ -109,13 +110,14 @@ class _WriteTempShardsFn(beam.DoFn):
         for handle, _, _ in self._open.values():
             try:
                 handle.close()
-            except Exception:  # noqa: BLE001 - best effort on a bundle that already failed
+            except Exception:  # best effort on a bundle that already failed
                 pass
         self._open = {}
 
 
-def _write_group(element: Tuple[Tuple[int, int], Iterable[object]], outputs: Sequence[ShardedOutput],
-                 temp_dir: str) -> Iterable[Tuple[int, int, str, int]]:
+def _write_group(
+    element: Tuple[Tuple[int, int], Iterable[object]], outputs: Sequence[ShardedOutput], temp_dir: str
+) -> Iterable[Tuple[int, int, str, int]]:
     """((output index, shard), payloads) -> one temporary file; yields
     (output index, shard, temporary path, records)."""
     (index, shard), payloads = element
@@ -127,8 +129,9 @@ def _write_group(element: Tuple[Tuple[int, int], Iterable[object]], outputs: Seq
         yield (index, shard) + report.value[2:]
 
 
-def _finalize(_, reports: List[Tuple[int, object, str, int]], outputs: Sequence[ShardedOutput], temp_dir: str,
-              num_shards: int) -> Iterable[Tuple[str, int]]:
+def _finalize(
+    _, reports: List[Tuple[int, object, str, int]], outputs: Sequence[ShardedOutput], temp_dir: str, num_shards: int
+) -> Iterable[Tuple[str, int]]:
     """Renames every reported temporary file to its shard name, writes an empty file for every
     shard without records (at least one shard per output); yields (shard path, records)."""
     from apache_beam.io.filesystems import FileSystems
@@ -142,7 +145,10 @@ def _finalize(_, reports: List[Tuple[int, object, str, int]], outputs: Sequence[
             temps = {shard: (path, count) for shard, path, count in by_output[index]}
         else:
             total = max(1, len(by_output[index]))
-            temps = {shard: (path, count) for shard, (_, path, count) in enumerate(sorted(by_output[index], key=lambda r: r[1]))}
+            temps = {
+                shard: (path, count)
+                for shard, (_, path, count) in enumerate(sorted(by_output[index], key=lambda r: r[1]))
+            }
         for shard in range(total):
             final = shard_name(output, shard, total)
             _ensure_parent(final)
@@ -202,8 +208,14 @@ class WriteShards(beam.PTransform):
         return (
             pipeline
             | "Once" >> beam.Impulse()  # one element: Finalize runs once, also without payloads
-            | "Finalize" >> beam.FlatMap(_finalize, beam.pvalue.AsList(reports), outputs=self._outputs,
-                                         temp_dir=self._temp_dir, num_shards=self._num_shards)
+            | "Finalize"
+            >> beam.FlatMap(
+                _finalize,
+                beam.pvalue.AsList(reports),
+                outputs=self._outputs,
+                temp_dir=self._temp_dir,
+                num_shards=self._num_shards,
+            )
         )
 
 

@@ -14,6 +14,7 @@ Object stores have no folders: a "folder" is a name prefix, listed in one paged 
 paths keep their local meaning (folders, symlinks, `os.path`); callers that must resolve local
 paths exactly as before test `is_uri` and keep their local code.
 """
+
 from __future__ import annotations
 
 import io
@@ -52,6 +53,7 @@ def walk_order(relative: str) -> Tuple[Tuple[int, str], ...]:
 
 
 # ---------------------------------------------------------------------------------- Beam FileSystems
+
 
 def beam_exists(path: str) -> bool:
     """An object (a file) at exactly `path`. On object stores a prefix ("folder") is not one."""
@@ -132,6 +134,7 @@ def beam_has_objects(prefix: str) -> bool:
 
 # ---------------------------------------------------------------------------------- TFX fileio
 
+
 def _fileio():
     from tfx.dsl.io import fileio
 
@@ -185,11 +188,13 @@ def copy_tree_to_local(uri: str, local_dir: str) -> str:
     top = uri.rstrip("/")
     os.makedirs(local_dir, exist_ok=True)
     for folder, _, files in fileio.walk(top):
-        relative = folder.rstrip("/")[len(top):].lstrip("/")
+        relative = folder.rstrip("/")[len(top) :].lstrip("/")
         target = os.path.join(local_dir, *relative.split("/")) if relative else local_dir
         os.makedirs(target, exist_ok=True)
         for name in files:
-            with fileio.open(f"{folder.rstrip('/')}/{name}", "rb") as source, \
-                    open(os.path.join(target, name), "wb") as out:
+            with (
+                fileio.open(f"{folder.rstrip('/')}/{name}", "rb") as source,
+                open(os.path.join(target, name), "wb") as out,
+            ):
                 shutil.copyfileobj(source, out, 4 << 20)
     return local_dir

@@ -8,6 +8,7 @@
 - An utterance with fewer frames than its label needs (length plus repeated neighbours) cannot be
   aligned; the input pipeline skips and counts it (see `ctc_feasible`).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -60,11 +61,14 @@ def build_acoustic_model(num_bins: int, num_classes: int, config: CTCModelConfig
         s = config.frame_stack
         x = keras.layers.Lambda(
             lambda f: tf.reshape(f[:, : tf.shape(f)[1] // s * s], [tf.shape(f)[0], tf.shape(f)[1] // s, num_bins * s]),
-            name="stack_frames")(x)
+            name="stack_frames",
+        )(x)
         lengths = keras.layers.Lambda(lambda n: n // s, name="stacked_lengths")(num_frames)
     mask = keras.layers.Lambda(lambda a: tf.sequence_mask(a[1], tf.shape(a[0])[1]), name="frame_mask")([x, lengths])
     for i, units in enumerate(config.lstm_units):
-        x = keras.layers.Bidirectional(cudnn_lstm(units, name=f"lstm_{i}"), merge_mode="concat", name=f"blstm_{i}")(x, mask=mask)
+        x = keras.layers.Bidirectional(cudnn_lstm(units, name=f"lstm_{i}"), merge_mode="concat", name=f"blstm_{i}")(
+            x, mask=mask
+        )
         x = keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
     # float32 logits even under mixed precision: the CTC loss needs the range.
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
@@ -92,8 +96,12 @@ class CTCTrainer(keras.Model):
         logits = self.acoustic(inputs, training=training)
         logit_lengths = stacked_lengths(inputs["num_frames"], self.frame_stack)
         per_utterance = tf.nn.ctc_loss(
-            labels=labels, logits=logits, label_length=label_lengths, logit_length=logit_lengths,
-            logits_time_major=False, blank_index=self.blank_id,
+            labels=labels,
+            logits=logits,
+            label_length=label_lengths,
+            logit_length=logit_lengths,
+            logits_time_major=False,
+            blank_index=self.blank_id,
         )
         return tf.reduce_mean(per_utterance)
 
@@ -108,7 +116,9 @@ class CTCTrainer(keras.Model):
 
     def test_step(self, data):
         inputs, targets = data
-        self.loss_tracker.update_state(self.ctc_loss(inputs, targets["labels"], targets["label_length"], training=False))
+        self.loss_tracker.update_state(
+            self.ctc_loss(inputs, targets["labels"], targets["label_length"], training=False)
+        )
         return {"loss": self.loss_tracker.result()}
 
 
@@ -137,7 +147,11 @@ def beam_decode(logits: tf.Tensor, lengths: tf.Tensor, blank_id: int, beam_width
     if blank_id != logits.shape[-1] - 1:
         raise ValueError(f"beam search needs the blank last; blank_id={blank_id}, classes={logits.shape[-1]}")
     decoded, _ = tf.nn.ctc_beam_search_decoder(
-        tf.transpose(tf.nn.log_softmax(logits), [1, 0, 2]), tf.cast(lengths, tf.int32), beam_width=beam_width, top_paths=1)
+        tf.transpose(tf.nn.log_softmax(logits), [1, 0, 2]),
+        tf.cast(lengths, tf.int32),
+        beam_width=beam_width,
+        top_paths=1,
+    )
     dense = tf.sparse.to_dense(decoded[0], default_value=-1).numpy()
     return [[int(k) for k in row if k >= 0] for row in dense] + [[] for _ in range(len(lengths) - dense.shape[0])]
 
@@ -177,7 +191,9 @@ class PERResult:
 class Transcriber(tf.Module):
     """The exported recogniser: raw 16 kHz waveforms in, phone strings out (features in the graph)."""
 
-    def __init__(self, acoustic: keras.Model, graph_features: tf.Module, phones: Sequence[str], frame_stack: int) -> None:
+    def __init__(
+        self, acoustic: keras.Model, graph_features: tf.Module, phones: Sequence[str], frame_stack: int
+    ) -> None:
         super().__init__(name="transcriber")
         self.acoustic = acoustic
         self.graph_features = graph_features
@@ -185,14 +201,19 @@ class Transcriber(tf.Module):
         self.phone_table = tf.constant(list(phones) + [""], tf.string)  # the blank decodes to nothing
         self.blank_id = len(phones)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveforms"),
-                                  tf.TensorSpec([None], tf.int32, name="lengths")])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None], tf.float32, name="waveforms"),
+            tf.TensorSpec([None], tf.int32, name="lengths"),
+        ]
+    )
     def transcribe(self, waveforms, lengths):
         features, num_frames = self.graph_features(waveforms, lengths)
         logits = self.acoustic({"features": features, "num_frames": num_frames}, training=False)
         frames = stacked_lengths(num_frames, self.frame_stack)
-        decoded, _ = tf.nn.ctc_greedy_decoder(tf.transpose(logits, [1, 0, 2]), frames, merge_repeated=True,
-                                              blank_index=self.blank_id)
+        decoded, _ = tf.nn.ctc_greedy_decoder(
+            tf.transpose(logits, [1, 0, 2]), frames, merge_repeated=True, blank_index=self.blank_id
+        )
         ids = tf.sparse.to_dense(decoded[0], default_value=self.blank_id)
         # Rows with no phones at all must still come out, as empty strings.
         ids = tf.pad(ids, [[0, tf.shape(waveforms)[0] - tf.shape(ids)[0]], [0, 0]], constant_values=self.blank_id)
@@ -201,16 +222,30 @@ class Transcriber(tf.Module):
         text = tf.strings.strip(tf.strings.regex_replace(text, " +", " "))
         return {"phones": text, "num_phones": tf.reduce_sum(tf.cast(ids != self.blank_id, tf.int32), axis=1)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="features"),
-                                  tf.TensorSpec([None], tf.int32, name="num_frames")])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None], tf.float32, name="features"),
+            tf.TensorSpec([None], tf.int32, name="num_frames"),
+        ]
+    )
     def logits(self, features, num_frames):
         """Frame logits from normalised features, for evaluation on the feature records."""
-        return {"logits": self.acoustic({"features": features, "num_frames": num_frames}, training=False),
-                "logit_lengths": stacked_lengths(num_frames, self.frame_stack)}
+        return {
+            "logits": self.acoustic({"features": features, "num_frames": num_frames}, training=False),
+            "logit_lengths": stacked_lengths(num_frames, self.frame_stack),
+        }
 
 
-def export_transcriber(path: str, acoustic: keras.Model, graph_features: tf.Module, phones: Sequence[str], frame_stack: int) -> None:
+def export_transcriber(
+    path: str, acoustic: keras.Model, graph_features: tf.Module, phones: Sequence[str], frame_stack: int
+) -> None:
     module = Transcriber(acoustic, graph_features, phones, frame_stack)
-    tf.saved_model.save(module, path, signatures={
-        "transcribe": module.transcribe, "serving_default": module.transcribe, "logits": module.logits,
-    })
+    tf.saved_model.save(
+        module,
+        path,
+        signatures={
+            "transcribe": module.transcribe,
+            "serving_default": module.transcribe,
+            "logits": module.logits,
+        },
+    )

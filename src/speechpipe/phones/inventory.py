@@ -1,7 +1,7 @@
 """IPA phone inventories (German, phones_de.json; English, phones_en.json) and the tokenizer from an
 IPA string to phones.
 
-Policy (also written in each inventory's `policy` block under src/speechpipe/schemas/):
+Policy (also written in each inventory's `policy` block under schemas/):
 - affricates (pf, ts, tʃ, dʒ), long vowels (with ː) and diphthongs are single phones;
 - a length mark belongs to the vowel before it; a length mark that forms no phone is an error;
 - stress marks (ˈ ˌ), syllable boundaries (.), linking (‿) and word spaces carry no phone and are
@@ -9,6 +9,7 @@ Policy (also written in each inventory's `policy` block under src/speechpipe/sch
 The tokenizer matches greedily, longest phone first, so "pf" in "apfəl" is one affricate even
 where espeak-ng itself segments p + f.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ def inventory_for(language: str = "") -> str:
     if not language:
         return DEFAULT_INVENTORY
     if language not in LANGUAGE_INVENTORIES:
-        raise ValueError(f"language {language!r}: speechpipe has phone inventories for "
-                         f"{', '.join(sorted(LANGUAGE_INVENTORIES))}")
+        raise ValueError(
+            f"language {language!r}: speechpipe has phone inventories for {', '.join(sorted(LANGUAGE_INVENTORIES))}"
+        )
     return LANGUAGE_INVENTORIES[language]
 
 
@@ -41,9 +43,7 @@ class UnknownPhoneError(ValueError):
         self.position = position
         self.ipa = ipa
         code = " ".join(f"U+{ord(c):04X}" for c in symbol)
-        super().__init__(
-            f"unknown phone symbol {symbol!r} ({code}) at position {position} of {ipa!r}"
-        )
+        super().__init__(f"unknown phone symbol {symbol!r} ({code}) at position {position} of {ipa!r}")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ Every utterance with a transcript counts, also one too short for CTC to align it
 trainer cannot learn from it, but a user's audio is what it is: the deletions it forces are real
 errors). Utterances without a transcript are not scored; the caller's input counts report them.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -21,28 +22,60 @@ def transcribed_batches(files: Union[str, Sequence[str]], batch_size: int) -> tf
     """Padded batches of the records that have a transcript (phone_ids padded with -1)."""
     from speechpipe.training import record_dataset
 
-    return record_dataset(files).filter(lambda e: tf.size(e["phone_ids"]) > 0).padded_batch(
-        batch_size, padded_shapes={"utterance": [], "speaker": [], "session": [], "features": [None, None],
-                                   "num_frames": [], "phone_ids": [None]},
-        padding_values={"utterance": b"", "speaker": b"", "session": b"", "features": 0.0, "num_frames": 0,
-                        "phone_ids": -1})
+    return (
+        record_dataset(files)
+        .filter(lambda e: tf.size(e["phone_ids"]) > 0)
+        .padded_batch(
+            batch_size,
+            padded_shapes={
+                "utterance": [],
+                "speaker": [],
+                "session": [],
+                "features": [None, None],
+                "num_frames": [],
+                "phone_ids": [None],
+            },
+            padding_values={
+                "utterance": b"",
+                "speaker": b"",
+                "session": b"",
+                "features": 0.0,
+                "num_frames": 0,
+                "phone_ids": -1,
+            },
+        )
+    )
 
 
-def records_per(forward: Forward, files: Union[str, Sequence[str]], blank_id: int, batch_size: int = 16,
-                beam_width: int = 0, phones: Optional[Sequence[str]] = None,
-                samples: int = 0) -> Tuple[PERResult, List[Dict[str, str]]]:
+def records_per(
+    forward: Forward,
+    files: Union[str, Sequence[str]],
+    blank_id: int,
+    batch_size: int = 16,
+    beam_width: int = 0,
+    phones: Optional[Sequence[str]] = None,
+    samples: int = 0,
+) -> Tuple[PERResult, List[Dict[str, str]]]:
     """Corpus and per-utterance PER of greedy (beam_width 0) or beam-search decoding, and the
     first `samples` reference / hypothesis pairs spelt with `phones`."""
     result = PERResult()
     shown: List[Dict[str, str]] = []
     for batch in transcribed_batches(files, batch_size):
         logits, lengths = forward(batch["features"], batch["num_frames"])
-        decoded = beam_decode(logits, lengths, blank_id, beam_width) if beam_width else greedy_decode(logits, lengths,
-                                                                                                       blank_id)
+        decoded = (
+            beam_decode(logits, lengths, blank_id, beam_width)
+            if beam_width
+            else greedy_decode(logits, lengths, blank_id)
+        )
         for utterance, reference, hypothesis in zip(batch["utterance"].numpy(), batch["phone_ids"].numpy(), decoded):
             ref = [int(k) for k in reference if k >= 0]
             result.add(utterance.decode(), ref, hypothesis)
             if phones is not None and len(shown) < samples:
-                shown.append({"utterance": utterance.decode(), "reference": " ".join(phones[k] for k in ref),
-                              "hypothesis": " ".join(phones[k] for k in hypothesis)})
+                shown.append(
+                    {
+                        "utterance": utterance.decode(),
+                        "reference": " ".join(phones[k] for k in ref),
+                        "hypothesis": " ".join(phones[k] for k in hypothesis),
+                    }
+                )
     return result, shown

@@ -2,7 +2,7 @@
 
 Users' corpora carry ordinary text (German, English), while the CTC branch trains on phones. The
 engine is espeak-ng, through the binding the project already ships for the demo corpus
-(`speechpipe.corpus.espeak`), so the demo's transcripts and a user's come from the same rules and
+(`speechpipe.phones.espeak`), so the demo's transcripts and a user's come from the same rules and
 the same data. espeak-ng keeps its state (voice, translator, buffers) in process globals, so
 there is one engine per process and one `Phonemizer` per process or Beam worker; it takes the
 engine lazily, which also keeps a `Phonemizer` cheap to construct and to pickle into a DoFn.
@@ -29,6 +29,7 @@ are kept when the inventory has every one of them (else a `PhonemizeError` as fo
 Output is deterministic: a function of the text, the language, the inventory and espeak-ng's
 data (pinned through the espeakng-loader wheel), the same in every call and every process.
 """
+
 from __future__ import annotations
 
 import re
@@ -71,8 +72,14 @@ class PhonemizeError(ValueError):
     """Text that cannot become phones of the inventory. `word` is the word that fails (None when
     the text as a whole does, e.g. it is empty), `symbol` the offending symbol or character."""
 
-    def __init__(self, message: str, text: str, word: Optional[str] = None, symbol: Optional[str] = None,
-                 ipa: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        text: str,
+        word: Optional[str] = None,
+        symbol: Optional[str] = None,
+        ipa: Optional[str] = None,
+    ) -> None:
         self.text = text
         self.word = word
         self.symbol = symbol
@@ -158,11 +165,11 @@ class Phonemizer:
     `setup()`, or in `__init__` of a DoFn: it pickles without the engine); calls are safe from
     several threads, as the engine serialises them."""
 
-    def __init__(self, language: str = "de", inventory: Union[str, PhoneInventory, None] = None,
-                 language_switch: str = "error") -> None:
+    def __init__(
+        self, language: str = "de", inventory: Union[str, PhoneInventory, None] = None, language_switch: str = "error"
+    ) -> None:
         if language not in LANGUAGE_INVENTORIES:
-            raise ValueError(f"language {language!r}: speechpipe phonemises "
-                             f"{', '.join(sorted(LANGUAGE_INVENTORIES))}")
+            raise ValueError(f"language {language!r}: speechpipe phonemises {', '.join(sorted(LANGUAGE_INVENTORIES))}")
         if language_switch not in SWITCH_POLICIES:
             raise ValueError(f"language_switch={language_switch!r}: expected one of {SWITCH_POLICIES}")
         self.language = language
@@ -182,7 +189,7 @@ class Phonemizer:
 
     def _espeak(self):
         if self._engine is None:
-            from speechpipe.corpus.espeak import EspeakEngine, EspeakVoice
+            from speechpipe.phones.espeak import EspeakEngine, EspeakVoice
 
             engine = EspeakEngine.get()
             # Default prosody: the parameters do not change the phonemes, the language does.
@@ -206,8 +213,11 @@ class Phonemizer:
         ipa = engine.phonemize(text + " ", self._voice)
         held = engine.phonemize(_FLUSH, self._voice)
         if held:
-            raise PhonemizeError(f"espeak-ng ({self.language}) held back {held!r} of {_quote(text)} "
-                                 "past the end of the text", text, ipa=ipa)
+            raise PhonemizeError(
+                f"espeak-ng ({self.language}) held back {held!r} of {_quote(text)} past the end of the text",
+                text,
+                ipa=ipa,
+            )
         return _LONG_MARKS.sub("ː", unicodedata.normalize("NFC", ipa))
 
     # ------------------------------------------------------------------ public
@@ -244,15 +254,21 @@ class Phonemizer:
         if not normal:
             raise PhonemizeError(f"empty transcript {_quote(original)}: nothing to phonemise", normal)
         if not any(c.isalnum() for c in normal):
-            raise PhonemizeError(f"transcript {_quote(normal)} has no word, only punctuation or symbols "
-                                 "(espeak-ng would read the marks themselves aloud)", normal)
+            raise PhonemizeError(
+                f"transcript {_quote(normal)} has no word, only punctuation or symbols "
+                "(espeak-ng would read the marks themselves aloud)",
+                normal,
+            )
         for word in normal.split(" "):
             for c in word:
                 if c.isalpha() and not _in_script(c, self._script):
                     raise PhonemizeError(
                         f"word {_bare(word)!r} in {_quote(normal)}: letter {_describe(c)} is not in the "
                         f"{self._script.title()} script of {self.language} (espeak-ng would spell it out)",
-                        normal, word=_bare(word), symbol=c)
+                        normal,
+                        word=_bare(word),
+                        symbol=c,
+                    )
 
     def _switches(self, normal: str, ipa: str) -> Tuple[LanguageSwitch, ...]:
         """The words espeak-ng switched language for, found word by word; raises under the
@@ -269,12 +285,20 @@ class Phonemizer:
             found = [LanguageSwitch(None, language, ipa) for language in self._foreign(ipa)]
         if found and self.language_switch == "error":
             first = found[0]
-            where = (f"word {first.word!r} in {_quote(normal)}" if first.word is not None
-                     else f"{_quote(normal)} (no single word of it switches on its own)")
+            where = (
+                f"word {first.word!r} in {_quote(normal)}"
+                if first.word is not None
+                else f"{_quote(normal)} (no single word of it switches on its own)"
+            )
             raise LanguageSwitchError(
                 f"{where}: espeak-ng reads it with the {first.language} voice, not {self.language} "
                 f"({first.ipa!r}); Phonemizer(language_switch='keep') keeps such phones where the "
-                f"inventory {self.inventory.name} has them", normal, first.word, first.language, first.ipa)
+                f"inventory {self.inventory.name} has them",
+                normal,
+                first.word,
+                first.language,
+                first.ipa,
+            )
         return tuple(found)
 
     def _foreign(self, ipa: str) -> List[str]:
@@ -303,10 +327,17 @@ class Phonemizer:
                     f"word {_bare(word)!r} in {_quote(normal)}: espeak-ng ({self.language}) writes {written!r}, "
                     f"whose symbol {_describe(word_error.symbol)}{_after(word_ipa, word_error.position)} is not "
                     f"a phone of {self.inventory.name}",
-                    normal, word=_bare(word), symbol=word_error.symbol, ipa=word_ipa)
+                    normal,
+                    word=_bare(word),
+                    symbol=word_error.symbol,
+                    ipa=word_ipa,
+                )
         return PhonemizeError(
             f"{_quote(normal)}: espeak-ng ({self.language}) writes {ipa!r}, whose symbol "
             f"{_describe(error.symbol)}{_after(ipa, error.position)} at position {error.position} is not a phone "
             f"of {self.inventory.name}; "
-            "no single word of the text gives it on its own", normal, symbol=error.symbol, ipa=ipa)
-
+            "no single word of the text gives it on its own",
+            normal,
+            symbol=error.symbol,
+            ipa=ipa,
+        )

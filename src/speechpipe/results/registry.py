@@ -14,6 +14,7 @@ Models and files may come from object storage (gs://, s3://: a TFX artifact URI)
 artifacts from local folders only, so they are staged in a temporary folder first. An artifact
 root on object storage (`gs://BUCKET/mlflow`) is handed to MLflow as it is.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,14 +40,20 @@ def git_commit(path: Optional[str] = None) -> str:
     here = os.path.abspath(__file__)
     path = path or os.path.dirname(here)
     try:
-        tracked = subprocess.run(["git", "-C", path, "ls-files", "--error-unmatch", here], capture_output=True,
-                                 timeout=10)
+        tracked = subprocess.run(
+            ["git", "-C", path, "ls-files", "--error-unmatch", here], capture_output=True, timeout=10
+        )
         if tracked.returncode != 0:
             return "unknown"
-        commit = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -77,7 +84,7 @@ def _call_on_smoke_waveforms(saved_model_dir: str, signature: str, sample_rate: 
     chirp = (0.3 * np.sin(2 * np.pi * (200 + 400 * t) * t)).astype(np.float32)
     noise = (0.05 * rng.standard_normal(n)).astype(np.float32)
     lengths = np.array([n, n * 3 // 4], np.int32)
-    noise[lengths[1]:] = 0
+    noise[lengths[1] :] = 0
     return model.signatures[signature](waveforms=tf.constant(np.stack([chirp, noise])), lengths=tf.constant(lengths))
 
 
@@ -99,10 +106,15 @@ def smoke_test_embedder(saved_model_dir: str, sample_rate: int = 16000) -> Dict[
     out = _call_on_smoke_waveforms(saved_model_dir, "embed", sample_rate)
     embeddings = out["embeddings"].numpy()
     if embeddings.ndim != 2 or embeddings.shape[0] != 2 or not np.isfinite(embeddings).all():
-        raise SmokeTestError(f"embed gave {embeddings.shape} embeddings (finite: {np.isfinite(embeddings).all()}) "
-                             "for 2 waveforms")
-    return {"signature": "embed", "rows": 2, "dimension": int(embeddings.shape[1]),
-            "num_segments": out["num_segments"].numpy().tolist()}
+        raise SmokeTestError(
+            f"embed gave {embeddings.shape} embeddings (finite: {np.isfinite(embeddings).all()}) for 2 waveforms"
+        )
+    return {
+        "signature": "embed",
+        "rows": 2,
+        "dimension": int(embeddings.shape[1]),
+        "num_segments": out["num_segments"].numpy().tolist(),
+    }
 
 
 SMOKE_TESTS = {"ctc": smoke_test_transcriber, "speaker": smoke_test_embedder}
@@ -125,9 +137,9 @@ class Registry:
 
         self.tracking_uri = tracking_uri
         if tracking_uri.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(tracking_uri[len("sqlite:///"):]) or ".", exist_ok=True)
+            os.makedirs(os.path.dirname(tracking_uri[len("sqlite:///") :]) or ".", exist_ok=True)
             if artifact_root is None:
-                artifact_root = os.path.join(os.path.dirname(tracking_uri[len("sqlite:///"):]), "artifacts")
+                artifact_root = os.path.join(os.path.dirname(tracking_uri[len("sqlite:///") :]), "artifacts")
         self.artifact_root = artifact_root
         self._mlflow = mlflow
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -144,14 +156,23 @@ class Registry:
             location = "file://" + os.path.abspath(self.artifact_root)
         return self.client.create_experiment(EXPERIMENT, artifact_location=location)
 
-    def register(self, name: str, model_dir: str, metrics: Dict[str, float], tags: Dict[str, str],
-                 params: Optional[Dict[str, object]] = None, files: Optional[Dict[str, str]] = None) -> Registered:
+    def register(
+        self,
+        name: str,
+        model_dir: str,
+        metrics: Dict[str, float],
+        tags: Dict[str, str],
+        params: Optional[Dict[str, object]] = None,
+        files: Optional[Dict[str, str]] = None,
+    ) -> Registered:
         """Logs an MLflow run holding the SavedModel (+ `files`: {artifact path: file}) and
         registers it as a new version of `name`, with the tags on both run and version. The
         model folder and the files are local paths or URIs."""
         from mlflow.exceptions import MlflowException
 
-        run = self.client.create_run(self._experiment_id(), tags={**tags, "mlflow.runName": tags.get("pipeline_run_id", name)})
+        run = self.client.create_run(
+            self._experiment_id(), tags={**tags, "mlflow.runName": tags.get("pipeline_run_id", name)}
+        )
         run_id = run.info.run_id
         try:
             for key, value in sorted(metrics.items()):
@@ -162,8 +183,11 @@ class Registry:
             # MLflow's log_artifact(s) read local files only: a model or file on object storage is
             # staged in a temporary folder (a model is a few MB).
             with tempfile.TemporaryDirectory() as staging:
-                local_model = (storage.copy_tree_to_local(model_dir, os.path.join(staging, "model"))
-                               if storage.is_uri(model_dir) else model_dir)
+                local_model = (
+                    storage.copy_tree_to_local(model_dir, os.path.join(staging, "model"))
+                    if storage.is_uri(model_dir)
+                    else model_dir
+                )
                 self.client.log_artifacts(run_id, local_model, "model")
                 for artifact_path, path in (files or {}).items():
                     local = path
@@ -217,13 +241,26 @@ class Registry:
                 if v.run_id:
                     try:
                         metrics = dict(self.client.get_run(v.run_id).data.metrics)
-                    except Exception:  # noqa: BLE001 - the run may live elsewhere
+                    except Exception:  # the run may live elsewhere
                         metrics = {}
-                versions.append({"version": str(v.version), "aliases": list(getattr(v, "aliases", []) or []),
-                                 "tags": dict(v.tags), "metrics": metrics, "run_id": v.run_id, "source": v.source,
-                                 "created": v.creation_timestamp})
-            out.append({"name": model.name, "versions": versions,
-                        "aliases": {k: str(v) for k, v in (getattr(model, "aliases", {}) or {}).items()}})
+                versions.append(
+                    {
+                        "version": str(v.version),
+                        "aliases": list(getattr(v, "aliases", []) or []),
+                        "tags": dict(v.tags),
+                        "metrics": metrics,
+                        "run_id": v.run_id,
+                        "source": v.source,
+                        "created": v.creation_timestamp,
+                    }
+                )
+            out.append(
+                {
+                    "name": model.name,
+                    "versions": versions,
+                    "aliases": {k: str(v) for k, v in (getattr(model, "aliases", {}) or {}).items()},
+                }
+            )
         return out
 
 
@@ -233,12 +270,16 @@ def format_listing(models: List[Dict[str, object]]) -> str:
         return "no registered models"
     lines = []
     for model in models:
-        lines.append(f"{model['name']}  aliases: " + (", ".join(f"{k}=v{v}" for k, v in sorted(model["aliases"].items())) or "-"))
+        lines.append(
+            f"{model['name']}  aliases: " + (", ".join(f"{k}=v{v}" for k, v in sorted(model["aliases"].items())) or "-")
+        )
         for v in model["versions"]:
             metrics = ", ".join(f"{k}={val:.4f}" for k, val in sorted(v["metrics"].items()))
             tags = v["tags"]
             aliases = f" [{', '.join(v['aliases'])}]" if v["aliases"] else ""
-            lines.append(f"  v{v['version']}{aliases}  {metrics or 'no metrics'}  spans={tags.get('data_spans', '?')}"
-                         f"  run={tags.get('pipeline_run_id', '?')}  commit={tags.get('git_commit', '?')[:12]}"
-                         f"  smoke_test={tags.get('smoke_test', '?')}")
+            lines.append(
+                f"  v{v['version']}{aliases}  {metrics or 'no metrics'}  spans={tags.get('data_spans', '?')}"
+                f"  run={tags.get('pipeline_run_id', '?')}  commit={tags.get('git_commit', '?')[:12]}"
+                f"  smoke_test={tags.get('smoke_test', '?')}"
+            )
     return "\n".join(lines)

@@ -12,6 +12,7 @@ Why one module of this size: `collect` and `write` share the report's one schema
 what `write` renders), and every section is a short function over it; the plots are matplotlib
 one-liners next to the section that shows them.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence
 
+from speechpipe.filenames import SPLIT_PREFIX, split_of
 from speechpipe.io import storage
 
 _STATES = {0: "unknown", 1: "new", 2: "running", 3: "complete", 4: "failed", 5: "cached", 6: "canceled"}
@@ -28,7 +30,7 @@ def _read_json(path: str) -> Optional[dict]:
     """A component's JSON file (local or URI), or None when it is missing or unreadable."""
     try:
         return storage.read_json(path)
-    except Exception:  # noqa: BLE001 - gfile raises tf.errors (NotFoundError, ...), not OSError
+    except Exception:  # gfile raises tf.errors (NotFoundError, ...), not OSError
         return None
 
 
@@ -69,17 +71,25 @@ def run_nodes(config, run_id: str) -> Dict[str, Dict[str, object]]:
                 node = c.name.split(".", 1)[-1]
         events = store.get_events_by_execution_ids([execution.id])
         outputs: Dict[str, List[Dict[str, object]]] = {}
-        ids = [e.artifact_id for e in events if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
+        ids = [
+            e.artifact_id
+            for e in events
+            if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+        ]
         by_id = {a.id: a for a in store.get_artifacts_by_id(ids)} if ids else {}
         for event in events:
             if event.artifact_id not in by_id:
                 continue
             key = event.path.steps[0].key if event.path.steps else "out"
             a = by_id[event.artifact_id]
-            outputs.setdefault(key, []).append({"id": a.id, "uri": a.uri, "type": types.get(a.type_id, "?"), "props": _props(a)})
+            outputs.setdefault(key, []).append(
+                {"id": a.id, "uri": a.uri, "type": types.get(a.type_id, "?"), "props": _props(a)}
+            )
         nodes[node or f"execution{execution.id}"] = {
             "state": _STATES.get(execution.last_known_state, str(execution.last_known_state)),
-            "execution_id": execution.id, "outputs": outputs}
+            "execution_id": execution.id,
+            "outputs": outputs,
+        }
     return nodes
 
 
@@ -90,8 +100,8 @@ def _statistics(uri: str) -> Dict[str, Dict[str, object]]:
         from tensorflow_metadata.proto.v0 import statistics_pb2
     except ImportError:
         return out
-    for path in storage.glob(storage.join(uri, "Split-*", "FeatureStats.pb")):
-        split = storage.basename(storage.dirname(path))[len("Split-"):]
+    for path in storage.glob(storage.join(uri, SPLIT_PREFIX + "*", "FeatureStats.pb")):
+        split = split_of(storage.basename(storage.dirname(path)))
         stats = statistics_pb2.DatasetFeatureStatisticsList()
         stats.ParseFromString(storage.read_bytes(path))
         if not stats.datasets:
@@ -122,25 +132,38 @@ def _span_nodes(nodes: Dict[str, Dict[str, object]], kind: str) -> Dict[int, Dic
     return found
 
 
-def collect(config, run_id: str, error: Optional[BaseException] = None, data_key=None,
-            fingerprints: Sequence[str] = (), wall_seconds: float = 0.0, progress: Sequence[dict] = ()) -> Dict[str, object]:
+def collect(
+    config,
+    run_id: str,
+    error: Optional[BaseException] = None,
+    data_key=None,
+    fingerprints: Sequence[str] = (),
+    wall_seconds: float = 0.0,
+    progress: Sequence[dict] = (),
+) -> Dict[str, object]:
     """Everything the report and the CLI print, for one run. `data_key`: the branches' data keys
     ({branch: key}); `progress`: what happened to each node as the run went (local_dag's outcomes,
     including the nodes skipped after a failure, which ML Metadata never sees)."""
     try:
         nodes = run_nodes(config, run_id)
-    except Exception as e:  # noqa: BLE001 - a report must come out even when MLMD is unreadable
+    except Exception as e:  # a report must come out even when MLMD is unreadable
         nodes = {"_error": {"state": "unknown", "outputs": {}, "error": str(e)}}
     keys = data_key if isinstance(data_key, dict) else ({"ctc": data_key} if data_key else {})
     summary: Dict[str, object] = {
-        "run_id": run_id, "status": "failed" if error else "succeeded",
+        "run_id": run_id,
+        "status": "failed" if error else "succeeded",
         "error": (f"{type(error).__name__}: {error}" if error else None),
-        "home": config.home_abs, "spans": list(config.all_spans), "fingerprints": list(fingerprints),
+        "home": config.home_abs,
+        "spans": list(config.all_spans),
+        "fingerprints": list(fingerprints),
         "branches": list(config.branches),
         "branch_spans": {b: list(config.span_numbers(b)) for b in config.branches},
-        "data_key": keys.get("ctc", ""), "data_keys": keys, "wall_seconds": round(wall_seconds, 1),
+        "data_key": keys.get("ctc", ""),
+        "data_keys": keys,
+        "wall_seconds": round(wall_seconds, 1),
         "tracking_uri": config.registry_uri,
-        "nodes": {n: {"state": v["state"]} for n, v in nodes.items()}, "progress": list(progress),
+        "nodes": {n: {"state": v["state"]} for n, v in nodes.items()},
+        "progress": list(progress),
     }
     # Resolvers are not components: they query ML Metadata on every run and are never cached.
     executed = [n for n, v in nodes.items() if v["state"] == "complete" and not n.endswith("Resolver")]
@@ -151,18 +174,33 @@ def collect(config, run_id: str, error: Optional[BaseException] = None, data_key
     for span, info in sorted(_span_nodes(nodes, "FeatureGen").items()):
         for a in info["outputs"].get("examples", []):
             p = a["props"]
-            spans.append({"span": p.get("span", span), "examples_id": a["id"], "uri": a["uri"],
-                          "input": p.get("input_path"), "good": json.loads(p.get("good") or "{}"),
-                          "dead_letter": json.loads(p.get("dead_letter") or "{}"), "audio_hours": p.get("audio_hours")})
+            spans.append(
+                {
+                    "span": p.get("span", span),
+                    "examples_id": a["id"],
+                    "uri": a["uri"],
+                    "input": p.get("input_path"),
+                    "good": json.loads(p.get("good") or "{}"),
+                    "dead_letter": json.loads(p.get("dead_letter") or "{}"),
+                    "audio_hours": p.get("audio_hours"),
+                }
+            )
     summary["data"] = sorted(spans, key=lambda s: s["span"] if s["span"] is not None else -1)
-    summary["statistics"] = {str(span): _statistics(a["uri"])
-                             for span, info in _span_nodes(nodes, "StatisticsGen").items()
-                             for a in info["outputs"].get("statistics", [])}
-    summary["validation"] = {str(span): _read_json(storage.join(a["uri"], "validation.json"))
-                             for span, info in _span_nodes(nodes, "ValidationGate").items()
-                             for a in info["outputs"].get("result", [])}
-    failed_gates = {p["node"]: p.get("error", "") for p in progress
-                    if p.get("how") == "failed" and "ValidationGate_span" in p["node"]}
+    summary["statistics"] = {
+        str(span): _statistics(a["uri"])
+        for span, info in _span_nodes(nodes, "StatisticsGen").items()
+        for a in info["outputs"].get("statistics", [])
+    }
+    summary["validation"] = {
+        str(span): _read_json(storage.join(a["uri"], "validation.json"))
+        for span, info in _span_nodes(nodes, "ValidationGate").items()
+        for a in info["outputs"].get("result", [])
+    }
+    failed_gates = {
+        p["node"]: p.get("error", "")
+        for p in progress
+        if p.get("how") == "failed" and "ValidationGate_span" in p["node"]
+    }
     if failed_gates:
         summary["gate"] = "; ".join(failed_gates.values())
     if config.include_ctc:
@@ -213,52 +251,72 @@ def _branch_outcome(summary: Dict[str, object], pusher: str, push: Optional[dict
     if entry is None and summary["status"] == "failed":
         return f"failed: {summary['error']}"  # the run stopped before its nodes ran
     if entry is not None and entry.get("how") in ("skipped", "failed"):
-        culprit = entry["why"][:-len(" failed")] if entry.get("how") == "skipped" else pusher
+        culprit = entry["why"][: -len(" failed")] if entry.get("how") == "skipped" else pusher
         error = progress.get(culprit, {}).get("error", "")
         if "ValidationGate_span" in culprit:
             return f"stopped at the validation gate ({culprit}), nothing trained or pushed: {error}"
         return f"failed at {culprit}: {error}"
     state = summary["nodes"].get(pusher, {}).get("state")
     if push and state == "cached":
-        return (f"nothing new, nothing pushed: the model and its blessing are unchanged and the pusher came from "
-                f"the ML Metadata cache (its result in run {push.get('pipeline_run_id')}: {push.get('why', '')})")
+        return (
+            f"nothing new, nothing pushed: the model and its blessing are unchanged and the pusher came from "
+            f"the ML Metadata cache (its result in run {push.get('pipeline_run_id')}: {push.get('why', '')})"
+        )
     if push:
         return push.get("why", "")
     return "no push recorded"
 
 
 def summary_lines(summary: Dict[str, object]) -> List[str]:
-    lines = [f"[run] {summary['run_id']}: {summary['status']} in {summary['wall_seconds']:.0f} s; "
-             f"{len(summary['executed'])} node(s) executed, {len(summary['cached'])} from the cache"]
+    lines = [
+        f"[run] {summary['run_id']}: {summary['status']} in {summary['wall_seconds']:.0f} s; "
+        f"{len(summary['executed'])} node(s) executed, {len(summary['cached'])} from the cache"
+    ]
     for s in summary.get("data", []):
-        lines.append(f"[run]   span {s['span']}: good {s['good']}, dead-lettered {s['dead_letter'].get('total', 0)} "
-                     f"{s['dead_letter'].get('by_reason', {})}")
+        lines.append(
+            f"[run]   span {s['span']}: good {s['good']}, dead-lettered {s['dead_letter'].get('total', 0)} "
+            f"{s['dead_letter'].get('by_reason', {})}"
+        )
     training = summary.get("training") or {}
     if training:
         warm = (summary.get("warm_start") or {}).get("reason", "")
-        lines.append(f"[run]   CTC: {training.get('epochs')} epochs in {training.get('train_minutes')} min, best validation "
-                     f"PER {training.get('best_val_per', float('nan')):.4f} ({warm})")
+        lines.append(
+            f"[run]   CTC: {training.get('epochs')} epochs in {training.get('train_minutes')} min, best validation "
+            f"PER {training.get('best_val_per', float('nan')):.4f} ({warm})"
+        )
     evaluation = summary.get("evaluation") or {}
     if evaluation:
         champ = evaluation.get("champion")
-        lines.append(f"[run]   test PER {evaluation['candidate']['per']:.4f}"
-                     + (f" vs champion (model {champ['model_id']}) {champ['per']:.4f}" if champ else " (no champion yet)"))
+        lines.append(
+            f"[run]   test PER {evaluation['candidate']['per']:.4f}"
+            + (f" vs champion (model {champ['model_id']}) {champ['per']:.4f}" if champ else " (no champion yet)")
+        )
     lines.append(f"[run]   outcome: {summary['outcome']}")
     speaker = summary.get("speaker") or {}
     s_train, s_eval = speaker.get("training") or {}, speaker.get("evaluation") or {}
     if s_train:
-        lines.append(f"[run]   speaker embedder: {s_train.get('steps')} steps in {s_train.get('train_seconds', 0) / 60:.1f} min, "
-                     f"best validation EER {100 * s_train.get('best_val_eer', float('nan')):.2f} % "
-                     f"({(s_train.get('warm_start') or {}).get('reason', '')})")
+        lines.append(
+            f"[run]   speaker embedder: {s_train.get('steps')} steps in {s_train.get('train_seconds', 0) / 60:.1f} min, "
+            f"best validation EER {100 * s_train.get('best_val_eer', float('nan')):.2f} % "
+            f"({(s_train.get('warm_start') or {}).get('reason', '')})"
+        )
     if s_eval:
         c, champ = s_eval["candidate"], s_eval.get("champion")
-        lines.append(f"[run]   test EER {100 * c['eer']:.2f} %, minDCF {c['min_dcf']:.3f}, MR {c['mr']:.3f} "
-                     f"({c['speakers']} unseen speakers)"
-                     + (f" vs champion (model {champ['model_id']}) EER {100 * champ['eer']:.2f} %" if champ else " (no champion yet)"))
+        lines.append(
+            f"[run]   test EER {100 * c['eer']:.2f} %, minDCF {c['min_dcf']:.3f}, MR {c['mr']:.3f} "
+            f"({c['speakers']} unseen speakers)"
+            + (
+                f" vs champion (model {champ['model_id']}) EER {100 * champ['eer']:.2f} %"
+                if champ
+                else " (no champion yet)"
+            )
+        )
     operating = (s_eval or {}).get("operating_point") or {}
     if operating.get("threshold") is not None:
-        lines.append(f"[run]   decision threshold {operating['threshold']:.4f} ({operating['source']}): on the test "
-                     f"speakers FAR {100 * operating['test_far']:.2f} %, FRR {100 * operating['test_frr']:.2f} %")
+        lines.append(
+            f"[run]   decision threshold {operating['threshold']:.4f} ({operating['source']}): on the test "
+            f"speakers FAR {100 * operating['test_far']:.2f} %, FRR {100 * operating['test_frr']:.2f} %"
+        )
     if speaker:
         lines.append(f"[run]   speaker outcome: {speaker.get('outcome')}")
     if summary.get("report"):
@@ -267,6 +325,7 @@ def summary_lines(summary: Dict[str, object]) -> List[str]:
 
 
 # ------------------------------------------------------------------------------- writing
+
 
 def _plots(summary: Dict[str, object], folder: str) -> Dict[str, str]:
     out: Dict[str, str] = {}
@@ -316,36 +375,53 @@ def _speaker_markdown(speaker: Optional[Dict[str, object]], folder: str) -> List
         return md + ["Not part of this run (`--branches ctc`): no EER, DET curve or projection.", ""]
     training = speaker.get("training") or {}
     if training:
-        md += [f"{training.get('steps')} steps ({training.get('segments_seen')} segments) in "
-               f"{training.get('train_seconds', 0) / 60:.1f} min; best validation EER "
-               f"{100 * training.get('best_val_eer', float('nan')):.2f} % at step {training.get('best_step')}; "
-               f"clustering threshold {training.get('cluster_threshold')}. Warm start: "
-               f"{(training.get('warm_start') or {}).get('reason', '-')}. Inputs: {training.get('inputs')}", ""]
+        md += [
+            f"{training.get('steps')} steps ({training.get('segments_seen')} segments) in "
+            f"{training.get('train_seconds', 0) / 60:.1f} min; best validation EER "
+            f"{100 * training.get('best_val_eer', float('nan')):.2f} % at step {training.get('best_step')}; "
+            f"clustering threshold {training.get('cluster_threshold')}. Warm start: "
+            f"{(training.get('warm_start') or {}).get('reason', '-')}. Inputs: {training.get('inputs')}",
+            "",
+        ]
         history = training.get("history") or []
         if history:
-            md += ["| step | minutes | training loss | validation EER | validation minDCF |", "| --- | --- | --- | --- | --- |"]
-            md += [f"| {h['step']} | {h['seconds'] / 60:.1f} | {h['loss']:.4f} | {100 * h['val_eer']:.2f} % | "
-                   f"{h['val_min_dcf']:.3f} |" for h in history]
+            md += [
+                "| step | minutes | training loss | validation EER | validation minDCF |",
+                "| --- | --- | --- | --- | --- |",
+            ]
+            md += [
+                f"| {h['step']} | {h['seconds'] / 60:.1f} | {h['loss']:.4f} | {100 * h['val_eer']:.2f} % | "
+                f"{h['val_min_dcf']:.3f} |"
+                for h in history
+            ]
             md.append("")
     evaluation = speaker.get("evaluation") or {}
     if evaluation:
-        md += [f"Test speakers never seen in training: span {evaluation['test_examples']['span']}'s test split, trial list "
-               f"{evaluation.get('trial_list', 'built from the test split')} (`{evaluation['trials']}`).", "",
-               "| model | ML Metadata id | EER | minDCF | MR (k given) | ARI (k given) | MR (threshold) | clusters | trials |",
-               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        md += [
+            f"Test speakers never seen in training: span {evaluation['test_examples']['span']}'s test split, trial list "
+            f"{evaluation.get('trial_list', 'built from the test split')} (`{evaluation['trials']}`).",
+            "",
+            "| model | ML Metadata id | EER | minDCF | MR (k given) | ARI (k given) | MR (threshold) | clusters | trials |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for name in ("candidate", "champion"):
             m = evaluation.get(name)
             if m:
-                md.append(f"| {name} | {m['model_id']} | {100 * m['eer']:.2f} % | {m['min_dcf']:.3f} | {m['mr']:.3f} | "
-                          f"{m['ari']:.3f} | {m['mr_threshold']:.3f} | {m['clusters_threshold']} / {m['speakers']} | {m['trials']} |")
+                md.append(
+                    f"| {name} | {m['model_id']} | {100 * m['eer']:.2f} % | {m['min_dcf']:.3f} | {m['mr']:.3f} | "
+                    f"{m['ari']:.3f} | {m['mr_threshold']:.3f} | {m['clusters_threshold']} / {m['speakers']} | {m['trials']} |"
+                )
         md += ["", f"**Blessed:** {evaluation['blessed']} - {evaluation['why']}", ""]
         operating = evaluation.get("operating_point") or {}
         if operating.get("threshold") is not None:
-            md += [f"**Decision threshold shipped with the model:** {operating['threshold']:.4f}, {operating['source']}. "
-                   f"What a user gets on the test speakers: false accepts {100 * operating['test_far']:.2f} %, false "
-                   f"rejects {100 * operating['test_frr']:.2f} % (at the validation EER threshold "
-                   f"{operating['eer_threshold']:.4f}: {100 * operating['test_far_at_eer_threshold']:.2f} % / "
-                   f"{100 * operating['test_frr_at_eer_threshold']:.2f} %).", ""]
+            md += [
+                f"**Decision threshold shipped with the model:** {operating['threshold']:.4f}, {operating['source']}. "
+                f"What a user gets on the test speakers: false accepts {100 * operating['test_far']:.2f} %, false "
+                f"rejects {100 * operating['test_frr']:.2f} % (at the validation EER threshold "
+                f"{operating['eer_threshold']:.4f}: {100 * operating['test_far_at_eer_threshold']:.2f} % / "
+                f"{100 * operating['test_frr_at_eer_threshold']:.2f} %).",
+                "",
+            ]
         elif operating.get("why"):
             md += [f"**Decision threshold:** {operating['why']}", ""]
         source = speaker.get("blessing_uri") or ""
@@ -366,56 +442,93 @@ def write(config, summary: Dict[str, object]) -> str:
     folder = os.path.join(config.reports_dir, summary["run_id"])
     os.makedirs(folder, exist_ok=True)
     plots = _plots(summary, folder)
-    md: List[str] = [f"# speechpipe run {summary['run_id']}", "",
-                     f"**Status:** {summary['status']} in {summary['wall_seconds']:.0f} s  ",
-                     f"**CTC outcome:** {summary['outcome']}  "]
+    md: List[str] = [
+        f"# speechpipe run {summary['run_id']}",
+        "",
+        f"**Status:** {summary['status']} in {summary['wall_seconds']:.0f} s  ",
+        f"**CTC outcome:** {summary['outcome']}  ",
+    ]
     if summary.get("speaker"):
         md.append(f"**Speaker outcome:** {summary['speaker'].get('outcome')}  ")
     spans = summary.get("branch_spans") or {}
-    md += [f"**Branches:** " + ", ".join(f"{b} on span(s) {', '.join(str(s) for s in spans.get(b, []))}"
-                                         for b in summary.get("branches", [])) + "  ",
-           f"**Home:** `{summary['home']}`  ", f"**Registry:** `{summary['tracking_uri']}`  ",
-           f"**Data keys:** `{json.dumps(summary.get('data_keys') or {}, sort_keys=True)}`", ""]
+    md += [
+        "**Branches:** "
+        + ", ".join(
+            f"{b} on span(s) {', '.join(str(s) for s in spans.get(b, []))}" for b in summary.get("branches", [])
+        )
+        + "  ",
+        f"**Home:** `{summary['home']}`  ",
+        f"**Registry:** `{summary['tracking_uri']}`  ",
+        f"**Data keys:** `{json.dumps(summary.get('data_keys') or {}, sort_keys=True)}`",
+        "",
+    ]
     if summary.get("error"):
         md += ["## Error", "", "```", str(summary["error"])[:4000], "```", ""]
     md += ["## Nodes", "", "| node | state |", "| --- | --- |"]
     md += [f"| {n} | {v['state']} |" for n, v in summary["nodes"].items()]
     md += [f"| {n} | skipped: {why} |" for n, why in (summary.get("skipped") or {}).items()]
-    md += ["", "## Data", "", "| span | input | train | validation | test | dead-lettered | reasons | hours |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    md += [
+        "",
+        "## Data",
+        "",
+        "| span | input | train | validation | test | dead-lettered | reasons | hours |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for s in summary.get("data", []):
         g = s["good"]
-        md.append(f"| {s['span']} | `{s['input']}` | {g.get('train', 0)} | {g.get('validation', 0)} | {g.get('test', 0)} | "
-                  f"{s['dead_letter'].get('total', 0)} | {s['dead_letter'].get('by_reason', {})} | "
-                  f"{(s.get('audio_hours') or 0):.3f} |")
+        md.append(
+            f"| {s['span']} | `{s['input']}` | {g.get('train', 0)} | {g.get('validation', 0)} | {g.get('test', 0)} | "
+            f"{s['dead_letter'].get('total', 0)} | {s['dead_letter'].get('by_reason', {})} | "
+            f"{(s.get('audio_hours') or 0):.3f} |"
+        )
     if summary.get("statistics"):
-        md += ["", "### Statistics (StatisticsGen)", "", "| span | split | examples | mean frames | max frames | mean seconds |",
-               "| --- | --- | --- | --- | --- | --- |"]
+        md += [
+            "",
+            "### Statistics (StatisticsGen)",
+            "",
+            "| span | split | examples | mean frames | max frames | mean seconds |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for span, splits in sorted(summary["statistics"].items()):
             for split, e in splits.items():
-                md.append(f"| {span} | {split} | {e.get('examples')} | {e.get('num_frames_mean', '')} | "
-                          f"{e.get('num_frames_max', '')} | {e.get('duration_mean', '')} |")
+                md.append(
+                    f"| {span} | {split} | {e.get('examples')} | {e.get('num_frames_mean', '')} | "
+                    f"{e.get('num_frames_max', '')} | {e.get('duration_mean', '')} |"
+                )
     md += ["", "## Validation gate", ""]
     if summary.get("gate"):
         md.append(f"**Stopped:** {summary['gate']}")
     for span, verdict in sorted((summary.get("validation") or {}).items()):
         if verdict:
-            md.append(f"- span {span}: {'passed' if verdict['passed'] else 'FAILED'}"
-                      + (f" ({'; '.join(verdict['reasons'])})" if verdict["reasons"] else ""))
+            md.append(
+                f"- span {span}: {'passed' if verdict['passed'] else 'FAILED'}"
+                + (f" ({'; '.join(verdict['reasons'])})" if verdict["reasons"] else "")
+            )
     training = summary.get("training")
     if training:
-        md += ["", "## CTC training", "",
-               f"{training['epochs']} epochs, {training['train_minutes']} min, best validation PER "
-               f"{training['best_val_per']:.4f} at epoch {training['best_epoch']}. Warm start: "
-               f"{(summary.get('warm_start') or {}).get('reason', '-')}. Inputs: {training.get('inputs')}", ""]
+        md += [
+            "",
+            "## CTC training",
+            "",
+            f"{training['epochs']} epochs, {training['train_minutes']} min, best validation PER "
+            f"{training['best_val_per']:.4f} at epoch {training['best_epoch']}. Warm start: "
+            f"{(summary.get('warm_start') or {}).get('reason', '-')}. Inputs: {training.get('inputs')}",
+            "",
+        ]
         if "training" in plots:
             md.append("![training curves](training.png)")
     evaluation = summary.get("evaluation")
     if evaluation:
-        md += ["", "## Evaluation (fixed test split)", "",
-               f"Test examples: span {evaluation['test_examples']['span']} (ML Metadata artifact {evaluation['test_examples']['id']}).", "",
-               "| model | ML Metadata id | test PER | utterances |", "| --- | --- | --- | --- |",
-               f"| candidate | {evaluation['candidate']['model_id']} | {evaluation['candidate']['per']:.4f} | {evaluation['candidate']['utterances']} |"]
+        md += [
+            "",
+            "## Evaluation (fixed test split)",
+            "",
+            f"Test examples: span {evaluation['test_examples']['span']} (ML Metadata artifact {evaluation['test_examples']['id']}).",
+            "",
+            "| model | ML Metadata id | test PER | utterances |",
+            "| --- | --- | --- | --- |",
+            f"| candidate | {evaluation['candidate']['model_id']} | {evaluation['candidate']['per']:.4f} | {evaluation['candidate']['utterances']} |",
+        ]
         if evaluation.get("champion"):
             c = evaluation["champion"]
             md.append(f"| champion | {c['model_id']} | {c['per']:.4f} | {c['utterances']} |")
@@ -432,8 +545,11 @@ def write(config, summary: Dict[str, object]) -> str:
     if push:
         md.append(summary["outcome"])
         if push.get("version"):
-            md += ["", f"- model `{push['model_name']}` version {push['version']} (MLflow run {push['mlflow_run_id']})",
-                   f"- tags: `{json.dumps(push.get('tags', {}), sort_keys=True)[:2000]}`"]
+            md += [
+                "",
+                f"- model `{push['model_name']}` version {push['version']} (MLflow run {push['mlflow_run_id']})",
+                f"- tags: `{json.dumps(push.get('tags', {}), sort_keys=True)[:2000]}`",
+            ]
     else:
         md.append("Nothing pushed in this run.")
     path = os.path.join(folder, "report.md")

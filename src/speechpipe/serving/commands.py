@@ -12,6 +12,7 @@ Files may be in any format and at any rate the feature job decodes; each is resa
 model's rate. A file that cannot be used is reported on stderr with its reason and the others are
 still processed; the exit status is 1 when any input failed, 2 on a usage error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,15 +28,22 @@ EMBEDDER_MODEL = "models:/speechpipe-embedder@champion"
 
 
 def _model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument("--model", default=default,
-                        help="models:/NAME@ALIAS, models:/NAME/VERSION or a SavedModel folder (default %(default)s)")
+    parser.add_argument(
+        "--model",
+        default=default,
+        help="models:/NAME@ALIAS, models:/NAME/VERSION or a SavedModel folder (default %(default)s)",
+    )
     parser.add_argument("--home", default="speechpipe_home", help="home of the embedded registry (default %(default)s)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, "
-                                                            "else SQLite under --home)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else SQLite under --home)",
+    )
 
 
 def _resolve(args: argparse.Namespace):
-    from speechpipe.serving.resolve import default_cache, resolve, tracking_uri_for
+    from speechpipe.results.resolve import default_cache, resolve
+    from speechpipe.results.tracking import tracking_uri_for
 
     return resolve(args.model, tracking_uri_for(args.tracking_uri, args.home), default_cache(args.home))
 
@@ -43,7 +51,7 @@ def _resolve(args: argparse.Namespace):
 def _load(args: argparse.Namespace):
     import tensorflow as tf
 
-    from speechpipe.serving.resolve import model_sample_rate
+    from speechpipe.results.resolve import model_sample_rate
 
     resolved = _resolve(args)
     return resolved, tf.saved_model.load(resolved.saved_model_dir), model_sample_rate(resolved.saved_model_dir)
@@ -69,11 +77,11 @@ def decode_files(paths: Sequence[str], rate: int) -> Tuple[List[Tuple[str, np.nd
 def _call(model, signature: str, waveforms: List[np.ndarray], batch_size: int = 16) -> Dict[str, np.ndarray]:
     import tensorflow as tf
 
-    from speechpipe.serving.batching import pad_waveforms as batch
+    from speechpipe.audio.batching import pad_waveforms as batch
 
     parts: Dict[str, List[np.ndarray]] = {}
     for start in range(0, len(waveforms), batch_size):
-        padded, lengths = batch(waveforms[start:start + batch_size])
+        padded, lengths = batch(waveforms[start : start + batch_size])
         out = model.signatures[signature](waveforms=tf.constant(padded), lengths=tf.constant(lengths))
         for key, value in out.items():
             parts.setdefault(key, []).append(value.numpy())
@@ -88,13 +96,14 @@ def _report_failures(bad: List[Dict[str, str]]) -> int:
 
 def _corpus_job(args: argparse.Namespace, kind: str) -> Tuple[Dict[str, object], object]:
     from speechpipe.audio.sources import make_spec
-    from speechpipe.pipeline import inference_job
-    from speechpipe.serving.resolve import model_sample_rate
+    from speechpipe.jobs import inference_job
+    from speechpipe.results.resolve import model_sample_rate
 
     resolved = _resolve(args)
     spec = make_spec(args.input)
-    summary = inference_job.run_job(spec, resolved.saved_model_dir, kind, model_sample_rate(resolved.saved_model_dir),
-                                    args.out, args.beam_args)
+    summary = inference_job.run_job(
+        spec, resolved.saved_model_dir, kind, model_sample_rate(resolved.saved_model_dir), args.out, args.beam_args
+    )
     for line in inference_job.read_lines(args.out, inference_job.DEAD_LETTER_PREFIX):
         print(f"speechpipe: {line['source']}: {line['reason']}: {line['detail']}", file=sys.stderr)
     return summary, resolved
@@ -102,13 +111,16 @@ def _corpus_job(args: argparse.Namespace, kind: str) -> Tuple[Dict[str, object],
 
 # ------------------------------------------------------------------------------ transcribe
 
+
 def transcribe(args: argparse.Namespace) -> int:
     if args.input:
         if not args.out:
             raise ValueError("--input needs --out DIR")
         summary, resolved = _corpus_job(args, "ctc")
-        print(f"transcribed {summary['results']} of {summary['inputs']} utterances with {resolved.describe()}: "
-              f"{args.out}/results-*.jsonl ({summary['dead_letter']['total']} dead-lettered)")
+        print(
+            f"transcribed {summary['results']} of {summary['inputs']} utterances with {resolved.describe()}: "
+            f"{args.out}/results-*.jsonl ({summary['dead_letter']['total']} dead-lettered)"
+        )
         return 1 if summary["dead_letter"]["total"] else 0
     if not args.files:
         raise ValueError("give FILE... or --input CORPUS --out DIR")
@@ -117,12 +129,17 @@ def transcribe(args: argparse.Namespace) -> int:
     if good:
         out = _call(model, "transcribe", [s for _, s in good])
         for (path, samples), phones in zip(good, out["phones"]):
-            print(json.dumps({"file": path, "phones": phones.decode("utf-8"),
-                              "seconds": round(samples.shape[0] / rate, 4)}, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {"file": path, "phones": phones.decode("utf-8"), "seconds": round(samples.shape[0] / rate, 4)},
+                    ensure_ascii=False,
+                )
+            )
     return _report_failures(bad)
 
 
 # ------------------------------------------------------------------------------ verify
+
 
 def threshold_of(resolved, override: Optional[float]) -> Tuple[Optional[float], str]:
     """(decision threshold, where it comes from): --threshold, else the version's shipped one."""
@@ -131,12 +148,14 @@ def threshold_of(resolved, override: Optional[float]) -> Tuple[Optional[float], 
     tags = resolved.tags or {}
     if tags.get("decision_threshold"):
         return float(tags["decision_threshold"]), f"{resolved.describe()}: {tags.get('decision_threshold_source', '')}"
-    return None, (f"{resolved.describe()} ships no decision threshold (a version pushed before thresholds were "
-                  "fitted, or a SavedModel folder): give --threshold")
+    return None, (
+        f"{resolved.describe()} ships no decision threshold (a version pushed before thresholds were "
+        "fitted, or a SavedModel folder): give --threshold"
+    )
 
 
 def verify(args: argparse.Namespace) -> int:
-    from speechpipe.serving.resolve import model_settings
+    from speechpipe.results.resolve import model_settings
     from speechpipe.speakers.embedder import score
 
     resolved, model, rate = _load(args)
@@ -147,8 +166,9 @@ def verify(args: argparse.Namespace) -> int:
 
         trials = read_trials(args.trials, voxceleb_ids=False)
         root = args.root or os.path.dirname(os.path.abspath(args.trials))
-        paths = {t: tuple(os.path.join(root, utterance_to_path(u)) for u in (t.utterance_a, t.utterance_b))
-                 for t in trials}
+        paths = {
+            t: tuple(os.path.join(root, utterance_to_path(u)) for u in (t.utterance_a, t.utterance_b)) for t in trials
+        }
         files = sorted({p for pair in paths.values() for p in pair})
     else:
         if len(args.files) != 2:
@@ -156,8 +176,10 @@ def verify(args: argparse.Namespace) -> int:
         files = list(args.files)
         paths = {None: (args.files[0], args.files[1])}
     good, bad = decode_files(files, rate)
-    embeddings = dict(zip([p for p, _ in good], _call(model, "embed", [s for _, s in good])["embeddings"])) if good else {}
-    for trial in (paths if args.trials else [None]):
+    embeddings = (
+        dict(zip([p for p, _ in good], _call(model, "embed", [s for _, s in good])["embeddings"])) if good else {}
+    )
+    for trial in paths if args.trials else [None]:
         a, b = paths[trial]
         if a not in embeddings or b not in embeddings:
             continue
@@ -175,8 +197,9 @@ def verify(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------ embed and cluster
 
+
 def _embeddings_of_corpus(args: argparse.Namespace):
-    from speechpipe.pipeline import inference_job
+    from speechpipe.jobs import inference_job
 
     summary, resolved = _corpus_job(args, "speaker")
     lines = sorted(inference_job.read_lines(args.out, inference_job.RESULTS_PREFIX), key=lambda r: r["utterance"])
@@ -192,27 +215,40 @@ def write_embeddings(out_dir: str, lines: List[dict], embeddings: np.ndarray) ->
     with open(os.path.join(out_dir, "utterances.jsonl"), "w", encoding="utf-8") as f:
         f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
     speakers = sorted({line["speaker"] for line in lines})
-    means = np.stack([embeddings[[i for i, l in enumerate(lines) if l["speaker"] == s]].mean(axis=0) for s in speakers]) \
-        if speakers else np.zeros((0, embeddings.shape[1] if embeddings.ndim == 2 else 0), np.float32)
+    means = (
+        np.stack(
+            [embeddings[[i for i, line in enumerate(lines) if line["speaker"] == s]].mean(axis=0) for s in speakers]
+        )
+        if speakers
+        else np.zeros((0, embeddings.shape[1] if embeddings.ndim == 2 else 0), np.float32)
+    )
     np.save(os.path.join(out_dir, "speaker_means.npy"), means)
     with open(os.path.join(out_dir, "speakers.jsonl"), "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"speaker": s, "utterances": sum(l["speaker"] == s for l in lines)}) + "\n"
-                     for s in speakers)
-    return {"embeddings": "embeddings.npy", "index": "utterances.jsonl", "speaker_means": "speaker_means.npy",
-            "speakers": "speakers.jsonl"}
+        f.writelines(
+            json.dumps({"speaker": s, "utterances": sum(line["speaker"] == s for line in lines)}) + "\n"
+            for s in speakers
+        )
+    return {
+        "embeddings": "embeddings.npy",
+        "index": "utterances.jsonl",
+        "speaker_means": "speaker_means.npy",
+        "speakers": "speakers.jsonl",
+    }
 
 
 def embed(args: argparse.Namespace) -> int:
     summary, resolved, lines, embeddings = _embeddings_of_corpus(args)
     write_embeddings(args.out, lines, embeddings)
-    print(f"embedded {len(lines)} of {summary['inputs']} utterances with {resolved.describe()}: "
-          f"{args.out}/embeddings.npy ({embeddings.shape[0]} x {embeddings.shape[1] if embeddings.ndim == 2 else 0}), "
-          f"utterances.jsonl, speaker_means.npy ({summary['dead_letter']['total']} dead-lettered)")
+    print(
+        f"embedded {len(lines)} of {summary['inputs']} utterances with {resolved.describe()}: "
+        f"{args.out}/embeddings.npy ({embeddings.shape[0]} x {embeddings.shape[1] if embeddings.ndim == 2 else 0}), "
+        f"utterances.jsonl, speaker_means.npy ({summary['dead_letter']['total']} dead-lettered)"
+    )
     return 1 if summary["dead_letter"]["total"] else 0
 
 
 def cluster(args: argparse.Namespace) -> int:
-    from speechpipe.serving.resolve import model_settings
+    from speechpipe.results.resolve import model_settings
     from speechpipe.speakers import speaker_eval
     from speechpipe.speakers.embedder import EmbedderConfig, clustering_distances, with_legacy_settings
 
@@ -223,8 +259,11 @@ def cluster(args: argparse.Namespace) -> int:
     if args.num_speakers is None and threshold is None:
         raise ValueError(f"{resolved.describe()} ships no clustering threshold: give --num-speakers")
     tree = speaker_eval.linkage_tree(clustering_distances(embeddings, config), config.linkage)
-    found = speaker_eval.cut(tree, n_clusters=args.num_speakers) if args.num_speakers else \
-        speaker_eval.cut(tree, threshold=float(threshold))
+    found = (
+        speaker_eval.cut(tree, n_clusters=args.num_speakers)
+        if args.num_speakers
+        else speaker_eval.cut(tree, threshold=float(threshold))
+    )
     with open(args.table, "w", encoding="utf-8") as f:
         f.write("file\tutterance\tcluster\n")
         f.writelines(f"{line['file']}\t{line['utterance']}\t{int(c)}\n" for line, c in zip(lines, found))
@@ -233,12 +272,15 @@ def cluster(args: argparse.Namespace) -> int:
     how = f"{args.num_speakers} given" if args.num_speakers else f"the model's threshold {float(threshold):.4f}"
     message = f"{len(set(found.tolist()))} clusters among {len(lines)} recordings ({how}): {args.table}"
     if len(known) == len(speakers) and len(set(known)) > 1:
-        message += f"; against the corpus's speaker labels MR {speaker_eval.misclassification_rate(speakers, found):.3f}"
+        message += (
+            f"; against the corpus's speaker labels MR {speaker_eval.misclassification_rate(speakers, found):.3f}"
+        )
     print(message)
     return 1 if summary["dead_letter"]["total"] else 0
 
 
 # ------------------------------------------------------------------------------ parser
+
 
 def add_commands(commands) -> None:
     """Adds the four commands to the `speechpipe` parser's subcommands."""
@@ -267,8 +309,9 @@ def add_commands(commands) -> None:
     c.add_argument("--input", required=True, help="a corpus (VoxCeleb folder, manifest, Kaldi dir)")
     c.add_argument("--out", required=True, help="the working folder (embeddings)")
     c.add_argument("--table", default=None, help="the file -> cluster table (default OUT/clusters.tsv)")
-    c.add_argument("--num-speakers", type=int, default=None, help="cut at this many clusters (default: the "
-                                                                  "model's threshold)")
+    c.add_argument(
+        "--num-speakers", type=int, default=None, help="cut at this many clusters (default: the model's threshold)"
+    )
     _model_arguments(c, EMBEDDER_MODEL)
     c.set_defaults(handler=cluster, beam_args=[])
 

@@ -25,6 +25,7 @@ At VoxCeleb2 scale the table (every frame, float32) does not fit in memory; `sav
 a .npy that `load(mmap=True)` maps from disk, and the same dataset code gathers from the map
 (`max_frames` keeps only a centred crop of long utterances to shrink it further).
 """
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,9 @@ class SegmentTable:
         return isinstance(self.frames, np.memmap)
 
     @classmethod
-    def from_arrays(cls, items: Iterable[Tuple[str, np.ndarray]], dtype=np.float32,
-                    max_frames: Optional[int] = None) -> "SegmentTable":
+    def from_arrays(
+        cls, items: Iterable[Tuple[str, np.ndarray]], dtype=np.float32, max_frames: Optional[int] = None
+    ) -> "SegmentTable":
         """From (utterance, [frames, bins] array) pairs. `max_frames` keeps a centred crop."""
         names: List[str] = []
         arrays: List[np.ndarray] = []
@@ -85,7 +87,7 @@ class SegmentTable:
                 raise ValueError(f"{name}: features must be [frames, bins], got shape {array.shape}")
             if max_frames is not None and array.shape[0] > max_frames:
                 start = (array.shape[0] - max_frames) // 2
-                array = array[start:start + max_frames]
+                array = array[start : start + max_frames]
             names.append(name)
             arrays.append(array.astype(dtype, copy=False))
         if not arrays:
@@ -98,8 +100,9 @@ class SegmentTable:
         return cls(tuple(names), starts, lengths, np.concatenate(arrays, axis=0))
 
     @classmethod
-    def from_feature_records(cls, features_dir: str, splits: Sequence[str], dtype=np.float32,
-                             max_frames: Optional[int] = None) -> "SegmentTable":
+    def from_feature_records(
+        cls, features_dir: str, splits: Sequence[str], dtype=np.float32, max_frames: Optional[int] = None
+    ) -> "SegmentTable":
         """From the feature job's Split-<split>/data_tfrecord-* shards, or the shards an
         ExamplesUnion's split manifest lists (both found by speechpipe.io.records.shard_paths),
         decoded by speechpipe.io.records (so the table follows that module's record format)."""
@@ -109,7 +112,9 @@ class SegmentTable:
             raise FileNotFoundError(f"no feature records for {', '.join(splits)} under {features_dir}")
         return cls.from_arrays(
             ((u.utterance, u.features) for split in splits for u in records.read_split(features_dir, split)),
-            dtype=dtype, max_frames=max_frames)
+            dtype=dtype,
+            max_frames=max_frames,
+        )
 
     def save(self, folder: str) -> None:
         """frames.npy (memory-mappable), index.npz and utterances.json."""
@@ -129,7 +134,7 @@ class SegmentTable:
 
     def features(self, utterance: str) -> np.ndarray:
         k = self.row(utterance)
-        return np.asarray(self.frames[self.starts[k]:self.starts[k] + self.lengths[k]])
+        return np.asarray(self.frames[self.starts[k] : self.starts[k] + self.lengths[k]])
 
     def row(self, utterance: str) -> int:
         try:
@@ -162,7 +167,7 @@ def utterance_windows(features: np.ndarray, segment_frames: int = SEGMENT_FRAMES
     starts = list(range(0, frames - segment_frames + 1, hop))
     if starts[-1] != frames - segment_frames:
         starts.append(frames - segment_frames)
-    return np.stack([features[s:s + segment_frames] for s in starts])
+    return np.stack([features[s : s + segment_frames] for s in starts])
 
 
 @dataclass
@@ -179,8 +184,9 @@ class PairReferences:
         return int(self.labels.shape[0])
 
     @classmethod
-    def read(cls, files: Sequence[str], table: SegmentTable,
-             segment_frames: int = SEGMENT_FRAMES, chunk: int = 65536) -> "PairReferences":
+    def read(
+        cls, files: Sequence[str], table: SegmentTable, segment_frames: int = SEGMENT_FRAMES, chunk: int = 65536
+    ) -> "PairReferences":
         """Reads the pair job's GZIP TFRecords and resolves their utterances in `table`.
 
         A reference to an utterance the table lacks, or to one shorter than a segment, raises
@@ -198,11 +204,19 @@ class PairReferences:
 
         def parse(records):
             parsed = tf.io.parse_example(records, spec)
-            return (lookup.lookup(parsed[UTTERANCE_A_KEY]), lookup.lookup(parsed[UTTERANCE_B_KEY]),
-                    parsed[LABEL_KEY], parsed[UTTERANCE_A_KEY], parsed[UTTERANCE_B_KEY])
+            return (
+                lookup.lookup(parsed[UTTERANCE_A_KEY]),
+                lookup.lookup(parsed[UTTERANCE_B_KEY]),
+                parsed[LABEL_KEY],
+                parsed[UTTERANCE_A_KEY],
+                parsed[UTTERANCE_B_KEY],
+            )
 
-        dataset = (tf.data.TFRecordDataset(list(files), compression_type="GZIP", buffer_size=4 << 20)
-                   .batch(chunk).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+        dataset = (
+            tf.data.TFRecordDataset(list(files), compression_type="GZIP", buffer_size=4 << 20)
+            .batch(chunk)
+            .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        )
         rows_a, rows_b, labels = [], [], []
         for a, b, label, names_a, names_b in dataset.as_numpy_iterator():
             for rows, names in ((a, names_a), (b, names_b)):
@@ -228,7 +242,8 @@ def _lookup_table(table: SegmentTable):
 
     return tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(
-            tf.constant(table.utterances), tf.range(len(table.utterances), dtype=tf.int64)),
+            tf.constant(table.utterances), tf.range(len(table.utterances), dtype=tf.int64)
+        ),
         default_value=-1,
     )
 
@@ -288,7 +303,8 @@ def pair_dataset(
     def resolve(epoch_number, positions):
         if training:
             index = tf.random.experimental.index_shuffle(
-                positions, tf.stack([tf.constant(seed, tf.int64), epoch_number]), tf.constant(n - 1, tf.int64))
+                positions, tf.stack([tf.constant(seed, tf.int64), epoch_number]), tf.constant(n - 1, tf.int64)
+            )
         else:
             index = positions
         segments = []
@@ -297,9 +313,10 @@ def pair_dataset(
             length = tf.gather(lengths, rows)
             if training:
                 uniform = tf.random.stateless_uniform(
-                    tf.shape(rows), dtype=tf.float64,
-                    seed=tf.stack([tf.constant(seed, tf.int64) * 1_000_003 + epoch_number,
-                                   positions[0] * 2 + stream]))
+                    tf.shape(rows),
+                    dtype=tf.float64,
+                    seed=tf.stack([tf.constant(seed, tf.int64) * 1_000_003 + epoch_number, positions[0] * 2 + stream]),
+                )
                 span = length - segment_frames + 1
                 offset = tf.minimum(tf.cast(uniform * tf.cast(span, tf.float64), tf.int64), span - 1)
             else:

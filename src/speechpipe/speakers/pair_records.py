@@ -2,6 +2,7 @@
 {label, utterance_a, utterance_b}, framed as TFRecord, encoded and decoded here without
 TensorFlow, so that the Beam workers of the pair job stay light (a worker that imports
 TensorFlow costs seconds and hundreds of MB)."""
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, Iterator, List, Tuple
@@ -50,8 +51,7 @@ def _bytes_feature(value: bytes) -> bytes:
 
 
 _LABEL_ENTRIES = {  # Feature.int64_list(3) -> Int64List.value(1), packed
-    label: _feature_entry(LABEL_KEY.encode(), _field(_T3, _field(_T1, _varint(label))))
-    for label in (SAME, DIFFERENT)
+    label: _feature_entry(LABEL_KEY.encode(), _field(_T3, _field(_T1, _varint(label)))) for label in (SAME, DIFFERENT)
 }
 _KEY_A, _KEY_B = UTTERANCE_A_KEY.encode(), UTTERANCE_B_KEY.encode()
 
@@ -105,12 +105,12 @@ def decode_pair_block(block: bytes) -> List[bytes]:
     records = []
     position = 0
     while position < len(block):
-        length_bytes = block[position:position + 8]
-        if len(length_bytes) < 8 or block[position + 8:position + 12] != _masked_crc(length_bytes):
+        length_bytes = block[position : position + 8]
+        if len(length_bytes) < 8 or block[position + 8 : position + 12] != _masked_crc(length_bytes):
             raise ValueError(f"corrupt TFRecord length at byte {position}")
         length = int.from_bytes(length_bytes, "little")
-        record = block[position + 12:position + 12 + length]
-        if len(record) != length or block[position + 12 + length:position + 16 + length] != _masked_crc(record):
+        record = block[position + 12 : position + 12 + length]
+        if len(record) != length or block[position + 12 + length : position + 16 + length] != _masked_crc(record):
             raise ValueError(f"corrupt TFRecord data at byte {position}")
         records.append(record)
         position += 16 + length
@@ -144,7 +144,7 @@ def _message_fields(data: bytes) -> Iterator[Tuple[int, int, object]]:
             length, position = _read_varint(data, position)
             if position + length > len(data):
                 raise ValueError("truncated field")
-            yield number, wire, data[position:position + length]
+            yield number, wire, data[position : position + length]
             position += length
         else:
             raise ValueError(f"unexpected wire type {wire}")
@@ -168,7 +168,7 @@ def decode_pair_example(record: bytes) -> Tuple[int, str, str]:
                     values[key] = [v.decode("utf-8") for n, _, v in _message_fields(payload) if n == 1]
                 elif kind == 3:  # Int64List, packed or not
                     ints: List[int] = []
-                    for n, wire, v in _message_fields(payload):
+                    for _field, wire, v in _message_fields(payload):
                         if wire == 0:
                             ints.append(v)
                         else:

@@ -26,6 +26,7 @@ Rules (docs/pairs.md has the reasoning and the measured figures):
   seed, the split and the speaker, consumed in a fixed order, so a seed gives the same pairs
   whatever the runner, the bundling or the number of workers.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -41,16 +42,16 @@ from speechpipe.config import SPLITS, FeatureConfig
 # speechpipe.speakers.pair_records', re-exported beside the sampling that produces them.
 from speechpipe.speakers.pair_records import (  # noqa: F401
     DIFFERENT,
-    SAME,
     LABEL_KEY,
+    SAME,
     UTTERANCE_A_KEY,
     UTTERANCE_B_KEY,
-    encode_pair_example,
-    tfrecord_frame,
-    encode_pair_block,
     decode_pair_block,
     decode_pair_example,
+    encode_pair_block,
+    encode_pair_example,
     read_pair_file,
+    tfrecord_frame,
 )
 
 
@@ -74,17 +75,13 @@ class PairConfig:
 
     def validate(self) -> "PairConfig":
         if self.same < 1 or self.different < 0:
-            raise PairsInputError(
-                f"ratio {self.same}:{self.different}: need same >= 1 and different >= 0"
-            )
+            raise PairsInputError(f"ratio {self.same}:{self.different}: need same >= 1 and different >= 0")
         if self.speaker_cap < 1:
             raise PairsInputError(f"speaker_cap={self.speaker_cap}: need at least 1")
         if self.segment_frames < 1:
             raise PairsInputError(f"segment_frames={self.segment_frames}: need at least 1")
         if not 1 <= self.eval_hop <= self.segment_frames:
-            raise PairsInputError(
-                f"eval_hop={self.eval_hop}: need 1..segment_frames ({self.segment_frames})"
-            )
+            raise PairsInputError(f"eval_hop={self.eval_hop}: need 1..segment_frames ({self.segment_frames})")
         return self
 
     def negatives_for(self, positives: int) -> int:
@@ -125,6 +122,7 @@ def frames_for_duration(duration: float, features: FeatureConfig) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # Index records
+
 
 @dataclass(frozen=True)
 class UtteranceRef:
@@ -180,6 +178,7 @@ def parse_index_record(record: object, features: FeatureConfig, where: str) -> U
 
 # ----------------------------------------------------------------------------------------------
 # One speaker's utterances
+
 
 @dataclass(frozen=True)
 class SpeakerUtterances:
@@ -270,6 +269,7 @@ def sample_positives(group: SpeakerUtterances, config: PairConfig) -> Tuple[List
 # ----------------------------------------------------------------------------------------------
 # A split's plan: speaker order, positive total, negative links
 
+
 def speaker_rank_key(seed: int, split: str, speaker: str) -> bytes:
     """Speakers are ranked by a keyed hash: a seeded shuffle that needs no global RNG state."""
     return hashlib.blake2b(f"{seed}/{split}/{speaker}".encode(), digest_size=16).digest()
@@ -340,7 +340,9 @@ class SplitPlan:
             yield (rank + offset) % s, quota
 
 
-def sample_negatives(group: SpeakerUtterances, plan: SplitPlan, config: PairConfig) -> Tuple[List[Tuple[str, str]], int]:
+def sample_negatives(
+    group: SpeakerUtterances, plan: SplitPlan, config: PairConfig
+) -> Tuple[List[Tuple[str, str]], int]:
     """(different-speaker pairs owned by this speaker, shortfall).
 
     The shortfall counts negatives a link could not take because the two speakers have fewer

@@ -21,6 +21,7 @@ Clustering (agglomerative, average linkage over a precomputed distance matrix)
 
 Plots are PNG files written with matplotlib's Agg backend (no display needed).
 """
+
 from __future__ import annotations
 
 import io
@@ -82,8 +83,13 @@ def equal_error_rate(scores: Sequence[float], labels: Sequence[int]) -> EER:
     return EER(float(fpr[i - 1] + alpha * (fpr[i] - fpr[i - 1])), float(thresholds[i]))
 
 
-def min_dcf(scores: Sequence[float], labels: Sequence[int], p_target: float = VOXSRC_P_TARGET,
-            c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+def min_dcf(
+    scores: Sequence[float],
+    labels: Sequence[int],
+    p_target: float = VOXSRC_P_TARGET,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+) -> float:
     """The normalised minimum detection cost."""
     if not 0.0 < p_target < 1.0:
         raise ValueError(f"p_target={p_target}: need (0, 1)")
@@ -136,11 +142,19 @@ class Verification:
 def verification(scores: Sequence[float], labels: Sequence[int], p_target: float = VOXSRC_P_TARGET) -> Verification:
     scores, labels = _check_trials(scores, labels)
     e = equal_error_rate(scores, labels)
-    return Verification(int(labels.size), int(labels.sum()), int(labels.size - labels.sum()), e.eer, e.threshold,
-                        min_dcf(scores, labels, p_target), p_target)
+    return Verification(
+        int(labels.size),
+        int(labels.sum()),
+        int(labels.size - labels.sum()),
+        e.eer,
+        e.threshold,
+        min_dcf(scores, labels, p_target),
+        p_target,
+    )
 
 
 # --------------------------------------------------------------------------------- clustering
+
 
 def misclassification_rate(speakers: Sequence, clusters: Sequence) -> float:
     """MR = 1 - (utterances in the cluster matched to their speaker) / N, with a one-to-one
@@ -221,8 +235,9 @@ class Clustering:
         return asdict(self)
 
 
-def clustering(distances: np.ndarray, speakers: Sequence, threshold: Optional[float] = None,
-               method: str = "average") -> Clustering:
+def clustering(
+    distances: np.ndarray, speakers: Sequence, threshold: Optional[float] = None, method: str = "average"
+) -> Clustering:
     """Clusters utterances both ways and scores them. Without a threshold, the threshold figures
     are those of the oracle cut (the caller should pass one chosen on other speakers)."""
     speakers = np.asarray(speakers)
@@ -233,18 +248,24 @@ def clustering(distances: np.ndarray, speakers: Sequence, threshold: Optional[fl
     t = oracle_threshold if threshold is None else float(threshold)
     found = cut(tree, threshold=t)
     return Clustering(
-        utterances=int(speakers.size), speakers=n,
-        mr_known=misclassification_rate(speakers, known), ari_known=adjusted_rand_index(speakers, known),
+        utterances=int(speakers.size),
+        speakers=n,
+        mr_known=misclassification_rate(speakers, known),
+        ari_known=adjusted_rand_index(speakers, known),
         clusters_threshold=int(np.unique(found).size),
-        mr_threshold=misclassification_rate(speakers, found), ari_threshold=adjusted_rand_index(speakers, found),
-        threshold=t, mr_best_cut=oracle_mr,
+        mr_threshold=misclassification_rate(speakers, found),
+        ari_threshold=adjusted_rand_index(speakers, found),
+        threshold=t,
+        mr_best_cut=oracle_mr,
     )
 
 
 # -------------------------------------------------------------------------------------- trials
 
-def trial_scores(embeddings: Mapping[str, np.ndarray], trials: Iterable[Tuple[int, str, str]],
-                 score_fn) -> Tuple[np.ndarray, np.ndarray]:
+
+def trial_scores(
+    embeddings: Mapping[str, np.ndarray], trials: Iterable[Tuple[int, str, str]], score_fn
+) -> Tuple[np.ndarray, np.ndarray]:
     """(scores, labels) of (label, utterance_a, utterance_b) trials; `score_fn(A, B)` scores the
     rows of two [N, E] arrays. A trial naming an utterance without an embedding is an error."""
     trials = list(trials)
@@ -270,6 +291,7 @@ def all_pairs_trials(utterances: Sequence[str], speakers: Sequence[str]) -> List
 
 
 # --------------------------------------------------------------------------------------- plots
+
 
 def _pyplot():
     import matplotlib
@@ -334,8 +356,14 @@ def project_2d(embeddings: np.ndarray, method: str = "tsne", seed: int = 0) -> n
     raise ValueError(f"method={method!r}: expected 'tsne' or 'pca'")
 
 
-def plot_embeddings(embeddings: np.ndarray, speakers: Sequence[str], path: str, method: str = "tsne",
-                    title: str = "utterance embeddings", seed: int = 0) -> str:
+def plot_embeddings(
+    embeddings: np.ndarray,
+    speakers: Sequence[str],
+    path: str,
+    method: str = "tsne",
+    title: str = "utterance embeddings",
+    seed: int = 0,
+) -> str:
     """The 2-D projection of the embeddings, one colour per speaker."""
     plt = _pyplot()
     xy = project_2d(embeddings, method, seed)
@@ -357,8 +385,14 @@ def plot_embeddings(embeddings: np.ndarray, speakers: Sequence[str], path: str, 
     return path
 
 
-def plot_curves(series: Mapping[str, Tuple[Sequence[float], Sequence[float]]], path: str, xlabel: str,
-                ylabel: str, title: str = "", logy: bool = False) -> str:
+def plot_curves(
+    series: Mapping[str, Tuple[Sequence[float], Sequence[float]]],
+    path: str,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logy: bool = False,
+) -> str:
     """Line plot of named (x, y) series, e.g. validation EER against training minutes."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))

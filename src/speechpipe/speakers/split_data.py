@@ -1,6 +1,7 @@
 """One split's utterances in memory: the one reader of speaker feature records, which the
 embedder trainer (its training and validation splits) and the speaker evaluator (the validation
 split its threshold is fitted on, and the test split) share."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,5 +40,7 @@ def read_split(patterns: Union[str, Sequence[str]], min_speakers: int = 1) -> Sp
         raise ValueError(f"no utterances in {patterns}")
     speakers = len(set(data.speakers))
     if speakers < min_speakers:
-        raise ValueError(f"the split {patterns} has {speakers} speaker(s): an EER needs at least {min_speakers} speakers")
+        raise ValueError(
+            f"the split {patterns} has {speakers} speaker(s): an EER needs at least {min_speakers} speakers"
+        )
     return data

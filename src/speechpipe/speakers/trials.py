@@ -14,6 +14,7 @@ speechpipe's utterance ids are the paths without the extension (`id10270/x6uYqmx
 format above raises `TrialFormatError` naming the file and the line. A trailing `\\r` (files
 copied through Windows) is the one liberty taken.
 """
+
 from __future__ import annotations
 
 import io

@@ -49,21 +49,38 @@ Modules: `config` (EmbedderConfig), `network`, `losses`, `scoring` (embeddings, 
 back end), `export` (the SavedModel, warm-start restore, loading back). The names below are the
 package's public API, re-exported so that callers need not know which module holds what.
 """
+
 from speechpipe.speakers.embedder.config import (  # noqa: F401
-    EMBEDDING_LAYERS,
-    POOLINGS,
-    SCORINGS,
     BACKENDS,
-    LINKAGES,
-    LDA_SHRINK_TARGETS,
-    LEGACY_SETTINGS,
     BENCH_ONLY_SETTINGS,
-    with_legacy_settings,
-    OUTPUT_LAYER,
+    CONFIG_FILE,
+    EMBEDDING_LAYERS,
     HIDDEN_LAYER,
     INPUT_STATISTICS_LAYER,
-    CONFIG_FILE,
+    LDA_SHRINK_TARGETS,
+    LEGACY_SETTINGS,
+    LINKAGES,
+    OUTPUT_LAYER,
+    POOLINGS,
+    SCORINGS,
     EmbedderConfig,
+    with_legacy_settings,
+)
+from speechpipe.speakers.embedder.export import (  # noqa: F401
+    EmbedderModule,
+    LoadedEmbedder,
+    export_embedder,
+    load_embedder,
+    restore_network,
+)
+from speechpipe.speakers.embedder.losses import (  # noqa: F401
+    InBatchKLHingeLoss,
+    in_batch_kl_hinge_loss,
+    kl_divergence,
+    kl_hinge_pair_loss,
+    log_distribution,
+    loss_for,
+    pairwise_kl_matrix,
 )
 from speechpipe.speakers.embedder.network import (  # noqa: F401
     CosineLogits,
@@ -72,29 +89,13 @@ from speechpipe.speakers.embedder.network import (  # noqa: F401
     build_base_network,
     embedding_model,
 )
-from speechpipe.speakers.embedder.losses import (  # noqa: F401
-    log_distribution,
-    kl_divergence,
-    kl_hinge_pair_loss,
-    pairwise_kl_matrix,
-    in_batch_kl_hinge_loss,
-    InBatchKLHingeLoss,
-    loss_for,
-)
 from speechpipe.speakers.embedder.scoring import (  # noqa: F401
-    segment_windows,
+    LinearBackend,
+    clustering_distances,
+    distance_matrix,
     embed_segments,
     embed_utterances,
-    score,
-    distance_matrix,
-    clustering_distances,
-    LinearBackend,
     fit_lda,
-)
-from speechpipe.speakers.embedder.export import (  # noqa: F401
-    EmbedderModule,
-    export_embedder,
-    restore_network,
-    LoadedEmbedder,
-    load_embedder,
+    score,
+    segment_windows,
 )

@@ -1,5 +1,6 @@
 """What the embedder is: `EmbedderConfig` (network, loss, embedding, scoring, back end), the
 choices each setting has, and the settings exports made before a setting existed were made with."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -7,7 +8,6 @@ from typing import Dict, Tuple
 
 from speechpipe.speakers.pair_dataset import EVAL_HOP, SEGMENT_FRAMES
 from speechpipe.validation import ConfigError, reject_unknown
-
 
 EMBEDDING_LAYERS: Tuple[str, ...] = ("output", "hidden", "hidden_statistics")
 POOLINGS: Tuple[str, ...] = ("last", "mean", "stats")
@@ -17,9 +17,17 @@ LINKAGES: Tuple[str, ...] = ("ward", "average", "complete")
 LDA_SHRINK_TARGETS: Tuple[str, ...] = ("total", "isotropic")
 
 # Settings added after the first exports, at the values those exports were made with.
-LEGACY_SETTINGS: Dict[str, object] = {"freq_mask": 0, "time_mask": 0, "input_noise": 0.0, "backend": "none",
-                                      "linkage": "average", "lda_dims": 0, "lda_shrinkage": 0.05,
-                                      "lda_shrink_toward": "isotropic", "input_statistics": False}
+LEGACY_SETTINGS: Dict[str, object] = {
+    "freq_mask": 0,
+    "time_mask": 0,
+    "input_noise": 0.0,
+    "backend": "none",
+    "linkage": "average",
+    "lda_dims": 0,
+    "lda_shrinkage": 0.05,
+    "lda_shrink_toward": "isotropic",
+    "input_statistics": False,
+}
 
 
 # Settings that only bench/seed002.py varies now (seed 002's PReLU output, one-sided and clipped
@@ -35,8 +43,9 @@ def with_legacy_settings(settings: Dict[str, object]) -> Dict[str, object]:
     for key, product_value in BENCH_ONLY_SETTINGS.items():
         value = settings.pop(key, product_value)
         if value != product_value:
-            raise ConfigError(f"{key}={value!r}: made with seed 002's settings, which only the bench builds "
-                              "(bench/seed002.py)")
+            raise ConfigError(
+                f"{key}={value!r}: made with seed 002's settings, which only the bench builds (bench/seed002.py)"
+            )
     return {**LEGACY_SETTINGS, **settings}
 
 
@@ -112,8 +121,10 @@ class EmbedderConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout}: need [0, 1)")
         if not 0 <= self.freq_mask < self.n_bins or not 0 <= self.time_mask < self.segment_frames:
-            raise ConfigError(f"freq_mask={self.freq_mask}, time_mask={self.time_mask}: need 0 <= freq_mask < n_bins "
-                              f"({self.n_bins}) and 0 <= time_mask < segment_frames ({self.segment_frames})")
+            raise ConfigError(
+                f"freq_mask={self.freq_mask}, time_mask={self.time_mask}: need 0 <= freq_mask < n_bins "
+                f"({self.n_bins}) and 0 <= time_mask < segment_frames ({self.segment_frames})"
+            )
         if self.input_noise < 0:
             raise ConfigError(f"input_noise={self.input_noise}: need >= 0")
         if self.pooling not in POOLINGS:
@@ -135,8 +146,10 @@ class EmbedderConfig:
         if self.linkage not in LINKAGES:
             raise ConfigError(f"linkage={self.linkage!r}: expected one of {LINKAGES}")
         if self.linkage == "ward" and self.scoring != "cosine":
-            raise ConfigError("linkage='ward' needs Euclidean distances, i.e. scoring='cosine' (unit-length "
-                              "embeddings); use linkage='average' with scoring='kl'")
+            raise ConfigError(
+                "linkage='ward' needs Euclidean distances, i.e. scoring='cosine' (unit-length "
+                "embeddings); use linkage='average' with scoring='kl'"
+            )
         if self.lda_dims < 0 or not 0.0 <= self.lda_shrinkage < 1.0:
             raise ConfigError(f"lda_dims={self.lda_dims}, lda_shrinkage={self.lda_shrinkage}: need >= 0 and [0, 1)")
         if self.lda_shrink_toward not in LDA_SHRINK_TARGETS:
@@ -146,11 +159,15 @@ class EmbedderConfig:
         if self.embedding in ("hidden", "hidden_statistics") and not self.dense_units:
             raise ConfigError(f"embedding={self.embedding!r} needs at least one dense layer (dense_units)")
         if self.embedding == "hidden_statistics" and not self.input_statistics:
-            raise ConfigError("embedding='hidden_statistics' joins the input statistics to the hidden layer: it needs "
-                              "input_statistics=True (or set embedding='hidden')")
+            raise ConfigError(
+                "embedding='hidden_statistics' joins the input statistics to the hidden layer: it needs "
+                "input_statistics=True (or set embedding='hidden')"
+            )
         if self.embedding == "hidden_statistics" and self.backend == "none":
-            raise ConfigError("embedding='hidden_statistics' joins two parts of unrelated scales, which only a back end "
-                              "weighs against each other: it needs backend='lda' (or set embedding='hidden')")
+            raise ConfigError(
+                "embedding='hidden_statistics' joins two parts of unrelated scales, which only a back end "
+                "weighs against each other: it needs backend='lda' (or set embedding='hidden')"
+            )
         if not 1 <= self.eval_hop <= self.segment_frames:
             raise ConfigError(f"eval_hop={self.eval_hop}: need 1..segment_frames ({self.segment_frames})")
         return self

@@ -1,6 +1,7 @@
 """The exported embedder: a SavedModel whose `embed` signature takes raw 16 kHz waveforms (features
 computed in the graph) and `embed_segments` computed segments; its warm-start restore and its
 loading back with TensorFlow alone."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,14 @@ class EmbedderModule(tf.Module):
     """What the SavedModel holds: the in-graph features, the base network's variables (served
     through its cut at `config.embedding`), and the two signatures."""
 
-    def __init__(self, base: keras.Model, config: EmbedderConfig, feature_config: FeatureConfig,
-                 global_stats: Optional[Dict[str, object]] = None, backend: Optional[LinearBackend] = None) -> None:
+    def __init__(
+        self,
+        base: keras.Model,
+        config: EmbedderConfig,
+        feature_config: FeatureConfig,
+        global_stats: Optional[Dict[str, object]] = None,
+        backend: Optional[LinearBackend] = None,
+    ) -> None:
         super().__init__(name="speaker_embedder")
         from speechpipe.audio.tf_features import GraphFeatures
 
@@ -52,13 +59,19 @@ class EmbedderModule(tf.Module):
         self._segment_frames = config.segment_frames
         self._hop = config.eval_hop
         self._n_bins = config.n_bins
-        self.embed = tf.function(self._embed, input_signature=[
-            tf.TensorSpec([None, None], tf.float32, name="waveforms"),
-            tf.TensorSpec([None], tf.int32, name="lengths"),
-        ])
-        self.embed_segments = tf.function(self._embed_segments, input_signature=[
-            tf.TensorSpec([None, config.segment_frames, config.n_bins], tf.float32, name="segments"),
-        ])
+        self.embed = tf.function(
+            self._embed,
+            input_signature=[
+                tf.TensorSpec([None, None], tf.float32, name="waveforms"),
+                tf.TensorSpec([None], tf.int32, name="lengths"),
+            ],
+        )
+        self.embed_segments = tf.function(
+            self._embed_segments,
+            input_signature=[
+                tf.TensorSpec([None, config.segment_frames, config.n_bins], tf.float32, name="segments"),
+            ],
+        )
 
     def _network_embeddings(self, segments: tf.Tensor) -> tf.Tensor:
         embeddings = tf.cast(self._network.model(segments, training=False), tf.float32)
@@ -93,26 +106,38 @@ class EmbedderModule(tf.Module):
         return {"embeddings": embeddings, "num_segments": count}
 
 
-def export_embedder(path: str, base: keras.Model, config: EmbedderConfig, feature_config: FeatureConfig,
-                    global_stats: Optional[Dict[str, object]] = None, extra: Optional[Dict[str, object]] = None,
-                    backend: Optional[LinearBackend] = None) -> str:
+def export_embedder(
+    path: str,
+    base: keras.Model,
+    config: EmbedderConfig,
+    feature_config: FeatureConfig,
+    global_stats: Optional[Dict[str, object]] = None,
+    extra: Optional[Dict[str, object]] = None,
+    backend: Optional[LinearBackend] = None,
+) -> str:
     """Writes the SavedModel of the base network `base` cut at `config.embedding` (signatures
     `embed`, the default, and `embed_segments`, both with the back end applied when one is
     given) and assets.extra/embedder_config.json (embedder and feature settings, plus `extra`)."""
     if (backend is None) != (config.backend == "none"):
-        raise ConfigError(f"backend={config.backend!r} in the config, but {'no' if backend is None else 'a'} "
-                          "fitted back end given")
+        raise ConfigError(
+            f"backend={config.backend!r} in the config, but {'no' if backend is None else 'a'} fitted back end given"
+        )
     module = EmbedderModule(base, config, feature_config, global_stats, backend)
-    tf.saved_model.save(module, path, signatures={
-        "embed": module.embed,
-        "serving_default": module.embed,
-        "embed_segments": module.embed_segments,
-    })
+    tf.saved_model.save(
+        module,
+        path,
+        signatures={
+            "embed": module.embed,
+            "serving_default": module.embed,
+            "embed_segments": module.embed_segments,
+        },
+    )
     # gfile, like the SavedModel itself: `path` may be on object storage (gs://, s3://)
     tf.io.gfile.makedirs(f"{path.rstrip('/')}/assets.extra")
     with tf.io.gfile.GFile(f"{path.rstrip('/')}/assets.extra/{CONFIG_FILE}", "w") as f:
-        f.write(json.dumps({"embedder": config.to_json(), "features": feature_config.to_json(), **(extra or {})},
-                           indent=1))
+        f.write(
+            json.dumps({"embedder": config.to_json(), "features": feature_config.to_json(), **(extra or {})}, indent=1)
+        )
     return path
 
 
@@ -124,8 +149,10 @@ def restore_network(model: keras.Model, saved_model_dir: str) -> None:
     ours = [tuple(v.shape) for v in model.variables]
     theirs = [tuple(saved.get(f"network_variables/{i}/.ATTRIBUTES/VARIABLE_VALUE", ())) for i in range(len(saved))]
     if ours != theirs:
-        raise ValueError(f"the saved network has {len(theirs)} variables of shapes {theirs[:4]}..., this one "
-                         f"{len(ours)} of shapes {ours[:4]}...")
+        raise ValueError(
+            f"the saved network has {len(theirs)} variables of shapes {theirs[:4]}..., this one "
+            f"{len(ours)} of shapes {ours[:4]}..."
+        )
     checkpoint = tf.train.Checkpoint(network_variables=list(model.variables))
     status = checkpoint.read(os.path.join(saved_model_dir, "variables", "variables"))
     status.expect_partial()
@@ -142,12 +169,15 @@ class LoadedEmbedder:
     info: Dict[str, object] = field(default_factory=dict)
 
     def embed(self, waveforms: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        out = self.saved_model.signatures["embed"](waveforms=tf.constant(waveforms, tf.float32),
-                                                   lengths=tf.constant(lengths, tf.int32))
+        out = self.saved_model.signatures["embed"](
+            waveforms=tf.constant(waveforms, tf.float32), lengths=tf.constant(lengths, tf.int32)
+        )
         return out["embeddings"].numpy()
 
     def embed_segments(self, segments: np.ndarray) -> np.ndarray:
-        return self.saved_model.signatures["embed_segments"](segments=tf.constant(segments, tf.float32))["embeddings"].numpy()
+        return self.saved_model.signatures["embed_segments"](segments=tf.constant(segments, tf.float32))[
+            "embeddings"
+        ].numpy()
 
 
 def load_embedder(path: str) -> LoadedEmbedder:
@@ -158,5 +188,4 @@ def load_embedder(path: str) -> LoadedEmbedder:
     # back end (none is in their graph), no input regularisation, and a clustering threshold
     # chosen with average linkage, which a champion's evaluation must keep.
     config = EmbedderConfig.from_json(with_legacy_settings(info.pop("embedder")))
-    return LoadedEmbedder(tf.saved_model.load(path), config,
-                          FeatureConfig.from_json(info.pop("features")), info)
+    return LoadedEmbedder(tf.saved_model.load(path), config, FeatureConfig.from_json(info.pop("features")), info)

@@ -1,6 +1,7 @@
 """The pairwise KL-divergence + hinge loss (Hsu & Kira 2016; Lukic et al. 2016/2017), over explicit
 pairs and over every pair inside a batch of P speakers x K segments; numerics in the package
 docstring (speechpipe.speakers.embedder)."""
+
 from __future__ import annotations
 
 from typing import Dict, Tuple
@@ -29,8 +30,9 @@ def kl_divergence(p: tf.Tensor, q: tf.Tensor, epsilon: float = 1e-7) -> tf.Tenso
     return tf.reduce_sum(p_prob * (p_log - q_log), axis=-1)
 
 
-def kl_hinge_pair_loss(labels: tf.Tensor, p: tf.Tensor, q: tf.Tensor, margin: float,
-                       epsilon: float = 1e-7) -> tf.Tensor:
+def kl_hinge_pair_loss(
+    labels: tf.Tensor, p: tf.Tensor, q: tf.Tensor, margin: float, epsilon: float = 1e-7
+) -> tf.Tensor:
     """Per-pair loss [batch] of explicit pairs: KL for label 1 (same speaker), max(0, margin - KL)
     for label 0, the mean of both directions (the objective the in-batch loss optimises)."""
     same = tf.cast(tf.reshape(labels, [-1]), tf.float32)

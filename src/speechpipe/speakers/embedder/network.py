@@ -1,5 +1,6 @@
 """The base network (one segment -> a distribution over `output_dim`), its training-only input
 regularisation, and the model that outputs the configured embedding."""
+
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -23,8 +24,9 @@ class CosineLogits(keras.layers.Layer):
         self.units, self.scale = int(units), float(scale)
 
     def build(self, input_shape) -> None:
-        self.kernel = self.add_weight("kernel", shape=(int(input_shape[-1]), self.units),
-                                      initializer="glorot_uniform", trainable=True)
+        self.kernel = self.add_weight(
+            "kernel", shape=(int(input_shape[-1]), self.units), initializer="glorot_uniform", trainable=True
+        )
         super().build(input_shape)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
@@ -94,13 +96,13 @@ def build_base_network(config: EmbedderConfig, output_head: Optional[keras.layer
         x = keras.layers.GaussianNoise(config.input_noise, name="input_noise")(x)
     # float32 under mixed precision too: the back end weighs these directly (hidden_statistics),
     # and float16 would quantise them at 5e-4.
-    statistics = (StatisticsPooling(name=INPUT_STATISTICS_LAYER, dtype="float32")(x)
-                  if config.input_statistics else None)
+    statistics = StatisticsPooling(name=INPUT_STATISTICS_LAYER, dtype="float32")(x) if config.input_statistics else None
     x = keras.layers.Bidirectional(cudnn_lstm(config.lstm_units, name="lstm_1"), name="blstm_1")(x)
     x = keras.layers.Dropout(config.dropout, name="dropout")(x)
     pool_last = config.pooling == "last"
-    x = keras.layers.Bidirectional(cudnn_lstm(config.lstm_units, return_sequences=not pool_last, name="lstm_2"),
-                                   name="blstm_2")(x)
+    x = keras.layers.Bidirectional(
+        cudnn_lstm(config.lstm_units, return_sequences=not pool_last, name="lstm_2"), name="blstm_2"
+    )(x)
     if config.pooling == "mean":
         x = keras.layers.GlobalAveragePooling1D(name="mean_pooling")(x)
     elif config.pooling == "stats":
@@ -128,5 +130,6 @@ def embedding_model(base: keras.Model, config: EmbedderConfig) -> keras.Model:
         return keras.Model(base.input, hidden, name="embedding_hidden_model")
     # No new weights: the export and a warm start see the same variables as with "hidden".
     joined = keras.layers.Concatenate(name="hidden_with_input_statistics", dtype="float32")(
-        [hidden, base.get_layer(INPUT_STATISTICS_LAYER).output])
+        [hidden, base.get_layer(INPUT_STATISTICS_LAYER).output]
+    )
     return keras.Model(base.input, joined, name="embedding_hidden_statistics_model")

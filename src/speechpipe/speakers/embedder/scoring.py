@@ -1,5 +1,6 @@
 """Utterance embeddings (the mean over an utterance's segment windows), trial scores and
 clustering distances, and the LDA back end fitted on the training speakers."""
+
 from __future__ import annotations
 
 import weakref
@@ -43,12 +44,13 @@ def embed_segments(model: keras.Model, segments: np.ndarray, batch_size: int = 5
     if call is None:  # one traced function per model, not one per call
         ref = weakref.ref(model)  # the function must not keep its own key alive
         call = _INFERENCE[model] = tf.function(lambda x: ref()(x, training=False), reduce_retracing=True)
-    out = [call(tf.constant(segments[i:i + batch_size])).numpy() for i in range(0, len(segments), batch_size)]
+    out = [call(tf.constant(segments[i : i + batch_size])).numpy() for i in range(0, len(segments), batch_size)]
     return np.concatenate(out, 0).astype(np.float32) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
-def embed_utterances(model: keras.Model, features: Sequence[np.ndarray], config: EmbedderConfig,
-                     batch_size: int = 512) -> np.ndarray:
+def embed_utterances(
+    model: keras.Model, features: Sequence[np.ndarray], config: EmbedderConfig, batch_size: int = 512
+) -> np.ndarray:
     """Utterance embeddings [U, E]: the mean of each utterance's window embeddings."""
     if len(features) == 0:
         raise ValueError("embed_utterances: no utterances")
@@ -111,6 +113,7 @@ def clustering_distances(embeddings: np.ndarray, config: EmbedderConfig) -> np.n
 
 # ------------------------------------------------------------------------------------ back end
 
+
 @dataclass(frozen=True)
 class LinearBackend:
     """An affine map of embeddings, (e - mean) @ projection, fitted after training. Affine maps
@@ -127,8 +130,9 @@ class LinearBackend:
         return {"input_dims": int(self.projection.shape[0]), "output_dims": int(self.projection.shape[1])}
 
 
-def fit_lda(embeddings: np.ndarray, speakers: Sequence[str], dims: int = 0, shrinkage: float = 0.1,
-            shrink_toward: str = "total") -> LinearBackend:
+def fit_lda(
+    embeddings: np.ndarray, speakers: Sequence[str], dims: int = 0, shrinkage: float = 0.1, shrink_toward: str = "total"
+) -> LinearBackend:
     """Linear discriminant analysis of utterance embeddings [U, E] by speaker: the generalised
     eigenvectors of (between-speaker, within-speaker) covariance with the largest eigenvalues,
     scaled so that the within-speaker covariance becomes the identity. `dims` = 0 keeps

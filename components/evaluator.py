@@ -1,0 +1,79 @@
+"""SpeechEvaluator: the CTC recogniser's PER on the fixed test split, blessed against the
+threshold and the champion (speechpipe.components.blessing); its output is a `ModelBlessing`.
+
+Both models decode the same test records greedily through their SavedModel's `logits` signature,
+and the PER is the definition the trainer's validation uses (speechpipe.phones.phone_error_rate):
+every utterance with a transcript.
+"""
+# No `from __future__ import annotations`: TFX reads the component signature's annotations as types.
+
+from typing import Dict
+
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
+
+from speechpipe.components.blessing import evaluate_and_bless
+from speechpipe.filenames import split_dir
+from speechpipe.io import storage
+
+MODEL_KIND = "ctc"  # the champion resolver tells the two models' blessings apart by it
+
+
+def transcriber_per(
+    saved_model_dir: str, test_split_uri: str, batch_size: int = 16, samples: int = 5, inventory: str = "phones_de.json"
+) -> Dict[str, object]:
+    """Greedy-decoding PER of an exported transcriber on feature records, through its `logits`
+    signature, with a few decoded samples for the report."""
+    import tensorflow as tf
+
+    from speechpipe.phones.inventory import load_inventory
+    from speechpipe.phones.phone_error_rate import records_per
+
+    logits_fn = tf.saved_model.load(saved_model_dir).signatures["logits"]
+
+    def forward(features, num_frames):
+        out = logits_fn(features=features, num_frames=num_frames)
+        return out["logits"], out["logit_lengths"]
+
+    phones = load_inventory(inventory)
+    result, shown = records_per(
+        forward, test_split_uri, phones.blank_id, batch_size, phones=list(phones.phones), samples=samples
+    )
+    if result.reference_phones == 0:
+        raise ValueError(f"no test utterance with a transcript in {test_split_uri}")
+    return {
+        "per": float(result.per),
+        "utterances": len(result.per_utterance),
+        "reference_phones": int(result.reference_phones),
+        "edits": int(result.edits),
+        "samples": shown,
+    }
+
+
+@component
+def SpeechEvaluator(
+    model: InputArtifact[standard_artifacts.Model],
+    examples: InputArtifact[standard_artifacts.Examples],
+    blessing: OutputArtifact[standard_artifacts.ModelBlessing],
+    champion: InputArtifact[standard_artifacts.Model] = None,
+    max_per: Parameter[float] = 0.95,
+    min_per_improvement: Parameter[float] = 0.0,
+    data_key: Parameter[str] = "",
+) -> None:
+    test_uri = storage.join(examples.uri, split_dir("test"))
+    # The inventory the test transcripts were tokenised with (FeatureGen records it).
+    inventory = examples.get_string_custom_property("phone_inventory") or "phones_de.json"
+    evaluate_and_bless(
+        blessing,
+        model,
+        champion,
+        examples,
+        test_uri,
+        MODEL_KIND,
+        "per",
+        max_per,
+        min_per_improvement,
+        lambda saved_model, role: transcriber_per(saved_model, test_uri, inventory=inventory),
+        data_key,
+    )

@@ -1,0 +1,224 @@
+"""SpeakerEvaluator: the embedder's EER on the fixed test span's trial list, clustering of its
+speakers, and the decision threshold fitted on the validation speakers, blessed against the
+threshold and the champion embedder (speechpipe.components.blessing); its output is a
+`ModelBlessing`.
+
+The test speakers are never seen in training (the feature job's splits are speaker-disjoint).
+Both models embed the same test utterances through their `embed_segments` signature (the
+feature job's windows, the mean per utterance). The splits are read by the reader the trainer's
+validation uses (speechpipe.speakers.split_data). The blessing's folder also holds the DET curve
+(det.png) and a 2-D projection of the test embeddings coloured by speaker (embeddings.png) for
+the run report.
+"""
+# No `from __future__ import annotations`: TFX reads the component signature's annotations as types.
+
+from typing import Dict, Optional, Sequence, Tuple
+
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
+
+from speechpipe.components.blessing import evaluate_and_bless
+from speechpipe.components.pair_gen import SpeakerPairs
+from speechpipe.filenames import TRIALS_FILE, split_dir
+from speechpipe.io import storage
+
+DET_PLOT = "det.png"
+PROJECTION_PLOT = "embeddings.png"
+MODEL_KIND = "speaker"
+
+
+# All pairs of validation utterances are the trials the decision threshold is fitted on; a larger
+# validation split is sampled down to this many (seeded), which pins the threshold to well under
+# a percent of FAR at the default target.
+MAX_THRESHOLD_TRIALS = 200_000
+DEFAULT_TARGET_FAR = 0.01
+
+
+def operating_point(
+    embed, validation, score_fn, target_far: float, test_scores, test_labels, where: str
+) -> Dict[str, object]:
+    """The decision threshold a speaker model ships: fitted on the validation speakers (never the
+    test ones), at the target false-accept rate, with the EER threshold beside it; and the test
+    false-accept and false-reject rates at it, which is what a user of the threshold will get."""
+    import numpy as np
+
+    from speechpipe.speakers import speaker_eval
+
+    utterances, speakers = validation.utterances, validation.speakers
+    trials = speaker_eval.all_pairs_trials(utterances, speakers)
+    if len(trials) > MAX_THRESHOLD_TRIALS:
+        keep = np.random.default_rng(0).choice(len(trials), MAX_THRESHOLD_TRIALS, replace=False)
+        trials = [trials[i] for i in sorted(keep)]
+    embeddings = dict(zip(utterances, embed(validation)))
+    scores, labels = speaker_eval.trial_scores(embeddings, trials, score_fn)
+    threshold = speaker_eval.threshold_at_far(scores, labels, target_far)
+    eer = speaker_eval.equal_error_rate(scores, labels)
+    test_far, test_frr = speaker_eval.rates_at(test_scores, test_labels, threshold)
+    eer_far, eer_frr = speaker_eval.rates_at(test_scores, test_labels, eer.threshold)
+    return {
+        "threshold": threshold,
+        "target_far": target_far,
+        "source": f"fitted at FAR {target_far:g} on {len(set(speakers))} validation speakers of {where} "
+        f"({len(trials)} trials)",
+        "validation_eer": float(eer.eer),
+        "eer_threshold": float(eer.threshold),
+        "test_far": test_far,
+        "test_frr": test_frr,
+        "test_far_at_eer_threshold": eer_far,
+        "test_frr_at_eer_threshold": eer_frr,
+        "validation_speakers": len(set(speakers)),
+        "validation_trials": len(trials),
+    }
+
+
+def embedder_metrics(
+    saved_model_dir: str,
+    test,
+    trials: Sequence[Tuple[int, str, str]],
+    plot_dir: Optional[str] = None,
+    label: str = "candidate",
+    validation=None,
+    target_far: float = DEFAULT_TARGET_FAR,
+    where: str = "the test span",
+) -> Dict[str, object]:
+    """EER and minDCF on a trial list, and agglomerative clustering of the test utterances with
+    the number of speakers given and with the model's own threshold (chosen on its validation
+    speakers), for an exported embedder. With `plot_dir`, the projection PNG is written there;
+    the DET points are returned for the caller to plot."""
+    import numpy as np
+
+    from speechpipe.speakers import speaker_eval
+    from speechpipe.speakers.embedder import clustering_distances, load_embedder, score, segment_windows
+
+    loaded = load_embedder(saved_model_dir)  # a local folder or gs://
+    config = loaded.config
+    utterances, speakers = test.utterances, test.speakers
+
+    def embed(split):
+        return np.stack(
+            [
+                loaded.embed_segments(segment_windows(features, config.segment_frames, config.eval_hop)).mean(axis=0)
+                for features in split.features
+            ]
+        )
+
+    embeddings = embed(test)
+    scoring = config.scoring
+    score_fn = lambda a, b: score(a, b, scoring)  # noqa: E731
+    scores, labels = speaker_eval.trial_scores(dict(zip(utterances, embeddings)), trials, score_fn)
+    result = speaker_eval.verification(scores, labels)
+    fpr, fnr = speaker_eval.det_curve(scores, labels)
+    clusters = speaker_eval.clustering(
+        clustering_distances(embeddings, config),
+        speakers,
+        threshold=loaded.info.get("cluster_threshold"),
+        method=config.linkage,
+    )
+    metrics: Dict[str, object] = {
+        "eer": float(result.eer),
+        "min_dcf": float(result.min_dcf),
+        "trials": int(len(labels)),
+        "utterances": len(utterances),
+        "speakers": len(set(speakers)),
+        "mr": float(clusters.mr_known),
+        "ari": float(clusters.ari_known),
+        "mr_threshold": float(clusters.mr_threshold),
+        "clusters_threshold": int(clusters.clusters_threshold),
+        "det": [fpr.tolist(), fnr.tolist()],
+    }
+    if validation is not None:
+        metrics["operating_point"] = operating_point(embed, validation, score_fn, target_far, scores, labels, where)
+    if plot_dir:
+        metrics["projection_png"] = speaker_eval.plot_embeddings(
+            embeddings,
+            speakers,
+            storage.join(plot_dir, f"{label}_{PROJECTION_PLOT}"),
+            title=f"{label}: test speakers never seen in training",
+        )
+    return metrics
+
+
+@component
+def SpeakerEvaluator(
+    model: InputArtifact[standard_artifacts.Model],
+    examples: InputArtifact[standard_artifacts.Examples],
+    pairs: InputArtifact[SpeakerPairs],
+    blessing: OutputArtifact[standard_artifacts.ModelBlessing],
+    champion: InputArtifact[standard_artifacts.Model] = None,
+    max_eer: Parameter[float] = 0.4,
+    min_eer_improvement: Parameter[float] = 0.0,
+    data_key: Parameter[str] = "",
+    target_far: Parameter[float] = 0.01,
+) -> None:
+    import numpy as np
+
+    from speechpipe.speakers import speaker_eval
+    from speechpipe.speakers.split_data import read_split
+    from speechpipe.speakers.trials import read_trials
+
+    storage.makedirs(blessing.uri)
+    test_uri = storage.join(examples.uri, split_dir("test"))
+    # The test span's own list, or the official list PairGen checked against it.
+    listed = pairs.get_string_custom_property("test_trials_file") or TRIALS_FILE.format(split="test")
+    trials = storage.join(pairs.uri, listed)
+    if not storage.exists(trials):
+        raise FileNotFoundError(
+            f"no test trial list at {trials}: the test split of span {examples.span} has no "
+            "pairs (it needs 2 or more speakers with utterances of one segment or longer)"
+        )
+    test, trial_list = read_split(test_uri, min_speakers=2), read_trials(trials)
+    no_threshold = ""
+    try:
+        validation = read_split(storage.join(examples.uri, split_dir("validation")), min_speakers=2)
+    except (ValueError, FileNotFoundError) as error:  # too few validation speakers, or none: no threshold
+        validation, no_threshold = None, f"no decision threshold: {error}"
+    curves: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    operating: Dict[str, object] = {}
+
+    def measure(saved_model: str, role: str) -> Dict[str, object]:
+        is_candidate = role == "candidate"
+        metrics = embedder_metrics(
+            saved_model,
+            test,
+            trial_list,
+            blessing.uri,
+            role,
+            validation if is_candidate else None,
+            target_far,
+            f"span {examples.span}",
+        )
+        fpr, fnr = metrics.pop("det")  # the DET points go into the PNG
+        curves[role] = (np.array(fpr), np.array(fnr))
+        if is_candidate:
+            operating["point"] = metrics.pop("operating_point", None)
+        return metrics
+
+    def annotate(evaluation: Dict[str, object]) -> None:
+        evaluation.update(
+            {
+                "trials": trials,
+                "det_png": storage.join(blessing.uri, DET_PLOT),
+                # What the EER is measured on, as the report names it.
+                "trial_list": pairs.get_string_custom_property("official_trials") or "built from the test split",
+                # The decision threshold the pusher ships with the model (`speechpipe verify` uses it).
+                "operating_point": operating.get("point")
+                or ({"threshold": None, "why": no_threshold} if no_threshold else None),
+            }
+        )
+
+    evaluate_and_bless(
+        blessing,
+        model,
+        champion,
+        examples,
+        test_uri,
+        MODEL_KIND,
+        "eer",
+        max_eer,
+        min_eer_improvement,
+        measure,
+        data_key,
+        annotate,
+    )
+    speaker_eval.plot_det(curves, storage.join(blessing.uri, DET_PLOT), "test speakers never seen in training")

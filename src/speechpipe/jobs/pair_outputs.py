@@ -1,0 +1,210 @@
+"""What the pair job writes: its output layout, the pair-record sink, the trial lists joined
+from their shards, the official trial lists checked against the corpus, and summary.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam import coders
+from apache_beam.io.filebasedsink import FileBasedSink
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from speechpipe.config import SPLITS
+from speechpipe.io.storage import is_uri
+from speechpipe.speakers.pairs import SplitPlan
+from speechpipe.speakers.trials import format_trial, iter_trials, trial_stats
+
+# Output layout.
+PAIRS_DIR = "pairs"
+PAIRS_PREFIX = "pairs"
+PAIRS_SUFFIX = ".tfrecord.gz"
+TRIAL_PARTS_DIR = ".trial_parts"  # shards of the trial lists before they are joined; removed
+EXCLUDED_DIR = "excluded"
+EXCLUDED_PREFIX = "short_utterances"
+OFFICIAL_DIR = "official"
+SUMMARY = "summary.json"
+
+
+class PairRecordSink(FileBasedSink):
+    """A TFRecord sink whose elements are blocks of already framed records
+    (speechpipe.speakers.pairs.encode_pair_block), written as they are. The files are ordinary TFRecord
+    files, read by tf.data.TFRecordDataset."""
+
+    def __init__(
+        self, file_path_prefix: str, file_name_suffix: str = PAIRS_SUFFIX, compression_type: str = CompressionTypes.GZIP
+    ):
+        super().__init__(
+            file_path_prefix,
+            coder=coders.BytesCoder(),
+            file_name_suffix=file_name_suffix,
+            mime_type="application/octet-stream",
+            compression_type=compression_type,
+        )
+
+    def write_encoded_record(self, file_handle, encoded_value: bytes) -> None:
+        file_handle.write(encoded_value)
+
+
+def format_trial_block(block: Tuple[str, List[Tuple[int, str, str]]]) -> str:
+    """A block's trial lines, joined (the text sink adds the last newline)."""
+    return "\n".join(format_trial(label, a, b) for label, a, b in block[1])
+
+
+def join_shards(shards: List[str], destination: str) -> Dict[str, object]:
+    """Concatenates sorted text shards into one file, streaming, then deletes the shards.
+
+    The trial list must be one file (veri_test2.txt is), but a sink with one fixed shard
+    shuffles every line to one worker; writing per bundle and joining afterwards does not."""
+    shards = sorted(shards)
+    lines = 0
+    with FileSystems.create(destination, mime_type="text/plain", compression_type=CompressionTypes.UNCOMPRESSED) as out:
+        for shard in shards:
+            with FileSystems.open(shard, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                while True:
+                    chunk = f.read(1 << 22)
+                    if not chunk:
+                        break
+                    lines += chunk.count(b"\n")
+                    out.write(chunk)
+    if shards:
+        FileSystems.delete(shards)
+    return {"file": destination, "trials": lines}
+
+
+class CheckOfficialTrials(beam.DoFn):
+    """An official trial list -> its coverage by the index, and official/<name> holding the
+    trials whose two utterances are eligible (file order kept; identical to the input when the
+    whole list is covered, apart from line ends). A malformed line is an error."""
+
+    def __init__(self, out_dir: str, voxceleb_ids: bool):
+        self._out_dir = out_dir
+        self._voxceleb_ids = voxceleb_ids
+
+    def process(self, path: str, plans: Dict[str, SplitPlan]):
+        where: Dict[str, Tuple[str, frozenset]] = {}  # speaker -> (split, its utterances)
+        for split, plan in plans.items():
+            for rank, speaker in enumerate(plan.speakers):
+                where[speaker] = (split, plan.utterances[rank])
+        sets: Dict[str, frozenset] = {}
+
+        def split_of(utterance: str) -> Optional[str]:
+            speaker = utterance.split("/", 1)[0]
+            if speaker not in where:
+                return None
+            split, utterances = where[speaker]
+            if speaker not in sets:
+                sets[speaker] = frozenset(utterances)
+            return split if utterance in sets[speaker] else None
+
+        name = path.replace("\\", "/").rsplit("/", 1)[-1]
+        destination = FileSystems.join(self._out_dir, OFFICIAL_DIR, name)
+        covered = cross_split = 0
+        per_split: Dict[str, int] = {}
+        missing = set()
+        trials = []
+        with FileSystems.create(
+            destination, mime_type="text/plain", compression_type=CompressionTypes.UNCOMPRESSED
+        ) as out:
+            for trial in iter_trials(path, self._voxceleb_ids):
+                trials.append(trial)
+                split_a, split_b = split_of(trial.utterance_a), split_of(trial.utterance_b)
+                for utterance, split in ((trial.utterance_a, split_a), (trial.utterance_b, split_b)):
+                    if split is None:
+                        missing.add(utterance)
+                if split_a is None or split_b is None:
+                    continue
+                covered += 1
+                if split_a != split_b:
+                    cross_split += 1
+                else:
+                    per_split[split_a] = per_split.get(split_a, 0) + 1
+                out.write((format_trial(*trial) + "\n").encode("utf-8"))
+        stats = trial_stats(trials)
+        yield {
+            "list": name,
+            "source": path,
+            "written": destination,
+            **stats.to_json(),
+            "covered": covered,
+            "not_covered": stats.trials - covered,
+            "missing_utterances": len(missing),
+            "missing_examples": sorted(missing)[:5],
+            "covered_per_split": dict(sorted(per_split.items())),
+            "cross_split": cross_split,
+        }
+
+
+def _relative(path: str, root: str) -> str:
+    return path if is_uri(path) else os.path.relpath(path, root)
+
+
+def write_summary(parts: List[Tuple[str, object]], out_dir: str, header: Dict[str, object]) -> str:
+    """Gathers every count into summary.json; written last, so its presence means the job ran."""
+    splits: Dict[str, Dict[str, object]] = {
+        split: {
+            "speakers": 0,
+            "utterances": 0,
+            "eligible_utterances": 0,
+            "excluded_short": 0,
+            "speakers_all_short": 0,
+            "speakers_paired": 0,
+            "speakers_capped": 0,
+            "speakers_without_positives": 0,
+            "positives_available": 0,
+            "positives_planned": 0,
+            "different_target": 0,
+            "different_shortfall": 0,
+            "speaker_links": 0,
+            "pairs": {"same": 0, "different": 0},
+            "pair_files": [],
+            "trials_file": None,
+        }
+        for split in SPLITS
+    }
+    official: List[Dict[str, object]] = []
+    excluded_files: List[str] = []
+    for kind, payload in parts:
+        if kind == "counts":
+            split, counts = payload
+            for key, value in counts.items():
+                if key in ("same", "different"):
+                    splits[split]["pairs"][key] += value
+                else:
+                    splits[split][key] += value
+        elif kind == "pair_file":
+            split, path = payload
+            splits[split]["pair_files"].append(_relative(path, out_dir))
+        elif kind == "trials":
+            split, info = payload
+            splits[split]["trials_file"] = _relative(info["file"], out_dir)
+            splits[split]["trials_lines"] = info["trials"]
+        elif kind == "excluded_file":
+            excluded_files.append(_relative(payload, out_dir))
+        elif kind == "official":
+            official.append({**payload, "written": _relative(payload["written"], out_dir)})
+    for split in SPLITS:
+        splits[split]["pair_files"].sort()
+        splits[split]["pairs"]["total"] = splits[split]["pairs"]["same"] + splits[split]["pairs"]["different"]
+    parts_dir = FileSystems.join(out_dir, TRIAL_PARTS_DIR)
+    if FileSystems.exists(parts_dir):  # every shard was joined and deleted before this step
+        FileSystems.delete([parts_dir])
+    summary = {
+        **header,
+        "splits": splits,
+        "pairs_per_label": {  # same: label 1, different: label 0
+            "same": sum(s["pairs"]["same"] for s in splits.values()),
+            "different": sum(s["pairs"]["different"] for s in splits.values()),
+        },
+        "excluded_short": sum(s["excluded_short"] for s in splits.values()),
+        "excluded_files": sorted(excluded_files),
+        "speakers_capped": sum(s["speakers_capped"] for s in splits.values()),
+        "official_trials": sorted(official, key=lambda o: o["list"]),
+    }
+    path = FileSystems.join(out_dir, SUMMARY)
+    with FileSystems.create(path, mime_type="application/json", compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write((json.dumps(summary, indent=1, sort_keys=False) + "\n").encode("utf-8"))
+    return path

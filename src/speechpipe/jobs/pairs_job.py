@@ -1,0 +1,444 @@
+"""`speechpipe pairs`: same/different-speaker pairs and VoxCeleb trial lists (Apache Beam).
+
+    speechpipe pairs --features DIR --out DIR [--ratio 1:1] [--speaker_cap 200] [--seed 0]
+                     [--same_session_positives] [--segment_frames 40]
+                     [--official_trials FILE ...] [--trial_splits train,validation,test]
+                     [--pair_splits train,validation,test]
+                     [--overwrite] [Beam options: --runner, --direct_running_mode, ...]
+
+On the DirectRunner without --direct_running_mode, inputs under 64 MiB of index run in_memory
+and larger ones multi_processing over every core (see MULTI_PROCESSING_FROM_BYTES).
+
+Input: the feature job's utterance index, `DIR/index/utterances-*.jsonl` (metadata only; no
+feature is decoded), with `DIR/summary.json` for the feature settings; or a demo-corpus
+`manifest.jsonl` (DIR holding one, or the file itself), whose frame counts are derived from the
+durations with the default FeatureConfig.
+
+Output under --out:
+    pairs/<split>/pairs-SSSSS-of-NNNNN.tfrecord.gz   GZIP tf.train.Example {label, utterance_a,
+                                                     utterance_b}: references, resolved into
+                                                     segments by speechpipe.speakers.pair_dataset
+    trials_<split>.txt                               the same pairs as a VoxCeleb trial list
+    excluded/short_utterances-SSSSS-of-NNNNN.jsonl   utterances shorter than one segment
+    official/<name>                                  each --official_trials list, restricted to
+                                                     trials whose utterances are in the index
+    summary.json                                     counts per split and label, config, files
+
+The graph (every step labelled; the sampling rules are in speechpipe.speakers.pairs):
+
+    ListIndexFiles -> SpreadIndexFiles -> ReadIndex                  one (speaker, utterance) each
+      -> Pairs/GroupBySpeaker -> Pairs/CheckSpeaker                 [GROUPS | SHORT | SPEAKER_STATS]
+      GROUPS -> Pairs/KeyBySplit -> Pairs/GroupBySplit -> Pairs/PlanSplit     [PLANS | PLAN_STATS]
+      GROUPS -> Pairs/DrawPairs (side input: PLANS)              [pairs_<split> | PAIR_STATS]
+      pairs_<split> -> EncodePairs[<split>] -> WritePairs[<split>]
+      pairs_<split> -> FormatTrials[<split>] -> WriteTrialShards[<split>]
+                    -> ListTrialShards[<split>] -> JoinTrialShards[<split>]
+      SHORT -> WriteExcluded;  official lists -> CheckOfficialTrials (side input: PLANS)
+      all counts -> Summary/... -> WriteSummary
+
+Memory: the only collections that cross a shuffle are the utterances (grouped by speaker, then
+by split) and small per-speaker counts. Pairs are drawn after the last shuffle, one block per
+speaker (bounded by the cap), and stream straight into the file writers of the same fused stage
+(sinks run without a fixed shard count, which would add a shuffle of every pair), so memory
+does not grow with the pair count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+from apache_beam.pvalue import AsDict
+
+from speechpipe.config import SPLITS, FeatureConfig
+from speechpipe.filenames import MANIFEST_FILE, TRIALS_FILE
+from speechpipe.io import storage
+from speechpipe.jobs.pair_outputs import (  # noqa: F401 - the layout, also for callers of the job
+    EXCLUDED_DIR,
+    EXCLUDED_PREFIX,
+    OFFICIAL_DIR,
+    PAIRS_DIR,
+    PAIRS_PREFIX,
+    PAIRS_SUFFIX,
+    SUMMARY,
+    TRIAL_PARTS_DIR,
+    CheckOfficialTrials,
+    PairRecordSink,
+    format_trial_block,
+    join_shards,
+    write_summary,
+)
+from speechpipe.jobs.pair_transforms import (
+    PAIR_STATS,
+    PAIRS_TAG,
+    PLAN_STATS,
+    PLANS,
+    SHORT,
+    SPEAKER_STATS,
+    PairsFromUtterances,
+    ReadIndexFile,
+    SumCounts,
+)
+from speechpipe.speakers.pairs import PairConfig, PairsInputError, encode_pair_block, parse_ratio
+from speechpipe.speakers.trials import iter_trials
+
+# Input layout: the feature job's output, or a demo-corpus manifest.
+INDEX_DIR = "index"
+INDEX_PATTERN = "utterances-*.jsonl*"
+MANIFEST = MANIFEST_FILE
+FEATURES_SUMMARY = "summary.json"
+
+# The DirectRunner's running mode when none is given. Measured on the 2-core reference machine
+# (docs/pairs.md): multi_processing starts one SDK worker process per core and ships every
+# element to it over gRPC, which costs more than the second core gains on small inputs (110k
+# utterances: 37 s against 23 s in_memory) and pays off on large ones (1.1M utterances, 10M
+# pairs: 146 s against 159 s, at 2.1 GB against 0.7 GB). So: in_memory below this much index,
+# multi_processing over every core above it. Tests pass in_memory explicitly.
+MULTI_PROCESSING_FROM_BYTES = 64 << 20  # about 450k index lines
+
+
+# ----------------------------------------------------------------------------------------------
+# Input
+
+
+@dataclass(frozen=True)
+class PairsInput:
+    """What --features resolved to."""
+
+    kind: str  # "index" or "manifest"
+    paths: Tuple[str, ...]
+    features: FeatureConfig
+    features_from: str  # the summary.json the feature settings came from, or "defaults"
+    bytes: int = 0  # size of the input files
+
+    def to_json(self) -> Dict[str, object]:
+        return {
+            "kind": self.kind,
+            "files": list(self.paths),
+            "bytes": self.bytes,
+            "features": self.features.to_json(),
+            "features_from": self.features_from,
+        }
+
+
+def _match(pattern: str) -> List[str]:
+    try:
+        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    except Exception:  # FileSystems raises BeamIOError when nothing matches
+        return []
+
+
+def _size(paths: Sequence[str]) -> int:
+    return sum(m.size_in_bytes for result in FileSystems.match(list(paths)) for m in result.metadata_list)
+
+
+def resolve_input(path: str) -> PairsInput:
+    """--features: a feature job's output folder (its index), a folder with a manifest.jsonl,
+    or a manifest file."""
+    # On object storage a folder is a prefix, which FileSystems.exists does not see: one short
+    # listing does.
+    if not FileSystems.exists(path) and not (storage.is_uri(path) and storage.beam_has_objects(path)):
+        raise FileNotFoundError(f"--features {path}: no such file or folder")
+    summary_path = FileSystems.join(path, FEATURES_SUMMARY)
+    index = _match(FileSystems.join(path, INDEX_DIR, INDEX_PATTERN))
+    if index:
+        features, source = FeatureConfig(), "defaults"
+        if FileSystems.exists(summary_path):
+            with FileSystems.open(summary_path) as f:
+                summary = json.load(io.TextIOWrapper(f, encoding="utf-8"))
+            if isinstance(summary, dict) and isinstance(summary.get("features"), dict):
+                features, source = FeatureConfig.from_json(summary["features"]), summary_path
+        return PairsInput("index", tuple(index), features, source, _size(index))
+    manifest = FileSystems.join(path, MANIFEST)
+    if FileSystems.exists(manifest):
+        return PairsInput("manifest", (manifest,), FeatureConfig(), "defaults", _size([manifest]))
+    if _match(path) == [path] or os.path.isfile(path):
+        return PairsInput("manifest", (path,), FeatureConfig(), "defaults", _size([path]))
+    raise FileNotFoundError(
+        f"--features {path}: holds neither {INDEX_DIR}/{INDEX_PATTERN} (a feature job's index) nor {MANIFEST}"
+    )
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    source: PairsInput,
+    out_dir: str,
+    config: PairConfig,
+    trial_splits: Sequence[str] = SPLITS,
+    official_trials: Sequence[str] = (),
+    voxceleb_ids: bool = True,
+    pair_splits: Sequence[str] = SPLITS,
+) -> None:
+    """Adds the whole job to `pipeline`."""
+    header = {
+        "job": "speechpipe pairs",
+        "config": {**config.to_json(), "trial_splits": list(trial_splits), "pair_splits": list(pair_splits)},
+        "input": source.to_json(),
+        "segment": {
+            "frames": config.segment_frames,
+            "bins": source.features.n_bins,
+            "short_rule": f"excluded: utterances with fewer than {config.segment_frames} frames "
+            f"take part in no pair and are listed under {EXCLUDED_DIR}/",
+            "training_offset": "uniform over [0, num_frames - frames], drawn per pair and epoch "
+            "in the input pipeline (speechpipe.speakers.pair_dataset)",
+            "evaluation_hop": config.eval_hop,
+        },
+        "pair_record": {
+            "format": "GZIP TFRecord of tf.train.Example",
+            "keys": {"label": "int64 (1 same, 0 different)", "utterance_a": "bytes", "utterance_b": "bytes"},
+        },
+    }
+    utterances = (
+        pipeline
+        | "ListIndexFiles" >> beam.Create(list(source.paths))
+        | "SpreadIndexFiles" >> beam.Reshuffle()
+        | "ReadIndex" >> beam.ParDo(ReadIndexFile(source.features))
+    )
+    result = utterances | "Pairs" >> PairsFromUtterances(config)
+
+    parts = []
+    for split in SPLITS:
+        prefix = FileSystems.join(out_dir, PAIRS_DIR, split, PAIRS_PREFIX)
+        if split in pair_splits:
+            parts.append(
+                result[PAIRS_TAG[split]]
+                | f"EncodePairs[{split}]" >> beam.Map(lambda block: encode_pair_block(block[1]))
+                | f"WritePairs[{split}]" >> beam.io.Write(PairRecordSink(prefix))
+                | f"TagPairFiles[{split}]" >> beam.Map(lambda path, s=split: ("pair_file", (s, path)))
+            )
+        if split in trial_splits:
+            parts.append(
+                result[PAIRS_TAG[split]]
+                | f"FormatTrials[{split}]" >> beam.Map(format_trial_block)
+                | f"WriteTrialShards[{split}]"
+                >> beam.io.WriteToText(
+                    FileSystems.join(out_dir, TRIAL_PARTS_DIR, f"trials_{split}"), file_name_suffix=".txt"
+                )
+                | f"ListTrialShards[{split}]" >> beam.combiners.ToList()
+                | f"JoinTrialShards[{split}]"
+                >> beam.Map(
+                    lambda shards, s=split: (
+                        "trials",
+                        (s, join_shards(shards, FileSystems.join(out_dir, TRIALS_FILE.format(split=s)))),
+                    )
+                )
+            )
+    parts.append(
+        result[SHORT]
+        | "WriteExcluded"
+        >> beam.io.WriteToText(FileSystems.join(out_dir, EXCLUDED_DIR, EXCLUDED_PREFIX), file_name_suffix=".jsonl")
+        | "TagExcludedFiles" >> beam.Map(lambda path: ("excluded_file", path))
+    )
+    counts = (
+        (result[SPEAKER_STATS], result[PLAN_STATS], result[PAIR_STATS])
+        | "Summary/FlattenCounts" >> beam.Flatten()
+        | "Summary/SumPerSplit" >> beam.CombinePerKey(SumCounts())
+        | "Summary/TagCounts" >> beam.Map(lambda kv: ("counts", kv))
+    )
+    parts.append(counts)
+    if official_trials:
+        parts.append(
+            pipeline
+            | "ListOfficialTrials" >> beam.Create(list(official_trials))
+            | "CheckOfficialTrials"
+            >> beam.ParDo(CheckOfficialTrials(out_dir, voxceleb_ids), plans=AsDict(result[PLANS]))
+            | "TagOfficial" >> beam.Map(lambda coverage: ("official", coverage))
+        )
+    _ = (
+        parts
+        | "Summary/Flatten" >> beam.Flatten()
+        | "Summary/Gather" >> beam.combiners.ToList()
+        | "WriteSummary" >> beam.Map(write_summary, out_dir, header)
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = PairConfig()
+    parser = argparse.ArgumentParser(
+        prog="speechpipe pairs",
+        description="Balanced same/different-speaker pairs and VoxCeleb trial lists (Apache Beam). "
+        "Unknown options go to Beam (--runner, --direct_running_mode, ...).",
+    )
+    parser.add_argument(
+        "--features",
+        required=True,
+        help="the feature job's output folder (reads index/utterances-*.jsonl), "
+        "or a demo corpus folder or manifest.jsonl",
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--ratio", default=f"{d.same}:{d.different}", help="same:different pairs, default %(default)s")
+    parser.add_argument(
+        "--speaker-cap",
+        "--speaker_cap",
+        type=int,
+        default=d.speaker_cap,
+        help="same-speaker pairs per speaker at most, default %(default)s",
+    )
+    parser.add_argument(
+        "--same-session-positives",
+        "--same_session_positives",
+        action="store_true",
+        help="also pair two utterances of one session (default: positives come "
+        "from different sessions, as VoxCeleb's trials pair different videos)",
+    )
+    parser.add_argument(
+        "--segment-frames",
+        "--segment_frames",
+        type=int,
+        default=d.segment_frames,
+        help="frames of one embedder segment; shorter utterances are excluded, default %(default)s",
+    )
+    parser.add_argument(
+        "--eval-hop",
+        "--eval_hop",
+        type=int,
+        default=d.eval_hop,
+        help="hop between evaluation windows, recorded for the input pipeline, default %(default)s",
+    )
+    parser.add_argument("--seed", type=int, default=d.seed, help="default %(default)s")
+    parser.add_argument(
+        "--trial-splits",
+        "--trial_splits",
+        default=",".join(SPLITS),
+        help="splits that get a trials_<split>.txt, default %(default)s",
+    )
+    parser.add_argument(
+        "--pair-splits",
+        "--pair_splits",
+        default=",".join(SPLITS),
+        help="splits whose pair records are written under pairs/<split>/ (empty: none, "
+        "only trial lists and counts), default %(default)s",
+    )
+    parser.add_argument(
+        "--official-trials",
+        "--official_trials",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="VoxCeleb1 trial lists to check against the index and copy "
+        "(veri_test.txt, veri_test2.txt, list_test_all2.txt, list_test_hard2.txt)",
+    )
+    parser.add_argument(
+        "--any-ids",
+        "--any_ids",
+        action="store_true",
+        help="accept official-list paths that are not VoxCeleb-shaped (<speaker>/<session>/<name>.wav)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
+    return parser
+
+
+def default_running_mode(input_bytes: int, cpus: Optional[int] = None) -> str:
+    """The DirectRunner mode for an input of `input_bytes` (see MULTI_PROCESSING_FROM_BYTES)."""
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    return "multi_processing" if cpus > 1 and input_bytes >= MULTI_PROCESSING_FROM_BYTES else "in_memory"
+
+
+def pipeline_options(beam_args: List[str], input_bytes: int = 0) -> PipelineOptions:
+    """Beam options; on the DirectRunner without --direct_running_mode, the mode suited to the
+    input's size (in_memory for small inputs, multi_processing over every core for large)."""
+    from speechpipe.jobs.beam_options import direct_runner_defaults, with_quiet_workers
+
+    options = PipelineOptions(with_quiet_workers(direct_runner_defaults(beam_args, default_running_mode(input_bytes))))
+    options.view_as(SetupOptions).save_main_session = False  # DoFns live in importable modules
+    return options
+
+
+def _prepare_out(out_dir: str, overwrite: bool) -> None:
+    previous: List[str] = []
+    for name in (SUMMARY, PAIRS_DIR, EXCLUDED_DIR, OFFICIAL_DIR, TRIAL_PARTS_DIR):
+        path = FileSystems.join(out_dir, name)
+        if FileSystems.exists(path):
+            previous.append(path)
+        elif storage.is_uri(out_dir):
+            # On object storage a folder is a prefix, which FileSystems.exists does not see: its
+            # objects are the earlier outputs (else stale pair shards would mix with new ones).
+            previous += sorted(storage.beam_list(path))
+    previous += _match(FileSystems.join(out_dir, "trials_*.txt"))
+    if previous and not overwrite:
+        raise FileExistsError(f"--out {out_dir} holds the outputs of an earlier run; pass --overwrite")
+    if previous:
+        FileSystems.delete(previous)
+    if not storage.is_uri(out_dir):
+        os.makedirs(out_dir, exist_ok=True)
+
+
+_WRAPPED_ERROR = re.compile(r"(?:PairsInputError|TrialFormatError): (.+?)(?: \[while running|\n|$)")
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    """Runs the job; returns 0. Bad input raises PairsInputError (a ValueError) naming the file
+    and line or the speaker, FileNotFoundError or FileExistsError."""
+    known, beam_args = build_parser().parse_known_args(argv)
+    same, different = parse_ratio(known.ratio)
+    config = PairConfig(
+        seed=known.seed,
+        same=same,
+        different=different,
+        speaker_cap=known.speaker_cap,
+        cross_session=not known.same_session_positives,
+        segment_frames=known.segment_frames,
+        eval_hop=known.eval_hop,
+    ).validate()
+    trial_splits = [s for s in known.trial_splits.split(",") if s]
+    pair_splits = [s for s in known.pair_splits.split(",") if s]
+    for option, chosen in (("--trial_splits", trial_splits), ("--pair_splits", pair_splits)):
+        unknown = sorted(set(chosen) - set(SPLITS))
+        if unknown:
+            raise PairsInputError(f"{option}: {', '.join(unknown)} not among {', '.join(SPLITS)}")
+    source = resolve_input(known.features)
+    # Official lists are small (<= 580k lines): checking them before the pipeline starts gives
+    # a clean error at once instead of one wrapped by the runner after the heavy work.
+    for path in known.official_trials:
+        for _ in iter_trials(path, voxceleb_ids=not known.any_ids):
+            pass
+    _prepare_out(known.out, known.overwrite)
+    started = time.time()
+    try:
+        with beam.Pipeline(options=pipeline_options(beam_args, source.bytes)) as pipeline:
+            build_pipeline(
+                pipeline,
+                source,
+                known.out,
+                config,
+                trial_splits,
+                known.official_trials,
+                voxceleb_ids=not known.any_ids,
+                pair_splits=pair_splits,
+            )
+    except PairsInputError:
+        raise
+    except Exception as error:  # the runner re-raises worker errors as RuntimeError(traceback)
+        found = _WRAPPED_ERROR.search(str(error))
+        if found:
+            raise PairsInputError(found.group(1)) from error
+        raise
+    with FileSystems.open(FileSystems.join(known.out, SUMMARY)) as f:
+        summary = json.load(io.TextIOWrapper(f, encoding="utf-8"))
+    for split, counts in summary["splits"].items():
+        print(
+            f"{split}: {counts['pairs']['same']} same + {counts['pairs']['different']} different pairs "
+            f"from {counts['speakers_paired']} speakers; {counts['excluded_short']} short utterances excluded"
+        )
+    print(f"pairs written to {known.out} in {time.time() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(run())
