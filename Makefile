@@ -15,11 +15,12 @@ PYTHON310 ?= $(shell for p in python3.10 $$(pyenv root 2>/dev/null)/versions/3.1
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
-.PHONY: help env demo test test-fast bench lock clean
+.PHONY: help env demo lint test test-fast bench lock clean
 
 help:
 	@echo "make demo   synthesise the demo corpus and run the pipeline on embedded defaults"
-	@echo "make test   run the test suite (installs the environment first)"
+	@echo "make test   lint, then the whole test suite (installs the environment first)"
+	@echo "make lint   ruff (format and lint) and the import contract of the package layers"
 	@echo "make test-fast  the suite without end-to-end runs and learning tests (markers e2e, slow)"
 	@echo "make bench  run the benchmarks in bench/"
 	@echo "make lock   re-resolve requirements.in into requirements.lock"
@@ -40,10 +41,16 @@ $(STAMP): requirements.lock setup.py
 demo: $(STAMP)
 	$(BIN)/speechpipe run --home $(HOME_DIR)
 
-test: $(STAMP)
+# The layers of docs/architecture.md, as an import-linter contract over the installed layout.
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/python .ci/import_contract.py
+
+test: lint
 	$(BIN)/python -m pytest tests
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest tests -m "not e2e and not slow"
 
 bench: $(STAMP)

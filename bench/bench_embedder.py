@@ -309,7 +309,7 @@ def _evaluate(
     scoring = loaded.config.scoring
     by_utterance = dict(zip(utterances, embeddings))
     score_fn = lambda a, b: score(a, b, scoring)  # noqa: E731
-    listed = read_trials(os.path.join(pairs, "trials_test.txt"))
+    listed = read_trials(os.path.join(pairs, "trials_test.txt"), voxceleb_ids=False)  # the job's own list
     s, y = speaker_eval.trial_scores(by_utterance, listed, score_fn)
     on_list = speaker_eval.verification(s, y)
     fpr, fnr = speaker_eval.det_curve(s, y)

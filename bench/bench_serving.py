@@ -130,12 +130,14 @@ def measure(home: str, corpus: str, limit: int, models: Dict[str, str]) -> List[
 
 
 def main(argv=None) -> int:
+    from speechpipe.serving.commands import CTC_MODEL, EMBEDDER_MODEL
+
     parser = argparse.ArgumentParser(prog="python -m bench bench_serving", description=__doc__.splitlines()[0])
     parser.add_argument("--home", default="speechpipe_home")
     parser.add_argument("--input", default=None, help="a synthesised corpus folder (default HOME/corpus)")
     parser.add_argument("--limit", type=int, default=200, help="utterances (default %(default)s)")
-    parser.add_argument("--ctc-model", default="models:/speechpipe-ctc@champion")
-    parser.add_argument("--embedder-model", default="models:/speechpipe-embedder@champion")
+    parser.add_argument("--ctc-model", default=CTC_MODEL)
+    parser.add_argument("--embedder-model", default=EMBEDDER_MODEL)
     args = parser.parse_args(argv)
     corpus = args.input or os.path.join(args.home, "corpus")
     if not os.path.isfile(os.path.join(corpus, "manifest.jsonl")):

@@ -1,4 +1,4 @@
-"""Evaluate and bless: the one rule both evaluators apply (speechpipe.components.evaluator for the
+"""Evaluate and bless: the one rule both evaluators apply (speechpipe.components.ctc_evaluator for the
 CTC recogniser's PER, speechpipe.components.speaker_evaluator for the embedder's EER).
 
 The candidate and the champion (resolved through ML Metadata, or the registry's, by the
@@ -10,6 +10,11 @@ margin; every reason it is not is recorded. The blessing is a standard `ModelBle
 BLESSED or NOT_BLESSED file (TFX's Evaluator convention), `evaluation.json` with the details for
 the report, and the properties TFX's LatestBlessedModelStrategy and our champion resolver read.
 Artifact URIs may be local folders or object storage (TFX's fileio).
+
+evaluation.json records what the candidate was compared with (`champion`: its ML Metadata id and
+URI, and its registry version when it came from the registry) and enough about the test split to
+measure another model on it (`measure_on_test_split`): the registry pusher does so when the
+registry's champion changed while this run evaluated (components/registry_pusher.py).
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from typing import Callable, Dict, List, Optional
 
 from speechpipe.filenames import EVALUATION_FILE
 from speechpipe.io import storage
+
+# The blessing metric of each model kind (lower is better).
+METRICS = {"ctc": "per", "speaker": "eer"}
 
 
 def serving_dir(model_uri: str) -> str:
@@ -131,13 +139,42 @@ def evaluate_and_bless(
             else None
         ),
         "thresholds": {f"max_{metric}": max_value, f"min_{metric}_improvement": min_improvement},
-        "test_examples": {"id": examples.id, "span": examples.span, "uri": test_uri},
+        "test_examples": {"id": examples.id, "span": examples.span, "uri": test_uri, **_test_inventory(examples)},
         "data_key": data_key,
     }
     if annotate is not None:
         annotate(evaluation)
     write_blessing(blessing, evaluation, model, champion, data_key, model_kind, metric)
     return evaluation
+
+
+def _test_inventory(examples) -> Dict[str, str]:
+    """The phone inventory the test transcripts were tokenised with (FeatureGen records it on CTC
+    Examples), so that another model's PER can be measured on them later."""
+    if examples.has_custom_property("phone_inventory"):
+        return {"phone_inventory": examples.get_string_custom_property("phone_inventory")}
+    return {}
+
+
+def measure_on_test_split(model_kind: str, evaluation: Dict[str, object], saved_model_dir: str) -> Dict[str, object]:
+    """Measures a SavedModel on the test split an evaluation measured its candidate on, with the
+    evaluator's own metric function (the CTC evaluator's PER, the speaker evaluator's EER on the
+    same trial list), so its metric compares like for like with the candidate's."""
+    test = evaluation["test_examples"]
+    if model_kind == "speaker":
+        from speechpipe.components.speaker_evaluator import embedder_metrics
+        from speechpipe.speakers.split_data import read_split
+        from speechpipe.speakers.trials import read_trials
+
+        metrics = embedder_metrics(
+            saved_model_dir, read_split(test["uri"], min_speakers=2), read_trials(str(evaluation["trials"]))
+        )
+        metrics.pop("det", None)
+        return metrics
+    from speechpipe.components.ctc_evaluator import transcriber_per
+
+    inventory = test.get("phone_inventory")
+    return transcriber_per(saved_model_dir, test["uri"], **({"inventory": inventory} if inventory else {}))
 
 
 def write_blessing(

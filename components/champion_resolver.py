@@ -5,13 +5,23 @@ and `current_model_id` is the model's id), except that models blessed on this ru
 are skipped. A re-run with nothing new therefore resolves the same champion as the run before it
 (and its Trainer and Evaluator are cache hits), while a run on new data resolves the model that is
 champion now.
+
+`champion_resolver` builds the node. KubeflowV2DagRunner compiles no strategy of our own (only
+TFX's LatestBlessedModelStrategy and LatestArtifactStrategy, into KFP resolver tasks that query the
+orchestrator's metadata store), so a pipeline built inside `kubeflow_champions()` gets
+LatestBlessedModelStrategy resolvers instead, and the Kubeflow runner adds ChampionStrategy's rules
+to their compiled queries (pipeline/kubeflow_v2_runner.py).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import contextlib
+import contextvars
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional
 
 from tfx import types
+from tfx import v1 as tfx
 from tfx.dsl.components.common import resolver
 
 
@@ -42,3 +52,48 @@ class ChampionStrategy(resolver.ResolverStrategy):
             if model.id in blessed:
                 return {"model": [model], "model_blessing": [blessed[model.id]]}
         return {"model": [], "model_blessing": []}
+
+
+@dataclass(frozen=True)
+class KubeflowChampion:
+    """A champion resolver built for KubeflowV2DagRunner, with the ChampionStrategy rules its
+    compiled queries must add (the node's id is read after `with_id`)."""
+
+    node: tfx.dsl.Resolver
+    data_key: str
+    model_kind: str
+
+
+# The resolvers built inside `kubeflow_champions()`; None outside it.
+_KUBEFLOW_CHAMPIONS: contextvars.ContextVar[Optional[List[KubeflowChampion]]] = contextvars.ContextVar(
+    "speechpipe_kubeflow_champions", default=None
+)
+
+
+@contextlib.contextmanager
+def kubeflow_champions() -> Iterator[List[KubeflowChampion]]:
+    """Within it, `champion_resolver` builds the form KubeflowV2DagRunner compiles (TFX's
+    LatestBlessedModelStrategy) and appends each node it built to the list this yields."""
+    built: List[KubeflowChampion] = []
+    token = _KUBEFLOW_CHAMPIONS.set(built)
+    try:
+        yield built
+    finally:
+        _KUBEFLOW_CHAMPIONS.reset(token)
+
+
+def champion_resolver(data_key: str, model_kind: str) -> tfx.dsl.Resolver:
+    """The resolver node of one branch's champion ("ctc" or "speaker"): ChampionStrategy through ML
+    Metadata, or, inside `kubeflow_champions()`, LatestBlessedModelStrategy (recorded there)."""
+    channels = {
+        "model": tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        "model_blessing": tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    }
+    kubeflow = _KUBEFLOW_CHAMPIONS.get()
+    if kubeflow is None:
+        return tfx.dsl.Resolver(
+            strategy_class=ChampionStrategy, config={"data_key": data_key, "model_kind": model_kind}, **channels
+        )
+    node = tfx.dsl.Resolver(strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy, **channels)
+    kubeflow.append(KubeflowChampion(node, data_key, model_kind))
+    return node

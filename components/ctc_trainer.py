@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
@@ -22,8 +22,8 @@ from speechpipe import training as shared  # what both trainers use; `training` 
 from speechpipe.components import trainer_contract
 from speechpipe.config import FeatureConfig
 from speechpipe.io import storage
+from speechpipe.phones.ctc_config import CTCTrainConfig
 from speechpipe.phones.ctc_model import (
-    CTCModelConfig,
     CTCTrainer,
     PERResult,
     build_acoustic_model,
@@ -33,53 +33,10 @@ from speechpipe.phones.ctc_model import (
 )
 from speechpipe.phones.inventory import load_inventory
 from speechpipe.phones.phone_error_rate import records_per
-from speechpipe.validation import reject_unknown
 
 log = logging.getLogger(__name__)
 
 MODEL_SECTION = "ctc"  # custom_config's key for CTCTrainConfig json (trainer_contract)
-
-
-@dataclass(frozen=True)
-class CTCTrainConfig:
-    """How the CTC recogniser trains. Defaults are measured in docs/ctc.md; the pipeline's own
-    budget is speechpipe.pipeline.run_config.CTCBudget."""
-
-    model: CTCModelConfig = field(default_factory=CTCModelConfig)
-    optimizer: str = "adam"  # "adam", or "sgd" (seed 000: lr 0.02, momentum 0.9, Nesterov)
-    learning_rate: float = 1e-3
-    momentum: float = 0.9
-    clipnorm: float = 5.0  # as seed 000
-    batch_size: int = 32
-    max_epochs: int = 200
-    max_minutes: Optional[float] = None  # wall-clock budget; None = no budget
-    max_steps: int = 0  # optimiser-step budget (the Trainer's train_steps); 0 = none
-    patience: int = 6  # epochs without a better validation PER; 0 = never stop on it
-    bucket_boundaries: Tuple[int, ...] = (150, 200, 250, 300, 350, 400, 500, 700)
-    shuffle_buffer: int = 2048
-    mixed_precision: bool = False
-    # SpecAugment on training batches: without it the BLSTMs memorise the training sentences
-    # (bench: 7 % PER on unseen speakers saying training sentences, 15 % on unseen sentences).
-    # Time masks make the model rely on local acoustic evidence; 0 masks = off.
-    time_masks: int = 2
-    time_mask_frames: int = 20  # widest mask, in 10 ms frames
-    freq_masks: int = 2
-    freq_mask_bins: int = 10
-    seed: int = 0
-    inventory: str = "phones_de.json"
-
-    def to_json(self) -> Dict[str, object]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Dict[str, object]) -> "CTCTrainConfig":
-        reject_unknown(data, cls.__dataclass_fields__, "CTC trainer")
-        values = dict(data)
-        if "model" in values:
-            values["model"] = CTCModelConfig.from_json(values["model"])
-        if "bucket_boundaries" in values:
-            values["bucket_boundaries"] = tuple(values["bucket_boundaries"])
-        return cls(**values)
 
 
 @dataclass
@@ -190,14 +147,9 @@ def evaluate_per(acoustic: keras.Model, files: Sequence[str], config: CTCTrainCo
 # ------------------------------------------------------------------------------------ training
 
 
-def _optimizer(config: CTCTrainConfig) -> keras.optimizers.Optimizer:
-    if config.optimizer == "adam":
-        return keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm)
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(
-            config.learning_rate, momentum=config.momentum, nesterov=True, clipnorm=config.clipnorm
-        )
-    raise ValueError(f"optimizer {config.optimizer!r}: expected 'adam' or 'sgd'")
+def adam(config: CTCTrainConfig) -> keras.optimizers.Optimizer:
+    """The product's optimiser: Adam at the config's learning rate, gradients clipped by norm."""
+    return keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm)
 
 
 def restore_acoustic(acoustic: keras.Model, saved_model_dir: str) -> None:
@@ -219,10 +171,13 @@ def train(
     global_stats: Optional[Dict[str, object]] = None,
     champion: Optional[str] = None,
     warm_start_enabled: bool = True,
+    make_optimizer: Callable[[CTCTrainConfig], keras.optimizers.Optimizer] = adam,
 ) -> Dict[str, object]:
     """Trains (from the champion's weights when `champion` is given and the architecture
     agrees), restores the best weights by validation PER, exports the `transcribe` SavedModel
-    with training_result.json beside it, and returns the history and figures."""
+    with training_result.json beside it, and returns the history and figures. `make_optimizer`
+    is for the bench's reproduction of seed 000 (SGD, bench/bench_ctc.py); the pipeline trains
+    with `adam`."""
     from speechpipe.audio.tf_features import GraphFeatures
 
     train_files, eval_files = shared.expand_files(train_files), shared.expand_files(eval_files)
@@ -244,7 +199,7 @@ def train(
             warm_start_enabled,
         )
         trainer = CTCTrainer(acoustic, inventory.blank_id, config.model.frame_stack)
-        trainer.compile(optimizer=_optimizer(config))
+        trainer.compile(optimizer=make_optimizer(config))
     validation = trainer_contract.BestWeights(
         acoustic,
         lambda: ({"val_per": evaluate_per(acoustic, eval_files, config).per}, None),

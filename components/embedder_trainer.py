@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -36,6 +36,7 @@ from speechpipe.config import FeatureConfig
 from speechpipe.speakers import speaker_eval
 from speechpipe.speakers.embedder import (
     EmbedderConfig,
+    EmbedderTrainConfig,
     LinearBackend,
     build_base_network,
     clustering_distances,
@@ -56,58 +57,9 @@ from speechpipe.training import (
     set_mixed_precision,
     tensorboard,
 )
-from speechpipe.validation import ConfigError, reject_unknown
+from speechpipe.validation import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EmbedderTrainConfig:
-    """How the embedder trains. Defaults are measured in docs/embedder.md."""
-
-    model: EmbedderConfig = field(default_factory=EmbedderConfig)
-    speakers_per_batch: int = 16  # P
-    segments_per_speaker: int = 8  # K: a batch of P x K = 128 segments
-    learning_rate: float = 1e-3  # Adam
-    clipnorm: float = 1.0
-    max_seconds: float = 1200.0  # wall-clock budget of fit(), validation included
-    max_steps: int = 0  # 0 = no step limit
-    eval_every_steps: int = 200
-    # Stop when this many evaluations in a row bring no better validation EER (0 = never): the
-    # budget is then spent on weights that validation would not choose.
-    patience_evals: int = 6
-    seed: int = 0
-    mixed_precision: bool = True  # float16 compute on a GPU; CPU stays float32
-    log_every_steps: int = 0  # > 0: a progress line every this many steps
-
-    def validate(self) -> "EmbedderTrainConfig":
-        self.model.validate()
-        if self.speakers_per_batch < 2 or self.segments_per_speaker < 2:
-            raise ConfigError(
-                f"speakers_per_batch={self.speakers_per_batch}, segments_per_speaker="
-                f"{self.segments_per_speaker}: the in-batch loss needs >= 2 of each"
-            )
-        if self.learning_rate <= 0 or self.clipnorm <= 0:
-            raise ConfigError(f"learning_rate={self.learning_rate}, clipnorm={self.clipnorm}: must be positive")
-        if self.max_seconds <= 0 and self.max_steps <= 0:
-            raise ConfigError("need a budget: max_seconds > 0 or max_steps > 0")
-        if self.patience_evals < 0:
-            raise ConfigError(f"patience_evals={self.patience_evals}: need >= 0")
-        if self.eval_every_steps < 1:
-            raise ConfigError(f"eval_every_steps={self.eval_every_steps}: need >= 1")
-        return self
-
-    def to_json(self) -> Dict[str, object]:
-        data = asdict(self)
-        data["model"] = self.model.to_json()
-        return data
-
-    @classmethod
-    def from_json(cls, data: Dict[str, object]) -> "EmbedderTrainConfig":
-        reject_unknown(data, cls.__dataclass_fields__, "embedder trainer")
-        values = dict(data)
-        values["model"] = EmbedderConfig.from_json(values.get("model", {}))
-        return cls(**values)
 
 
 # --------------------------------------------------------------------------------- validation

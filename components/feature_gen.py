@@ -17,6 +17,7 @@ from tfx.dsl.component.experimental.annotations import OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 
+from speechpipe.config import SPLIT_FRACTIONS
 from speechpipe.io import storage
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -30,7 +31,7 @@ def FeatureGen(  # TFX names components in CamelCase
     feature_config: Parameter[str],
     input_fingerprint: Parameter[str],
     beam_args: Parameter[str] = "[]",
-    split_fractions: Parameter[str] = "0.8,0.1,0.1",
+    split_fractions: Parameter[str] = ",".join(str(f) for f in SPLIT_FRACTIONS),
     inventory: Parameter[str] = "",
     language: Parameter[str] = "",
     augment_config: Parameter[str] = "",

@@ -8,6 +8,17 @@ registry, smoke-tests the SavedModel's serving signature (`transcribe`, or `embe
 speaker embedder) and the pyfunc flavor, and only then moves the `champion` alias. An unblessed
 model is recorded as not pushed, with the evaluator's reason.
 
+A model is never made champion without beating the version it replaces (`claim_champion`). Two
+runs on one registry may evaluate at once, each against the champion of its start, and push in
+turn; so under the registry's champion lock (src/speechpipe/results/registry.py) the pusher reads
+the champion again. When it is the one the evaluator compared with (or there is none), the
+evaluator's verdict stands. When another run made a new champion meanwhile, the pusher measures
+that champion on this run's own test split with the evaluator's metric function
+(speechpipe.components.blessing.measure_on_test_split), outside the lock, then takes the lock again
+and moves the alias only if the candidate beats it by the evaluator's margin and it is still the
+champion. Otherwise the version stays registered without the alias, and push.json and the
+version's tags say why (`champion_decision`).
+
 A custom executor (not a Python-function component) because the executor context carries the
 pipeline run id, which must not be an execution parameter: it would defeat the cache. Artifact
 URIs may be local folders or object storage (TFX's fileio; the registry stages what MLflow must
@@ -17,9 +28,10 @@ read from a local folder).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
@@ -28,8 +40,13 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from speechpipe.io import storage
 
+log = logging.getLogger(__name__)
+
 PUSH_FILE = "push.json"
 OPERATING_POINT_FILE = "operating_point.json"
+# Rounds of "the champion changed: measure the new one" before giving up; each round needs another
+# run to have made a champion while this one measured the last.
+CLAIM_ATTEMPTS = 3
 
 
 class RegistryPusherSpec(types.ComponentSpec):
@@ -58,6 +75,131 @@ def _read_json(path: str) -> Dict[str, Any]:
         return {}
 
 
+def _run_param(registry, run_id: Optional[str], key: str) -> str:
+    if not run_id:
+        return ""
+    try:
+        return str(registry.client.get_run(run_id).data.params.get(key, ""))
+    except Exception:  # the run may live elsewhere
+        return ""
+
+
+def was_compared(registry, due: Dict[str, Any], compared: Optional[Dict[str, Any]]) -> bool:
+    """Whether the registry version `due` is the champion the evaluator measured: evaluation.json's
+    `champion`, named by registry version (a registry champion) or by its ML Metadata model's URI,
+    which the version that model was pushed as carries (tag, or run parameter `model_uri`)."""
+    if not compared:
+        return False
+    if compared.get("registry_version"):
+        return str(compared["registry_version"]) == str(due["version"])
+    uri = due.get("tags", {}).get("model_uri") or _run_param(registry, due.get("run_id"), "model_uri")
+    return bool(uri) and uri == compared.get("uri")
+
+
+def claim_champion(
+    registry,
+    name: str,
+    version: str,
+    data_key: str,
+    compared: Optional[Dict[str, Any]],
+    metric: str,
+    candidate_value: float,
+    margin: float,
+    measure: Callable[[str], Dict[str, Any]],
+    attempts: int = CLAIM_ATTEMPTS,
+) -> Dict[str, Any]:
+    """Moves the `champion` alias of `name` to `version` if it beats the champion it replaces.
+
+    The champion due for comparison is the registry's for this run's data key (the rule the
+    champion steps resolve by: components/registry_champion.py `find_champion`). `compared` is
+    the champion the evaluator measured (evaluation.json's `champion`, None for none), with
+    `candidate_value` the candidate's `metric` on this run's test split and `margin` the
+    evaluator's improvement margin; `measure(version)` measures a registry version on that same
+    split. Returns {"champion": moved or not, "why", "compared_with": the version compared with
+    (None: no champion), "replaced": the alias's holder before, "champion_metrics" when the
+    pusher measured the champion itself, "lock": the lock file, None for a compare-and-set}."""
+    from speechpipe.components.blessing import decide
+    from speechpipe.components.registry_champion import find_champion
+
+    measured: Dict[str, Dict[str, Any]] = {}
+    # Each round reads the champion under the lock; a round ends in a decision, in measuring a
+    # champion made meanwhile (at most `attempts` of them), or, without a lock, in a lost set.
+    for _ in range(2 * attempts + 1):
+        with registry.champion_lock() as lock:
+            holder = registry.champion(name)
+            due, _ = find_champion(registry, name, data_key)
+            due_version = None if due is None else str(due["version"])
+            outcome: Dict[str, Any] = {"compared_with": due_version, "replaced": holder, "lock": lock}
+            changed, pending = "", None
+            champion_value: Optional[float] = None
+            if due is None:
+                pass
+            elif was_compared(registry, due, compared):
+                champion_value = float(compared[metric])  # type: ignore[index]
+            elif due_version in measured:
+                champion_value = float(measured[due_version][metric])
+                outcome["champion_metrics"] = measured[due_version]
+                changed = f"the champion changed to v{due_version} while this run evaluated"
+            else:
+                pending = str(due_version)  # not measured yet: measured below, outside the lock
+            if pending is None:
+                reasons = (
+                    decide({metric: candidate_value}, {metric: champion_value}, {}, {metric: margin})
+                    if champion_value is not None
+                    else []
+                )
+                if reasons:
+                    outcome.update(
+                        champion=False,
+                        why=f"not champion: {changed or f'v{due_version} is champion'}, and on this run's "
+                        f"test split {'; '.join(reasons)}",
+                    )
+                    return outcome
+                after = registry.move_champion(name, version, holder)
+                if after == version:
+                    outcome.update(
+                        champion=True,
+                        why=(
+                            f"{metric.upper()} {candidate_value:.4f} beats v{due_version}'s {champion_value:.4f}"
+                            f" on this run's test split ({changed})"
+                            if changed
+                            else "no champion to beat"
+                            if champion_value is None
+                            else f"it beat the champion v{due_version}"
+                        ),
+                    )
+                    return outcome
+                # A tracking server (no lock): another pusher moved the alias between this read and
+                # the set; decide again against the champion it made.
+                log.warning("%s: the champion alias moved to v%s while v%s claimed it", name, after, version)
+                continue
+        if pending is not None:
+            if len(measured) >= attempts:
+                break
+            # Measuring a model may take minutes: other pushers may decide meanwhile, so the
+            # champion is read again under the lock before anything moves.
+            try:
+                measured[pending] = measure(pending)
+            except Exception as error:  # a champion that cannot be measured here is not beaten
+                log.exception("%s v%s: measuring the champion v%s failed", name, version, pending)
+                return {
+                    "champion": False,
+                    "why": f"not champion: the champion changed to v{pending} while this run evaluated, and "
+                    f"measuring it on this run's test split failed: {type(error).__name__}: {error}"[:2000],
+                    "compared_with": None,
+                    "replaced": registry.champion(name),
+                    "lock": registry.lock_path,
+                }
+    return {
+        "champion": False,
+        "why": f"not champion: the champion changed more than {attempts} times while this run compared "
+        "with it; re-run to compare",
+        "compared_with": None,
+        "replaced": registry.champion(name),
+        "lock": registry.lock_path,
+    }
+
+
 class Executor(base_executor.BaseExecutor):
     def Do(
         self,
@@ -65,7 +207,7 @@ class Executor(base_executor.BaseExecutor):
         output_dict: Dict[str, List[types.Artifact]],
         exec_properties: Dict[str, Any],
     ) -> None:
-        from speechpipe.components.blessing import serving_dir
+        from speechpipe.components.blessing import METRICS, measure_on_test_split, serving_dir
         from speechpipe.components.examples_union import member_spans
         from speechpipe.filenames import EVALUATION_FILE, RESULT_FILE
         from speechpipe.results.pyfunc import save_flavor, smoke_test_flavor
@@ -136,6 +278,8 @@ class Executor(base_executor.BaseExecutor):
             "speechpipe_version": speechpipe_version(),
             "blessed_why": evaluation.get("why", ""),
             "warm_start": str(bool(warm.get("warm_start"))),
+            # The trainer's Model artifact: what tells an ML Metadata champion's version apart.
+            "model_uri": model.uri,
             "champion_before": str(evaluation.get("champion", {}) and evaluation["champion"].get("model_id") or ""),
         }
         if champion.get("registry_version"):  # a registry champion (components/registry_champion.py)
@@ -202,11 +346,43 @@ class Executor(base_executor.BaseExecutor):
                 )
                 raise SmokeTestError(record["why"]) from error
         registry.tag_version(name, registered.version, "smoke_test", "passed")
-        registry.set_champion(name, registered.version)
         record["smoke_test"] = smoke
+        metric = METRICS[kind]
+
+        def measure(version: str) -> Dict[str, Any]:
+            with tempfile.TemporaryDirectory() as tmp:
+                return measure_on_test_split(kind, evaluation, saved_model_in(registry.download(name, version, tmp)))
+
+        claim = claim_champion(
+            registry,
+            name,
+            registered.version,
+            exec_properties.get("data_key") or "",
+            champion or None,
+            metric,
+            float(candidate[metric]),
+            float((evaluation.get("thresholds") or {}).get(f"min_{metric}_improvement") or 0.0),
+            measure,
+        )
+        decision = {
+            "champion_decision": ("champion: " if claim["champion"] else "") + claim["why"],
+            "champion_compared_with": claim["compared_with"] or "none",
+            "champion_replaced": claim["replaced"] or "none",
+        }
+        for key, value in decision.items():
+            registry.tag_version(name, registered.version, key, value[:5000])
+        record["tags"].update(decision)
+        record["champion"] = claim
         pushed.set_string_custom_property("pushed_destination", f"models:/{name}/{registered.version}")
         pushed.set_string_custom_property("pushed_version", registered.version)
-        finish(True, f"pushed as {name} v{registered.version} and made champion: {evaluation.get('why', 'blessed')}")
+        pushed.set_int_custom_property("champion", int(claim["champion"]))
+        if claim["champion"]:
+            # Measured by the pusher (the champion changed while this run evaluated), the evaluator's
+            # verdict ("no champion yet", say) no longer describes what the model beat.
+            why = claim["why"] if claim.get("champion_metrics") else evaluation.get("why", "blessed")
+            finish(True, f"pushed as {name} v{registered.version} and made champion: {why}")
+        else:
+            finish(True, f"pushed as {name} v{registered.version}, {claim['why']}; the champion is unchanged")
 
 
 class RegistryPusher(base_component.BaseComponent):

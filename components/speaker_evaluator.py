@@ -20,6 +20,7 @@ from tfx.types import standard_artifacts
 
 from speechpipe.components.blessing import evaluate_and_bless
 from speechpipe.components.pair_gen import SpeakerPairs
+from speechpipe.config import MAX_EER
 from speechpipe.filenames import TRIALS_FILE, split_dir
 from speechpipe.io import storage
 
@@ -146,7 +147,7 @@ def SpeakerEvaluator(
     pairs: InputArtifact[SpeakerPairs],
     blessing: OutputArtifact[standard_artifacts.ModelBlessing],
     champion: InputArtifact[standard_artifacts.Model] = None,
-    max_eer: Parameter[float] = 0.4,
+    max_eer: Parameter[float] = MAX_EER,
     min_eer_improvement: Parameter[float] = 0.0,
     data_key: Parameter[str] = "",
     target_far: Parameter[float] = 0.01,
@@ -167,7 +168,10 @@ def SpeakerEvaluator(
             f"no test trial list at {trials}: the test split of span {examples.span} has no "
             "pairs (it needs 2 or more speakers with utterances of one segment or longer)"
         )
-    test, trial_list = read_split(test_uri, min_speakers=2), read_trials(trials)
+    # An official list is held to VoxCeleb's path shape; the list PairGen built from the span
+    # names the corpus's own utterance ids, whatever their form (LibriSpeech chapters, CN-Celeb).
+    official = bool(pairs.get_string_custom_property("official_trials"))
+    test, trial_list = read_split(test_uri, min_speakers=2), read_trials(trials, voxceleb_ids=official)
     no_threshold = ""
     try:
         validation = read_split(storage.join(examples.uri, split_dir("validation")), min_speakers=2)

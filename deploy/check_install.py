@@ -24,14 +24,29 @@ DATA_FILES = {
 }
 
 
+# The sub-packages whose sources sit at the repository root (setup.py's _ROOT_PACKAGES). Installed,
+# they are folders of speechpipe like the others; in an editable install they are not under
+# speechpipe's folder, so each is walked from its own. tests/test_layout.py holds this to setup.py.
+ROOT_PACKAGES = ("pipeline", "components", "schemas")
+
+
 def all_modules() -> List[str]:
     """Every module and sub-package of the installed speechpipe, found on disk (not from a list
-    that could miss a new one)."""
+    that could miss a new one): speechpipe's folder, and each root package's own folder."""
     import speechpipe
 
-    found = ["speechpipe"]
+    found = {"speechpipe"}
     for info in pkgutil.walk_packages(speechpipe.__path__, prefix="speechpipe."):
-        found.append(info.name)
+        found.add(info.name)
+    for name in ROOT_PACKAGES:
+        package = f"speechpipe.{name}"
+        found.add(package)
+        try:
+            module = importlib.import_module(package)
+        except Exception:  # reported by check(), which imports every name listed here
+            continue
+        for info in pkgutil.walk_packages(module.__path__, prefix=package + "."):
+            found.add(info.name)
     return sorted(found)
 
 
@@ -51,9 +66,15 @@ def check(expect_prefix: str = "") -> List[str]:
     modules = all_modules()
     for name in modules:
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
         except Exception:  # any failure to import is a finding, reported with its traceback
             problems.append(f"{name} does not import:\n{traceback.format_exc(limit=3)}")
+            continue
+        # Every module, the root packages' included, from the environment (not one shadowed by a
+        # folder of the same name here).
+        where = os.path.realpath(getattr(module, "__file__", None) or location)
+        if expect_prefix and not where.startswith(os.path.realpath(expect_prefix) + os.sep):
+            problems.append(f"{name} is imported from {where}, not from the environment {expect_prefix}")
     print(f"{len(modules)} modules imported" if not problems else f"{len(modules)} modules checked")
     for package, names in DATA_FILES.items():
         for name in names:

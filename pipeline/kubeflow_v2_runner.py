@@ -146,36 +146,19 @@ def build_pipeline(config: RunConfig, cluster: ClusterConfig):
     return pipeline, keys, fingerprints
 
 
-def _champion_queries(pipeline) -> Dict[str, str]:
-    """Turns every ChampionStrategy resolver into TFX's LatestBlessedModelStrategy, the one
-    champion strategy KubeflowV2DagRunner compiles (into two KFP resolver tasks that query the
-    orchestrator's metadata store), and returns, per resolver id, the filter clauses that keep
-    ChampionStrategy's rules in those queries: the blessing's model kind, and "not blessed on this
-    run's data key" (so a re-run on the same data resolves what the run before it did)."""
-    from tfx.dsl.components.common import resolver
-    from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
-
-    from speechpipe.components.champion_resolver import ChampionStrategy
-
-    clauses = {}
-    for node in pipeline.components:
-        if not isinstance(node, resolver.Resolver):
-            continue
-        properties = node.exec_properties
-        if properties.get(resolver.RESOLVER_STRATEGY_CLASS) is not ChampionStrategy:
-            continue
-        config = dict(properties.get(resolver.RESOLVER_CONFIG) or {})
-        kind = str(config.get("model_kind", "ctc"))
-        key = str(config.get("data_key", ""))
-        clauses[node.id] = (
-            f' AND metadata.model_kind.string_value="{_quoted(kind)}"'
-            f' AND metadata.data_key.string_value!="{_quoted(key)}"'
+def _champion_queries(champions) -> Dict[str, str]:
+    """Per champion resolver built for KubeflowV2DagRunner (components/champion_resolver.py,
+    `kubeflow_champions`: TFX's LatestBlessedModelStrategy, compiled into two KFP resolver tasks
+    that query the orchestrator's metadata store), the filter clauses that keep ChampionStrategy's
+    rules in those queries: the blessing's model kind, and "not blessed on this run's data key" (so
+    a re-run on the same data resolves what the run before it did)."""
+    return {
+        champion.node.id: (
+            f' AND metadata.model_kind.string_value="{_quoted(champion.model_kind)}"'
+            f' AND metadata.data_key.string_value!="{_quoted(champion.data_key)}"'
         )
-        # The Resolver keeps its strategy in private fields and has no setter; the node is ours
-        # (just built), and the compiled queries carry what the swap leaves out.
-        node._strategy_class = LatestBlessedModelStrategy
-        node._config = {}
-    return clauses
+        for champion in champions
+    }
 
 
 def _quoted(value: str) -> str:
@@ -224,12 +207,16 @@ def compile_pipeline(config: RunConfig, cluster: ClusterConfig) -> CompiledPipel
     """Builds and compiles the pipeline; nothing is written."""
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
+    from speechpipe.components.champion_resolver import kubeflow_champions
     from speechpipe.pipeline.tfx_pipeline import TRAINER_NODE_IDS
 
     config = validate_run_config(config)
-    pipeline, keys, fingerprints = build_pipeline(config, cluster)
+    # The champion resolvers in the form KubeflowV2DagRunner compiles; their rules go into the
+    # compiled queries below.
+    with kubeflow_champions() as champions:
+        pipeline, keys, fingerprints = build_pipeline(config, cluster)
     trainer_ids = apply_resources(pipeline, cluster.target, cluster.trainer, TRAINER_NODE_IDS, cluster.others)
-    clauses = _champion_queries(pipeline)
+    clauses = _champion_queries(champions)
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
         kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
             display_name=cluster.display_name or config.pipeline_name, default_image=cluster.image
@@ -291,9 +278,10 @@ def write_compiled(compiled: CompiledPipeline, out: str) -> str:
 # --------------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Every `speechpipe run` option (the same RunConfig), the span discovery options, and the
-    cluster's: target, image, resources, Beam runner, submission and schedule."""
+def build_parser(print_only: bool = False) -> argparse.ArgumentParser:
+    """Every `speechpipe run` option (the same RunConfig, the run file included), the span
+    discovery options, and the cluster's: target, image, resources, Beam runner, submission and
+    schedule. `print_only` (--print-config) asks for none of the cluster's required options."""
     from speechpipe.pipeline import local_runner
 
     parser = argparse.ArgumentParser(
@@ -309,15 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--target",
         choices=TARGETS,
-        required=True,
+        required=not print_only,
         help="kubeflow: Kubeflow Pipelines (YAML + Kubernetes platform spec); vertex: Vertex AI",
     )
-    parser.add_argument("--out", required=True, help="the compiled pipeline: .yaml (both targets) or .json (vertex)")
     parser.add_argument(
-        "--image", required=True, help="the image built from deploy/Dockerfile, as the cluster pulls it"
+        "--out", required=not print_only, help="the compiled pipeline: .yaml (both targets) or .json (vertex)"
     )
     parser.add_argument(
-        "--home", required=True, help="gs://BUCKET/PATH or s3://BUCKET/PATH: the pipeline root's parent"
+        "--image", required=not print_only, help="the image built from deploy/Dockerfile, as the cluster pulls it"
+    )
+    parser.add_argument(
+        "--home",
+        default=None,
+        help="gs://BUCKET/PATH or s3://BUCKET/PATH: the pipeline root's parent (here or in the run file)",
     )
     span_discovery.add_arguments(parser)
     resources = parser.add_argument_group("trainer resources (src/speechpipe/jobs/cluster_resources.py)")
@@ -343,10 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     champion.add_argument(
         "--champion-from",
         choices=CHAMPION_SOURCES,
-        default="resolver",
+        default=None,
         help="resolver: KFP resolver tasks query ML Metadata (Vertex AI runs them); registry: a "
         "container step reads the MLflow registry's `champion` alias (open-source KFP, "
-        "whose backend runs no resolver tasks)",
+        "whose backend runs no resolver tasks); default resolver",
     )
     beam_options.add_arguments(parser)
     submit = parser.add_argument_group("submission and schedule (pipeline/submit.py, pipeline/schedules.py)")
@@ -383,21 +375,33 @@ def _node_selector(value: Optional[str]) -> Optional[Tuple[str, str]]:
     return (key, label)
 
 
-def configs_from_args(args: argparse.Namespace) -> Tuple[RunConfig, ClusterConfig]:
+def run_config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of a `speechpipe compile` command line: `speechpipe run`'s (the run file with
+    the flags given applied), without the demo corpus (a cluster has none), with the Beam flags of
+    the Beam options (the run file's `beam_args` when no Beam option is given) and the champion
+    source."""
     from speechpipe.pipeline import local_runner
 
-    explicit = args.spans or []
-    if not explicit and not args.spans_from and not args.ctc_spans and not args.speaker_spans:
-        raise ConfigError(
-            "spans: give --span URI (repeat), --spans-from ROOT, --ctc-span or --speaker-span; "
-            "a cluster has no demo corpus"
-        )
-    config = local_runner.config_from_args(args)
-    # The spans are resolved here whatever config_from_args made of them: it defaults to the demo
-    # corpus under the home, which a cluster does not have.
-    found = span_discovery.resolve_spans(explicit, args.spans_from, args.span_marker)
+    config = local_runner.config_from_args(args, demo_corpus=False)
     beam = beam_options.beam_args(args, default_image=args.image, default_setup_file=IMAGE_SETUP_FILE)
-    config = replace(config, spans=found, beam_args=tuple(beam), champion_from=args.champion_from)
+    unset = argparse.ArgumentParser(add_help=False)
+    beam_options.add_arguments(unset)
+    no_options = beam_options.beam_args(
+        unset.parse_args([]), default_image=args.image, default_setup_file=IMAGE_SETUP_FILE
+    )
+    if config.beam_args and beam == no_options:
+        beam = list(config.beam_args)
+    champion_from = args.champion_from if args.champion_from is not None else config.champion_from
+    return replace(config, beam_args=tuple(beam), champion_from=champion_from)
+
+
+def configs_from_args(args: argparse.Namespace) -> Tuple[RunConfig, ClusterConfig]:
+    config = run_config_from_args(args)
+    if not (config.spans or config.ctc_spans or config.speaker_spans):
+        raise ConfigError(
+            "spans: give --span URI (repeat), --spans-from ROOT, --ctc-span or --speaker-span (or "
+            "spans in the run file); a cluster has no demo corpus"
+        )
     if args.accelerator_type.lower() == "none":
         trainer = NodeResources(cpu=args.trainer_cpu, memory_gb=args.trainer_memory)
     else:
@@ -414,7 +418,7 @@ def configs_from_args(args: argparse.Namespace) -> Tuple[RunConfig, ClusterConfi
     cluster = ClusterConfig(
         target=args.target,
         image=args.image,
-        tracking_uri=tracking_uri_for(args.tracking_uri, home=None),
+        tracking_uri=tracking_uri_for(config.tracking_uri, home=None),
         trainer=trainer,
         others=others,
         schema_file=args.schema_file,
@@ -424,9 +428,19 @@ def configs_from_args(args: argparse.Namespace) -> Tuple[RunConfig, ClusterConfi
 
 def run(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(print_only="--print-config" in argv).parse_args(argv)
+    if args.print_config:
+        from speechpipe.pipeline.local_runner import print_config
+
+        print_config(run_config_from_args(args))
+        return 0
     # What the arguments alone can tell is checked before spans are listed or anything is built.
     check_out(args.out, args.target)
+    if args.schedule and args.config and not is_uri(args.config):
+        raise ConfigError(
+            f"--config {args.config!r}: each scheduled run reads the run file again in its own "
+            "container; put it on object storage (gs://, s3://)"
+        )
     if args.schedule and not args.schedule_out:
         raise ConfigError("--schedule needs --schedule-out FILE")
     if args.schedule and not args.spans_from:

@@ -1,6 +1,7 @@
 """`speechpipe run`: the TFX pipeline on embedded defaults, with LocalDagRunner.
 
     speechpipe run --home speechpipe_home --span CORPUS/manifest.jsonl [--span NEW/manifest.jsonl ...]
+    speechpipe run --print-config > run.yaml; speechpipe run --config run.yaml [flags that override it]
 
 Everything lives under the home folder: the pipeline root (artifacts), ML Metadata (SQLite), the
 MLflow registry (SQLite + local artifact store, unless --tracking-uri / $MLFLOW_TRACKING_URI says
@@ -19,7 +20,7 @@ import sys
 import time
 import uuid
 from dataclasses import replace
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from speechpipe.filenames import MANIFEST_FILE
 from speechpipe.io.storage import is_uri
@@ -30,8 +31,6 @@ from speechpipe.pipeline.run_config import (
     BRANCHES,
     CTC,
     SPEAKER,
-    CTCBudget,
-    EmbedderBudget,
     RunConfig,
     data_keys,
     span_fingerprint,
@@ -102,8 +101,8 @@ def pipeline_arguments(config: RunConfig, fingerprints: List[str], keys: Dict[st
         speaker_spans=list(config.span_numbers(SPEAKER)),
         feature_config=config.features,
         # The trainer's phone set is the one the feature job tokenised the transcripts with.
-        ctc_config={**config.ctc.trainer_json(), "inventory": inventory_for(config.language)},
-        model_name=config.registry_model_name,
+        ctc_config=replace(config.ctc, inventory=inventory_for(config.language)).to_json(),
+        model_name=config.ctc_model_name,
         data_key=keys.get(CTC, ""),
         speaker_data_key=keys.get(SPEAKER, ""),
         test_span=config.test_span,
@@ -116,7 +115,7 @@ def pipeline_arguments(config: RunConfig, fingerprints: List[str], keys: Dict[st
         split_fractions=config.split_fractions,
         speaker_feature_config=config.speaker_features,
         speaker_augment=config.speaker_augment,
-        embedder_config=config.embedder.trainer_json(),
+        embedder_config=config.embedder.to_json(),
         embedder_model_name=config.embedder_model_name,
         trials_file=where(config.trials_file) if config.trials_file else "",
         max_eer=config.max_eer,
@@ -244,12 +243,50 @@ def print_summary(summary: Dict[str, object], out=sys.stdout) -> None:
 # --------------------------------------------------------------------------------- CLI
 
 
+class DeprecatedAlias(argparse.Action):
+    """An old flag name kept for one release: it sets the new flag's value and says so on stderr."""
+
+    def __init__(self, option_strings: List[str], dest: str, new: str, **kwargs) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"speechpipe: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _flag(parser: argparse.ArgumentParser, new: str, old: Optional[str] = None, **kwargs) -> None:
+    """`new`, and `old` as its deprecated alias (hidden from --help)."""
+    parser.add_argument(new, default=None, **kwargs)
+    if old:
+        dest = new.lstrip("-").replace("-", "_")
+        kwargs.pop("help", None)
+        parser.add_argument(
+            old, dest=dest, default=None, action=DeprecatedAlias, new=new, help=argparse.SUPPRESS, **kwargs
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    d, c, e = RunConfig(), CTCBudget(), EmbedderBudget()
+    """The flags of `speechpipe run`. A flag that is not given is None: the run file's value (or
+    RunConfig's default) applies (`config_from_args`); the help texts name RunConfig's defaults."""
+    d = RunConfig()
+    c, e = d.ctc, d.embedder
     parser = argparse.ArgumentParser(
         prog="speechpipe run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--home", default=d.home, help=f"home folder of the run (default {d.home})")
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a run file (YAML, as --print-config prints it; local or gs:// / s3://): the run's "
+        "settings, which the flags given here override",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the run's whole configuration as YAML (the run file, the flags applied) and exit",
+    )
+    parser.add_argument("--home", default=None, help=f"home folder of the run (default {d.home})")
     parser.add_argument(
         "--span",
         action="append",
@@ -261,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ctc-span",
         action="append",
-        default=[],
+        default=None,
         dest="ctc_spans",
         metavar="PATH",
         help="a span for the CTC branch only (a transcribed corpus); repeat, oldest first",
@@ -269,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--speaker-span",
         action="append",
-        default=[],
+        default=None,
         dest="speaker_spans",
         metavar="PATH",
         help="a span for the speaker branch only (VoxCeleb: no transcripts needed); repeat, oldest first",
@@ -283,107 +320,156 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--trials",
-        default="",
+        default=None,
         metavar="FILE",
         help="an official VoxCeleb trial list (veri_test2.txt, list_test_hard2.txt, ...): the "
         "speaker branch's test protocol and blessing metric, on the test span's test split",
     )
     parser.add_argument(
         "--language",
-        default="",
+        default=None,
         help="the corpus language (de, en-us) for transcripts given as ordinary text: espeak-ng "
         "turns them into the language's phones (default: transcripts are IPA)",
     )
     spans_module.add_arguments(parser)
     parser.add_argument(
         "--split-fractions",
-        default=",".join(str(f) for f in d.split_fractions),
+        default=None,
         metavar="TRAIN,VALIDATION,TEST",
         help="speaker shares of the splits, for inputs that name no split (a VoxCeleb meta file "
         "names the test speakers: then the validation share of the dev speakers is "
-        "VALIDATION / (TRAIN + VALIDATION)); default %(default)s",
+        f"VALIDATION / (TRAIN + VALIDATION)); default {','.join(str(f) for f in d.split_fractions)}",
     )
-    parser.add_argument("--pipeline-name", default=d.pipeline_name)
+    parser.add_argument("--pipeline-name", default=None, help=f"default {d.pipeline_name}")
     parser.add_argument(
-        "--test-span", type=int, default=d.test_span, help="span whose test split is the fixed test set"
+        "--test-span",
+        type=int,
+        default=None,
+        help=f"span whose test split is the fixed test set (default {d.test_span})",
     )
-    parser.add_argument("--normalization", default=d.features.normalization, help="feature normalisation")
-    parser.add_argument("--lstm-units", default=",".join(str(u) for u in c.lstm_units), help="CTC BLSTM sizes")
-    parser.add_argument("--max-epochs", type=int, default=c.max_epochs)
-    parser.add_argument("--max-minutes", type=float, default=c.max_minutes, help="CTC training budget")
-    parser.add_argument("--batch-size", type=int, default=c.batch_size)
-    parser.add_argument("--patience", type=int, default=c.patience)
-    parser.add_argument("--max-per", type=float, default=d.max_per, help="bless only at or below this test PER")
     parser.add_argument(
+        "--normalization", default=None, help=f"feature normalisation (default {d.features.normalization})"
+    )
+    ctc = parser.add_argument_group("the CTC branch")
+    _flag(
+        ctc,
+        "--ctc-lstm-units",
+        "--lstm-units",
+        metavar="UNITS,...",
+        help=f"BLSTM sizes (default {','.join(str(u) for u in c.model.lstm_units)})",
+    )
+    _flag(ctc, "--ctc-max-epochs", "--max-epochs", type=int, help=f"default {c.max_epochs}")
+    _flag(ctc, "--ctc-minutes", "--max-minutes", type=float, help=f"training budget (default {c.max_minutes:g})")
+    _flag(ctc, "--ctc-batch-size", "--batch-size", type=int, help=f"default {c.batch_size}")
+    _flag(
+        ctc,
+        "--ctc-patience",
+        "--patience",
+        type=int,
+        help=f"epochs without a better validation PER before stopping (default {c.patience})",
+    )
+    _flag(ctc, "--ctc-model-name", "--model-name", help=f"the registry model (default {d.ctc_model_name})")
+    ctc.add_argument(
+        "--max-per", type=float, default=None, help=f"bless only at or below this test PER (default {d.max_per})"
+    )
+    ctc.add_argument(
         "--min-per-improvement",
         type=float,
-        default=d.min_per_improvement,
-        help="margin by which a candidate must beat the champion's PER",
+        default=None,
+        help=f"margin by which a candidate must beat the champion's PER (default {d.min_per_improvement})",
     )
-    parser.add_argument("--max-dead-letter-fraction", type=float, default=d.max_dead_letter_fraction)
-    parser.add_argument("--no-warm-start", action="store_true", help="train from scratch even when there is a champion")
+    parser.add_argument(
+        "--max-dead-letter-fraction", type=float, default=None, help=f"default {d.max_dead_letter_fraction}"
+    )
+    parser.add_argument(
+        "--no-warm-start",
+        action="store_true",
+        default=None,
+        help="train from scratch even when there is a champion",
+    )
     parser.add_argument(
         "--tracking-uri",
         default=None,
         help="MLflow tracking/registry URI (default $MLFLOW_TRACKING_URI, else SQLite under HOME)",
     )
-    parser.add_argument("--model-name", default=d.registry_model_name)
-    parser.add_argument("--no-cache", action="store_true", help="execute every component again")
-    parser.add_argument("--in-memory", action="store_true", help="Beam DirectRunner in_memory (tests, tiny data)")
+    parser.add_argument("--no-cache", action="store_true", default=None, help="execute every component again")
     parser.add_argument(
-        "--speaker-normalization",
-        default=d.speaker_features.normalization,
-        help="the speaker embedder's feature normalisation (its own FeatureGen when it differs)",
+        "--in-memory", action="store_true", default=None, help="Beam DirectRunner in_memory (tests, tiny data)"
     )
-    parser.add_argument(
+    speaker = parser.add_argument_group("the speaker branch")
+    speaker.add_argument(
+        "--speaker-normalization",
+        default=None,
+        help="the speaker embedder's feature normalisation, its own FeatureGen when it differs "
+        f"(default {d.speaker_features.normalization})",
+    )
+    speaker.add_argument(
         "--speaker-augment",
-        default="",
+        default=None,
         metavar="KINDS",
         help="augmented copies of the speaker branch's training utterances: noise, reverb, speed, "
         "comma-separated (speechpipe features --augment; default: none)",
     )
-    parser.add_argument(
+    speaker.add_argument(
         "--speaker-augment-copies",
         type=int,
-        default=1,
-        help="copies per training utterance with --speaker-augment (default %(default)s)",
+        default=None,
+        help="copies per training utterance with --speaker-augment (default 1)",
     )
-    parser.add_argument("--speaker-augment-seed", type=int, default=0, help="default %(default)s")
-    parser.add_argument(
-        "--max-eer", type=float, default=d.max_eer, help="bless the embedder only at or below this test EER"
+    speaker.add_argument("--speaker-augment-seed", type=int, default=None, help="default 0")
+    speaker.add_argument(
+        "--max-eer",
+        type=float,
+        default=None,
+        help=f"bless the embedder only at or below this test EER (default {d.max_eer})",
     )
-    parser.add_argument(
+    speaker.add_argument(
         "--min-eer-improvement",
         type=float,
-        default=d.min_eer_improvement,
-        help="margin by which a candidate embedder must beat the champion's EER",
+        default=None,
+        help=f"margin by which a candidate embedder must beat the champion's EER (default {d.min_eer_improvement})",
     )
-    parser.add_argument(
+    speaker.add_argument(
         "--target-far",
         type=float,
-        default=d.target_far,
+        default=None,
         help="the embedder's shipped decision threshold: this false-accept rate on its validation "
-        "speakers (default %(default)s)",
+        f"speakers (default {d.target_far})",
     )
-    parser.add_argument("--embedder-minutes", type=float, default=e.max_seconds / 60, help="speaker embedder budget")
-    parser.add_argument("--embedder-model-name", default=d.embedder_model_name)
-    speaker = parser.add_mutually_exclusive_group()
     speaker.add_argument(
+        "--embedder-minutes", type=float, default=None, help=f"training budget (default {e.max_seconds / 60:g})"
+    )
+    speaker.add_argument(
+        "--embedder-model-name", default=None, help=f"the registry model (default {d.embedder_model_name})"
+    )
+    both = parser.add_mutually_exclusive_group()
+    both.add_argument(
         "--speaker",
         dest="speaker",
         action="store_true",
         default=None,
         help="both branches (the same as --branches ctc,speaker)",
     )
-    speaker.add_argument(
+    both.add_argument(
         "--no-speaker", dest="speaker", action="store_false", help="the CTC branch only (the same as --branches ctc)"
     )
     return parser
 
 
-def branches_from_args(args: argparse.Namespace) -> Tuple[str, ...]:
+def _given(value, default):
+    """A flag's value when it was given, else the run file's (or RunConfig's default)."""
+    return default if value is None else value
+
+
+def branches_from_args(
+    args: argparse.Namespace,
+    spans: Sequence[str] = (),
+    ctc_spans: Sequence[str] = (),
+    speaker_spans: Sequence[str] = (),
+    default: Tuple[str, ...] = BRANCHES,
+) -> Tuple[str, ...]:
     """--branches, else --speaker/--no-speaker, else the branches --ctc-span / --speaker-span name
-    when they are the only spans given, else both."""
+    when their spans are the only ones, else `default` (the run file's, or both)."""
     if args.branches is not None:
         chosen = tuple(b.strip() for b in args.branches.split(",") if b.strip())
         if args.speaker is not None:
@@ -391,66 +477,106 @@ def branches_from_args(args: argparse.Namespace) -> Tuple[str, ...]:
         return chosen
     if args.speaker is not None:
         return BRANCHES if args.speaker else (CTC,)
-    if not args.spans and not getattr(args, "spans_from", None) and (args.ctc_spans or args.speaker_spans):
-        return tuple(b for b, own in ((CTC, args.ctc_spans), (SPEAKER, args.speaker_spans)) if own)
-    return BRANCHES
+    own_given = args.ctc_spans is not None or args.speaker_spans is not None
+    if own_given and not spans and (ctc_spans or speaker_spans):
+        return tuple(b for b, own in ((CTC, ctc_spans), (SPEAKER, speaker_spans)) if own)
+    return default
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    branches = branches_from_args(args)
-    shared = list(spans_module.resolve_spans(args.spans or [], args.spans_from, args.span_marker))
-    if not shared and not args.ctc_spans and not args.speaker_spans:
-        shared = [os.path.join(args.home, "corpus", MANIFEST_FILE)]
-    d = RunConfig()
-    ctc = replace(
-        CTCBudget(),
-        lstm_units=tuple(int(u) for u in args.lstm_units.split(",") if u),
-        max_epochs=args.max_epochs,
-        max_minutes=args.max_minutes,
-        batch_size=args.batch_size,
-        patience=args.patience,
+def base_config(args: argparse.Namespace) -> RunConfig:
+    """The run file's RunConfig (--config), else RunConfig's defaults: what the flags override."""
+    from speechpipe.pipeline.run_config_file import read_config_file
+
+    path = getattr(args, "config", None)
+    return read_config_file(path) if path else RunConfig()
+
+
+def config_from_args(args: argparse.Namespace, demo_corpus: bool = True) -> RunConfig:
+    """The RunConfig of a command line: the run file (or the defaults) with every flag given
+    applied on top. Without any span, the demo corpus under the home folder (`demo_corpus`)."""
+    base = base_config(args)
+    home = _given(args.home, base.home)
+    if args.spans is not None or args.spans_from:
+        shared = list(spans_module.resolve_spans(args.spans or [], args.spans_from, args.span_marker))
+    else:
+        shared = list(base.spans)
+    ctc_spans = tuple(_given(args.ctc_spans, base.ctc_spans))
+    speaker_spans = tuple(_given(args.speaker_spans, base.speaker_spans))
+    if demo_corpus and not shared and not ctc_spans and not speaker_spans:
+        shared = [os.path.join(home, "corpus", MANIFEST_FILE)]
+    c = base.ctc
+    if args.ctc_lstm_units is not None:
+        c = replace(c, model=replace(c.model, lstm_units=tuple(int(u) for u in args.ctc_lstm_units.split(",") if u)))
+    c = replace(
+        c,
+        max_epochs=_given(args.ctc_max_epochs, c.max_epochs),
+        max_minutes=_given(args.ctc_minutes, c.max_minutes),
+        batch_size=_given(args.ctc_batch_size, c.batch_size),
+        patience=_given(args.ctc_patience, c.patience),
     )
+    embedder = base.embedder
+    if args.embedder_minutes is not None:
+        embedder = replace(embedder, max_seconds=60.0 * args.embedder_minutes)
+    split_fractions = base.split_fractions
+    if args.split_fractions is not None:
+        split_fractions = tuple(float(f) for f in args.split_fractions.split(","))
     return replace(
-        d,
-        home=args.home,
+        base,
+        home=home,
         spans=tuple(shared),
-        ctc_spans=tuple(args.ctc_spans),
-        speaker_spans=tuple(args.speaker_spans),
-        branches=branches,
-        trials_file=args.trials,
-        language=args.language,
-        split_fractions=tuple(float(f) for f in args.split_fractions.split(",")),
-        pipeline_name=args.pipeline_name,
-        test_span=args.test_span,
-        features=replace(d.features, normalization=args.normalization),
-        ctc=ctc,
-        max_per=args.max_per,
-        min_per_improvement=args.min_per_improvement,
-        max_dead_letter_fraction=args.max_dead_letter_fraction,
-        warm_start=not args.no_warm_start,
-        tracking_uri=args.tracking_uri,
-        registry_model_name=args.model_name,
-        enable_cache=not args.no_cache,
-        speaker_features=replace(d.speaker_features, normalization=args.speaker_normalization),
-        embedder=replace(d.embedder, max_seconds=60.0 * args.embedder_minutes),
-        max_eer=args.max_eer,
-        min_eer_improvement=args.min_eer_improvement,
-        embedder_model_name=args.embedder_model_name,
-        target_far=args.target_far,
-        speaker_augment=speaker_augment_from_args(args),
-        beam_args=IN_MEMORY_ARGS if args.in_memory else (),
+        ctc_spans=ctc_spans,
+        speaker_spans=speaker_spans,
+        branches=branches_from_args(args, shared, ctc_spans, speaker_spans, base.branches),
+        trials_file=_given(args.trials, base.trials_file),
+        language=_given(args.language, base.language),
+        split_fractions=split_fractions,
+        pipeline_name=_given(args.pipeline_name, base.pipeline_name),
+        test_span=_given(args.test_span, base.test_span),
+        features=replace(base.features, normalization=_given(args.normalization, base.features.normalization)),
+        ctc=c,
+        max_per=_given(args.max_per, base.max_per),
+        min_per_improvement=_given(args.min_per_improvement, base.min_per_improvement),
+        max_dead_letter_fraction=_given(args.max_dead_letter_fraction, base.max_dead_letter_fraction),
+        warm_start=False if args.no_warm_start else base.warm_start,
+        tracking_uri=_given(args.tracking_uri, base.tracking_uri),
+        ctc_model_name=_given(args.ctc_model_name, base.ctc_model_name),
+        enable_cache=False if args.no_cache else base.enable_cache,
+        speaker_features=replace(
+            base.speaker_features,
+            normalization=_given(args.speaker_normalization, base.speaker_features.normalization),
+        ),
+        embedder=embedder,
+        max_eer=_given(args.max_eer, base.max_eer),
+        min_eer_improvement=_given(args.min_eer_improvement, base.min_eer_improvement),
+        embedder_model_name=_given(args.embedder_model_name, base.embedder_model_name),
+        target_far=_given(args.target_far, base.target_far),
+        speaker_augment=speaker_augment_from_args(args, base.speaker_augment),
+        beam_args=IN_MEMORY_ARGS if args.in_memory else base.beam_args,
     )
 
 
-def speaker_augment_from_args(args: argparse.Namespace) -> Optional[Dict[str, object]]:
-    """The --speaker-augment* flags as AugmentConfig json (validated), or None."""
+def speaker_augment_from_args(
+    args: argparse.Namespace, base: Optional[Dict[str, object]] = None
+) -> Optional[Dict[str, object]]:
+    """The --speaker-augment* flags as AugmentConfig json (validated) over `base` (the run
+    file's), or None when neither asks for augmentation."""
     from speechpipe.audio.augment import AugmentConfig, parse_kinds
 
-    kinds = parse_kinds(args.speaker_augment)
-    if not kinds:
+    if args.speaker_augment is not None:
+        kinds = parse_kinds(args.speaker_augment)
+        if not kinds:
+            return None
+        start = AugmentConfig(copies=1, kinds=kinds)
+    elif base:
+        start = AugmentConfig.from_json(base)
+    else:
         return None
     return (
-        AugmentConfig(copies=args.speaker_augment_copies, kinds=kinds, seed=args.speaker_augment_seed)
+        replace(
+            start,
+            copies=_given(args.speaker_augment_copies, start.copies),
+            seed=_given(args.speaker_augment_seed, start.seed),
+        )
         .validate()
         .to_json()
     )
@@ -488,8 +614,20 @@ def _ensure_demo_corpus(config: RunConfig, out=sys.stdout) -> None:
         )
 
 
+def print_config(config: RunConfig, out=None) -> None:
+    """--print-config: the run file of `config` (pipeline/run_config_file.py), on stdout."""
+    from speechpipe.pipeline.run_config_file import to_yaml
+
+    print(to_yaml(config), end="", file=out or sys.stdout)
+
+
 def run(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.print_config:
+        # Without the demo corpus: a run file without spans stays one (it runs on the demo corpus
+        # under whatever home it is given).
+        print_config(config_from_args(args, demo_corpus=False))
+        return 0
     config = config_from_args(args)
     _ensure_demo_corpus(config)
     summary = run_pipeline(config)

@@ -2,7 +2,7 @@
 
 Everything the TFX pipeline needs is here, explicitly: the home folder (pipeline root, ML
 Metadata, the embedded MLflow registry, reports), the spans of audio to train on, the feature
-configuration, the trainers' budgets, the blessing thresholds and the registry's tracking URI.
+configuration, the trainers' configurations, the blessing thresholds and the registry's tracking URI.
 This module imports neither TensorFlow nor TFX, so the CLI can validate a run before paying for
 either. Why one module of this size: a field, the data key it feeds and its check change
 together; apart, a new setting would be added in three places.
@@ -14,12 +14,22 @@ import hashlib
 import json
 import os
 import posixpath
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
-from speechpipe.config import FeatureConfig
+from speechpipe.config import (
+    CTC_MODEL_NAME,
+    EMBEDDER_MODEL_NAME,
+    MAX_EER,
+    MAX_PER,
+    SPLIT_FRACTIONS,
+    FeatureConfig,
+)
 from speechpipe.io.storage import is_uri, walk_order
+from speechpipe.phones.ctc_config import CTCTrainConfig
+from speechpipe.phones.inventory import DEFAULT_INVENTORY
 from speechpipe.results.tracking import tracking_uri_for
+from speechpipe.speakers.embedder.config import EmbedderTrainConfig
 from speechpipe.validation import ConfigError, validate_feature_config
 
 PIPELINE_NAME = "speechpipe"
@@ -27,58 +37,18 @@ PIPELINE_NAME = "speechpipe"
 # is evaluated, gated and pushed on its own spans.
 CTC, SPEAKER = "ctc", "speaker"
 BRANCHES: Tuple[str, ...] = (CTC, SPEAKER)
-CTC_MODEL_NAME = "speechpipe-ctc"
-EMBEDDER_MODEL_NAME = "speechpipe-embedder"
 
 
 # Where a branch's champion comes from: ML Metadata through a resolver node, or the MLflow
 # registry's `champion` alias through a container step (open-source KFP runs no resolvers).
 CHAMPION_SOURCES: Tuple[str, ...] = ("resolver", "registry")
 
-
-@dataclass(frozen=True)
-class CTCBudget:
-    """What the CTC trainer may spend; becomes `CTCTrainConfig` json (components/ctc_trainer.py)."""
-
-    lstm_units: Tuple[int, ...] = (100, 100, 150)
-    frame_stack: int = 2
-    dropout: float = 0.1
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    max_epochs: int = 200
-    # The demo run has 25 minutes in all on 2 cores, both branches: 8 here (checked after every
-    # batch, speechpipe.components.trainer_contract), 4 for the embedder. bench/ proves learning
-    # on 20 minutes.
-    max_minutes: Optional[float] = 8.0
-    patience: int = 6
-    seed: int = 0
-
-    def trainer_json(self) -> Dict[str, object]:
-        return {
-            "model": {"lstm_units": list(self.lstm_units), "frame_stack": self.frame_stack, "dropout": self.dropout},
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "max_epochs": self.max_epochs,
-            "max_minutes": self.max_minutes,
-            "patience": self.patience,
-            "seed": self.seed,
-        }
-
-
-@dataclass(frozen=True)
-class EmbedderBudget:
-    """What the speaker-embedder trainer may spend; becomes `EmbedderTrainConfig` json
-    (components/embedder_trainer.py)."""
-
-    max_seconds: float = 240.0
-    max_steps: int = 0  # 0 = no step limit
-    eval_every_steps: int = 100
-    speakers_per_batch: int = 16
-    segments_per_speaker: int = 8
-    seed: int = 0
-
-    def trainer_json(self) -> Dict[str, object]:
-        return asdict(self)
+# The demo run's budgets: 25 minutes in all on 2 cores, both branches. The trainers' own defaults
+# are the measured recipes (docs/ctc.md, docs/embedder.md); a run shortens only their budgets:
+# 8 minutes for the CTC recogniser (checked after every batch, speechpipe.components.
+# trainer_contract; bench/ proves learning on 20), 4 for the embedder, validated twice as often.
+DEMO_CTC = replace(CTCTrainConfig(), max_minutes=8.0)
+DEMO_EMBEDDER = replace(EmbedderTrainConfig(), max_seconds=240.0, eval_every_steps=100)
 
 
 @dataclass(frozen=True)
@@ -103,8 +73,10 @@ class RunConfig:
     # Augmented copies of the speaker branch's training utterances (speechpipe.audio.augment's
     # AugmentConfig json: noise, reverberation, speed); None = clean training audio only.
     speaker_augment: Optional[Dict[str, object]] = None
-    ctc: CTCBudget = field(default_factory=CTCBudget)
-    embedder: EmbedderBudget = field(default_factory=EmbedderBudget)
+    # The trainers' configurations, whole: the pipeline hands each to its Trainer as custom_config
+    # json. The CTC inventory is not set here: it follows `language` (pipeline_arguments).
+    ctc: CTCTrainConfig = field(default_factory=lambda: DEMO_CTC)
+    embedder: EmbedderTrainConfig = field(default_factory=lambda: DEMO_EMBEDDER)
     # An official VoxCeleb trial list (veri_test2.txt, ...) as the speaker branch's test protocol, in
     # place of the trial list built from the test span's test split; "" = built.
     trials_file: str = ""
@@ -117,8 +89,8 @@ class RunConfig:
     max_dead_letter_fraction: float = 0.2
     min_train_examples: int = 1
     # Blessing: absolute thresholds, and the margin by which a candidate must beat the champion.
-    max_per: float = 0.95
-    max_eer: float = 0.40
+    max_per: float = MAX_PER
+    max_eer: float = MAX_EER
     min_per_improvement: float = 0.0
     min_eer_improvement: float = 0.0
     # The speaker model's shipped decision threshold: the one with this false-accept rate on its
@@ -126,7 +98,7 @@ class RunConfig:
     target_far: float = 0.01
     # Registry: None = $MLFLOW_TRACKING_URI when set, else SQLite under the home folder.
     tracking_uri: Optional[str] = None
-    registry_model_name: str = CTC_MODEL_NAME
+    ctc_model_name: str = CTC_MODEL_NAME
     embedder_model_name: str = EMBEDDER_MODEL_NAME
     # Beam options for the Beam-based components; () = DirectRunner multi_processing, one per core.
     beam_args: Tuple[str, ...] = ()
@@ -135,7 +107,7 @@ class RunConfig:
     # Vertex AI) or "registry" (the MLflow registry's `champion` alias, read by a container step:
     # open-source KFP runs no resolver tasks; `speechpipe compile --champion-from registry`).
     champion_from: str = "resolver"  # one of CHAMPION_SOURCES
-    split_fractions: Tuple[float, float, float] = (0.8, 0.1, 0.1)  # for inputs without splits
+    split_fractions: Tuple[float, float, float] = SPLIT_FRACTIONS  # for inputs without splits
 
     # ---------------------------------------------------------------- spans per branch
     @property
@@ -380,20 +352,16 @@ def validate_run_config(config: RunConfig) -> RunConfig:
             raise ConfigError("speaker_augment: augments the speaker branch's training audio; that branch is off")
         if not AugmentConfig.from_json(config.speaker_augment).validate().enabled:
             raise ConfigError("speaker_augment: no copies asked for (copies 0); leave it out for clean audio only")
-    c = config.ctc
-    if not c.lstm_units or any(u < 1 for u in c.lstm_units):
-        raise ConfigError(f"ctc.lstm_units={c.lstm_units}: need one or more positive sizes")
-    if c.frame_stack < 1 or c.batch_size < 1 or c.max_epochs < 1 or c.patience < 1:
-        raise ConfigError(f"ctc: frame_stack, batch_size, max_epochs and patience must be >= 1 ({c})")
-    if c.max_minutes is not None and c.max_minutes <= 0:
-        raise ConfigError(f"ctc.max_minutes={c.max_minutes}: must be positive (or None for no budget)")
-    if not 0 <= c.dropout < 1 or c.learning_rate <= 0:
-        raise ConfigError(f"ctc: dropout in [0, 1) and a positive learning rate, got {c.dropout}, {c.learning_rate}")
-    e = config.embedder
-    if (e.max_seconds <= 0 and e.max_steps <= 0) or e.eval_every_steps < 1:
-        raise ConfigError(f"embedder: need a budget (max_seconds or max_steps > 0) and eval_every_steps >= 1, got {e}")
-    if e.speakers_per_batch < 2 or e.segments_per_speaker < 2:
-        raise ConfigError(f"embedder: speakers_per_batch and segments_per_speaker must be >= 2, got {e}")
+    for section, trainer in (("ctc", config.ctc), ("embedder", config.embedder)):
+        try:
+            trainer.validate()
+        except ConfigError as error:
+            raise ConfigError(f"{section}: {error}") from None
+    if config.ctc.inventory != DEFAULT_INVENTORY:
+        raise ConfigError(
+            f"ctc.inventory={config.ctc.inventory!r}: the CTC branch's phone set follows `language` "
+            "(the one the feature job tokenises the transcripts with); set language instead"
+        )
     if not config.max_per > 0:
         raise ConfigError(f"max_per={config.max_per}: must be positive (PER can exceed 1 with insertions)")
     if not 0.0 < config.target_far < 1.0:
@@ -415,8 +383,8 @@ def validate_run_config(config: RunConfig) -> RunConfig:
         raise ConfigError(f"split_fractions={config.split_fractions}: three non-negative fractions summing to 1")
     if config.champion_from not in CHAMPION_SOURCES:
         raise ConfigError(f"champion_from={config.champion_from!r}: one of {', '.join(CHAMPION_SOURCES)}")
-    if not config.registry_model_name or not config.embedder_model_name:
-        raise ConfigError("registry model names must not be empty")
-    if len(config.branches) == 2 and config.registry_model_name == config.embedder_model_name:
-        raise ConfigError("registry_model_name and embedder_model_name must differ")
+    if not config.ctc_model_name or not config.embedder_model_name:
+        raise ConfigError("ctc_model_name, embedder_model_name: registry model names must not be empty")
+    if len(config.branches) == 2 and config.ctc_model_name == config.embedder_model_name:
+        raise ConfigError("ctc_model_name and embedder_model_name must differ")
     return config

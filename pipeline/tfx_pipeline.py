@@ -3,21 +3,21 @@
 Two branches, each on its own spans (a span may feed both):
 
     the CTC branch, on each of its spans i:
-    FeatureGen_span<i> -> StatisticsGen_span<i> -> ExampleValidator_span<i> (<- ImportSchemaGen)
-                       -> ValidationGate_span<i>  (fails on anomalies / dead letters)
-    ExamplesUnion (only with 2+ spans, after every gate: every span's splits as one Examples artifact)
-    ChampionResolver (ML Metadata) -> Trainer (CTC; warm start from the champion, after every gate)
-                                   -> SpeechEvaluator (PER threshold + champion comparison -> ModelBlessing)
-                                   -> RegistryPusher (MLflow; only when blessed; alias `champion`)
+    CTCFeatureGen_span<i> -> CTCStatisticsGen_span<i> -> CTCExampleValidator_span<i> (<- ImportSchemaGen)
+                          -> CTCValidationGate_span<i>  (fails on anomalies / dead letters)
+    CTCExamplesUnion (only with 2+ spans, after every gate: every span's splits as one Examples artifact)
+    CTCChampionResolver (ML Metadata) -> CTCTrainer (warm start from the champion, after every gate)
+                                      -> CTCEvaluator (PER threshold + champion comparison -> ModelBlessing)
+                                      -> CTCRegistryPusher (MLflow; only when blessed; alias `champion`)
     the speaker branch, same pattern:
-    SpeakerFeatureGen_span<i> (the embedder's own features: after ValidationGate_span<i> on a span
+    SpeakerFeatureGen_span<i> (the embedder's own features: after CTCValidationGate_span<i> on a span
         the CTC branch checks too; on a span of its own, with SpeakerStatisticsGen_span<i>,
         SpeakerExampleValidator_span<i> and SpeakerValidationGate_span<i>)
-    SpeakerExamplesUnion (2+ spans; the trainers share ExamplesUnion when spans and features agree)
+    SpeakerExamplesUnion (2+ spans; the trainers share CTCExamplesUnion when spans and features agree)
     PairGen (trial list of the test span's test split, or the official list it is given)
     SpeakerChampionResolver -> SpeakerTrainer (siamese embedder) -> SpeakerEvaluator (EER, clustering)
                             -> SpeakerRegistryPusher
-    with champion_from="registry" (open-source KFP runs no resolver tasks): RegistryChampion and
+    with champion_from="registry" (open-source KFP runs no resolver tasks): CTCRegistryChampion and
     SpeakerRegistryChampion, container steps reading the MLflow registry's `champion` alias, stand
     in for the two resolvers (components/registry_champion.py).
 
@@ -32,22 +32,25 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from tfx import v1 as tfx
 
-from speechpipe.config import FeatureConfig
+from speechpipe.config import EMBEDDER_MODEL_NAME, MAX_EER, MAX_PER, SPLIT_FRACTIONS, FeatureConfig
 from speechpipe.jobs.beam_options import IN_MEMORY_ARGS
 from speechpipe.pipeline.run_config import CHAMPION_SOURCES
 
 CTC_RUN_FN = "speechpipe.components.ctc_trainer.run_fn"
 EMBEDDER_RUN_FN = "speechpipe.components.embedder_trainer.run_fn"
 
+# Each branch's nodes are named with its prefix: "CTC" for the phone recogniser's (and for the
+# per-span nodes of its feature set), "Speaker" for the embedder's.
+CTC_PREFIX, SPEAKER_PREFIX = "CTC", "Speaker"
 # The node ids of the trainers: the only nodes a cluster deployment gives GPUs to
-# (pipeline/kubeflow_v2_runner.py). "SpeakerTrainer" exists when the speaker branch is on.
-CTC_TRAINER_ID = "Trainer"
-SPEAKER_TRAINER_ID = "SpeakerTrainer"
+# (pipeline/kubeflow_v2_runner.py). Each exists when its branch is on.
+CTC_TRAINER_ID = f"{CTC_PREFIX}Trainer"
+SPEAKER_TRAINER_ID = f"{SPEAKER_PREFIX}Trainer"
 TRAINER_NODE_IDS = (CTC_TRAINER_ID, SPEAKER_TRAINER_ID)
 # The node that joins every span's Examples into one artifact (2+ spans only), per feature set.
-UNION_ID = "ExamplesUnion"
-SPEAKER_UNION_ID = "SpeakerExamplesUnion"
-# Where a branch's champion comes from: ML Metadata (a resolver node) or the MLflow registry's alias.
+_UNION = "ExamplesUnion"
+UNION_ID = f"{CTC_PREFIX}{_UNION}"
+SPEAKER_UNION_ID = f"{SPEAKER_PREFIX}{_UNION}"
 
 
 def create_pipeline(
@@ -63,21 +66,21 @@ def create_pipeline(
     metadata_connection_config=None,
     artifact_root: str = "",
     test_span: int = 0,
-    max_per: float = 0.95,
+    max_per: float = MAX_PER,
     min_per_improvement: float = 0.0,
     max_dead_letter_fraction: float = 0.2,
     min_train_examples: int = 1,
     warm_start: bool = True,
     beam_args: Sequence[str] = IN_MEMORY_ARGS,
-    split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    split_fractions: Sequence[float] = SPLIT_FRACTIONS,
     ctc_spans: Optional[Sequence[int]] = None,
     speaker_spans: Sequence[int] = (),
     speaker_feature_config: FeatureConfig = None,
     embedder_config: Dict[str, object] = None,
-    embedder_model_name: str = "speechpipe-embedder",
+    embedder_model_name: str = EMBEDDER_MODEL_NAME,
     speaker_data_key: str = "",
     trials_file: str = "",
-    max_eer: float = 0.4,
+    max_eer: float = MAX_EER,
     min_eer_improvement: float = 0.0,
     target_far: float = 0.01,
     enable_cache: bool = True,
@@ -197,8 +200,8 @@ class _SpanFeatures:
 
     def get(self, span: int, config: FeatureConfig, prefix: str, augment: str = "") -> Tuple[object, object]:
         """(examples channel, gate node) of `span` computed with `config` (and the training
-        split's augmentation, AugmentConfig json, "" = none); `prefix` names new nodes ("" for
-        the CTC branch's feature set, "Speaker" for the embedder's)."""
+        split's augmentation, AugmentConfig json, "" = none); `prefix` names new nodes
+        (CTC_PREFIX for the CTC branch's feature set, SPEAKER_PREFIX for the embedder's)."""
         from speechpipe.components.feature_gen import FeatureGen
         from speechpipe.components.validation_gate import ValidationGate
 
@@ -254,7 +257,7 @@ class _SpanFeatures:
         examples, gates = [m[0] for m in made], [m[1] for m in made]
         key = (tuple(span_numbers), json.dumps(config.to_json(), sort_keys=True) + augment)
         if key not in self._unions:
-            channel, node = examples_of_all_spans(examples, gates, f"{prefix}{UNION_ID}")
+            channel, node = examples_of_all_spans(examples, gates, f"{prefix}{_UNION}")
             if node is not None:
                 self.components.append(node)
             self._unions[key] = channel
@@ -278,13 +281,13 @@ def _ctc_branch(
     champion_from: str,
 ) -> List:
     """The CTC phone recogniser's nodes, on its own spans' Examples and gates."""
-    from speechpipe.components.evaluator import SpeechEvaluator
+    from speechpipe.components.ctc_evaluator import CTCEvaluator
     from speechpipe.components.registry_pusher import RegistryPusher
 
     # The trainers and pushers read ONE channel holding every span (KubeflowV2DagRunner compiles no
     # channel union): the span's own Examples for one span, else an ExamplesUnion node's copy.
-    all_examples, gates = checked.union(span_numbers, feature_config, "")
-    test_examples = checked.get(span_numbers[test_span], feature_config, "")[0]
+    all_examples, gates = checked.union(span_numbers, feature_config, CTC_PREFIX)
+    test_examples = checked.get(span_numbers[test_span], feature_config, CTC_PREFIX)[0]
     components: List = []
     # The current champion, resolved through ML Metadata: the latest blessed model trained on
     # other data than this run's (so a re-run with nothing new resolves what the last run did).
@@ -301,14 +304,14 @@ def _ctc_branch(
         {"features": feature_config.to_json(), "ctc": ctc_config, "warm_start": warm_start},
     ).with_id(CTC_TRAINER_ID)
     # PER on the fixed test split (the branch's span `test_span`) against the threshold and the champion.
-    evaluator = SpeechEvaluator(
+    evaluator = CTCEvaluator(
         model=trainer.outputs["model"],
         examples=test_examples,
         champion=champion.outputs["model"],
         max_per=max_per,
         min_per_improvement=min_per_improvement,
         data_key=data_key,
-    )
+    ).with_id(f"{CTC_PREFIX}Evaluator")
     # Registers, loads back, smoke-tests and crowns the model, only when it is blessed.
     pusher = RegistryPusher(
         model=trainer.outputs["model"],
@@ -320,7 +323,7 @@ def _ctc_branch(
         pipeline_name=pipeline_name,
         data_key=data_key,
         feature_config=json.dumps(feature_config.to_json(), sort_keys=True),
-    )
+    ).with_id(f"{CTC_PREFIX}RegistryPusher")
     return components + [trainer, evaluator, pusher]
 
 
@@ -356,28 +359,18 @@ def gated_trainer(run_fn: str, examples, champion, gates: List, custom_config: D
 
 def champion_node(champion_from: str, data_key: str, model_kind: str, tracking_uri: str, model_name: str):
     """The node whose `outputs["model"]` is a branch's champion: the ML Metadata resolver
-    (`ChampionResolver`, `SpeakerChampionResolver`), or the registry step (`RegistryChampion`,
+    (`CTCChampionResolver`, `SpeakerChampionResolver`), or the registry step (`CTCRegistryChampion`,
     `SpeakerRegistryChampion`)."""
-    prefix = "Speaker" if model_kind == "speaker" else ""
+    prefix = SPEAKER_PREFIX if model_kind == "speaker" else CTC_PREFIX
     if champion_from == "registry":
         from speechpipe.components.registry_champion import RegistryChampion
 
         return RegistryChampion(
             tracking_uri=tracking_uri, model_name=model_name, data_key=data_key, model_kind=model_kind
         ).with_id(f"{prefix}RegistryChampion")
+    from speechpipe.components.champion_resolver import champion_resolver
+
     return champion_resolver(data_key, model_kind).with_id(f"{prefix}ChampionResolver")
-
-
-def champion_resolver(data_key: str, model_kind: str) -> tfx.dsl.Resolver:
-    """The champion of one branch ("ctc" or "speaker") through ML Metadata (ChampionStrategy)."""
-    from speechpipe.components.champion_resolver import ChampionStrategy
-
-    return tfx.dsl.Resolver(
-        strategy_class=ChampionStrategy,
-        config={"data_key": data_key, "model_kind": model_kind},
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    )
 
 
 def _speaker_branch(
@@ -412,11 +405,11 @@ def _speaker_branch(
 
     for span in span_numbers:
         if span in ctc_span_numbers:  # the CTC features and their gate come first on a shared span
-            checked.get(span, ctc_feature_config, "")
+            checked.get(span, ctc_feature_config, CTC_PREFIX)
     # Augmented copies go to the training splits only, so the test span's test split is clean.
     augment = json.dumps(augment_config, sort_keys=True) if augment_config else ""
-    all_examples, gates = checked.union(span_numbers, feature_config, "Speaker", augment)
-    test_examples, test_gate = checked.get(span_numbers[test_span], feature_config, "Speaker", augment)
+    all_examples, gates = checked.union(span_numbers, feature_config, SPEAKER_PREFIX, augment)
+    test_examples, test_gate = checked.get(span_numbers[test_span], feature_config, SPEAKER_PREFIX, augment)
     # The trial list of the fixed test span (VoxCeleb format), after its gate passed, or the
     # official list it is given, checked against that split. The trainer's default in-batch form
     # draws its own pairs, so no other span needs pairs.
@@ -444,7 +437,7 @@ def _speaker_branch(
         min_eer_improvement=min_eer_improvement,
         data_key=data_key,
         target_far=target_far,
-    ).with_id("SpeakerEvaluator")
+    ).with_id(f"{SPEAKER_PREFIX}Evaluator")
     # Registers, loads back, smoke-tests `embed` and crowns the embedder, only when blessed.
     pusher = RegistryPusher(
         model=trainer.outputs["model"],
@@ -457,5 +450,5 @@ def _speaker_branch(
         data_key=data_key,
         feature_config=json.dumps(feature_config.to_json(), sort_keys=True),
         model_kind="speaker",
-    ).with_id("SpeakerRegistryPusher")
+    ).with_id(f"{SPEAKER_PREFIX}RegistryPusher")
     return [pairs, champion, trainer, evaluator, pusher]

@@ -9,6 +9,17 @@ from tests.services import free_port, wait_for
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# pyproject.toml gives every test 900 s (pytest-timeout, fixtures included). A LocalDagRunner run
+# of the whole pipeline took up to about 10 min on a 2-core machine, and a test's module fixture
+# may hold one: an e2e test gets this unless it names its own @pytest.mark.timeout.
+E2E_TIMEOUT_S = 1800
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("e2e") is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(E2E_TIMEOUT_S))
+
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> str:

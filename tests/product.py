@@ -4,15 +4,46 @@ the path, a working folder of their own)."""
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import os
 import shutil
 import subprocess
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCK = os.path.join(REPO, "requirements.lock")
+# What the package holds: its modules and the data files it reads (setup.py's package_data).
+PACKAGE_SUFFIXES = (".py", ".json", ".pbtxt", ".txt")
+
+
+def root_packages() -> Tuple[str, ...]:
+    """setup.py's _ROOT_PACKAGES (the sub-packages of speechpipe whose folders sit at the
+    repository root), read without running setup.py."""
+    with open(os.path.join(REPO, "setup.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "_ROOT_PACKAGES" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    raise AssertionError("setup.py defines no _ROOT_PACKAGES")
+
+
+def package_files() -> Dict[str, str]:
+    """Every module and data file of the package in the checkout: {its path in the installed
+    package (speechpipe/...): its path in the repository}. src/speechpipe/x is speechpipe/x, and a
+    root package's pipeline/x is speechpipe/pipeline/x."""
+    sources = {"speechpipe": "src/speechpipe", **{f"speechpipe/{name}": name for name in root_packages()}}
+    found = {}
+    for installed, source in sources.items():
+        top = os.path.join(REPO, source)
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for name in files:
+                if name.endswith(PACKAGE_SUFFIXES):
+                    relative = os.path.relpath(os.path.join(folder, name), top).replace(os.sep, "/")
+                    found[f"{installed}/{relative}"] = f"{source}/{relative}"
+    return found
 
 
 def base_python() -> str:
@@ -67,8 +98,11 @@ def locked_venv(path: str) -> str:
 
 
 def build_distributions(out_dir: str) -> Dict[str, str]:
-    """The sdist and the wheel, built from the checkout as a release would be: {'sdist', 'wheel'}."""
-    run([uv(), "build", "--sdist", "--wheel", "--out-dir", out_dir, REPO], cwd=out_dir, env=user_env())
+    """The sdist and the wheel, built from the checkout as a release would be: {'sdist', 'wheel'}.
+    The wheel is built from the unpacked sdist (uv build's default), not from the checkout, whose
+    ignored build/ folder may hold modules the tree no longer has (setuptools copies into it and
+    never prunes it); and a file the sdist lacks is then missing from the wheel too."""
+    run([uv(), "build", "--out-dir", out_dir, REPO], cwd=out_dir, env=user_env())
     names = os.listdir(out_dir)
     return {
         "sdist": os.path.join(out_dir, next(n for n in names if n.endswith(".tar.gz"))),
@@ -97,6 +131,11 @@ def _ignored(relative: str, rules: List[str]) -> bool:
         if hit:
             ignored = not negated
     return ignored
+
+
+def in_build_context(relative: str) -> bool:
+    """Whether .dockerignore lets the repository path `relative` into the image's build context."""
+    return not _ignored(relative, dockerignore_rules())
 
 
 def build_context(dest: str) -> List[str]:

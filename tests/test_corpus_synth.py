@@ -81,7 +81,7 @@ def test_plan_holds_out_sentences_at_demo_size():
 def test_speaker_ids_stable_and_voices_distinct():
     small, large = design_speakers(10, seed=3), design_speakers(MAX_SPEAKERS, seed=3)
     assert small == large[:10]
-    # seed 3 numbers its speakers in its own block (tests/known_issues/test_corpus_seeds_share_speaker_ids.py)
+    # seed 3 numbers its speakers in its own block (tests/regressions/test_corpus_seeds_share_speaker_ids.py)
     assert [v.speaker for v in small] == [f"id{13001 + i}" for i in range(10)]
     assert MAX_SPEAKERS >= DEMO_CORPUS.speakers  # the demo corpus has distinct voices
     cells = {(v.variant, v.pitch) for v in large}

@@ -125,7 +125,7 @@ def test_the_compiled_spec(span, tmp_path, target, out, include_speaker):
     for node in local:
         assert node in tasks or any(t.startswith(node + "-") for t in tasks), f"{node} is not in the compiled spec"
     trainers = sorted(t for t in TRAINER_NODE_IDS if t in local)
-    assert trainers == (["SpeakerTrainer", "Trainer"] if include_speaker else ["Trainer"])
+    assert trainers == (["CTCTrainer", "SpeakerTrainer"] if include_speaker else ["CTCTrainer"])
     assert sorted(compiled.trainer_tasks) == trainers
 
     # GPUs on the trainers, and on nothing else.
@@ -157,10 +157,10 @@ def test_the_compiled_spec(span, tmp_path, target, out, include_speaker):
     assert spec["defaultPipelineRoot"] == f"{HOME}/pipeline_root/speechpipe"
 
     # The Beam stages get the Dataflow options; the schema is read from the image.
-    for task in ("FeatureGen_span0", "StatisticsGen_span0"):
+    for task in ("CTCFeatureGen_span0", "CTCStatisticsGen_span0"):
         args = _executor(spec, task)[1]["container"]["args"]
         assert all(flag in args for flag in DATAFLOW.to_args()), task
-    feature_args = json.dumps(tasks["FeatureGen_span0"]["inputs"]["parameters"])
+    feature_args = json.dumps(tasks["CTCFeatureGen_span0"]["inputs"]["parameters"])
     assert "DataflowRunner" in feature_args and span in feature_args
     assert runner.IMAGE_SCHEMA_FILE in json.dumps(tasks["ImportSchemaGen"]["inputs"])
 
@@ -212,9 +212,9 @@ def test_the_command_line_writes_a_vertex_yaml(span, tmp_path):
     ]
     assert main(argv) == 0
     spec, platform = _read_back(str(out), "vertex")
-    trainer = _executor(spec, "Trainer")[1]["container"]["resources"]
+    trainer = _executor(spec, "CTCTrainer")[1]["container"]["resources"]
     assert trainer["accelerator"] == {"type": "NVIDIA_L4", "count": "1"} and platform is None
-    args = _executor(spec, "FeatureGen_span0")[1]["container"]["args"]
+    args = _executor(spec, "CTCFeatureGen_span0")[1]["container"]["args"]
     # Flink's DOCKER workers run the pipeline's image unless told otherwise.
     assert {
         "--runner=PortableRunner",
@@ -252,7 +252,7 @@ def test_only_the_trainers_get_gpus_in_the_pipeline(span, target):
     pipeline, _, _ = runner.build_pipeline(_config([span], include_speaker=False), _cluster(target))
     others = NodeResources(cpu=4.0, memory_gb=16.0)
     found = apply_resources(pipeline, target, TRAINER, TRAINER_NODE_IDS, others)
-    assert found == ["Trainer"]
+    assert found == ["CTCTrainer"]
     for node in pipeline.components:
         spec = getattr(node, "platform_config", None)
         if node.id in found:
@@ -322,7 +322,7 @@ def test_spans_on_object_storage(tmp_path):
         compiled = _compile(config, _cluster("vertex"))
     finally:
         memfs.clear()
-    parameters = json.dumps(compiled.pipeline_spec["root"]["dag"]["tasks"]["FeatureGen_span0"]["inputs"])
+    parameters = json.dumps(compiled.pipeline_spec["root"]["dag"]["tasks"]["CTCFeatureGen_span0"]["inputs"])
     assert "memfs://bucket/spans/s0/manifest.jsonl" in parameters
 
 
@@ -352,17 +352,17 @@ def test_two_spans(span, tmp_path, include_speaker, speaker_normalization):
         assert node in tasks or any(t.startswith(node + "-") for t in tasks), f"{node} is not in the compiled spec"
     for i in range(len(spans)):
         assert {
-            f"FeatureGen_span{i}",
-            f"StatisticsGen_span{i}",
-            f"ExampleValidator_span{i}",
-            f"ValidationGate_span{i}",
+            f"CTCFeatureGen_span{i}",
+            f"CTCStatisticsGen_span{i}",
+            f"CTCExampleValidator_span{i}",
+            f"CTCValidationGate_span{i}",
         } <= set(tasks)
     own_speaker_features = include_speaker and speaker_normalization != config.features.normalization
-    unions = {UNION_ID: "FeatureGen_span"}
+    unions = {UNION_ID: "CTCFeatureGen_span"}
     if own_speaker_features:
         unions[SPEAKER_UNION_ID] = "SpeakerFeatureGen_span"
     assert {t for t in tasks if t.endswith("ExamplesUnion")} == set(unions)
-    gates = {f"ValidationGate_span{i}" for i in range(len(spans))}
+    gates = {f"CTCValidationGate_span{i}" for i in range(len(spans))}
     for union, producer in unions.items():
         task = tasks[union]
         # One artifact input per span, each fed by that span's feature node alone.
@@ -377,7 +377,7 @@ def test_two_spans(span, tmp_path, include_speaker, speaker_normalization):
         assert _executor(spec, union)[1]["container"]["command"]  # an ordinary container step
         assert f"{ExamplesUnion.__module__}.Executor" in json.dumps(_executor(spec, union)[1]["container"])
     # The trainers and pushers read the union's one output; the evaluators the test span's own.
-    readers = {"Trainer": UNION_ID, "RegistryPusher": UNION_ID}
+    readers = {"CTCTrainer": UNION_ID, "CTCRegistryPusher": UNION_ID}
     if include_speaker:
         readers.update(
             {
@@ -391,13 +391,13 @@ def test_two_spans(span, tmp_path, include_speaker, speaker_normalization):
             "outputArtifactKey": "examples",
         }, reader
     assert (
-        tasks["SpeechEvaluator"]["inputs"]["artifacts"]["examples"]["taskOutputArtifact"]["producerTask"]
-        == "FeatureGen_span0"
+        tasks["CTCEvaluator"]["inputs"]["artifacts"]["examples"]["taskOutputArtifact"]["producerTask"]
+        == "CTCFeatureGen_span0"
     )
 
     # GPUs on the trainers alone, the union included among the nodes without one.
     trainers = sorted(t for t in TRAINER_NODE_IDS if t in tasks)
-    assert trainers == (["SpeakerTrainer", "Trainer"] if include_speaker else ["Trainer"])
+    assert trainers == (["CTCTrainer", "SpeakerTrainer"] if include_speaker else ["CTCTrainer"])
     with_gpus = {t for t in tasks if _executor(spec, t)[1].get("container", {}).get("resources", {}).get("accelerator")}
     assert with_gpus == set(trainers)
     assert set(platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]) == {
@@ -450,7 +450,7 @@ def test_champion_from_the_registry(span, tmp_path, target):
     assert not [label for label, e in executors.items() if "resolver" in e]
     assert not [t for t in tasks if "Resolver" in t]
     for champion, trainer, evaluator, model_name, kind, run_fn in (
-        ("RegistryChampion", "Trainer", "SpeechEvaluator", "speechpipe-ctc", "ctc", CTC_RUN_FN),
+        ("CTCRegistryChampion", "CTCTrainer", "CTCEvaluator", "speechpipe-ctc", "ctc", CTC_RUN_FN),
         (
             "SpeakerRegistryChampion",
             "SpeakerTrainer",
@@ -477,11 +477,11 @@ def test_champion_from_the_registry(span, tmp_path, target):
         }
         assert run_fn in json.dumps(tasks[trainer]["inputs"]["parameters"])
     with_gpus = {t for t in tasks if _executor(spec, t)[1].get("container", {}).get("resources", {}).get("accelerator")}
-    assert with_gpus == {"Trainer", "SpeakerTrainer"}
+    assert with_gpus == {"CTCTrainer", "SpeakerTrainer"}
     # The default stays the resolver.
     compiled = _compile(_config([span], include_speaker=True), _cluster(target))
-    assert "ChampionResolver-model-blessing-resolver" in compiled.pipeline_spec["root"]["dag"]["tasks"]
-    assert "RegistryChampion" not in compiled.pipeline_spec["root"]["dag"]["tasks"]
+    assert "CTCChampionResolver-model-blessing-resolver" in compiled.pipeline_spec["root"]["dag"]["tasks"]
+    assert "CTCRegistryChampion" not in compiled.pipeline_spec["root"]["dag"]["tasks"]
 
 
 def test_champion_from_is_checked(span):
@@ -498,14 +498,14 @@ def test_each_branch_on_its_own_span_compiles_with_its_own_gates(tmp_path):
     compiled = _compile(config, _cluster("kubeflow"))
     tasks = compiled.pipeline_spec["root"]["dag"]["tasks"]
     assert {
-        "FeatureGen_span0",
-        "ValidationGate_span0",
+        "CTCFeatureGen_span0",
+        "CTCValidationGate_span0",
         "SpeakerFeatureGen_span1",
         "SpeakerStatisticsGen_span1",
         "SpeakerExampleValidator_span1",
         "SpeakerValidationGate_span1",
     } <= set(tasks)
-    assert "FeatureGen_span1" not in tasks and "SpeakerFeatureGen_span0" not in tasks
+    assert "CTCFeatureGen_span1" not in tasks and "SpeakerFeatureGen_span0" not in tasks
 
     def upstream(task: str) -> set:
         found, todo = set(), [task]
@@ -516,9 +516,9 @@ def test_each_branch_on_its_own_span_compiles_with_its_own_gates(tmp_path):
                     todo.append(parent)
         return found
 
-    ctc_upstream, speaker_upstream = upstream("Trainer"), upstream("SpeakerTrainer")
-    assert "ValidationGate_span0" in ctc_upstream and "SpeakerValidationGate_span1" not in ctc_upstream
-    assert "SpeakerValidationGate_span1" in speaker_upstream and "ValidationGate_span0" not in speaker_upstream
+    ctc_upstream, speaker_upstream = upstream("CTCTrainer"), upstream("SpeakerTrainer")
+    assert "CTCValidationGate_span0" in ctc_upstream and "SpeakerValidationGate_span1" not in ctc_upstream
+    assert "SpeakerValidationGate_span1" in speaker_upstream and "CTCValidationGate_span0" not in speaker_upstream
     assert set(compiled.data_keys) == {"ctc", "speaker"} and compiled.data_keys["ctc"] != compiled.data_keys["speaker"]
 
 
@@ -548,7 +548,7 @@ def test_speaker_augmentation_reaches_the_speaker_feature_job_only(span, tmp_pat
     nodes = {c.id: c for c in pipeline.components}
     augment = json.loads(nodes["SpeakerFeatureGen_span0"].exec_properties["augment_config"])
     assert augment["copies"] == 2 and augment["kinds"] == ["noise", "speed"]
-    assert nodes["FeatureGen_span0"].exec_properties["augment_config"] == ""
+    assert nodes["CTCFeatureGen_span0"].exec_properties["augment_config"] == ""
     clean = replace(config, speaker_augment=None)
     fingerprints = ["f0"]
     assert data_keys(config, fingerprints)["ctc"] == data_keys(clean, fingerprints)["ctc"]

@@ -6,10 +6,12 @@ nothing else."""
 
 import os
 import re
+from importlib import resources
+
+import pytest
 
 from speechpipe.pipeline.kubeflow_v2_runner import IMAGE_ROOT, IMAGE_SCHEMA_FILE, IMAGE_SETUP_FILE
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.product import REPO, in_build_context, root_packages
 
 
 def _read(*path: str) -> str:
@@ -54,12 +56,29 @@ def test_the_image_is_built_from_the_lock():
 
 def test_the_project_is_installed_where_the_pipeline_reads_it():
     assert f"WORKDIR {IMAGE_ROOT}" in DOCKERFILE
+    assert "COPY . ." in DOCKERFILE  # the build context lands in IMAGE_ROOT
     assert f"COPY --from=build {IMAGE_ROOT} {IMAGE_ROOT}" in DOCKERFILE
     assert "--no-deps --no-cache ." in STEPS  # installed, not editable
-    assert IMAGE_SCHEMA_FILE == f"{IMAGE_ROOT}/schemas/features.pbtxt" and os.path.exists(
-        os.path.join(REPO, "src", "speechpipe", "schemas", "features.pbtxt")
-    )
-    assert IMAGE_SETUP_FILE == f"{IMAGE_ROOT}/setup.py"
+
+
+@pytest.mark.parametrize("image_path", [IMAGE_SCHEMA_FILE, IMAGE_SETUP_FILE], ids=["schema", "setup"])
+def test_what_the_nodes_read_in_the_image_is_there(image_path):
+    """The compiled pipeline's nodes read the TFMD schema, and Beam's --setup_file builds setup.py,
+    at these paths in the image: IMAGE_ROOT holds the build context, so each must be a file of the
+    repository that .dockerignore lets in (and that the project step does not delete)."""
+    assert image_path.startswith(IMAGE_ROOT + "/"), image_path
+    relative = os.path.relpath(image_path, IMAGE_ROOT)
+    assert os.path.isfile(os.path.join(REPO, relative)), f"{relative} is not in the repository"
+    assert in_build_context(relative), f".dockerignore keeps {relative} out of the image"
+    project_step = re.search(r"^step_project\(\) \{\n(.*?)^\}", STEPS, re.MULTILINE | re.DOTALL).group(1)
+    removed = " ".join(re.findall(r"rm -rf (.*)", project_step)).split()
+    assert relative not in removed and relative.split("/")[0] not in removed, f"the project step deletes {relative}"
+
+
+def test_the_schema_in_the_image_is_the_packaged_one():
+    """The nodes on a cluster read IMAGE_SCHEMA_FILE; `speechpipe run` reads the package's copy."""
+    packaged = resources.files("speechpipe.schemas").joinpath("features.pbtxt").read_text(encoding="utf-8")
+    assert _read(*os.path.relpath(IMAGE_SCHEMA_FILE, IMAGE_ROOT).split("/")) == packaged
 
 
 def test_the_image_runs_as_a_non_root_user():
@@ -75,6 +94,7 @@ def test_the_build_context_is_the_project_only():
     # The package's source tree, what setup.py and the sdist build from, the lock, and the steps.
     assert allowed == {
         "src",
+        *root_packages(),  # pipeline/, components/, schemas/: installed as speechpipe.*
         "setup.py",
         "pyproject.toml",
         "MANIFEST.in",

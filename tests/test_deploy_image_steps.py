@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.product import REPO, base_python, build_context, run, user_env
+from tests.product import REPO, base_python, build_context, package_files, run, user_env
 
 STEPS = ["venv", "deps", "cuda", "project", "check"]
 
@@ -50,14 +50,20 @@ def test_the_build_context_lets_in_what_the_steps_use(tmp_path):
         "deploy/image_steps.sh",
         "deploy/check_install.py",
         "src/speechpipe/cli.py",
+        "pipeline/tfx_pipeline.py",
+        "components/feature_gen.py",
         "schemas/features.pbtxt",
         "src/speechpipe/corpus/sentences_de.txt",
     } <= copied
+    # Every module and data file of the package, under src/ and in the root packages.
+    missing = set(package_files().values()) - copied
+    assert not missing, sorted(missing)
     for heavy in (".venv/", ".git/", "speechpipe_home/", "bench/", "tests/", "docs/"):
         assert not any(path.startswith(heavy) for path in copied), heavy
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # the steps themselves may take 1200 s (`run`'s timeout below)
 def test_the_image_steps_build_a_working_environment(tmp_path):
     from speechpipe.pipeline.kubeflow_v2_runner import IMAGE_ROOT, IMAGE_SCHEMA_FILE, IMAGE_SETUP_FILE
 

@@ -91,10 +91,10 @@ def _librosa_features(samples: np.ndarray, config: FeatureConfig) -> np.ndarray:
 def test_mel_basis_and_window_are_librosas_bits(sample_rate, n_fft, hop, n_mels, fmax):
     import librosa
 
-    from speechpipe.audio.features import _hann_window, _mel_basis
+    from speechpipe.audio.features import _hann_window, mel_basis
 
     assert np.array_equal(
-        _mel_basis(sample_rate, n_fft, n_mels, 20.0, fmax),
+        mel_basis(sample_rate, n_fft, n_mels, 20.0, fmax),
         librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=20.0, fmax=fmax),
     )
     assert np.array_equal(_hann_window(n_fft), librosa.filters.get_window("hann", n_fft, fftbins=True))

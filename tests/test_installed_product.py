@@ -1,7 +1,10 @@
 """What a user installs: the wheel and the sdist (the sdist is what Beam's --setup_file ships to
 Dataflow and Flink workers), each installed into a fresh venv outside the repository, then used
 from a folder outside it: `speechpipe --help`, a tiny corpus, the feature job and a tiny pipeline
-run. The checkout is never on the path, so a module or data file the distributions lack fails."""
+run. The checkout is never on the path, so a module or data file the distributions lack fails.
+The import check and `--help` also run from the repository root, where the root folders
+pipeline/, components/ and schemas/ are first on the path: they must not shadow the installed
+package (`deploy/check_install.py` checks where every module comes from)."""
 
 import json
 import os
@@ -11,20 +14,7 @@ import zipfile
 
 import pytest
 
-from tests.product import LOCK, REPO, build_distributions, locked_venv, run, user_env, uv
-
-SRC = os.path.join(REPO, "src")
-
-
-def _source_files():
-    """Every module and data file of the package in the checkout, relative to src/."""
-    found = set()
-    for folder, dirs, files in os.walk(os.path.join(SRC, "speechpipe")):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        for name in files:
-            if name.endswith((".py", ".json", ".pbtxt", ".txt")):
-                found.add(os.path.relpath(os.path.join(folder, name), SRC))
-    return found
+from tests.product import LOCK, REPO, build_distributions, locked_venv, package_files, root_packages, run, user_env, uv
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +25,10 @@ def distributions(tmp_path_factory):
 def test_the_wheel_holds_every_module_and_data_file(distributions):
     with zipfile.ZipFile(distributions["wheel"]) as wheel:
         listed = {n for n in wheel.namelist() if not n.startswith("speechpipe-")}
-    expected = _source_files()
+    # src/speechpipe/x is speechpipe/x in the wheel; the root packages' pipeline/x is
+    # speechpipe/pipeline/x, and so on.
+    files = package_files()
+    expected = set(files)
     assert {
         "speechpipe/corpus/sentences_de.txt",
         "speechpipe/schemas/features.pbtxt",
@@ -44,17 +37,25 @@ def test_the_wheel_holds_every_module_and_data_file(distributions):
         "speechpipe/components/feature_gen.py",
         "speechpipe/corpus/synth.py",
     } <= expected
+    assert files["speechpipe/pipeline/tfx_pipeline.py"] == "pipeline/tfx_pipeline.py"
+    assert files["speechpipe/schemas/features.pbtxt"] == "schemas/features.pbtxt"
+    assert files["speechpipe/corpus/synth.py"] == "src/speechpipe/corpus/synth.py"
     assert listed == expected, (sorted(expected - listed), sorted(listed - expected))
+    # Nothing of the root folders lands outside speechpipe/ (a top-level `pipeline` package).
+    assert not {n.split("/")[0] for n in listed} - {"speechpipe"}
     # Every folder of the package is a real package (find_packages skips one without __init__).
     folders = {os.path.dirname(n) for n in expected}
     assert {f + "/__init__.py" for f in folders} <= expected
+    assert {f"speechpipe/{name}" for name in root_packages()} <= folders
 
 
 def test_the_sdist_holds_the_package_and_what_rebuilds_it(distributions):
     with tarfile.open(distributions["sdist"]) as sdist:
         names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
     assert {"setup.py", "pyproject.toml", "requirements.in", "requirements.lock", "README.md"} <= names
-    assert {os.path.join("src", n) for n in _source_files()} <= names
+    # The sdist keeps the repository's layout (setup.py's package_dir maps it on install).
+    missing = set(package_files().values()) - names
+    assert not missing, sorted(missing)
 
 
 def test_the_wheel_declares_the_runtime_requirements(distributions):
@@ -77,6 +78,9 @@ def test_the_wheel_declares_the_runtime_requirements(distributions):
 
 
 @pytest.mark.e2e
+# About 4 min each on a 2-core machine (a locked venv, the install, a tiny pipeline run); the
+# first also builds both distributions (the module's fixture).
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("kind", ["wheel", "sdist"])
 def test_installed_distribution_runs_outside_the_repository(kind, distributions, tmp_path):
     venv = locked_venv(str(tmp_path / "venv"))
@@ -105,6 +109,21 @@ def test_installed_distribution_runs_outside_the_repository(kind, distributions,
     )
     assert "modules imported" in checked.stdout
     assert "usage: speechpipe" in run([speechpipe, "--help"], cwd=str(work), env=env).stdout
+    # The same from the repository root, first on the path there: its pipeline/, components/ and
+    # schemas/ folders (and no speechpipe/ folder) must not shadow the installed package.
+    from_root = run(
+        [
+            os.path.join(venv, "bin", "python"),
+            os.path.join(REPO, "deploy", "check_install.py"),
+            "--expect-prefix",
+            venv,
+        ],
+        cwd=REPO,
+        env=env,
+    )
+    assert "modules imported" in from_root.stdout
+    assert f"speechpipe from {os.path.realpath(venv)}" in from_root.stdout
+    assert "usage: speechpipe" in run([speechpipe, "--help"], cwd=REPO, env=env).stdout
 
     # --utterances 3 with the default sessions (4): sessions follow the utterances.
     run(

@@ -13,7 +13,7 @@ import io
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -526,7 +526,7 @@ def test_registry_hands_an_object_storage_artifact_root_to_mlflow(tmp_path):
 @pytest.mark.e2e
 def test_tfx_pipeline_with_root_and_span_on_object_storage(remote_features, tmp_path, bucket):
     from speechpipe.pipeline.local_runner import run_pipeline
-    from speechpipe.pipeline.run_config import CTCBudget, RunConfig
+    from speechpipe.pipeline.run_config import DEMO_CTC, RunConfig
     from speechpipe.results import report
     from speechpipe.results.registry import Registry
 
@@ -548,20 +548,27 @@ def test_tfx_pipeline_with_root_and_span_on_object_storage(remote_features, tmp_
         spans=(f"{span}/manifest.jsonl",),
         branches=("ctc",),
         max_per=10.0,
-        ctc=CTCBudget(lstm_units=(16,), max_epochs=1, max_minutes=1.0, batch_size=8, patience=1),
+        ctc=replace(
+            DEMO_CTC,
+            model=replace(DEMO_CTC.model, lstm_units=(16,)),
+            max_epochs=1,
+            max_minutes=1.0,
+            batch_size=8,
+            patience=1,
+        ),
         beam_args=tuple(IN_MEMORY),
         remote_root=root,
     )
     summary = run_pipeline(config)
     assert summary["status"] == "succeeded", summary["error"]
     for node in (
-        "FeatureGen_span0",
-        "StatisticsGen_span0",
-        "ExampleValidator_span0",
-        "ValidationGate_span0",
-        "Trainer",
-        "SpeechEvaluator",
-        "RegistryPusher",
+        "CTCFeatureGen_span0",
+        "CTCStatisticsGen_span0",
+        "CTCExampleValidator_span0",
+        "CTCValidationGate_span0",
+        "CTCTrainer",
+        "CTCEvaluator",
+        "CTCRegistryPusher",
     ):
         assert node in summary["executed"], (node, summary["nodes"])
     # Every artifact of the run is under the remote root, and the report read them from there.
@@ -575,7 +582,7 @@ def test_tfx_pipeline_with_root_and_span_on_object_storage(remote_features, tmp_
     assert summary["evaluation"]["blessed"] is True
     assert summary["push"]["pushed"] is True and summary["push"]["version"] == "1"
     assert storage.exists(
-        storage.join(nodes["Trainer"]["outputs"]["model"][0]["uri"], "Format-Serving", "saved_model.pb")
+        storage.join(nodes["CTCTrainer"]["outputs"]["model"][0]["uri"], "Format-Serving", "saved_model.pb")
     )
-    (model,) = [m for m in Registry(config.registry_uri).list() if m["name"] == config.registry_model_name]
+    (model,) = [m for m in Registry(config.registry_uri).list() if m["name"] == config.ctc_model_name]
     assert model["versions"][0]["tags"]["smoke_test"] == "passed"

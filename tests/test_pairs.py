@@ -172,8 +172,11 @@ def test_session_rule():
     assert all(session_of(a) != session_of(b) for a, b in cross)
     anywhere, _ = sample_positives(g, PairConfig(speaker_cap=150, cross_session=False))
     assert any(session_of(a) == session_of(b) for a, b in anywhere)
+    # One session: no cross-session pair exists, so its positives pair utterances of that
+    # session (tests/test_pairs_sessions.py has the rule).
     single = group("id10002", [12])
-    assert sample_positives(single, PairConfig())[0] == []  # one session: no cross-session pair
+    within, available = sample_positives(single, PairConfig())
+    assert available == 66 and len(within) == 66 and single.same_session(within) == 66
 
 
 @pytest.mark.parametrize("speakers", range(1, 10))

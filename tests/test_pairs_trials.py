@@ -1,7 +1,10 @@
-"""VoxCeleb trial lists (speechpipe.speakers.trials): strict reading, writing, round trips."""
+"""VoxCeleb trial lists (speechpipe.speakers.trials): strict reading of official lists, reading of
+our own lists whatever the utterance ids, writing, round trips."""
 
 from __future__ import annotations
 
+import io
+import itertools
 import random
 
 import pytest
@@ -11,6 +14,7 @@ from speechpipe.speakers.trials import (
     TrialFormatError,
     format_trial,
     list_description,
+    parse_trial_line,
     path_to_utterance,
     read_trials,
     trial_stats,
@@ -91,6 +95,63 @@ def test_generic_ids_need_the_flag(tmp_path):
     with pytest.raises(TrialFormatError):
         read_trials(str(path))
     assert read_trials(str(path), voxceleb_ids=False) == [Trial(1, "spk1/sessA/utt1", "spk1/sessB/utt2")]
+
+
+# Utterance ids each corpus reader (speechpipe.audio.sources) can produce, and the pair job accepts.
+ANY_FORM_IDS = {
+    # A VoxCeleb-layout root whose sessions are LibriSpeech chapters: <speaker>/<session>/<file stem>.
+    "chapter sessions": ["id00367/c130732/00001", "id00367/c142285/00002", "id00368/c130733/00001"],
+    "librispeech": ["1089/134686/1089-134686-0000", "1089/134686/1089-134686-0001", "121/121726/121-121726-0000"],
+    # A manifest of CN-Celeb: idNNNNN/<genre>-<nn>-<nnn>, no session folder.
+    "cn-celeb": ["id00800/singing-01-001", "id00800/interview-02-013", "id00801/vlog-01-002"],
+    # Deeper folders, dots, a trailing .wav in the id itself, non-ASCII names.
+    "unusual": ["spk/a/b/c/0001", "spk.1/sess.v2/utt.3", "spk/s/name.wav", "спикер/сессия/0001", "spk/s/a\u200db"],
+    # A Kaldi id (no '/'), and one shaped like VoxCeleb but with a 10-character video.
+    "kaldi": ["1089-134686-0000", "id10270/x6uYqmx31k/00001"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ANY_FORM_IDS))
+def test_ids_of_any_form_round_trip_through_our_own_lists(tmp_path, kind):
+    ids = ANY_FORM_IDS[kind]
+    trials = [Trial(label, a, b) for label, (a, b) in zip([1, 0, 1, 0, 1, 0], itertools.combinations(ids, 2))]
+    path = tmp_path / "trials_test.txt"
+    assert write_trials(str(path), trials) == len(trials)
+    assert read_trials(str(path), voxceleb_ids=False) == trials
+    for trial in trials:
+        assert parse_trial_line(format_trial(*trial), "x:1", voxceleb_ids=False) == trial
+
+
+@pytest.mark.parametrize("kind", ["chapter sessions", "cn-celeb", "kaldi"])
+def test_official_lists_keep_the_voxceleb_shape(tmp_path, kind):
+    a, b = ANY_FORM_IDS[kind][:2]
+    path = tmp_path / "veri_test2.txt"
+    write_trials(str(path), [Trial(1, a, b)])
+    with pytest.raises(TrialFormatError, match=r"veri_test2\.txt:1: path .* is not idXXXXX/<11-char video>"):
+        read_trials(str(path))
+
+
+@pytest.mark.parametrize("bad", ["id00367/c130732/000 01", "id00367/c130732/00001\t", "a\nb", "a\u00a0b", ""])
+def test_ids_that_cannot_be_written_are_refused_by_name(tmp_path, bad):
+    message = "it is empty" if not bad else "holds whitespace"
+    with pytest.raises(TrialFormatError, match=message) as error:
+        format_trial(1, "id00367/c130732/00002", bad)
+    assert repr(bad) in str(error.value)
+    stream = io.StringIO()
+    with pytest.raises(TrialFormatError, match=message):
+        write_trials(stream, [Trial(1, "id00367/c130732/00002", "id00367/c130732/00003"), Trial(0, bad, "x/y/z")])
+
+
+def test_our_own_reading_still_refuses_malformed_lines(tmp_path):
+    for bad, message in (
+        ("1 a/b/c.wav", "expected"),
+        ("1 a/b/c.flac a/b/d.wav", "is not <utterance id>.wav"),
+        ("1 .wav a/b/d.wav", "is not <utterance id>.wav"),
+        ("1 a/b/c.wav\ta/b/d.wav x.wav", "is not <utterance id>.wav"),
+        ("3 a/b/c.wav a/b/d.wav", "label '3'"),
+    ):
+        with pytest.raises(TrialFormatError, match=message):
+            parse_trial_line(bad, "trials_test.txt:1", voxceleb_ids=False)
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

@@ -20,7 +20,7 @@ import soundfile as sf
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from speechpipe.audio.decode import decode
-from speechpipe.audio.features import _mel_basis, compute_features, num_frames
+from speechpipe.audio.features import compute_features, mel_basis, num_frames
 from speechpipe.audio.sources import DeadLetter, expand_input, make_spec, parse_input
 from speechpipe.config import SPLITS, FeatureConfig
 from speechpipe.io import records
@@ -54,7 +54,7 @@ def _header(entry):
 
 def _band_edges():
     """Lowest and highest FFT frequency (Hz) each mel filter of CONFIG has weight on."""
-    basis = _mel_basis(CONFIG.sample_rate, CONFIG.n_fft, CONFIG.n_mels, CONFIG.fmin, CONFIG.fmax)
+    basis = mel_basis(CONFIG.sample_rate, CONFIG.n_fft, CONFIG.n_mels, CONFIG.fmin, CONFIG.fmax)
     freqs = np.fft.rfftfreq(CONFIG.n_fft, 1.0 / CONFIG.sample_rate)
     low = np.array([freqs[np.flatnonzero(row)[0]] for row in basis])
     high = np.array([freqs[np.flatnonzero(row)[-1]] for row in basis])

@@ -17,7 +17,7 @@ from dataclasses import replace
 import pytest
 
 from speechpipe.pipeline.local_runner import run_pipeline
-from speechpipe.pipeline.run_config import CTCBudget, RunConfig, validate_run_config
+from speechpipe.pipeline.run_config import DEMO_CTC, RunConfig, validate_run_config
 from speechpipe.results.registry import CHAMPION, Registry
 from speechpipe.results.report import run_nodes
 from speechpipe.validation import ConfigError
@@ -25,7 +25,9 @@ from tests.helpers import make_tiny_corpus, read_jsonl
 
 pytestmark = pytest.mark.e2e  # LocalDagRunner runs of the whole pipeline
 
-TINY_CTC = CTCBudget(lstm_units=(16,), max_epochs=1, max_minutes=1.0, batch_size=8, patience=1)
+TINY_CTC = replace(
+    DEMO_CTC, model=replace(DEMO_CTC.model, lstm_units=(16,)), max_epochs=1, max_minutes=1.0, batch_size=8, patience=1
+)
 
 
 def tiny_config(home, spans, **changes) -> RunConfig:
@@ -79,8 +81,8 @@ def test_first_run_pushes_v1_as_champion(runs):
     assert first["status"] == "succeeded", first["error"]
     assert first["push"]["pushed"] is True, first["outcome"]
     assert first["push"]["version"] == "1"
-    assert "Trainer" in first["executed"] and "RegistryPusher" in first["executed"]
-    assert "ExamplesUnion" not in first["nodes"]  # one span: its Examples go to the trainer as they are
+    assert "CTCTrainer" in first["executed"] and "CTCRegistryPusher" in first["executed"]
+    assert "CTCExamplesUnion" not in first["nodes"]  # one span: its Examples go to the trainer as they are
     assert first["evaluation"]["champion"] is None
     assert os.path.exists(first["report"])
 
@@ -107,18 +109,18 @@ def test_rerun_with_nothing_new_is_all_cache(runs):
     assert set(again["cached"]) == set(runs["first"]["executed"]), again["nodes"]
     config = tiny_config(runs["home"], [])
     first, cached = run_nodes(config, runs["first"]["run_id"]), run_nodes(config, again["run_id"])
-    for node in ("FeatureGen_span0", "Trainer"):
+    for node in ("CTCFeatureGen_span0", "CTCTrainer"):
         assert cached[node]["outputs"] == first[node]["outputs"], node
-    assert "Trainer" in again["cached"] and "RegistryPusher" in again["cached"]
+    assert "CTCTrainer" in again["cached"] and "CTCRegistryPusher" in again["cached"]
     assert again["outcome"].startswith("nothing new, nothing pushed")
 
 
 def test_new_span_warm_starts_and_is_refused_with_a_reason(runs):
     second = runs["second"]
     assert second["status"] == "succeeded", second["error"]
-    assert "FeatureGen_span0" in second["cached"] and "FeatureGen_span1" in second["executed"]
+    assert "CTCFeatureGen_span0" in second["cached"] and "CTCFeatureGen_span1" in second["executed"]
     # Both spans reach the trainer through one ExamplesUnion artifact, as on a cluster.
-    assert "ExamplesUnion" in second["executed"]
+    assert "CTCExamplesUnion" in second["executed"]
     assert second["warm_start"]["warm_start"] is True, second["warm_start"]
     evaluation = second["evaluation"]
     assert evaluation["champion"]["model_id"] == runs["first"]["model_id"]
@@ -132,9 +134,9 @@ def test_new_span_warm_starts_and_is_refused_with_a_reason(runs):
 def test_bad_span_stops_at_the_gate_and_pushes_nothing(runs):
     bad = runs["bad"]
     assert bad["status"] == "failed"
-    assert "ValidationGate_span1" in bad["nodes"] and bad["nodes"]["ValidationGate_span1"]["state"] == "failed"
-    assert "Trainer" not in bad["nodes"] and "RegistryPusher" not in bad["nodes"]
-    assert "ExamplesUnion" not in bad["nodes"]  # nothing is copied unless every gate passed
+    assert "CTCValidationGate_span1" in bad["nodes"] and bad["nodes"]["CTCValidationGate_span1"]["state"] == "failed"
+    assert "CTCTrainer" not in bad["nodes"] and "CTCRegistryPusher" not in bad["nodes"]
+    assert "CTCExamplesUnion" not in bad["nodes"]  # nothing is copied unless every gate passed
     assert "dead-lettered" in bad["gate"]
     assert "validation gate" in bad["outcome"]
     assert os.path.exists(bad["report"])

@@ -14,17 +14,20 @@ from dataclasses import replace
 
 import pytest
 
+from speechpipe.config import SPLIT_FRACTIONS
 from speechpipe.pipeline.local_runner import run_pipeline
-from speechpipe.pipeline.run_config import CTCBudget, EmbedderBudget, RunConfig
+from speechpipe.pipeline.run_config import DEMO_CTC, DEMO_EMBEDDER, RunConfig
 from speechpipe.results.registry import Registry
 from tests.helpers import make_tiny_corpus, read_manifest, voxceleb_layout, write_official_trials
 from tests.test_tfx_pipeline import _bad_span
 
 pytestmark = pytest.mark.e2e
 
-TINY_CTC = CTCBudget(lstm_units=(16,), max_epochs=1, max_minutes=1.0, batch_size=8, patience=1)
-TINY_EMBEDDER = EmbedderBudget(
-    max_seconds=60.0, max_steps=20, eval_every_steps=10, speakers_per_batch=4, segments_per_speaker=2
+TINY_CTC = replace(
+    DEMO_CTC, model=replace(DEMO_CTC.model, lstm_units=(16,)), max_epochs=1, max_minutes=1.0, batch_size=8, patience=1
+)
+TINY_EMBEDDER = replace(
+    DEMO_EMBEDDER, max_seconds=60.0, max_steps=20, eval_every_steps=10, speakers_per_batch=4, segments_per_speaker=2
 )
 # A validation share of the dev speakers large enough to give the tiny corpus 2 validation speakers.
 FRACTIONS = (0.8, 0.2, 0.0)
@@ -93,15 +96,15 @@ def test_a_failing_ctc_span_stops_the_ctc_branch_only(speaker_corpus, tiny_corpu
             tmp_path / "home",
             speaker_spans=(os.path.join(speaker_corpus, "manifest.jsonl"),),
             ctc_spans=(bad,),
-            split_fractions=(0.8, 0.1, 0.1),
+            split_fractions=SPLIT_FRACTIONS,
         )
     )
     assert summary["status"] == "failed"
     # The CTC branch's span is span 0 and fails its gate; nothing of that branch runs after it.
-    assert summary["nodes"]["ValidationGate_span0"]["state"] == "failed"
-    for node in ("Trainer", "SpeechEvaluator", "RegistryPusher"):
-        assert node not in summary["nodes"] and summary["skipped"][node] == "ValidationGate_span0 failed"
-    assert "stopped at the validation gate (ValidationGate_span0)" in summary["outcome"]
+    assert summary["nodes"]["CTCValidationGate_span0"]["state"] == "failed"
+    for node in ("CTCTrainer", "CTCEvaluator", "CTCRegistryPusher"):
+        assert node not in summary["nodes"] and summary["skipped"][node] == "CTCValidationGate_span0 failed"
+    assert "stopped at the validation gate (CTCValidationGate_span0)" in summary["outcome"]
     assert "dead-lettered" in summary["outcome"]
     # The speaker branch, on its own span (span 1), runs to its push.
     assert summary["speaker"]["push"]["pushed"] is True, summary["speaker"]["outcome"]
@@ -110,7 +113,7 @@ def test_a_failing_ctc_span_stops_the_ctc_branch_only(speaker_corpus, tiny_corpu
     assert models == {"speechpipe-embedder"}
     with open(summary["report"], encoding="utf-8") as f:
         report = f.read()
-    assert "ValidationGate_span0" in report and "stopped at the validation gate" in report
+    assert "CTCValidationGate_span0" in report and "stopped at the validation gate" in report
 
 
 def test_a_kaldi_directory_with_german_text_trains_and_pushes_the_ctc_model_alone(tmp_path):

@@ -41,7 +41,7 @@ def runs(tiny_corpus, tmp_path_factory):
 def test_no_registry_champion_behaves_as_no_resolved_champion(runs):
     first = runs["first"]
     assert first["status"] == "succeeded", first["error"]
-    assert "RegistryChampion" in first["executed"] and "ChampionResolver" not in first["nodes"]
+    assert "CTCRegistryChampion" in first["executed"] and "CTCChampionResolver" not in first["nodes"]
     assert first["warm_start"] == {"warm_start": False, "from": None, "reason": "no champion yet"}
     assert first["evaluation"]["champion"] is None
     assert first["evaluation"]["why"].endswith("(no champion yet)")
@@ -52,13 +52,13 @@ def test_rerun_is_all_cache(runs):
     again = runs["again"]
     assert again["status"] == "succeeded", again["error"]
     assert again["executed"] == [], again["nodes"]
-    assert {"RegistryChampion", "Trainer", "RegistryPusher"} <= set(again["cached"])
+    assert {"CTCRegistryChampion", "CTCTrainer", "CTCRegistryPusher"} <= set(again["cached"])
 
 
 def test_new_span_takes_the_registry_champion(runs):
     second = runs["second"]
     assert second["status"] == "succeeded", second["error"]
-    assert "RegistryChampion" in second["executed"]
+    assert "CTCRegistryChampion" in second["executed"]
     assert second["warm_start"]["warm_start"] is True, second["warm_start"]
     champion = second["evaluation"]["champion"]
     assert champion["registry_model"] == "speechpipe-ctc" and champion["registry_version"] == "1"

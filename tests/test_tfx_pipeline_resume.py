@@ -41,15 +41,15 @@ def _cli_args(home, span):
         span,
         "--in-memory",
         "--no-speaker",
-        "--lstm-units",
+        "--ctc-lstm-units",
         "16",
-        "--max-epochs",
+        "--ctc-max-epochs",
         "1",
-        "--max-minutes",
+        "--ctc-minutes",
         "1",
-        "--batch-size",
+        "--ctc-batch-size",
         "8",
-        "--patience",
+        "--ctc-patience",
         "1",
         "--max-per",
         "10",
@@ -73,15 +73,15 @@ def test_killed_run_resumes_with_the_same_artifacts(tiny_corpus, tmp_path):
     killed_run = lines[0].split()[1].rstrip(":")
     config = tiny_config(home, [span])
     before = run_nodes(config, killed_run)
-    assert before["FeatureGen_span0"]["state"] == "complete"
-    assert before["Trainer"]["state"] == "running"  # killed: never finished
-    assert "RegistryPusher" not in before
+    assert before["CTCFeatureGen_span0"]["state"] == "complete"
+    assert before["CTCTrainer"]["state"] == "running"  # killed: never finished
+    assert "CTCRegistryPusher" not in before
 
     resumed = run_pipeline(config)
     assert resumed["status"] == "succeeded", resumed["error"]
-    assert {"FeatureGen_span0", "StatisticsGen_span0", "ValidationGate_span0"} <= set(resumed["cached"])
-    assert {"Trainer", "SpeechEvaluator", "RegistryPusher"} <= set(resumed["executed"])
+    assert {"CTCFeatureGen_span0", "CTCStatisticsGen_span0", "CTCValidationGate_span0"} <= set(resumed["cached"])
+    assert {"CTCTrainer", "CTCEvaluator", "CTCRegistryPusher"} <= set(resumed["executed"])
     after = run_nodes(config, resumed["run_id"])
-    for node, key in (("FeatureGen_span0", "examples"), ("StatisticsGen_span0", "statistics")):
+    for node, key in (("CTCFeatureGen_span0", "examples"), ("CTCStatisticsGen_span0", "statistics")):
         assert [a["id"] for a in after[node]["outputs"][key]] == [a["id"] for a in before[node]["outputs"][key]]
     assert resumed["push"]["pushed"] is True and resumed["push"]["version"] == "1"

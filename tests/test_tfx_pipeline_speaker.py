@@ -16,15 +16,17 @@ import numpy as np
 import pytest
 
 from speechpipe.pipeline.local_runner import run_pipeline
-from speechpipe.pipeline.run_config import CTCBudget, EmbedderBudget, RunConfig
+from speechpipe.pipeline.run_config import DEMO_CTC, DEMO_EMBEDDER, RunConfig
 from speechpipe.results.registry import CHAMPION, Registry
 from tests.helpers import make_tiny_corpus, read_manifest
 
 pytestmark = pytest.mark.e2e  # LocalDagRunner runs of the whole pipeline
 
-TINY_CTC = CTCBudget(lstm_units=(16,), max_epochs=1, max_minutes=1.0, batch_size=8, patience=1)
-TINY_EMBEDDER = EmbedderBudget(
-    max_seconds=60.0, max_steps=20, eval_every_steps=10, speakers_per_batch=4, segments_per_speaker=2
+TINY_CTC = replace(
+    DEMO_CTC, model=replace(DEMO_CTC.model, lstm_units=(16,)), max_epochs=1, max_minutes=1.0, batch_size=8, patience=1
+)
+TINY_EMBEDDER = replace(
+    DEMO_EMBEDDER, max_seconds=60.0, max_steps=20, eval_every_steps=10, speakers_per_batch=4, segments_per_speaker=2
 )
 
 
@@ -70,8 +72,8 @@ def test_first_run_pushes_both_models(runs):
         "SpeakerTrainer",
         "SpeakerEvaluator",
         "SpeakerRegistryPusher",
-        "Trainer",
-        "RegistryPusher",
+        "CTCTrainer",
+        "CTCRegistryPusher",
     ):
         assert node in first["executed"], (node, first["nodes"])
     speaker = first["speaker"]
@@ -122,7 +124,7 @@ def test_new_span_resolves_the_speaker_champion_and_is_refused_with_a_reason(run
     second = runs["second"]
     assert second["status"] == "succeeded", second["error"]
     # Each feature set's spans reach its trainer through its own ExamplesUnion artifact.
-    assert {"ExamplesUnion", "SpeakerExamplesUnion"} <= set(second["executed"]), second["nodes"]
+    assert {"CTCExamplesUnion", "SpeakerExamplesUnion"} <= set(second["executed"]), second["nodes"]
     speaker = second["speaker"]
     first_speaker_model = runs["first"]["speaker"]["model_id"]
     assert speaker["training"]["warm_start"]["warm_start"] is True, speaker["training"]["warm_start"]

@@ -6,6 +6,19 @@ from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Tuple
 
 SPLITS: Tuple[str, str, str] = ("train", "validation", "test")
+# Speaker shares of the splits, for inputs that name no split (the feature job, its component and
+# the run configuration all default to these).
+SPLIT_FRACTIONS: Tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+# The registry's model names (the pipeline pushes to them, the serving commands read their
+# `champion` alias by default).
+CTC_MODEL_NAME = "speechpipe-ctc"
+EMBEDDER_MODEL_NAME = "speechpipe-embedder"
+# Blessing thresholds: a candidate recogniser is blessed only at or below this test PER, a
+# candidate embedder only at or below this test EER (the run configuration's and the evaluators'
+# defaults).
+MAX_PER = 0.95
+MAX_EER = 0.40
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,11 @@ def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    """librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax) (Slaney scale and norm, float32), the
-    same operations in the same order, so the same bits (`tests/test_features.py` compares them).
+def mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """The mel filterbank, [n_mels, 1 + n_fft // 2] float32: librosa.filters.mel(sr, n_fft, n_mels,
+    fmin, fmax) (Slaney scale and norm), the same operations in the same order, so the same bits
+    (`tests/test_features.py` compares them). The numpy features and the in-graph ones
+    (speechpipe.audio.tf_features) both take it from here. Cached and shared, so read-only.
     Written out because importing librosa (numba, scipy.signal, audioread) cost each Beam worker
     3-5 s before its first record, a fifth of a run on the demo corpus."""
     weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
@@ -55,18 +57,19 @@ def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: flo
         upper = ramps[i + 2] / fdiff[i + 1]
         weights[i] = np.maximum(0, np.minimum(lower, upper))
     weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
+    weights.flags.writeable = False
     return weights
 
 
 @lru_cache(maxsize=8)
 def _sparse_mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float):
-    """`_mel_basis` as a CSR matrix: each filter spans a few FFT bins (2 % of the dense matrix is
+    """`mel_basis` as a CSR matrix: each filter spans a few FFT bins (2 % of the dense matrix is
     non-zero), and the dense product was half of the feature time (OpenBLAS falls back to its
     generic kernel on CPUs it does not recognise). Only the summation order differs from the
     dense product: float rounding."""
     import scipy.sparse
 
-    return scipy.sparse.csr_matrix(_mel_basis(sample_rate, n_fft, n_mels, fmin, fmax))
+    return scipy.sparse.csr_matrix(mel_basis(sample_rate, n_fft, n_mels, fmin, fmax))
 
 
 @lru_cache(maxsize=8)

@@ -2,7 +2,9 @@
 directory, turned into `SourceRecord`s, or into `DeadLetter`s that say why not.
 
 Audio paths are confined to the data root: `..`, absolute paths elsewhere and symlinks that
-lead out are refused, and a Kaldi wav.scp command (`... |`) is never executed.
+lead out are refused, and a Kaldi wav.scp command (`... |`) is never executed. The data root is
+the input's folder unless the command is given another (`--data-root`): a wav.scp or manifest
+that names absolute paths needs the folder that holds them, and is confined to it.
 
 The input may be on object storage (gs://, s3://: any URI Beam's FileSystems reads). Its data
 root is then a URI prefix, and the same confinement holds on URIs: `..` is normalised away, and
@@ -24,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 from speechpipe.audio.decode import AUDIO_EXTENSIONS
-from speechpipe.config import SPLITS
+from speechpipe.config import SPLIT_FRACTIONS, SPLITS
 from speechpipe.io import storage
 
 # Input-side dead-letter reasons (the audio-side ones are in speechpipe.audio.decode).
@@ -58,7 +60,7 @@ class InputSpec:
     kind: str
     path: str
     data_root: str
-    split_fractions: Tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_fractions: Tuple[float, float, float] = SPLIT_FRACTIONS
     split_seed: int = 0
     meta_file: str = ""
     speaker_sets: Optional[Mapping[str, str]] = field(default=None, compare=False, hash=False, repr=False)
@@ -402,7 +404,9 @@ def _record(
 ):
     resolved, why = resolve_inside(spec.data_root, audio)
     if resolved is None:
-        return _dead(item, OUTSIDE_ROOT, why, utterance)
+        return _dead(
+            item, OUTSIDE_ROOT, f"{why}; to read audio there, give --data-root a folder that holds it", utterance
+        )
     if split is None:
         split = assign_split(speaker, spec.split_fractions, spec.split_seed)
     elif split not in SPLITS:

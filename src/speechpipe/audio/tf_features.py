@@ -9,7 +9,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from speechpipe.audio.features import CMVN_STD_FLOOR, GLOBAL_STD_FLOOR
+from speechpipe.audio.features import CMVN_STD_FLOOR, GLOBAL_STD_FLOOR, mel_basis
 from speechpipe.config import FeatureConfig
 
 
@@ -27,9 +27,7 @@ class GraphFeatures(tf.Module):
         super().__init__(name="graph_features")
         self.config = config
         if config.kind == "logmel":
-            from speechpipe.audio.features import _mel_basis
-
-            basis = _mel_basis(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)
+            basis = mel_basis(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)
             self.mel_basis = tf.constant(basis.T, tf.float32)  # [fft bins, mels]
         else:
             self.mel_basis = None

@@ -44,7 +44,7 @@ from speechpipe.audio.sources import (
     expand_input,
     make_spec,
 )
-from speechpipe.config import FEATURE_KINDS, NORMALISATIONS, SPLITS, FeatureConfig
+from speechpipe.config import FEATURE_KINDS, NORMALISATIONS, SPLIT_FRACTIONS, SPLITS, FeatureConfig
 from speechpipe.filenames import COUNTS_PREFIX, DEAD_LETTER_PREFIX, GLOBAL_STATS_FILE, INDEX_PREFIX, SUMMARY_FILE
 from speechpipe.io import records, storage
 from speechpipe.io.shards import LINES, TFRECORD, ShardedOutput, WriteShards
@@ -359,7 +359,9 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
         help=f"longer audio is dead-lettered, default {d.max_seconds:g}",
     )
     parser.add_argument(
-        "--split-fractions", default="0.8,0.1,0.1", help="train,validation,test by speaker when the input has no splits"
+        "--split-fractions",
+        default=",".join(str(f) for f in SPLIT_FRACTIONS),
+        help="train,validation,test by speaker when the input has no splits (default %(default)s)",
     )
     parser.add_argument("--num-shards", type=int, default=0, help="shards per split (0: the runner decides)")
     parser.add_argument(

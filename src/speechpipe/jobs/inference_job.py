@@ -1,6 +1,6 @@
 """Batch inference on a corpus: transcripts or embeddings for every utterance, as a Beam job.
 
-    ListInputs -> ParseInputs [records | DEAD_LETTER] -> Decode [waveforms | DEAD_LETTER]
+    ListInputs -> SpreadInputs -> ParseInputs [records | DEAD_LETTER] -> Decode [waveforms | DEAD_LETTER]
       -> RunInference (a TensorFlow model handler on the SavedModel's serving signature)
       -> Format -> WriteResults;   DEAD_LETTER -> WriteDeadLetter;   counts -> summary.json
 
@@ -146,6 +146,9 @@ def build(
         pipeline
         | "Start" >> beam.Impulse()
         | "ListInputs" >> beam.FlatMap(lambda _: expand_input(spec))
+        # The listing is one element on one worker; without a redistribution, fusion keeps every
+        # decode and inference that follows on that worker too.
+        | "SpreadInputs" >> beam.Reshuffle()
         | "ParseInputs" >> beam.FlatMap(_parse, spec=spec).with_outputs(DEAD_LETTER, main=GOOD)
     )
     decoded = parsed[GOOD] | "Decode" >> beam.ParDo(DecodeFn(sample_rate, max_seconds, min_samples)).with_outputs(
@@ -200,6 +203,7 @@ def run_job(
         "kind": kind,
         "model": saved_model_dir,
         "input": spec.path,
+        "data_root": spec.data_root,
     }
     storage.write_json(storage.join(out_dir, SUMMARY), summary, indent=1)
     return summary

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import coders
@@ -138,6 +138,68 @@ class CheckOfficialTrials(beam.DoFn):
         }
 
 
+def no_pairs_reasons(counts: Mapping[str, object], config: Mapping[str, object]) -> Dict[str, str]:
+    """Why a split got no same-speaker or no different-speaker pair, keyed by label name ("same",
+    "different"); empty when it has both. `counts` is the split's entry of summary.json, `config`
+    the job's (its ratio and segment length). A split without one of the labels gives no EER,
+    so it is said, not left to a bare 0."""
+    pairs = counts["pairs"]
+    speakers, paired = int(counts["speakers"]), int(counts["speakers_paired"])
+    reasons: Dict[str, str] = {}
+    if speakers == 0:
+        reason = "the split has no speakers"
+        return {"same": reason, "different": reason}
+    if paired == 0:
+        reason = (
+            f"all utterances of its {speakers} speaker(s) are shorter than one segment "
+            f"({config['segment_frames']} frames)"
+        )
+        return {"same": reason, "different": reason}
+    if not pairs["same"]:
+        single, all_short = int(counts["speakers_single_utterance"]), int(counts["speakers_all_short"])
+        if single == paired:
+            reasons["same"] = (
+                f"no speaker has two utterances of one segment or longer ({single} speaker(s) with one"
+                + (f", {all_short} with none" if all_short else "")
+                + "): a same-speaker pair needs two different utterances"
+            )
+        else:  # not expected: every speaker with two utterances has a candidate pair
+            reasons["same"] = f"{counts['positives_available']} candidate same-speaker pairs"
+    if not pairs["different"]:
+        ratio = str(config["ratio"])
+        if paired < 2:
+            reasons["different"] = f"only {paired} speaker has utterances of one segment or longer"
+        elif ratio.endswith(":0"):
+            reasons["different"] = f"the ratio {ratio} asks for none"
+        elif not pairs["same"]:
+            reasons["different"] = (
+                f"different-speaker pairs are drawn in proportion to same-speaker ones (ratio {ratio}), "
+                "and there are none"
+            )
+        else:  # not expected: two speakers always have a cell of their utterance grid
+            reasons["different"] = f"target {counts['different_target']}, shortfall {counts['different_shortfall']}"
+    return reasons
+
+
+def summary_warnings(splits: Mapping[str, Mapping[str, object]]) -> List[str]:
+    """What the job prints and logs after the counts: a line per split short of a label, and per
+    split whose single-session speakers gave same-session positives although the rule asks for
+    two sessions (same-session positives asked for with --same_session_positives are counted in
+    the summary, not warned of)."""
+    lines: List[str] = []
+    for split, counts in splits.items():
+        for label, reason in counts["no_pairs"].items():
+            lines.append(f"{split}: no {label}-speaker pairs (no {label}-speaker trials): {reason}")
+        fallback = int(counts["speakers_single_session_positives"])
+        if fallback:
+            lines.append(
+                f"{split}: {counts['same_session_positives']} of {counts['pairs']['same']} same-speaker pairs "
+                f"are within one session: {fallback} speaker(s) have one session, so their positives pair "
+                "utterances of that session; they flatter the EER"
+            )
+    return lines
+
+
 def _relative(path: str, root: str) -> str:
     return path if is_uri(path) else os.path.relpath(path, root)
 
@@ -154,6 +216,10 @@ def write_summary(parts: List[Tuple[str, object]], out_dir: str, header: Dict[st
             "speakers_paired": 0,
             "speakers_capped": 0,
             "speakers_without_positives": 0,
+            "speakers_single_session": 0,
+            "speakers_single_session_positives": 0,
+            "speakers_single_utterance": 0,
+            "same_session_positives": 0,
             "positives_available": 0,
             "positives_planned": 0,
             "different_target": 0,
@@ -189,6 +255,7 @@ def write_summary(parts: List[Tuple[str, object]], out_dir: str, header: Dict[st
     for split in SPLITS:
         splits[split]["pair_files"].sort()
         splits[split]["pairs"]["total"] = splits[split]["pairs"]["same"] + splits[split]["pairs"]["different"]
+        splits[split]["no_pairs"] = no_pairs_reasons(splits[split], header["config"])
     parts_dir = FileSystems.join(out_dir, TRIAL_PARTS_DIR)
     if FileSystems.exists(parts_dir):  # every shard was joined and deleted before this step
         FileSystems.delete([parts_dir])
@@ -199,6 +266,8 @@ def write_summary(parts: List[Tuple[str, object]], out_dir: str, header: Dict[st
             "same": sum(s["pairs"]["same"] for s in splits.values()),
             "different": sum(s["pairs"]["different"] for s in splits.values()),
         },
+        "same_session_positives": sum(s["same_session_positives"] for s in splits.values()),
+        "warnings": summary_warnings(splits),
         "excluded_short": sum(s["excluded_short"] for s in splits.values()),
         "excluded_files": sorted(excluded_files),
         "speakers_capped": sum(s["speakers_capped"] for s in splits.values()),

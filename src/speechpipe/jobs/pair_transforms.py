@@ -149,6 +149,7 @@ class DrawPairs(beam.DoFn):
 
     def process(self, group: SpeakerUtterances, plans: Dict[str, SplitPlan]):
         plan = plans[group.split]
+        cross_session = self._config.cross_session
         positives, available = sample_positives(group, self._config)
         negatives, shortfall = sample_negatives(group, plan, self._config)
         block = [(SAME, a, b) for a, b in positives] + [(DIFFERENT, a, b) for a, b in negatives]
@@ -164,6 +165,16 @@ class DrawPairs(beam.DoFn):
                     "different_shortfall": shortfall,
                     "positives_available": available,
                     "speakers_without_positives": int(not positives),
+                    # Positives within one session are easier than across sessions (one channel):
+                    # counted apart, as they flatter the EER.
+                    "same_session_positives": (
+                        0 if group.positives_across_sessions(cross_session) else group.same_session(positives)
+                    ),
+                    "speakers_single_session": int(group.sessions == 1),
+                    "speakers_single_session_positives": int(
+                        bool(positives) and group.single_session_fallback(cross_session)
+                    ),
+                    "speakers_single_utterance": int(len(group.utterances) == 1),
                 },
             ),
         )

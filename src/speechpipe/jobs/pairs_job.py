@@ -22,7 +22,9 @@ Output under --out:
     excluded/short_utterances-SSSSS-of-NNNNN.jsonl   utterances shorter than one segment
     official/<name>                                  each --official_trials list, restricted to
                                                      trials whose utterances are in the index
-    summary.json                                     counts per split and label, config, files
+    summary.json                                     counts per split and label (same-session
+                                                     positives apart; why a split lacks a label),
+                                                     config, files
 
 The graph (every step labelled; the sampling rules are in speechpipe.speakers.pairs):
 
@@ -106,6 +108,8 @@ FEATURES_SUMMARY = "summary.json"
 # pairs: 146 s against 159 s, at 2.1 GB against 0.7 GB). So: in_memory below this much index,
 # multi_processing over every core above it. Tests pass in_memory explicitly.
 MULTI_PROCESSING_FROM_BYTES = 64 << 20  # about 450k index lines
+
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,6 +198,12 @@ def build_pipeline(
             "in the input pipeline (speechpipe.speakers.pair_dataset)",
             "evaluation_hop": config.eval_hop,
         },
+        "positives": (
+            "pairs of two utterances from different sessions; a speaker with one session: pairs of two of "
+            "its utterances (counted as same_session_positives)"
+            if config.cross_session
+            else "pairs of any two utterances of a speaker (same-session ones counted as same_session_positives)"
+        ),
         "pair_record": {
             "format": "GZIP TFRecord of tf.train.Example",
             "keys": {"label": "int64 (1 same, 0 different)", "utterance_a": "bytes", "utterance_b": "bytes"},
@@ -294,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--same_session_positives",
         action="store_true",
         help="also pair two utterances of one session (default: positives come "
-        "from different sessions, as VoxCeleb's trials pair different videos)",
+        "from different sessions, as VoxCeleb's trials pair different videos; a speaker with "
+        "one session pairs utterances of that session either way, counted apart)",
     )
     parser.add_argument(
         "--segment-frames",
@@ -337,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--any-ids",
         "--any_ids",
         action="store_true",
-        help="accept official-list paths that are not VoxCeleb-shaped (<speaker>/<session>/<name>.wav)",
+        help="accept official-list paths that are not VoxCeleb-shaped (any <utterance id>.wav without spaces)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
     return parser
@@ -431,10 +442,17 @@ def run(argv: Optional[List[str]] = None) -> int:
     with FileSystems.open(FileSystems.join(known.out, SUMMARY)) as f:
         summary = json.load(io.TextIOWrapper(f, encoding="utf-8"))
     for split, counts in summary["splits"].items():
+        same_session = counts["same_session_positives"]
         print(
-            f"{split}: {counts['pairs']['same']} same + {counts['pairs']['different']} different pairs "
+            f"{split}: {counts['pairs']['same']} same "
+            + (f"({same_session} within one session: they flatter the EER) " if same_session else "")
+            + f"+ {counts['pairs']['different']} different pairs "
             f"from {counts['speakers_paired']} speakers; {counts['excluded_short']} short utterances excluded"
         )
+    # Splits short of a label, and same-session positives the rule did not ask for: logged, as
+    # a run that goes on to train and evaluate must show why its EER is missing or flattered.
+    for line in summary["warnings"]:
+        logger.warning("%s", line)
     print(f"pairs written to {known.out} in {time.time() - started:.1f} s")
     return 0
 

@@ -11,40 +11,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from speechpipe.phones.ctc_config import CTCModelConfig
 from speechpipe.training import cudnn_lstm
-
-
-@dataclass(frozen=True)
-class CTCModelConfig:
-    """Default = seed 000: three BLSTMs of 100, 100, 150 units, dropout 0.1, concatenated directions."""
-
-    lstm_units: Tuple[int, ...] = (100, 100, 150)
-    dropout: float = 0.1
-    # Stack this many neighbouring frames into one step: 3 (30 ms steps) cuts the LSTM work to a
-    # third, which is what decides how much a CPU budget can train; phones last several 10 ms
-    # frames, so CTC still has room to align (utterances that do not fit are counted and skipped).
-    # 1 = seed 000's frame rate.
-    frame_stack: int = 3
-
-    def to_json(self) -> Dict[str, object]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Dict[str, object]) -> "CTCModelConfig":
-        from speechpipe.validation import reject_unknown
-
-        reject_unknown(data, cls.__dataclass_fields__, "CTC model")
-        values = dict(data)
-        if "lstm_units" in values:
-            values["lstm_units"] = tuple(values["lstm_units"])
-        return cls(**values)
 
 
 def stacked_lengths(num_frames: tf.Tensor, frame_stack: int) -> tf.Tensor:

@@ -11,7 +11,7 @@ Two kinds of that state decide an utterance's samples besides its text and voice
 - static wave-generator state (pitch-flutter phase, gain control, Klatt filter memories) that no
   call resets, so an utterance also depends on what the process synthesised before it: the corpus
   synthesiser renders each speaker in a fresh process, in a fixed order
-  (tests/known_issues/test_espeak_static_state.py).
+  (tests/regressions/test_espeak_static_state.py).
 """
 
 from __future__ import annotations

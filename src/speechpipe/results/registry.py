@@ -10,6 +10,14 @@ The alias moves only after the new version is registered, downloaded back from t
 has answered its serving signature; a version that fails the smoke test stays registered without
 the alias, tagged `smoke_test=failed`.
 
+Two runs may push to one registry at once. Who holds the alias is decided under `champion_lock`:
+for the embedded SQLite registry an exclusive file lock (fcntl.flock) on `champion.lock` beside the
+database, which every process on the machine that uses that home honours. A tracking server has no
+lock to take, so `move_champion` is a compare-and-set on the registry instead: the holder is read
+again just before the alias is set and once more after it; two pushers that both read the holder
+in the few milliseconds between another's read and set can still both set it, and the last one
+wins having compared with the holder it read, not with the one it displaced.
+
 Models and files may come from object storage (gs://, s3://: a TFX artifact URI); MLflow logs
 artifacts from local folders only, so they are staged in a temporary folder first. An artifact
 root on object storage (`gs://BUCKET/mlflow`) is handed to MLflow as it is.
@@ -17,16 +25,18 @@ root on object storage (`gs://BUCKET/mlflow`) is handed to MLflow as it is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 from speechpipe.io import storage
 
 CHAMPION = "champion"
 EXPERIMENT = "speechpipe-pipeline"
+LOCK_FILE = "champion.lock"
 
 
 class SmokeTestError(RuntimeError):
@@ -219,6 +229,42 @@ class Registry:
 
     def set_champion(self, name: str, version: str) -> None:
         self.client.set_registered_model_alias(name, CHAMPION, version)
+
+    @property
+    def lock_path(self) -> Optional[str]:
+        """The lock file of an embedded (SQLite) registry, beside its database; None for a server."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return None
+        return os.path.join(os.path.dirname(self.tracking_uri[len("sqlite:///") :]) or ".", LOCK_FILE)
+
+    @contextlib.contextmanager
+    def champion_lock(self) -> Iterator[Optional[str]]:
+        """Holds the registry's champion lock (yields its path), blocking until no other process
+        holds it; for a tracking server there is none to take (yields None): `move_champion`'s
+        compare-and-set is then all the protection there is."""
+        path = self.lock_path
+        if path is None:
+            yield None
+            return
+        import fcntl
+
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield path
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def move_champion(self, name: str, version: str, expected: Optional[str]) -> Optional[str]:
+        """Compare-and-set: moves the alias to `version` only while `expected` holds it (None: no
+        version does). Returns the holder read back afterwards: `version` when it moved and no
+        one moved it since, else the version that holds it now (or None)."""
+        current = self.champion(name)
+        if current != expected:
+            return current
+        self.set_champion(name, version)
+        return self.champion(name)
 
     def champion(self, name: str) -> Optional[str]:
         from mlflow.exceptions import MlflowException

@@ -117,9 +117,9 @@ def _statistics(uri: str) -> Dict[str, Dict[str, object]]:
     return out
 
 
-# The feature nodes of a span, by kind: the CTC branch's feature set names them plainly, the
-# embedder's own feature set on a span of its own with "Speaker" in front.
-_SPAN_NODE = re.compile(r"^(Speaker)?(FeatureGen|StatisticsGen|ValidationGate)_span(\d+)$")
+# The feature nodes of a span, by kind: the CTC branch's feature set with "CTC" in front, the
+# embedder's own feature set on a span of its own with "Speaker" (pipeline/tfx_pipeline.py).
+_SPAN_NODE = re.compile(r"^(CTC|Speaker)(FeatureGen|StatisticsGen|ValidationGate)_span(\d+)$")
 
 
 def _span_nodes(nodes: Dict[str, Dict[str, object]], kind: str) -> Dict[int, Dict[str, object]]:
@@ -204,19 +204,19 @@ def collect(
     if failed_gates:
         summary["gate"] = "; ".join(failed_gates.values())
     if config.include_ctc:
-        trainer = nodes.get("Trainer", {}).get("outputs", {}).get("model", [])
+        trainer = nodes.get("CTCTrainer", {}).get("outputs", {}).get("model", [])
         if trainer:
             serving = storage.join(trainer[0]["uri"], "Format-Serving")
             summary["training"] = _read_json(storage.join(serving, "training_result.json"))
             summary["warm_start"] = (summary["training"] or {}).get("warm_start")
             summary["model_id"] = trainer[0]["id"]
-        blessing = nodes.get("SpeechEvaluator", {}).get("outputs", {}).get("blessing", [])
+        blessing = nodes.get("CTCEvaluator", {}).get("outputs", {}).get("blessing", [])
         if blessing:
             summary["evaluation"] = _read_json(storage.join(blessing[0]["uri"], "evaluation.json"))
-        pushed = nodes.get("RegistryPusher", {}).get("outputs", {}).get("pushed_model", [])
+        pushed = nodes.get("CTCRegistryPusher", {}).get("outputs", {}).get("pushed_model", [])
         if pushed:
             summary["push"] = _read_json(storage.join(pushed[0]["uri"], "push.json"))
-        summary["outcome"] = _branch_outcome(summary, "RegistryPusher", summary.get("push"))
+        summary["outcome"] = _branch_outcome(summary, "CTCRegistryPusher", summary.get("push"))
     else:
         summary["outcome"] = "the CTC branch is off (--branches speaker): nothing trained or pushed"
     if config.include_speaker:

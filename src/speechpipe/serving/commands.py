@@ -9,7 +9,8 @@ SavedModel folder) on a user's recordings.
     speechpipe cluster --input CORPUS --out FILE   who speaks in which recording (TSV)
 
 Files may be in any format and at any rate the feature job decodes; each is resampled to the
-model's rate. A file that cannot be used is reported on stderr with its reason and the others are
+model's rate. A corpus (--input) is read as the feature job reads it, its audio paths confined to
+its folder, or to --data-root (a Kaldi wav.scp with absolute paths needs the folder holding them). A file that cannot be used is reported on stderr with its reason and the others are
 still processed; the exit status is 1 when any input failed, 2 on a usage error.
 """
 
@@ -23,8 +24,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-CTC_MODEL = "models:/speechpipe-ctc@champion"
-EMBEDDER_MODEL = "models:/speechpipe-embedder@champion"
+from speechpipe.config import CTC_MODEL_NAME, EMBEDDER_MODEL_NAME
+
+CTC_MODEL = f"models:/{CTC_MODEL_NAME}@champion"
+EMBEDDER_MODEL = f"models:/{EMBEDDER_MODEL_NAME}@champion"
 
 
 def _model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
@@ -100,7 +103,7 @@ def _corpus_job(args: argparse.Namespace, kind: str) -> Tuple[Dict[str, object],
     from speechpipe.results.resolve import model_sample_rate
 
     resolved = _resolve(args)
-    spec = make_spec(args.input)
+    spec = make_spec(args.input, data_root=args.data_root)
     summary = inference_job.run_job(
         spec, resolved.saved_model_dir, kind, model_sample_rate(resolved.saved_model_dir), args.out, args.beam_args
     )
@@ -122,6 +125,8 @@ def transcribe(args: argparse.Namespace) -> int:
             f"{args.out}/results-*.jsonl ({summary['dead_letter']['total']} dead-lettered)"
         )
         return 1 if summary["dead_letter"]["total"] else 0
+    if args.data_root:
+        raise ValueError("--data-root goes with --input CORPUS (files given by name are read where they are)")
     if not args.files:
         raise ValueError("give FILE... or --input CORPUS --out DIR")
     resolved, model, rate = _load(args)
@@ -282,12 +287,22 @@ def cluster(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ parser
 
 
+def _data_root_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="with --input: the folder audio paths must stay in (default: the input's folder); a "
+        "Kaldi wav.scp or manifest with absolute paths needs the folder that holds them",
+    )
+
+
 def add_commands(commands) -> None:
     """Adds the four commands to the `speechpipe` parser's subcommands."""
     t = commands.add_parser("transcribe", help="phones of recordings, from the CTC champion (or --model)")
     t.add_argument("files", nargs="*", metavar="FILE")
     t.add_argument("--input", default=None, help="a corpus (VoxCeleb folder, manifest, Kaldi dir): a Beam job")
     t.add_argument("--out", default=None, help="with --input: the output folder")
+    _data_root_argument(t)
     _model_arguments(t, CTC_MODEL)
     t.set_defaults(handler=transcribe, beam_args=[])
 
@@ -302,6 +317,7 @@ def add_commands(commands) -> None:
     e = commands.add_parser("embed", help="embeddings of a corpus's utterances and per-speaker means (Beam)")
     e.add_argument("--input", required=True, help="a corpus (VoxCeleb folder, manifest, Kaldi dir)")
     e.add_argument("--out", required=True, help="the output folder")
+    _data_root_argument(e)
     _model_arguments(e, EMBEDDER_MODEL)
     e.set_defaults(handler=embed, beam_args=[])
 
@@ -309,6 +325,7 @@ def add_commands(commands) -> None:
     c.add_argument("--input", required=True, help="a corpus (VoxCeleb folder, manifest, Kaldi dir)")
     c.add_argument("--out", required=True, help="the working folder (embeddings)")
     c.add_argument("--table", default=None, help="the file -> cluster table (default OUT/clusters.tsv)")
+    _data_root_argument(c)
     c.add_argument(
         "--num-speakers", type=int, default=None, help="cut at this many clusters (default: the model's threshold)"
     )

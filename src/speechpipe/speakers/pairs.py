@@ -12,6 +12,12 @@ Rules (docs/pairs.md has the reasoning and the measured figures):
   uniformly without replacement from its candidate pairs: all unordered pairs of two different
   utterances, or, with `cross_session` (the default, as VoxCeleb's trials pair different
   videos), only pairs whose utterances come from different sessions.
+* **Single-session speakers.** Under `cross_session`, a speaker whose eligible utterances all
+  come from one session (one LibriSpeech chapter, one recording) would have no candidate; its
+  candidates are instead the pairs of two different utterances of that session. Such
+  same-session positives are easier than cross-session ones (same channel), so they flatter the
+  EER: they are counted apart (`same_session_positives`). Speakers with two or more sessions
+  are not affected. A speaker with one eligible utterance has no positive candidate at all.
 * **Negatives (label 0).** A split with `P` positives gets `round(P * different / same)`
   negatives. Speakers are put in a seeded random order (their rank) and each unordered pair of
   speakers {r, r + o} (offset o = 1 .. S // 2, modulo S) is a *link*, owned by the lower-offset
@@ -207,13 +213,32 @@ class SpeakerUtterances:
     def sessions(self) -> int:
         return len(self.session_starts)
 
+    def positives_across_sessions(self, cross_session: bool) -> bool:
+        """Whether positives must pair two sessions: under the cross-session rule, for a speaker
+        with two or more sessions. With one session that rule leaves no candidate, so the
+        speaker's positives pair utterances of its one session instead (see the module doc)."""
+        return cross_session and self.sessions > 1
+
+    def single_session_fallback(self, cross_session: bool) -> bool:
+        """Whether this speaker's positives come from within one session although the rule asks
+        for two sessions (it has only one)."""
+        return cross_session and self.sessions == 1
+
     def _blocks(self, cross_session: bool) -> Sequence[int]:
         """Block starts: sessions for cross-session positives, else every utterance alone."""
-        return self.session_starts if cross_session else range(len(self.utterances))
+        return self.session_starts if self.positives_across_sessions(cross_session) else range(len(self.utterances))
+
+    def same_session(self, pairs: Iterable[Tuple[str, str]]) -> int:
+        """How many of these pairs of this speaker's utterances share a session."""
+        if self.sessions == 1:
+            return sum(1 for _ in pairs)
+        bounds = list(self.session_starts) + [len(self.utterances)]
+        session = {u: k for k, (a, b) in enumerate(zip(bounds, bounds[1:])) for u in self.utterances[a:b]}
+        return sum(session[a] == session[b] for a, b in pairs)
 
     def positives_available(self, cross_session: bool) -> int:
         n = len(self.utterances)
-        if not cross_session:
+        if not self.positives_across_sessions(cross_session):
             return n * (n - 1) // 2
         bounds = list(self.session_starts) + [n]
         same_session = sum((b - a) * (b - a - 1) // 2 for a, b in zip(bounds, bounds[1:]))
@@ -244,9 +269,9 @@ def sample_positives(group: SpeakerUtterances, config: PairConfig) -> Tuple[List
     """(same-speaker pairs, candidates available). At most `speaker_cap` pairs.
 
     Candidate t is decoded without listing candidates: block u (a session, or one utterance
-    when sessions may repeat) owns the pairs whose first utterance lies in it and whose second
-    lies in a later block; there are size_u * after_u of them, and t's offset inside that range
-    gives both utterances directly."""
+    when positives may share a session) owns the pairs whose first utterance lies in it and
+    whose second lies in a later block; there are size_u * after_u of them, and t's offset
+    inside that range gives both utterances directly."""
     n = len(group.utterances)
     starts = list(group._blocks(config.cross_session))
     ends = starts[1:] + [n]

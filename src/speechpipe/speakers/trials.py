@@ -13,6 +13,14 @@ speechpipe's utterance ids are the paths without the extension (`id10270/x6uYqmx
 `.wav` is appended on writing and removed on reading. Parsing is strict: anything but the
 format above raises `TrialFormatError` naming the file and the line. A trailing `\\r` (files
 copied through Windows) is the one liberty taken.
+
+How strictly a path is checked depends on whose list it is. An official VoxCeleb list
+(`voxceleb_ids=True`, the default) must name `idXXXXX/<11-char video>/<nnnnn>.wav`, so that a
+list of another corpus or a damaged copy is caught. A list speechpipe wrote from a corpus
+(`voxceleb_ids=False`) names that corpus's own utterance ids, whatever their form: LibriSpeech
+chapters (`1089/c134686/1089-134686-0000`), CN-Celeb's `id00800/singing-01-001` without a
+session folder, Kaldi ids. Any id without whitespace is written and read back unchanged; an id
+with whitespace cannot be written (the fields are separated by spaces) and is refused, named.
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ AUDIO_EXTENSION = ".wav"
 
 # idXXXXX/<11-character YouTube id>/<5 digits>.wav, as in every official list.
 VOXCELEB_PATH = re.compile(r"id\d{5}/[A-Za-z0-9_-]{11}/\d{5}\.wav")
-# Any speaker/session/name.wav without spaces: for corpora whose ids are not VoxCeleb-shaped.
-GENERIC_PATH = re.compile(r"[^/\s]+/[^/\s]+/[^/\s]+\.wav")
+# Any utterance id without whitespace, then .wav: what format_trial writes for any corpus.
+ANY_PATH = re.compile(r"\S+\.wav")
+_WHITESPACE = re.compile(r"\s")
 
 
 class TrialFormatError(PairsInputError):
@@ -60,15 +69,42 @@ def path_to_utterance(path: str) -> str:
     return path[: -len(AUDIO_EXTENSION)]
 
 
+def check_writable(utterance: str) -> str:
+    """The id, if a trial list can hold it and give it back unchanged; else TrialFormatError
+    naming it. Fields are separated by spaces and lines by newlines, so an id must be non-empty
+    and hold no whitespace."""
+    if not isinstance(utterance, str):
+        raise TrialFormatError(f"utterance id {utterance!r} cannot be written to a trial list: not a str")
+    if not utterance:
+        raise TrialFormatError(f"utterance id {utterance!r} cannot be written to a trial list: it is empty")
+    found = _WHITESPACE.search(utterance)
+    if found:
+        raise TrialFormatError(
+            f"utterance {utterance!r} cannot be written to a trial list: it holds whitespace ({found.group()!r} "
+            f"at position {found.start()}), and the list's fields are separated by spaces"
+        )
+    return utterance
+
+
 def format_trial(label: int, utterance_a: str, utterance_b: str) -> str:
-    """One trial line, without the newline."""
+    """One trial line, without the newline. An id that the line could not give back unchanged
+    (empty, or holding whitespace) raises TrialFormatError naming it."""
     if label not in (SAME, DIFFERENT):
         raise ValueError(f"label {label!r}: need {SAME} or {DIFFERENT}")
-    return f"{label} {utterance_a}{AUDIO_EXTENSION} {utterance_b}{AUDIO_EXTENSION}"
+    line = f"{label} {utterance_a}{AUDIO_EXTENSION} {utterance_b}{AUDIO_EXTENSION}"
+    # A cheap test of the whole line first, as this runs for every trial written: every
+    # whitespace character but the space is unprintable, so a printable line with its two
+    # separators alone is well formed. Only a line failing it gets the exact check by id.
+    if not (utterance_a and utterance_b and line.isprintable()) or line.count(" ") != 2:
+        check_writable(utterance_a)
+        check_writable(utterance_b)
+    return line
 
 
 def parse_trial_line(line: str, where: str, voxceleb_ids: bool = True) -> Trial:
-    """Parses one line (its newline already removed); `where` ('file:line') prefixes errors."""
+    """Parses one line (its newline already removed); `where` ('file:line') prefixes errors.
+    `voxceleb_ids`: paths must be VoxCeleb's (official lists); else any id without whitespace
+    (lists speechpipe wrote, and --any_ids lists of other corpora)."""
     text = line[:-1] if line.endswith("\r") else line
     fields = text.split(" ")
     if len(fields) != 3:
@@ -78,10 +114,10 @@ def parse_trial_line(line: str, where: str, voxceleb_ids: bool = True) -> Trial:
     label, a, b = fields
     if label not in ("0", "1"):
         raise TrialFormatError(f"{where}: label {label!r} is neither 1 nor 0")
-    pattern = VOXCELEB_PATH if voxceleb_ids else GENERIC_PATH
+    pattern = VOXCELEB_PATH if voxceleb_ids else ANY_PATH
     for path in (a, b):
         if not pattern.fullmatch(path):
-            shape = "idXXXXX/<11-char video>/<nnnnn>.wav" if voxceleb_ids else "<speaker>/<session>/<name>.wav"
+            shape = "idXXXXX/<11-char video>/<nnnnn>.wav" if voxceleb_ids else "<utterance id>.wav without whitespace"
             raise TrialFormatError(f"{where}: path {path[:120]!r} is not {shape}")
     return Trial(int(label), path_to_utterance(a), path_to_utterance(b))
 

@@ -45,14 +45,16 @@ Export
     features computed in the graph by `speechpipe.audio.tf_features.GraphFeatures`;
     `embed_segments` embeds already computed segments.
 
-Modules: `config` (EmbedderConfig), `network`, `losses`, `scoring` (embeddings, scores, the LDA
+Modules: `config` (EmbedderConfig, EmbedderTrainConfig; no TensorFlow), `network`, `losses`, `scoring` (embeddings, scores, the LDA
 back end), `export` (the SavedModel, warm-start restore, loading back). The names below are the
 package's public API, re-exported so that callers need not know which module holds what.
 """
 
+from importlib import import_module
+from typing import Any
+
 from speechpipe.speakers.embedder.config import (  # noqa: F401
     BACKENDS,
-    BENCH_ONLY_SETTINGS,
     CONFIG_FILE,
     EMBEDDING_LAYERS,
     HIDDEN_LAYER,
@@ -62,40 +64,49 @@ from speechpipe.speakers.embedder.config import (  # noqa: F401
     LINKAGES,
     OUTPUT_LAYER,
     POOLINGS,
+    REMOVED_SETTINGS,
     SCORINGS,
     EmbedderConfig,
+    EmbedderTrainConfig,
     with_legacy_settings,
 )
-from speechpipe.speakers.embedder.export import (  # noqa: F401
-    EmbedderModule,
-    LoadedEmbedder,
-    export_embedder,
-    load_embedder,
-    restore_network,
-)
-from speechpipe.speakers.embedder.losses import (  # noqa: F401
-    InBatchKLHingeLoss,
-    in_batch_kl_hinge_loss,
-    kl_divergence,
-    kl_hinge_pair_loss,
-    log_distribution,
-    loss_for,
-    pairwise_kl_matrix,
-)
-from speechpipe.speakers.embedder.network import (  # noqa: F401
-    CosineLogits,
-    SpecAugment,
-    StatisticsPooling,
-    build_base_network,
-    embedding_model,
-)
-from speechpipe.speakers.embedder.scoring import (  # noqa: F401
-    LinearBackend,
-    clustering_distances,
-    distance_matrix,
-    embed_segments,
-    embed_utterances,
-    fit_lda,
-    score,
-    segment_windows,
-)
+
+# The names of the modules that need TensorFlow, imported on first use: the configs above are
+# read by the run configuration and the CLI, which must not pay for TensorFlow to check a run.
+_LAZY = {
+    "export": ("EmbedderModule", "LoadedEmbedder", "export_embedder", "load_embedder", "restore_network"),
+    "losses": (
+        "InBatchKLHingeLoss",
+        "in_batch_kl_hinge_loss",
+        "kl_divergence",
+        "kl_hinge_pair_loss",
+        "log_distribution",
+        "loss_for",
+        "pairwise_kl_matrix",
+    ),
+    "network": ("CosineLogits", "SpecAugment", "StatisticsPooling", "build_base_network", "embedding_model"),
+    "scoring": (
+        "LinearBackend",
+        "clustering_distances",
+        "distance_matrix",
+        "embed_segments",
+        "embed_utterances",
+        "fit_lda",
+        "score",
+        "segment_windows",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_MODULE_OF))

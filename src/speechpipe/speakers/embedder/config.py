@@ -1,9 +1,11 @@
-"""What the embedder is: `EmbedderConfig` (network, loss, embedding, scoring, back end), the
-choices each setting has, and the settings exports made before a setting existed were made with."""
+"""What the embedder is: `EmbedderConfig` (network, loss, embedding, scoring, back end), how it
+trains (`EmbedderTrainConfig`), the choices each setting has, and the settings exports made before
+a setting existed were made with. No TensorFlow here, so that the run configuration can hold and
+check these without loading it."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Dict, Tuple
 
 from speechpipe.speakers.pair_dataset import EVAL_HOP, SEGMENT_FRAMES
@@ -30,17 +32,18 @@ LEGACY_SETTINGS: Dict[str, object] = {
 }
 
 
-# Settings that only bench/seed002.py varies now (seed 002's PReLU output, one-sided and clipped
-# KL), at the values every product export was made with.
-BENCH_ONLY_SETTINGS: Dict[str, object] = {"output_activation": "softmax", "symmetric": True, "clip": False}
+# Settings older exports recorded and the embedder no longer has (seed 002's output activation,
+# loss direction and clipping, which only the bench's reproduction varies now: bench/seed002.py),
+# at the one value every product export was made with.
+REMOVED_SETTINGS: Dict[str, object] = {"output_activation": "softmax", "symmetric": True, "clip": False}
 
 
 def with_legacy_settings(settings: Dict[str, object]) -> Dict[str, object]:
     """An embedder config's json as recorded (an export's, a bench run's), with the settings it
-    predates at the values it was made with, and without the bench-only settings (an error
-    when they are not at the product's values: such a model is seed 002's reproduction)."""
+    predates at the values it was made with, and without the removed settings (an error when
+    they are not at the product's values: such a model is seed 002's reproduction)."""
     settings = dict(settings)
-    for key, product_value in BENCH_ONLY_SETTINGS.items():
+    for key, product_value in REMOVED_SETTINGS.items():
         value = settings.pop(key, product_value)
         if value != product_value:
             raise ConfigError(
@@ -183,4 +186,54 @@ class EmbedderConfig:
         values = dict(data)
         if "dense_units" in values:
             values["dense_units"] = tuple(int(u) for u in values["dense_units"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class EmbedderTrainConfig:
+    """How the embedder trains. Defaults are measured in docs/embedder.md; the demo run's shorter
+    budget is speechpipe.pipeline.run_config.DEMO_EMBEDDER."""
+
+    model: EmbedderConfig = field(default_factory=EmbedderConfig)
+    speakers_per_batch: int = 16  # P
+    segments_per_speaker: int = 8  # K: a batch of P x K = 128 segments
+    learning_rate: float = 1e-3  # Adam
+    clipnorm: float = 1.0
+    max_seconds: float = 1200.0  # wall-clock budget of fit(), validation included
+    max_steps: int = 0  # 0 = no step limit
+    eval_every_steps: int = 200
+    # Stop when this many evaluations in a row bring no better validation EER (0 = never): the
+    # budget is then spent on weights that validation would not choose.
+    patience_evals: int = 6
+    seed: int = 0
+    mixed_precision: bool = True  # float16 compute on a GPU; CPU stays float32
+    log_every_steps: int = 0  # > 0: a progress line every this many steps
+
+    def validate(self) -> "EmbedderTrainConfig":
+        self.model.validate()
+        if self.speakers_per_batch < 2 or self.segments_per_speaker < 2:
+            raise ConfigError(
+                f"speakers_per_batch={self.speakers_per_batch}, segments_per_speaker="
+                f"{self.segments_per_speaker}: the in-batch loss needs >= 2 of each"
+            )
+        if self.learning_rate <= 0 or self.clipnorm <= 0:
+            raise ConfigError(f"learning_rate={self.learning_rate}, clipnorm={self.clipnorm}: must be positive")
+        if self.max_seconds <= 0 and self.max_steps <= 0:
+            raise ConfigError("need a budget: max_seconds > 0 or max_steps > 0")
+        if self.patience_evals < 0:
+            raise ConfigError(f"patience_evals={self.patience_evals}: need >= 0")
+        if self.eval_every_steps < 1:
+            raise ConfigError(f"eval_every_steps={self.eval_every_steps}: need >= 1")
+        return self
+
+    def to_json(self) -> Dict[str, object]:
+        data = asdict(self)
+        data["model"] = self.model.to_json()
+        return data
+
+    @classmethod
+    def from_json(cls, data: Dict[str, object]) -> "EmbedderTrainConfig":
+        reject_unknown(data, cls.__dataclass_fields__, "embedder trainer")
+        values = dict(data)
+        values["model"] = EmbedderConfig.from_json(values.get("model", {}))
         return cls(**values)

@@ -1,4 +1,4 @@
-"""SpeechEvaluator: the CTC recogniser's PER on the fixed test split, blessed against the
+"""CTCEvaluator: the CTC recogniser's PER on the fixed test split, blessed against the
 threshold and the champion (speechpipe.components.blessing); its output is a `ModelBlessing`.
 
 Both models decode the same test records greedily through their SavedModel's `logits` signature,
@@ -14,6 +14,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from speechpipe.components.blessing import evaluate_and_bless
+from speechpipe.config import MAX_PER
 from speechpipe.filenames import split_dir
 from speechpipe.io import storage
 
@@ -52,12 +53,12 @@ def transcriber_per(
 
 
 @component
-def SpeechEvaluator(
+def CTCEvaluator(
     model: InputArtifact[standard_artifacts.Model],
     examples: InputArtifact[standard_artifacts.Examples],
     blessing: OutputArtifact[standard_artifacts.ModelBlessing],
     champion: InputArtifact[standard_artifacts.Model] = None,
-    max_per: Parameter[float] = 0.95,
+    max_per: Parameter[float] = MAX_PER,
     min_per_improvement: Parameter[float] = 0.0,
     data_key: Parameter[str] = "",
 ) -> None:

@@ -1,4 +1,4 @@
-"""Known issue: the CTC trainer's validation PER (which picks the best weights) skipped utterances
+"""Regression: the CTC trainer's validation PER (which picks the best weights) skipped utterances
 too short for CTC to align their label, while the evaluator's test PER (which blesses) counted
 them, so the weights were chosen by another figure than the one they were judged by. Both now
 use speechpipe.phones.phone_error_rate: every utterance with a transcript."""

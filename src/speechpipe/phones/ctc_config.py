@@ -1,0 +1,111 @@
+"""What the CTC phone recogniser is and how it trains: `CTCModelConfig` and `CTCTrainConfig`, each
+with its one `validate()`. No TensorFlow here, so that the run configuration (and the CLI that
+prints and reads it) can hold and check these without loading it; the model is built by
+speechpipe.phones.ctc_model, trained by speechpipe.components.ctc_trainer."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Optional, Tuple
+
+from speechpipe.phones.inventory import DEFAULT_INVENTORY
+from speechpipe.validation import ConfigError, reject_unknown
+
+
+@dataclass(frozen=True)
+class CTCModelConfig:
+    """Default = seed 000's network: three BLSTMs of 100, 100, 150 units, dropout 0.1, concatenated
+    directions, over stacked frames."""
+
+    lstm_units: Tuple[int, ...] = (100, 100, 150)
+    dropout: float = 0.1
+    # Stack this many neighbouring frames into one step: 2 (20 ms steps) halves the LSTM work,
+    # which is what decides how much a CPU budget can train; phones last several 10 ms frames, so
+    # CTC still has room to align (utterances that do not fit are counted and skipped).
+    # 1 = seed 000's frame rate.
+    frame_stack: int = 2
+
+    def validate(self) -> "CTCModelConfig":
+        if not self.lstm_units or any(u < 1 for u in self.lstm_units):
+            raise ConfigError(f"lstm_units={self.lstm_units}: need one or more positive sizes")
+        if self.frame_stack < 1:
+            raise ConfigError(f"frame_stack={self.frame_stack}: need >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout}: need [0, 1)")
+        return self
+
+    def to_json(self) -> Dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, object]) -> "CTCModelConfig":
+        reject_unknown(data, cls.__dataclass_fields__, "CTC model")
+        values = dict(data)
+        if "lstm_units" in values:
+            values["lstm_units"] = tuple(values["lstm_units"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class CTCTrainConfig:
+    """How the CTC recogniser trains (Adam). Defaults are measured in docs/ctc.md; the demo run's
+    shorter budget is speechpipe.pipeline.run_config.DEMO_CTC."""
+
+    model: CTCModelConfig = field(default_factory=CTCModelConfig)
+    learning_rate: float = 1e-3
+    clipnorm: float = 5.0  # as seed 000
+    batch_size: int = 32
+    max_epochs: int = 200
+    max_minutes: Optional[float] = None  # wall-clock budget; None = no budget
+    max_steps: int = 0  # optimiser-step budget (the Trainer's train_steps); 0 = none
+    patience: int = 6  # epochs without a better validation PER; 0 = never stop on it
+    bucket_boundaries: Tuple[int, ...] = (150, 200, 250, 300, 350, 400, 500, 700)
+    shuffle_buffer: int = 2048
+    mixed_precision: bool = False
+    # SpecAugment on training batches: without it the BLSTMs memorise the training sentences
+    # (bench: 7 % PER on unseen speakers saying training sentences, 15 % on unseen sentences).
+    # Time masks make the model rely on local acoustic evidence; 0 masks = off.
+    time_masks: int = 2
+    time_mask_frames: int = 20  # widest mask, in 10 ms frames
+    freq_masks: int = 2
+    freq_mask_bins: int = 10
+    seed: int = 0
+    inventory: str = DEFAULT_INVENTORY
+
+    def validate(self) -> "CTCTrainConfig":
+        self.model.validate()
+        if self.batch_size < 1 or self.max_epochs < 1:
+            raise ConfigError(f"batch_size={self.batch_size}, max_epochs={self.max_epochs}: need >= 1")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"max_minutes={self.max_minutes}: must be positive (or None for no budget)")
+        if self.max_steps < 0 or self.patience < 0:
+            raise ConfigError(f"max_steps={self.max_steps}, patience={self.patience}: need >= 0 (0 = none)")
+        if self.learning_rate <= 0 or self.clipnorm <= 0:
+            raise ConfigError(f"learning_rate={self.learning_rate}, clipnorm={self.clipnorm}: must be positive")
+        boundaries = list(self.bucket_boundaries)
+        if not boundaries or boundaries[0] < 1 or sorted(set(boundaries)) != boundaries:
+            raise ConfigError(f"bucket_boundaries={self.bucket_boundaries}: need increasing positive frame counts")
+        if self.shuffle_buffer < 1:
+            raise ConfigError(f"shuffle_buffer={self.shuffle_buffer}: need >= 1")
+        masks = (self.time_masks, self.time_mask_frames, self.freq_masks, self.freq_mask_bins)
+        if min(masks) < 0:
+            raise ConfigError(
+                f"time_masks={self.time_masks}, time_mask_frames={self.time_mask_frames}, freq_masks="
+                f"{self.freq_masks}, freq_mask_bins={self.freq_mask_bins}: need >= 0"
+            )
+        if not self.inventory:
+            raise ConfigError("inventory: name a phone inventory (phones_de.json, ...)")
+        return self
+
+    def to_json(self) -> Dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, object]) -> "CTCTrainConfig":
+        reject_unknown(data, cls.__dataclass_fields__, "CTC trainer")
+        values = dict(data)
+        if "model" in values:
+            values["model"] = CTCModelConfig.from_json(values["model"])
+        if "bucket_boundaries" in values:
+            values["bucket_boundaries"] = tuple(values["bucket_boundaries"])
+        return cls(**values)
