@@ -1,8 +1,10 @@
 """TFX Trainer module for the CTC phone recogniser: `run_fn(fn_args)`, and `train(...)` for
 direct use (bench, tests).
 
-The input pipeline buckets utterances by length, skips (and counts) utterances that CTC cannot
-align or that have no transcript, and pads labels only for batching: the loss sees real lengths.
+The input pipeline buckets utterances by length (up to the longest utterance the feature job
+keeps), skips utterances that CTC cannot align or that have no transcript, counting them as it
+reads (no pass of its own before training), and pads labels only for batching: the loss sees
+real lengths.
 Training stops early on validation PER (best weights restored), on a wall-clock or step budget,
 or with `NonFiniteLossError` at the first NaN loss (speechpipe.components.trainer_contract). A
 champion (the Trainer's `base_model`) is the warm start when its architecture agrees.
@@ -27,7 +29,6 @@ from speechpipe.phones.ctc_model import (
     CTCTrainer,
     PERResult,
     build_acoustic_model,
-    ctc_feasible,
     export_transcriber,
     stacked_lengths,
 )
@@ -54,26 +55,65 @@ class InputCounts:
 # ------------------------------------------------------------------------------------ input
 
 
-def scan_inputs(files: Sequence[str], frame_stack: int, num_phones: Optional[int] = None) -> InputCounts:
-    """Counts usable and skipped utterances with the same rules the dataset filter applies. With
-    `num_phones`, a label outside the inventory (records tokenised with another inventory) is an
-    error: the schema cannot bound ids that differ per language."""
-    counts = InputCounts()
-    for example in (
-        shared.record_dataset(files).map(lambda e: {"n": e["num_frames"], "ids": e["phone_ids"]}).as_numpy_iterator()
-    ):
-        if num_phones is not None and len(example["ids"]) and int(max(example["ids"])) >= num_phones:
-            raise ValueError(
-                f"phone id {int(max(example['ids']))} in {list(files)[:1]}... is outside the inventory's "
-                f"{num_phones} phones: the records were tokenised with another inventory (language)"
-            )
-        if len(example["ids"]) == 0:
-            counts.no_transcript += 1
-        elif not ctc_feasible(list(example["ids"]), int(example["n"]) // frame_stack):
-            counts.too_short_for_label += 1
-        else:
-            counts.used += 1
-    return counts
+INVENTORY_ERROR = "is outside the phone inventory"  # the message of a record tokenised with another one
+
+
+class InputCounter:
+    """Counts, inside a split's tf.data pipeline, what its first pass used and skipped, and why
+    (`InputCounts`): training reads every record anyway, so the counts cost no pass of their
+    own. Each pass ends with a marker element; the counters stop at the first marker, so later
+    epochs (or evaluations) do not add to them, and `complete` says whether a whole pass was
+    read (a budget can stop training inside the first epoch: then the counts are of the records
+    read so far). With `num_phones`, a label outside the inventory (records tokenised with
+    another inventory) fails the pass: the schema cannot bound ids that differ per language."""
+
+    def __init__(self, frame_stack: int, num_phones: Optional[int] = None) -> None:
+        self.frame_stack, self.num_phones = frame_stack, num_phones
+        with tf.device("/cpu:0"):  # the input pipeline's side, whatever the strategy
+            self._counts = tf.Variable(tf.zeros([3], tf.int64), trainable=False)  # used, no transcript, too short
+            self._passes = tf.Variable(tf.constant(0, tf.int64), trainable=False)
+
+    def counted(self, records: tf.data.Dataset) -> tf.data.Dataset:
+        """`records` (parsed examples) unchanged, each counted on the way through."""
+        end = tf.data.Dataset.from_tensors(
+            ({k: tf.zeros([d or 0 for d in spec.shape], spec.dtype) for k, spec in records.element_spec.items()}, True)
+        )
+
+        def count(example: Dict[str, tf.Tensor], last: tf.Tensor):
+            ids = example["phone_ids"]
+            checks = []
+            if self.num_phones is not None:
+                checks.append(
+                    tf.debugging.assert_less(
+                        tf.cast(ids, tf.int64),
+                        tf.constant(self.num_phones, tf.int64),
+                        message=f"a phone id {INVENTORY_ERROR} of {self.num_phones} phones: the records were "
+                        "tokenised with another inventory (language)",
+                    )
+                )
+            with tf.control_dependencies(checks):
+                kind = tf.where(tf.size(ids) == 0, 1, tf.where(_usable(example, self.frame_stack), 0, 2))
+                first_pass = tf.logical_and(tf.equal(self._passes, 0), tf.logical_not(last))
+                tally = self._counts.assign_add(tf.one_hot(kind, 3, dtype=tf.int64) * tf.cast(first_pass, tf.int64))
+            with tf.control_dependencies([tally]):
+                done = self._passes.assign_add(tf.cast(last, tf.int64))
+            with tf.control_dependencies([done]):
+                return tf.identity(last)
+
+        # Sequential (no num_parallel_calls): the marker is counted after every record of its pass.
+        marked = records.map(lambda e: (e, False)).concatenate(end)
+        return (
+            marked.map(lambda e, last: (e, count(e, last)))
+            .filter(lambda e, last: tf.logical_not(last))
+            .map(lambda e, last: e)
+        )
+
+    def to_json(self) -> Dict[str, object]:
+        used, no_transcript, too_short = (int(v) for v in self._counts.numpy())
+        return {
+            **InputCounts(used, no_transcript, too_short).to_json(),
+            "complete": bool(int(self._passes.numpy()) > 0),
+        }
 
 
 def _usable(example: Dict[str, tf.Tensor], frame_stack: int) -> tf.Tensor:
@@ -107,10 +147,21 @@ def spec_augment(features: tf.Tensor, num_frames: tf.Tensor, config: CTCTrainCon
     return features * keep
 
 
-def make_dataset(files: Sequence[str], config: CTCTrainConfig, training: bool) -> tf.data.Dataset:
-    """Length-bucketed, padded batches of (inputs, targets); unusable utterances filtered out."""
+def make_dataset(
+    files: Sequence[str],
+    config: CTCTrainConfig,
+    training: bool,
+    feature_config: Optional[FeatureConfig] = None,
+    counter: Optional[InputCounter] = None,
+) -> tf.data.Dataset:
+    """Length-bucketed, padded batches of (inputs, targets); unusable utterances filtered out
+    (and counted by `counter`, when given). The buckets reach the longest utterance features
+    made with `feature_config` can have (default: FeatureConfig())."""
     frame_stack = config.model.frame_stack
-    dataset = shared.record_dataset(files).filter(lambda e: _usable(e, frame_stack))
+    records = shared.record_dataset(files)
+    if counter is not None:
+        records = counter.counted(records)
+    dataset = records.filter(lambda e: _usable(e, frame_stack))
     if training:
         dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
         if config.time_masks or config.freq_masks:
@@ -119,7 +170,7 @@ def make_dataset(files: Sequence[str], config: CTCTrainConfig, training: bool) -
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
     dataset = dataset.map(_to_inputs, num_parallel_calls=tf.data.AUTOTUNE)
-    boundaries = list(config.bucket_boundaries)
+    boundaries = list(config.boundaries_for(feature_config or FeatureConfig()))
     dataset = dataset.bucket_by_sequence_length(
         element_length_func=lambda inputs, targets: inputs["num_frames"],
         bucket_boundaries=boundaries,
@@ -133,15 +184,23 @@ def make_dataset(files: Sequence[str], config: CTCTrainConfig, training: bool) -
 # ------------------------------------------------------------------------------------ evaluation
 
 
-def evaluate_per(acoustic: keras.Model, files: Sequence[str], config: CTCTrainConfig, beam_width: int = 0) -> PERResult:
+def evaluate_per(
+    acoustic: keras.Model,
+    files: Sequence[str],
+    config: CTCTrainConfig,
+    beam_width: int = 0,
+    counter: Optional[InputCounter] = None,
+) -> PERResult:
     """Corpus and per-utterance PER of greedy (beam_width 0) or beam-search decoding, by the
-    definition the evaluator's test PER uses (speechpipe.phones.phone_error_rate)."""
+    definition the evaluator's test PER uses (speechpipe.phones.phone_error_rate); `counter`
+    counts the records it reads."""
     frame_stack = config.model.frame_stack
     forward = tf.function(
         lambda f, n: (acoustic({"features": f, "num_frames": n}, training=False), stacked_lengths(n, frame_stack)),
         reduce_retracing=True,
     )
-    return records_per(forward, files, load_inventory(config.inventory).blank_id, config.batch_size, beam_width)[0]
+    records = shared.record_dataset(files) if counter is None else counter.counted(shared.record_dataset(files))
+    return records_per(forward, records, load_inventory(config.inventory).blank_id, config.batch_size, beam_width)[0]
 
 
 # ------------------------------------------------------------------------------------ training
@@ -184,12 +243,12 @@ def train(
     keras.utils.set_random_seed(config.seed)  # Python, NumPy and TensorFlow
     shared.set_mixed_precision(config.mixed_precision)
     inventory = load_inventory(config.inventory)
-    counts = {
-        "train": scan_inputs(train_files, config.model.frame_stack, inventory.size).to_json(),
-        "validation": scan_inputs(eval_files, config.model.frame_stack, inventory.size).to_json(),
+    # No pass of their own: the counts come from the first pass of training and of validation.
+    counters = {
+        "train": InputCounter(config.model.frame_stack, inventory.size),
+        "validation": InputCounter(config.model.frame_stack, inventory.size),
     }
-    if counts["train"]["used"] == 0:
-        raise ValueError(f"no usable training utterance (need transcripts that CTC can align): {counts['train']}")
+    boundaries = config.boundaries_for(feature_config)
     strategy = shared.distribution_strategy()
     with strategy.scope():
         acoustic, warm = trainer_contract.warm_start(
@@ -202,7 +261,7 @@ def train(
         trainer.compile(optimizer=make_optimizer(config))
     validation = trainer_contract.BestWeights(
         acoustic,
-        lambda: ({"val_per": evaluate_per(acoustic, eval_files, config).per}, None),
+        lambda: ({"val_per": evaluate_per(acoustic, eval_files, config, counter=counters["validation"]).per}, None),
         "val_per",
         patience=config.patience,
         max_seconds=config.max_minutes * 60 if config.max_minutes else None,
@@ -214,9 +273,26 @@ def train(
     # No Keras validation_data: the validation PER callback is the stopping criterion, and a
     # second pass for val_loss would cost a fifth of each epoch.
     started = time.time()
-    trainer.fit(
-        make_dataset(train_files, config, training=True), epochs=config.max_epochs, callbacks=callbacks, verbose=0
-    )
+    try:
+        trainer.fit(
+            make_dataset(train_files, config, True, feature_config, counters["train"]),
+            epochs=config.max_epochs,
+            callbacks=callbacks,
+            verbose=0,
+        )
+    except tf.errors.InvalidArgumentError as error:
+        if INVENTORY_ERROR in error.message:
+            line = next(line for line in error.message.splitlines() if INVENTORY_ERROR in line)
+            raise ValueError(f"{list(train_files)[:1]}...: {line.strip()}") from error
+        raise
+    except ValueError as error:  # Keras' "Empty logs": the training pass yielded no batch
+        if counters["train"].to_json()["used"] == 0:
+            raise ValueError(
+                f"no usable training utterance (need transcripts that CTC can align): {counters['train'].to_json()}"
+            ) from error
+        raise
+    counts: Dict[str, object] = {name: counter.to_json() for name, counter in counters.items()}
+    counts["bucket_boundaries"] = list(boundaries)
     result = {
         "best_val_per": validation.best,
         **validation.summary(),

@@ -14,11 +14,15 @@ crops, seeded; speechpipe.speakers.speaker_batches) and the loss takes every pai
 batch (docs/embedder.md has the measurement against explicit pairs, which bench/ keeps).
 
 Validation: every `eval_every_steps` steps, utterance embeddings of the validation speakers
-(eval_files) and the EER over all their utterance pairs; the best weights by that EER are kept
-and exported. Training stops after `max_seconds` of wall-clock time (validation included),
-`max_steps`, or `patience_evals` evaluations without a better validation EER. The clustering
-threshold for "number of speakers not given" is chosen on the validation speakers with the
-best weights and saved with the model.
+(eval_files) and the EER over all their utterance pairs, or a seeded sample of `max_trials` of
+them on a larger split, with the back end fitted on at most `backend_max_utterances` training
+utterances; the best weights by that EER are kept and exported. Training stops after
+`max_seconds` of wall-clock time (validation included), `max_steps`, or `patience_evals`
+evaluations without a better validation EER. The clustering
+threshold for "number of speakers not given" is chosen on the validation speakers (at most
+`cluster_max_speakers` of at most `cluster_max_utterances` utterances each) with the best weights
+and saved with the model. training_result.json's `inputs.evaluation_bounds` (and the export's
+embedder_config.json) record each cap and whether it bound.
 """
 
 from __future__ import annotations
@@ -68,18 +72,24 @@ log = logging.getLogger(__name__)
 @dataclass
 class Evaluation:
     verification: speaker_eval.Verification
-    embeddings: np.ndarray
+    embeddings: np.ndarray  # [utterances, E] float32
+
+
+def validation_trials(data: SplitData, config: EmbedderTrainConfig) -> speaker_eval.IndexTrials:
+    """The validation trials: every pair of the split's utterances up to `config.max_trials`,
+    else a seeded sample of that many (speechpipe.speakers.speaker_eval.sample_trials)."""
+    return speaker_eval.sample_trials(data.speakers, config.max_trials, speaker_eval.SAMPLE_SEED)
 
 
 def evaluate_split(
     model: keras.Model,
     data: SplitData,
     config: EmbedderConfig,
-    trials: Optional[Sequence[Tuple[int, str, str]]] = None,
+    trials: Optional[speaker_eval.IndexTrials] = None,
     backend: Optional[LinearBackend] = None,
 ) -> Evaluation:
     """Utterance embeddings of a split (through the back end, when one is given) and the EER /
-    minDCF of its trials (default: every pair of its utterances)."""
+    minDCF of its trials (default: `sample_trials` at its default cap)."""
     embeddings = embed_utterances(model, data.features, config)
     return verify(embeddings if backend is None else backend.apply(embeddings), data, config, trials)
 
@@ -88,23 +98,68 @@ def verify(
     embeddings: np.ndarray,
     data: SplitData,
     config: EmbedderConfig,
-    trials: Optional[Sequence[Tuple[int, str, str]]] = None,
+    trials: Optional[speaker_eval.IndexTrials] = None,
 ) -> Evaluation:
-    """The EER / minDCF of a split's trials (default: every pair of its utterances) on given
-    utterance embeddings."""
-    by_utterance = dict(zip(data.utterances, embeddings))
+    """The EER / minDCF of a split's trials (rows of `embeddings`; default: `sample_trials` at its
+    default cap), scored a chunk at a time."""
     if trials is None:
-        trials = speaker_eval.all_pairs_trials(data.utterances, data.speakers)
-    scores, labels = speaker_eval.trial_scores(by_utterance, trials, lambda a, b: score(a, b, config.scoring))
-    return Evaluation(speaker_eval.verification(scores, labels), embeddings)
+        trials = speaker_eval.sample_trials(data.speakers)
+    scores = speaker_eval.index_scores(
+        embeddings, trials.first, trials.second, lambda a, b: score(a, b, config.scoring)
+    )
+    return Evaluation(speaker_eval.verification(scores, trials.labels), embeddings)
 
 
-def fit_backend(model: keras.Model, data: SplitData, config: EmbedderConfig) -> Optional[LinearBackend]:
-    """The configured back end fitted on `data` (the training speakers), or None."""
+@dataclass
+class BackendSample:
+    """The training utterances the back end is fitted on, and the record of the cap."""
+
+    rows: np.ndarray
+    record: Dict[str, object]
+
+
+def backend_sample(data: SplitData, config: EmbedderTrainConfig) -> BackendSample:
+    """At most `config.backend_max_utterances` training utterances, as even over the speakers
+    as the cap allows (seeded); all of them under the cap."""
+    rows = speaker_eval.balanced_utterances(data.speakers, config.backend_max_utterances, speaker_eval.SAMPLE_SEED)
+    return BackendSample(
+        rows,
+        {
+            "max_utterances": config.backend_max_utterances,
+            "utterances": int(rows.size),
+            "of_utterances": len(data),
+            "speakers": len({data.speakers[k] for k in rows}),
+            "bound": int(rows.size) < len(data),
+        },
+    )
+
+
+def fit_backend(
+    model: keras.Model, data: SplitData, config: EmbedderConfig, rows: Optional[np.ndarray] = None
+) -> Optional[LinearBackend]:
+    """The configured back end fitted on `data` (the training speakers; only its `rows` when
+    given: `backend_sample`), or None. The chosen utterances are embedded once."""
     if config.backend == "none":
         return None
-    embeddings = embed_utterances(model, data.features, config)
-    return fit_lda(embeddings, data.speakers, config.lda_dims, config.lda_shrinkage, config.lda_shrink_toward)
+    rows = np.arange(len(data)) if rows is None else rows
+    embeddings = embed_utterances(model, [data.features[k] for k in rows], config)
+    return fit_lda(
+        embeddings, [data.speakers[k] for k in rows], config.lda_dims, config.lda_shrinkage, config.lda_shrink_toward
+    )
+
+
+def cluster_threshold(
+    embeddings: np.ndarray, data: SplitData, config: EmbedderTrainConfig
+) -> Tuple[float, float, Dict[str, object]]:
+    """(threshold, MR, record): the clustering cut with the lowest MR on at most
+    `config.cluster_max_speakers` validation speakers of at most `config.cluster_max_utterances`
+    utterances each (seeded; all of them under both caps)."""
+    rows, record = speaker_eval.cluster_sample(
+        data.speakers, config.cluster_max_speakers, config.cluster_max_utterances, speaker_eval.SAMPLE_SEED
+    )
+    tree = speaker_eval.linkage_tree(clustering_distances(embeddings[rows], config.model), config.model.linkage)
+    threshold, mr = speaker_eval.best_threshold(tree, [data.speakers[k] for k in rows])
+    return threshold, mr, record
 
 
 # ------------------------------------------------------------------------------------ training
@@ -161,10 +216,11 @@ def best_weights_validation(
     validation EER. With a back end, each evaluation first fits it on the training speakers, so
     that the weights are chosen by what the export will compute."""
     embedder = embedding_model(base, config.model)
-    trials = speaker_eval.all_pairs_trials(splits.validation.utterances, splits.validation.speakers)
+    trials = validation_trials(splits.validation, config)
+    sample = backend_sample(splits.train, config)
 
     def evaluate():
-        backend = fit_backend(embedder, splits.train, config.model)
+        backend = fit_backend(embedder, splits.train, config.model, sample.rows)
         result = evaluate_split(embedder, splits.validation, config.model, trials, backend).verification
         return {"val_eer": result.eer, "val_min_dcf": result.min_dcf}, backend
 
@@ -200,24 +256,32 @@ def finish(
     """After fit (best weights restored): the back end at the best evaluation, the clustering
     threshold chosen on the validation speakers, the summary, and the export when asked for."""
     backend_info: Dict[str, object] = {"kind": config.model.backend}
+    sample = backend_sample(splits.train, config)
     # Fitted on the training speakers only (validation stays unseen, for the threshold below), at
     # the best evaluation, whose weights the model now holds.
     backend = validation.best_state
     if backend is None and config.model.backend != "none":
-        backend = fit_backend(embedder, splits.train, config.model)
+        backend = fit_backend(embedder, splits.train, config.model, sample.rows)
     eval_data = splits.validation
+    trials = validation_trials(eval_data, config)
     raw = embed_utterances(embedder, eval_data.features, config.model)
-    final = verify(raw if backend is None else backend.apply(raw), eval_data, config.model)
+    final = verify(raw if backend is None else backend.apply(raw), eval_data, config.model, trials)
     if backend is not None:
         backend_info.update(
-            backend.to_json(), validation_without_backend=verify(raw, eval_data, config.model).verification.to_json()
+            backend.to_json(),
+            validation_without_backend=verify(raw, eval_data, config.model, trials).verification.to_json(),
         )
-    tree = speaker_eval.linkage_tree(clustering_distances(final.embeddings, config.model), config.model.linkage)
-    threshold, validation_mr = speaker_eval.best_threshold(tree, eval_data.speakers)
+    threshold, validation_mr, clustered = cluster_threshold(final.embeddings, eval_data, config)
+    # Every cap an evaluation ran under, and whether it left anything out.
+    bounds = {
+        "validation_trials": trials.to_json(),
+        "backend_utterances": sample.record if config.model.backend != "none" else None,
+        "clustering": clustered,
+    }
     summary: Dict[str, object] = {
         "config": config.to_json(),
         "features": feature_config.to_json(),
-        "inputs": splits.inputs,
+        "inputs": {**splits.inputs, "evaluation_bounds": bounds},
         **validation.summary(),
         "segments_seen": validation.steps * segments_per_step,
         "train_seconds": round(train_seconds, 1),
@@ -235,7 +299,7 @@ def finish(
             config.model,
             feature_config,
             global_stats,
-            extra={"cluster_threshold": threshold, "best_val_eer": validation.best},
+            extra={"cluster_threshold": threshold, "best_val_eer": validation.best, "evaluation_bounds": bounds},
             backend=backend,
         )
         trainer_contract.write_result(serving_model_dir, summary)

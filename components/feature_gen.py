@@ -35,6 +35,8 @@ def FeatureGen(  # TFX names components in CamelCase
     inventory: Parameter[str] = "",
     language: Parameter[str] = "",
     augment_config: Parameter[str] = "",
+    data_root: Parameter[str] = "",
+    split_overrides: Parameter[str] = "",
 ) -> None:
     from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
@@ -46,7 +48,14 @@ def FeatureGen(  # TFX names components in CamelCase
 
     config = validate_feature_config(FeatureConfig.from_json(json.loads(feature_config)))
     fractions = tuple(float(x) for x in split_fractions.split(","))
-    spec = make_spec(input_path, split_fractions=fractions)
+    # The run's --data-root for a span naming absolute paths ("" = the span's own folder), and the
+    # preflight's split moves ({speaker: split} JSON, pipeline/preflight.py; "" = none).
+    spec = make_spec(
+        input_path,
+        data_root=data_root or None,
+        split_fractions=fractions,
+        split_overrides=json.loads(split_overrides) if split_overrides else None,
+    )
     options = PipelineOptions(json.loads(beam_args))
     options.view_as(SetupOptions).save_main_session = False
     # Augmented copies of the training utterances (speechpipe.audio.augment); "" = none.

@@ -6,13 +6,16 @@ threshold and the champion embedder (speechpipe.components.blessing); its output
 The test speakers are never seen in training (the feature job's splits are speaker-disjoint).
 Both models embed the same test utterances through their `embed_segments` signature (the
 feature job's windows, the mean per utterance). The splits are read by the reader the trainer's
-validation uses (speechpipe.speakers.split_data). The blessing's folder also holds the DET curve
+validation uses (speechpipe.speakers.split_data). Every figure is bounded (`max_trials` trials,
+`cluster_max_speakers` speakers of `cluster_max_utterances` utterances clustered; the run's
+embedder section sets them): a longer trial list, official or built, is scored on a seeded
+sample, and evaluation.json says so. The blessing's folder also holds the DET curve
 (det.png) and a 2-D projection of the test embeddings coloured by speaker (embeddings.png) for
 the run report.
 """
 # No `from __future__ import annotations`: TFX reads the component signature's annotations as types.
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
@@ -29,30 +32,35 @@ PROJECTION_PLOT = "embeddings.png"
 MODEL_KIND = "speaker"
 
 
-# All pairs of validation utterances are the trials the decision threshold is fitted on; a larger
-# validation split is sampled down to this many (seeded), which pins the threshold to well under
-# a percent of FAR at the default target.
-MAX_THRESHOLD_TRIALS = 200_000
 DEFAULT_TARGET_FAR = 0.01
+# Evaluation bounds (the embedder trainer's caps, EmbedderTrainConfig; the pipeline passes the
+# run's values): trials per figure, and speakers / utterances per speaker clustered. A set under
+# its cap is taken whole; speechpipe.speakers.speaker_eval draws the seeded samples.
+MAX_TRIALS = 200_000
+CLUSTER_MAX_SPEAKERS = 64
+CLUSTER_MAX_UTTERANCES = 16
 
 
 def operating_point(
-    embed, validation, score_fn, target_far: float, test_scores, test_labels, where: str
+    embed,
+    validation,
+    score_fn,
+    target_far: float,
+    test_scores,
+    test_labels,
+    where: str,
+    max_trials: int = MAX_TRIALS,
 ) -> Dict[str, object]:
     """The decision threshold a speaker model ships: fitted on the validation speakers (never the
     test ones), at the target false-accept rate, with the EER threshold beside it; and the test
     false-accept and false-reject rates at it, which is what a user of the threshold will get."""
-    import numpy as np
-
     from speechpipe.speakers import speaker_eval
 
-    utterances, speakers = validation.utterances, validation.speakers
-    trials = speaker_eval.all_pairs_trials(utterances, speakers)
-    if len(trials) > MAX_THRESHOLD_TRIALS:
-        keep = np.random.default_rng(0).choice(len(trials), MAX_THRESHOLD_TRIALS, replace=False)
-        trials = [trials[i] for i in sorted(keep)]
-    embeddings = dict(zip(utterances, embed(validation)))
-    scores, labels = speaker_eval.trial_scores(embeddings, trials, score_fn)
+    speakers = validation.speakers
+    # Every pair of validation utterances up to `max_trials`, else a seeded sample drawn by index.
+    trials = speaker_eval.sample_trials(speakers, max_trials, speaker_eval.SAMPLE_SEED)
+    scores = speaker_eval.index_scores(embed(validation), trials.first, trials.second, score_fn)
+    labels = trials.labels
     threshold = speaker_eval.threshold_at_far(scores, labels, target_far)
     eer = speaker_eval.equal_error_rate(scores, labels)
     test_far, test_frr = speaker_eval.rates_at(test_scores, test_labels, threshold)
@@ -70,6 +78,7 @@ def operating_point(
         "test_frr_at_eer_threshold": eer_frr,
         "validation_speakers": len(set(speakers)),
         "validation_trials": len(trials),
+        "validation_trial_bound": trials.to_json(),
     }
 
 
@@ -82,6 +91,9 @@ def embedder_metrics(
     validation=None,
     target_far: float = DEFAULT_TARGET_FAR,
     where: str = "the test span",
+    max_trials: int = MAX_TRIALS,
+    cluster_max_speakers: int = CLUSTER_MAX_SPEAKERS,
+    cluster_max_utterances: int = CLUSTER_MAX_UTTERANCES,
 ) -> Dict[str, object]:
     """EER and minDCF on a trial list, and agglomerative clustering of the test utterances with
     the number of speakers given and with the model's own threshold (chosen on its validation
@@ -107,12 +119,19 @@ def embedder_metrics(
     embeddings = embed(test)
     scoring = config.scoring
     score_fn = lambda a, b: score(a, b, scoring)  # noqa: E731
+    # A longer list than the cap is scored on a seeded, label-stratified sample (the record says so).
+    trials, trial_bound = speaker_eval.cap_trials(trials, max_trials, speaker_eval.SAMPLE_SEED)
     scores, labels = speaker_eval.trial_scores(dict(zip(utterances, embeddings)), trials, score_fn)
     result = speaker_eval.verification(scores, labels)
     fpr, fnr = speaker_eval.det_curve(scores, labels)
+    # Clustered: at most `cluster_max_speakers` test speakers of `cluster_max_utterances` each.
+    rows, cluster_bound = speaker_eval.cluster_sample(
+        speakers, cluster_max_speakers, cluster_max_utterances, speaker_eval.SAMPLE_SEED
+    )
+    clustered_speakers = [speakers[k] for k in rows]
     clusters = speaker_eval.clustering(
-        clustering_distances(embeddings, config),
-        speakers,
+        clustering_distances(embeddings[rows], config),
+        clustered_speakers,
         threshold=loaded.info.get("cluster_threshold"),
         method=config.linkage,
     )
@@ -127,13 +146,16 @@ def embedder_metrics(
         "mr_threshold": float(clusters.mr_threshold),
         "clusters_threshold": int(clusters.clusters_threshold),
         "det": [fpr.tolist(), fnr.tolist()],
+        "bounds": {"test_trials": trial_bound, "clustering": cluster_bound},
     }
     if validation is not None:
-        metrics["operating_point"] = operating_point(embed, validation, score_fn, target_far, scores, labels, where)
+        metrics["operating_point"] = operating_point(
+            embed, validation, score_fn, target_far, scores, labels, where, max_trials
+        )
     if plot_dir:
         metrics["projection_png"] = speaker_eval.plot_embeddings(
-            embeddings,
-            speakers,
+            embeddings[rows],
+            clustered_speakers,
             storage.join(plot_dir, f"{label}_{PROJECTION_PLOT}"),
             title=f"{label}: test speakers never seen in training",
         )
@@ -151,7 +173,12 @@ def SpeakerEvaluator(
     min_eer_improvement: Parameter[float] = 0.0,
     data_key: Parameter[str] = "",
     target_far: Parameter[float] = 0.01,
+    max_trials: Parameter[int] = MAX_TRIALS,
+    cluster_max_speakers: Parameter[int] = CLUSTER_MAX_SPEAKERS,
+    cluster_max_utterances: Parameter[int] = CLUSTER_MAX_UTTERANCES,
 ) -> None:
+    import logging
+
     import numpy as np
 
     from speechpipe.speakers import speaker_eval
@@ -179,6 +206,7 @@ def SpeakerEvaluator(
         validation, no_threshold = None, f"no decision threshold: {error}"
     curves: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
     operating: Dict[str, object] = {}
+    notes: List[str] = []
 
     def measure(saved_model: str, role: str) -> Dict[str, object]:
         is_candidate = role == "candidate"
@@ -191,7 +219,19 @@ def SpeakerEvaluator(
             validation if is_candidate else None,
             target_far,
             f"span {examples.span}",
+            max_trials,
+            cluster_max_speakers,
+            cluster_max_utterances,
         )
+        capped = metrics["bounds"]["test_trials"]
+        if capped["bound"]:  # never silently: the EER is not the listed protocol's
+            note = (
+                f"{role}: {capped['trials']} of the {capped['listed']} trials of the "
+                f"{'official' if official else 'built'} list scored (seeded, label-stratified; "
+                f"max_trials={max_trials})"
+            )
+            logging.getLogger(__name__).warning("%s", note)
+            notes.append(note)
         fpr, fnr = metrics.pop("det")  # the DET points go into the PNG
         curves[role] = (np.array(fpr), np.array(fnr))
         if is_candidate:
@@ -208,6 +248,13 @@ def SpeakerEvaluator(
                 # The decision threshold the pusher ships with the model (`speechpipe verify` uses it).
                 "operating_point": operating.get("point")
                 or ({"threshold": None, "why": no_threshold} if no_threshold else None),
+                # The caps every figure ran under (each model's `bounds` says whether one bound).
+                "evaluation_bounds": {
+                    "max_trials": max_trials,
+                    "cluster_max_speakers": cluster_max_speakers,
+                    "cluster_max_utterances": cluster_max_utterances,
+                    "trial_list_capped": notes,
+                },
             }
         )
 

@@ -73,6 +73,12 @@ def gate_reasons(
         reasons.append(
             f"{dead} of {inputs} inputs dead-lettered ({dead / inputs:.0%} > {max_dead_letter_fraction:.0%}): "
             f"{by_reason}"
+            + (
+                # Audio named by absolute paths (a Kaldi wav.scp, a manifest) outside the span's folder.
+                "; audio outside the data root: give `speechpipe run --data-root DIR`, a folder holding it"
+                if by_reason.get("outside_root")
+                else ""
+            )
         )
     train = int(examples_props.get("good", {}).get("train", 0))
     if train < min_train_examples:

@@ -118,7 +118,7 @@ class CompiledPipeline:
 # --------------------------------------------------------------------------------- building
 
 
-def build_pipeline(config: RunConfig, cluster: ClusterConfig):
+def build_pipeline(config: RunConfig, cluster: ClusterConfig, preflight=None):
     """The pipeline for a cluster, from `create_pipeline` with the arguments of
     `local_runner.pipeline_arguments`, plus the cluster's own: no SQLite metadata connection (the orchestrator
     records into its own store), spans passed as the pods see them, the image's schema file, the
@@ -136,7 +136,7 @@ def build_pipeline(config: RunConfig, cluster: ClusterConfig):
     fingerprints = [span_fingerprint(s) for s in config.all_spans]
     keys = data_keys(config, fingerprints)
     pipeline = create_pipeline(
-        **pipeline_arguments(config, fingerprints, keys),
+        **pipeline_arguments(config, fingerprints, keys, preflight),
         schema_path=cluster.schema_file,
         tracking_uri=cluster.tracking_uri,
         # The MLflow server's default artifact root (e.g. gs://BUCKET/mlflow) holds the models.
@@ -203,8 +203,9 @@ def _explain(error: Exception) -> str:
     return text
 
 
-def compile_pipeline(config: RunConfig, cluster: ClusterConfig) -> CompiledPipeline:
-    """Builds and compiles the pipeline; nothing is written."""
+def compile_pipeline(config: RunConfig, cluster: ClusterConfig, preflight=None) -> CompiledPipeline:
+    """Builds and compiles the pipeline; nothing is written. `preflight` (pipeline/preflight.py)
+    hands each span's split moves to its FeatureGen."""
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
     from speechpipe.components.champion_resolver import kubeflow_champions
@@ -214,7 +215,7 @@ def compile_pipeline(config: RunConfig, cluster: ClusterConfig) -> CompiledPipel
     # The champion resolvers in the form KubeflowV2DagRunner compiles; their rules go into the
     # compiled queries below.
     with kubeflow_champions() as champions:
-        pipeline, keys, fingerprints = build_pipeline(config, cluster)
+        pipeline, keys, fingerprints = build_pipeline(config, cluster, preflight)
     trainer_ids = apply_resources(pipeline, cluster.target, cluster.trainer, TRAINER_NODE_IDS, cluster.others)
     clauses = _champion_queries(champions)
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
@@ -447,7 +448,12 @@ def run(argv: Optional[List[str]] = None) -> int:
         raise ConfigError("--schedule picks up new spans through --spans-from ROOT; give it")
     try:
         config, cluster = configs_from_args(args)
-        compiled = compile_pipeline(config, cluster)
+        from speechpipe.pipeline.preflight import check
+
+        # The spans this machine can list are checked before compiling (the others are reported
+        # as skipped): a branch that could not train or be evaluated stops here, not on the cluster.
+        preflight = None if args.skip_preflight else check(validate_run_config(config), sys.stdout)
+        compiled = compile_pipeline(config, cluster, preflight)
     except (ResourceError, beam_options.BeamOptionsError) as error:
         raise ConfigError(str(error)) from error
     except CompileError as error:

@@ -13,6 +13,7 @@ validation gate, an error) still writes its report, then exits non-zero.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import os
@@ -20,7 +21,7 @@ import sys
 import time
 import uuid
 from dataclasses import replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from speechpipe.filenames import MANIFEST_FILE
 from speechpipe.io.storage import is_uri
@@ -85,10 +86,14 @@ def new_run_id() -> str:
     return datetime.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def pipeline_arguments(config: RunConfig, fingerprints: List[str], keys: Dict[str, str]) -> Dict[str, object]:
+def pipeline_arguments(
+    config: RunConfig, fingerprints: List[str], keys: Dict[str, str], preflight=None
+) -> Dict[str, object]:
     """`create_pipeline`'s arguments that come from the run's configuration, the same for every
     orchestrator; each runner adds its own (metadata connection, schema file, registry URI and
-    artifact root). `fingerprints` are those of `config.all_spans`, `keys` the branches' data keys."""
+    artifact root). `fingerprints` are those of `config.all_spans`, `keys` the branches' data keys,
+    `preflight` the run's pipeline/preflight.py result (its split moves), if it ran."""
+    from speechpipe.pipeline.preflight import span_options
 
     def where(path: str) -> str:
         return path if is_uri(path) else os.path.abspath(path)
@@ -124,11 +129,13 @@ def pipeline_arguments(config: RunConfig, fingerprints: List[str], keys: Dict[st
         enable_cache=config.enable_cache,
         champion_from=config.champion_from,
         language=config.language,
+        span_options=span_options(config, preflight),
     )
 
 
-def build(config: RunConfig):
-    """The pipeline for a validated config, and the data key and span fingerprints it uses."""
+def build(config: RunConfig, preflight=None):
+    """The pipeline for a validated config, and the data key and span fingerprints it uses;
+    `preflight` (pipeline/preflight.py) hands each span's split moves to its FeatureGen."""
     from tfx import v1 as tfx
 
     from speechpipe.io.schema import schema_path
@@ -139,7 +146,7 @@ def build(config: RunConfig):
     os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
     artifact_root = embedded_artifact_root(config.home_abs) if config.registry_uri.startswith("sqlite:") else ""
     pipeline = create_pipeline(
-        **pipeline_arguments(config, fingerprints, keys),
+        **pipeline_arguments(config, fingerprints, keys, preflight),
         schema_path=schema_path(),
         tracking_uri=config.registry_uri,
         artifact_root=artifact_root,
@@ -165,58 +172,89 @@ def log_path(config: RunConfig, run_id: str) -> str:
     return os.path.join(config.home_abs, "logs", f"{run_id}.log")
 
 
-def run_pipeline(
-    config: RunConfig, run_id: Optional[str] = None, out=sys.stdout, report: bool = True
-) -> Dict[str, object]:
-    """Runs the pipeline once; returns the run's summary (see `speechpipe.results.report.collect`). Does
-    not raise on a failed run: the summary's `status` is `failed` and `error` says why. A failed
-    node stops its own branch; the other branch still runs to its end."""
-    config = validate_run_config(config)
-    run_id = run_id or new_run_id()
-    os.makedirs(config.home_abs, exist_ok=True)
-    started = time.time()
-    branches = ", ".join(f"{b} on {len(config.branch_spans(b))} span(s)" for b in config.branches)
-    print(f"[run] {run_id}: {branches}, home {config.home_abs}", file=out, flush=True)
-    pipeline, keys, fingerprints = build(config)
+# Loggers whose lines belong in the run's log file only: TFX's (absl), Beam's (its own, and its
+# SDK workers' lines, which the runner logs under apache_beam.runners.portability), MLflow's (its
+# INFO lines on opening a store) and the libraries under them. The terminal gets one line per event.
+FILE_ONLY_LOGGERS = ("absl", "apache_beam", "mlflow", "alembic", "sqlalchemy")
 
+
+@contextlib.contextmanager
+def run_logging(path: str, out: Optional[TextIO] = None) -> Iterator[logging.Handler]:
+    """While a run lasts: every line of FILE_ONLY_LOGGERS (INFO and up; alembic and sqlalchemy
+    at WARNING) goes to the log file at `path` and not to the terminal, and speechpipe's own INFO
+    lines (the trainers' epoch lines, warm start) go to both. Each logger's level, handlers and
+    propagation are put back afterwards. `out`: default the current sys.stdout."""
     from absl import logging as absl_logging
 
-    progress = _Progress(out)
-    # TFX's and Beam's own lines go to the run's log file only: the terminal gets one line per event.
-    os.makedirs(os.path.dirname(log_path(config, run_id)), exist_ok=True)
-    log_file = logging.FileHandler(log_path(config, run_id), encoding="utf-8")
+    out = sys.stdout if out is None else out
+
+    try:  # MLflow replaces its loggers' handlers when imported: import it first, then route them.
+        import mlflow  # noqa: F401
+    except ImportError:
+        pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    log_file = logging.FileHandler(path, encoding="utf-8")
     log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    tfx_logger = logging.getLogger("absl")
-    previous = (tfx_logger.level, tfx_logger.propagate, absl_logging.get_verbosity())
+    saved = []
+    absl_verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.INFO)
-    tfx_logger.setLevel(logging.INFO)
-    tfx_logger.propagate = False
-    tfx_logger.addHandler(log_file)
-    # speechpipe's own INFO lines (the trainers' epoch lines, warm start) on the terminal too. Not
-    # propagated: a root handler (Beam and TFX install one) would print every line again.
+    for name in FILE_ONLY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate, list(logger.handlers)))
+        logger.handlers = [log_file]
+        logger.setLevel(logging.WARNING if name in ("alembic", "sqlalchemy") else logging.INFO)
+        # Not propagated: a root handler (Beam and TFX install one) would print every line.
+        logger.propagate = False
     ours = logging.getLogger("speechpipe")
-    ours_previous = (ours.level, ours.propagate)
+    saved.append((ours, ours.level, ours.propagate, list(ours.handlers)))
     epoch_lines = logging.StreamHandler(out)
     epoch_lines.setFormatter(logging.Formatter("[run]   %(message)s"))
     ours.setLevel(logging.INFO)
     ours.propagate = False
     ours.addHandler(epoch_lines)
     ours.addHandler(log_file)
-    error: Optional[BaseException] = None
     try:
-        _execute(pipeline, run_id, progress)
-    except Exception as e:  # reported, then returned as status=failed
-        error = e
+        yield log_file
     finally:
-        tfx_logger.removeHandler(log_file)
-        ours.removeHandler(epoch_lines)
-        ours.removeHandler(log_file)
+        for logger, level, propagate, handlers in saved:
+            logger.handlers = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
+        absl_logging.set_verbosity(absl_verbosity)
         log_file.close()
-        ours.setLevel(ours_previous[0])
-        ours.propagate = ours_previous[1]
-        tfx_logger.setLevel(previous[0])
-        tfx_logger.propagate = previous[1]
-        absl_logging.set_verbosity(previous[2])
+
+
+def run_pipeline(
+    config: RunConfig,
+    run_id: Optional[str] = None,
+    out: Optional[TextIO] = None,
+    report: bool = True,
+    preflight: bool = True,
+) -> Dict[str, object]:
+    """Runs the pipeline once; returns the run's summary (see `speechpipe.results.report.collect`). Does
+    not raise on a failed run: the summary's `status` is `failed` and `error` says why. A failed
+    node stops its own branch; the other branch still runs to its end. A configuration that fails
+    validation or the preflight (pipeline/preflight.py: a branch that could not be trained or
+    evaluated on these spans) raises ConfigError before any node runs; `preflight=False` skips it
+    (no listing, no checks, no split moves: splits by the speaker hash alone)."""
+    from speechpipe.pipeline.preflight import check
+
+    out = sys.stdout if out is None else out  # the current stdout, not the one at import
+    config = validate_run_config(config)
+    run_id = run_id or new_run_id()
+    os.makedirs(config.home_abs, exist_ok=True)
+    started = time.time()
+    branches = ", ".join(f"{b} on {len(config.branch_spans(b))} span(s)" for b in config.branches)
+    print(f"[run] {run_id}: {branches}, home {config.home_abs}", file=out, flush=True)
+    checked = check(config, out) if preflight else None
+    progress = _Progress(out)
+    error: Optional[BaseException] = None
+    with run_logging(log_path(config, run_id), out):
+        pipeline, keys, fingerprints = build(config, checked)
+        try:
+            _execute(pipeline, run_id, progress)
+        except Exception as e:  # reported, then returned as status=failed
+            error = e
     from speechpipe.results import report as report_module
 
     summary = report_module.collect(
@@ -228,13 +266,16 @@ def run_pipeline(
         wall_seconds=time.time() - started,
         progress=progress.nodes,
     )
+    summary["preflight"] = checked.to_json() if checked is not None else None
     if report:
         summary["report"] = report_module.write(config, summary)
     return summary
 
 
-def print_summary(summary: Dict[str, object], out=sys.stdout) -> None:
+def print_summary(summary: Dict[str, object], out: Optional[TextIO] = None) -> None:
     from speechpipe.results.report import summary_lines
+
+    out = sys.stdout if out is None else out
 
     for line in summary_lines(summary):
         print(line, file=out)
@@ -340,6 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
         "names the test speakers: then the validation share of the dev speakers is "
         f"VALIDATION / (TRAIN + VALIDATION)); default {','.join(str(f) for f in d.split_fractions)}",
     )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="the folder (or URI prefix) holding the audio of manifest and Kaldi spans that name "
+        "absolute paths: their audio is read from it and confined to it (default: each span's own "
+        "folder; a VoxCeleb-layout folder is always its own root)",
+    )
+    parser.add_argument(
+        "--skip-preflight",
+        action="store_true",
+        help="do not list and check the spans before the run (pipeline/preflight.py): no check, and no "
+        "split moves (each speaker's split by the hash of its id alone)",
+    )
     parser.add_argument("--pipeline-name", default=None, help=f"default {d.pipeline_name}")
     parser.add_argument(
         "--test-span",
@@ -440,6 +495,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--embedder-minutes", type=float, default=None, help=f"training budget (default {e.max_seconds / 60:g})"
     )
     speaker.add_argument(
+        "--speakers-per-batch",
+        type=int,
+        default=None,
+        metavar="P",
+        help=f"speakers in each training batch; the training split needs at least P (default {e.speakers_per_batch})",
+    )
+    speaker.add_argument(
+        "--segments-per-speaker",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"segments of each speaker in a batch (default {e.segments_per_speaker})",
+    )
+    speaker.add_argument(
         "--embedder-model-name", default=None, help=f"the registry model (default {d.embedder_model_name})"
     )
     both = parser.add_mutually_exclusive_group()
@@ -517,6 +586,11 @@ def config_from_args(args: argparse.Namespace, demo_corpus: bool = True) -> RunC
     embedder = base.embedder
     if args.embedder_minutes is not None:
         embedder = replace(embedder, max_seconds=60.0 * args.embedder_minutes)
+    embedder = replace(
+        embedder,
+        speakers_per_batch=_given(args.speakers_per_batch, embedder.speakers_per_batch),
+        segments_per_speaker=_given(args.segments_per_speaker, embedder.segments_per_speaker),
+    )
     split_fractions = base.split_fractions
     if args.split_fractions is not None:
         split_fractions = tuple(float(f) for f in args.split_fractions.split(","))
@@ -530,6 +604,7 @@ def config_from_args(args: argparse.Namespace, demo_corpus: bool = True) -> RunC
         trials_file=_given(args.trials, base.trials_file),
         language=_given(args.language, base.language),
         split_fractions=split_fractions,
+        data_root=_given(args.data_root, base.data_root),
         pipeline_name=_given(args.pipeline_name, base.pipeline_name),
         test_span=_given(args.test_span, base.test_span),
         features=replace(base.features, normalization=_given(args.normalization, base.features.normalization)),
@@ -582,13 +657,14 @@ def speaker_augment_from_args(
     )
 
 
-def _ensure_demo_corpus(config: RunConfig, out=sys.stdout) -> None:
+def _ensure_demo_corpus(config: RunConfig, out: Optional[TextIO] = None) -> None:
     """The default span is the demo corpus under the home folder: synthesise it once. A corpus
     made with other settings (an older default) is used as it is, with a notice: its features,
     models and registry entries may already build on it."""
     from speechpipe.config import DEMO_CORPUS
     from speechpipe.corpus.synth import read_corpus_settings, synthesize_corpus
 
+    out = sys.stdout if out is None else out
     default = os.path.join(config.home, "corpus", MANIFEST_FILE)
     if config.all_spans != (default,):
         return
@@ -630,7 +706,7 @@ def run(argv: Optional[List[str]] = None) -> int:
         return 0
     config = config_from_args(args)
     _ensure_demo_corpus(config)
-    summary = run_pipeline(config)
+    summary = run_pipeline(config, preflight=not args.skip_preflight)
     print_summary(summary)
     return 0 if summary["status"] == "succeeded" else 1
 

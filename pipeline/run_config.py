@@ -108,6 +108,10 @@ class RunConfig:
     # open-source KFP runs no resolver tasks; `speechpipe compile --champion-from registry`).
     champion_from: str = "resolver"  # one of CHAMPION_SOURCES
     split_fractions: Tuple[float, float, float] = SPLIT_FRACTIONS  # for inputs without splits
+    # The folder (or URI prefix) that audio paths of the manifest and Kaldi spans are read from
+    # and confined to, for inputs naming absolute paths; "" = each span's own folder. A
+    # VoxCeleb-layout folder is always its own root (pipeline/preflight.py, span_data_root).
+    data_root: str = ""
 
     # ---------------------------------------------------------------- spans per branch
     @property
@@ -381,6 +385,8 @@ def validate_run_config(config: RunConfig) -> RunConfig:
         or min(config.split_fractions) < 0
     ):
         raise ConfigError(f"split_fractions={config.split_fractions}: three non-negative fractions summing to 1")
+    if config.data_root and not is_uri(config.data_root) and not os.path.isdir(config.data_root):
+        raise ConfigError(f"data_root={config.data_root!r}: no such folder")
     if config.champion_from not in CHAMPION_SOURCES:
         raise ConfigError(f"champion_from={config.champion_from!r}: one of {', '.join(CHAMPION_SOURCES)}")
     if not config.ctc_model_name or not config.embedder_model_name:

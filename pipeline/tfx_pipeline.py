@@ -87,6 +87,7 @@ def create_pipeline(
     champion_from: str = "resolver",
     language: str = "",
     speaker_augment: Optional[Dict[str, object]] = None,
+    span_options: Sequence[Dict[str, str]] = (),
 ) -> tfx.dsl.Pipeline:
     """spans: (input path, content fingerprint) per span, span number = position. ctc_spans and
     speaker_spans: the numbers of each branch's spans, oldest first (None: every span for the CTC
@@ -95,6 +96,8 @@ def create_pipeline(
     trials_file: an official VoxCeleb trial list for the speaker evaluator ("" = the test span's
     own). language: the corpus language, for transcripts given as text ("" = IPA only).
     speaker_augment: AugmentConfig json for the speaker branch's training splits (None = clean).
+    span_options: per span, FeatureGen parameters beyond the defaults (`data_root`, the
+    preflight's `split_overrides`; pipeline/preflight.py, span_options); () = none.
     champion_from: "resolver" (the champion through ML Metadata, ChampionStrategy) or "registry"
     (a container step reads the MLflow registry's `champion` alias: for orchestrators without
     resolver tasks, open-source KFP; components/registry_champion.py)."""
@@ -119,6 +122,7 @@ def create_pipeline(
         min_train_examples,
         language,
         components,
+        span_options,
     )
 
     if ctc_spans:
@@ -173,6 +177,18 @@ def create_pipeline(
     )
 
 
+def statistics_options():
+    """TFDV's options for every StatisticsGen. Its exact top-k counts of a string feature keep
+    every distinct value, and each record's `features` blob (and utterance id) is distinct, so
+    the exact pass holds the whole span's feature bytes (3.4x the memory for 4x the utterances);
+    the sketches (Misra-Gries top-k, KMV distinct counts) are fixed-size (bench/bench_statistics.py).
+    The validator's checks are unchanged: presence and value counts are exact either way, and the
+    one string domain (`split`, three values) is counted exactly by a sketch of that size."""
+    import tensorflow_data_validation as tfdv
+
+    return tfdv.StatsOptions(use_sketch_based_topk_uniques=True)
+
+
 class _SpanFeatures:
     """The feature nodes of every span, made once per (span, feature set) and shared by the
     branches that read them. The first feature set made for a span is checked (statistics,
@@ -189,8 +205,10 @@ class _SpanFeatures:
         min_train_examples,
         language,
         components: List,
+        span_options: Sequence[Dict[str, str]] = (),
     ) -> None:
         self.spans, self.schema_gen, self.components = spans, schema_gen, components
+        self.span_options = list(span_options)
         self.beam_args, self.split_fractions = json.dumps(list(beam_args)), ",".join(str(f) for f in split_fractions)
         self.max_dead_letter_fraction, self.min_train_examples = max_dead_letter_fraction, min_train_examples
         self.language = language
@@ -220,6 +238,8 @@ class _SpanFeatures:
             split_fractions=self.split_fractions,
             language=self.language,
             augment_config=augment,
+            # Given only when set, so that a span without them keeps its execution properties.
+            **(self.span_options[span] if span < len(self.span_options) else {}),
         ).with_id(f"{prefix}FeatureGen_span{span}")
         self.components.append(features)
         if span in self._gates:
@@ -227,9 +247,9 @@ class _SpanFeatures:
             features.add_upstream_node(gate)
         else:
             # Statistics of every split, for the validator and the report.
-            statistics = tfx.components.StatisticsGen(examples=features.outputs["examples"]).with_id(
-                f"{prefix}StatisticsGen_span{span}"
-            )
+            statistics = tfx.components.StatisticsGen(
+                examples=features.outputs["examples"], stats_options=statistics_options()
+            ).with_id(f"{prefix}StatisticsGen_span{span}")
             # Checks the span against the imported schema; it only reports.
             validator = tfx.components.ExampleValidator(
                 statistics=statistics.outputs["statistics"],
@@ -402,6 +422,7 @@ def _speaker_branch(
     from speechpipe.components.pair_gen import PairGen
     from speechpipe.components.registry_pusher import RegistryPusher
     from speechpipe.components.speaker_evaluator import SpeakerEvaluator
+    from speechpipe.speakers.embedder.config import EmbedderTrainConfig
 
     for span in span_numbers:
         if span in ctc_span_numbers:  # the CTC features and their gate come first on a shared span
@@ -427,7 +448,9 @@ def _speaker_branch(
         gates,
         {"features": feature_config.to_json(), "embedder": dict(embedder_config), "warm_start": warm_start},
     ).with_id(SPEAKER_TRAINER_ID)
-    # EER on the test span's trial list (speakers never seen), against the threshold and the champion.
+    # EER on the test span's trial list (speakers never seen), against the threshold and the champion,
+    # under the caps the trainer's validation keeps (the run's embedder section).
+    bounds = EmbedderTrainConfig.from_json(dict(embedder_config))
     evaluator = SpeakerEvaluator(
         model=trainer.outputs["model"],
         examples=test_examples,
@@ -437,6 +460,9 @@ def _speaker_branch(
         min_eer_improvement=min_eer_improvement,
         data_key=data_key,
         target_far=target_far,
+        max_trials=bounds.max_trials,
+        cluster_max_speakers=bounds.cluster_max_speakers,
+        cluster_max_utterances=bounds.cluster_max_utterances,
     ).with_id(f"{SPEAKER_PREFIX}Evaluator")
     # Registers, loads back, smoke-tests `embed` and crowns the embedder, only when blessed.
     pusher = RegistryPusher(

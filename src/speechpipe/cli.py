@@ -56,6 +56,37 @@ def _registry_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    """What a corpus gives a speaker-branch run, from its listing alone (pipeline/preflight.py)."""
+    from dataclasses import replace
+
+    from speechpipe.pipeline.preflight import run_preflight
+    from speechpipe.pipeline.run_config import SPEAKER, RunConfig, validate_run_config
+
+    base = RunConfig()
+    config = RunConfig(
+        spans=tuple(args.corpus),
+        branches=(SPEAKER,),
+        data_root=args.data_root or "",
+        trials_file=args.trials or "",
+        split_fractions=(
+            tuple(float(f) for f in args.split_fractions.split(",")) if args.split_fractions else base.split_fractions
+        ),
+        embedder=replace(
+            base.embedder,
+            speakers_per_batch=args.speakers_per_batch or base.embedder.speakers_per_batch,
+        ),
+    )
+    result = run_preflight(validate_run_config(config))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1, sort_keys=True))
+    else:
+        for line in result.lines():
+            print(line)
+        print(f"listed in {result.seconds:.1f} s")
+    return 1 if result.problems else 0
+
+
 # Beam jobs parse their own arguments (Beam's parse_known_args style), so that runner options
 # such as --runner or --direct_running_mode pass straight through to PipelineOptions.
 BEAM_JOBS: Dict[str, str] = {
@@ -121,6 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
         job.add_argument("job_args", nargs=argparse.REMAINDER, help="see `speechpipe %(prog)s --help`")
         job.set_defaults(handler=_beam_job(module))
 
+    inspect = commands.add_parser(
+        "inspect",
+        help="what a corpus holds and what a speaker-branch run would make of it, before any audio is read",
+        description="Lists a corpus (manifest.jsonl, VoxCeleb/LibriSpeech/CN-Celeb-layout folder, Kaldi "
+        "dir) with the feature job's own rules, without decoding audio, and reports per split: speakers, "
+        "utterances, sessions and utterances per speaker, and the same-/different-speaker trials each "
+        "evaluation split can give. Exits 1 when `speechpipe run` would stop on it, naming the fix.",
+    )
+    inspect.add_argument("corpus", nargs="+", help="the span(s), oldest first, as `speechpipe run --span` takes them")
+    inspect.add_argument("--data-root", default=None, metavar="DIR", help="as `speechpipe run --data-root`")
+    inspect.add_argument("--split-fractions", default=None, metavar="TRAIN,VALIDATION,TEST", help="as `speechpipe run`")
+    inspect.add_argument("--speakers-per-batch", type=int, default=None, metavar="P", help="as `speechpipe run`")
+    inspect.add_argument("--trials", default=None, metavar="FILE", help="an official trial list to check")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.set_defaults(handler=_inspect)
+
     registry = commands.add_parser("registry", help="the MLflow model registry")
     registry_commands = registry.add_subparsers(dest="registry_command", metavar="ACTION")
     registry_commands.required = True
@@ -171,9 +218,18 @@ def quiet_dependency_warnings() -> None:
     os.environ["PYTHONWARNINGS"] = f"{user},{ours}" if user and ours not in user else (user or ours)
 
 
+def quiet_mlflow() -> None:
+    """MLflow prints INFO lines on opening a store (`INFO mlflow.store.db.utils ...`) on every
+    command that reaches the registry; WARNING and up still show. `speechpipe run` writes
+    MLflow's INFO lines to the run's log file (pipeline/local_runner.py, run_logging). Set
+    MLFLOW_LOGGING_LEVEL yourself to see them on the terminal."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     quiet_tensorflow()
     quiet_dependency_warnings()
+    quiet_mlflow()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in BEAM_JOBS:
         # argparse's REMAINDER does not take leading --options: hand the job its argv directly.

@@ -101,6 +101,12 @@ class FeatureConfig:
     def n_bins(self) -> int:
         return self.n_mels if self.kind == "logmel" else self.n_fft // 2 + 1
 
+    @property
+    def max_frames(self) -> int:
+        """Frames of the longest audio the feature job keeps (`max_seconds`; longer is dead-lettered)."""
+        samples = int(self.max_seconds * self.sample_rate)
+        return max(0, (samples - self.n_fft) // self.hop_length + 1)
+
     def to_json(self) -> Dict[str, object]:
         return asdict(self)
 

@@ -72,7 +72,7 @@ def untrained_embedder(folder: str) -> str:
     return folder
 
 
-def pair_gen(span: str, out: str):
+def pair_gen(span: str, out: str, blocks_per_speaker: int = 0):
     """PairGen on the span: its SpeakerPairs artifact (the test list and its properties)."""
     from tfx.types import standard_artifacts
 
@@ -81,7 +81,13 @@ def pair_gen(span: str, out: str):
     examples = artifact(standard_artifacts.Examples, span)
     examples.span = 0
     pairs = artifact(SpeakerPairs, out)
-    PairGen.test_call(examples=examples, pairs=pairs, beam_args=json.dumps(IN_MEMORY), seed=0)
+    PairGen.test_call(
+        examples=examples,
+        pairs=pairs,
+        beam_args=json.dumps(IN_MEMORY),
+        seed=0,
+        blocks_per_speaker=blocks_per_speaker,
+    )
     return pairs
 
 

@@ -64,9 +64,17 @@ class InputSpec:
     split_seed: int = 0
     meta_file: str = ""
     speaker_sets: Optional[Mapping[str, str]] = field(default=None, compare=False, hash=False, repr=False)
+    # {speaker: split} for the few speakers whose hash-drawn split the run's preflight moved, so
+    # that each evaluation split gets two speakers with two utterances (speechpipe.jobs.
+    # corpus_inventory.plan_split_overrides): listing the corpus is the preflight's, which has
+    # to list it anyway; the job stays streaming. Utterances with a split of their own keep it.
+    split_overrides: Optional[Mapping[str, str]] = field(default=None, compare=False, hash=False, repr=False)
 
     def split_rule(self) -> str:
         """How this input's utterances get their splits, for the job's summary."""
+        moved = ""
+        if self.split_overrides:
+            moved = f"; {len(self.split_overrides)} speaker(s) moved by the run's preflight (split_overrides)"
         if self.speaker_sets is not None:
             sets = list(self.speaker_sets.values())
             dev = sets.count("train") + sets.count("validation")
@@ -78,7 +86,7 @@ class InputSpec:
             )
         return (
             f"by speaker id, fractions {list(self.split_fractions)} with seed {self.split_seed}, where an "
-            "input line names no split"
+            f"input line names no split{moved}"
         )
 
 
@@ -279,11 +287,16 @@ def _resolve_inside_uri(root: str, path: str) -> Tuple[Optional[str], str]:
     return None, f"{path!r}: the path leads outside the data root {root!r} (to {resolved!r})"
 
 
+def split_draw(speaker: str, seed: int) -> float:
+    """The speaker's seeded draw in [0, 1) that `assign_split` compares with the fractions."""
+    digest = hashlib.sha256(f"{seed}:{speaker}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def assign_split(speaker: str, fractions: Tuple[float, float, float], seed: int) -> str:
     """A split drawn from the speaker id alone, so every utterance of a speaker lands together
     and a speaker keeps its split when more data arrives."""
-    digest = hashlib.sha256(f"{seed}:{speaker}".encode("utf-8")).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
+    u = split_draw(speaker, seed)
     if u < fractions[0]:
         return "train"
     return "validation" if u < fractions[0] + fractions[1] else "test"
@@ -408,7 +421,8 @@ def _record(
             item, OUTSIDE_ROOT, f"{why}; to read audio there, give --data-root a folder that holds it", utterance
         )
     if split is None:
-        split = assign_split(speaker, spec.split_fractions, spec.split_seed)
+        moved = spec.split_overrides.get(speaker) if spec.split_overrides else None
+        split = moved or assign_split(speaker, spec.split_fractions, spec.split_seed)
     elif split not in SPLITS:
         return _dead(item, INVALID_SPLIT, f"split {split!r} is not one of {SPLITS}", utterance)
     return SourceRecord(
@@ -453,17 +467,41 @@ def _parse_manifest_line(item: RawInput, spec: InputSpec):
     )
 
 
+def session_from_name(stem: str) -> str:
+    """The session a file name gives in a layout without session folders: CN-Celeb's
+    `<genre>-<nn>-<nnn>` (`singing-01-001`) is utterance 001 of session `singing-01`, LibriSpeech's
+    `<speaker>-<chapter>-<nnnn>` utterance nnnn of its chapter. A name without '-' gives ''."""
+    head, sep, _ = stem.rpartition("-")
+    return head if sep and head else ""
+
+
 def _parse_voxceleb(item: RawInput, spec: InputSpec):
     """A VoxCeleb file: <speaker>/<session>/<utterance>.<ext>, directly under the root, or, in a
     root with a meta file (the datasets as they ship), under their audio folder: VoxCeleb1's
     wav/, VoxCeleb2's dev/aac/ and test/aac/. The utterance id is what the official trial lists
-    name: `id10270/x6uYqmx31kE/00001`."""
+    name: `id10270/x6uYqmx31kE/00001`. LibriSpeech's <speaker>/<chapter>/<file> is the same shape
+    (the chapter is the session).
+
+    Corpora without session folders, <speaker>/<utterance>.<ext> (CN-Celeb's
+    `id00800/singing-01-001.flac`, a LibriSpeech subset flattened to `<speaker>/<file>`), are
+    read too: the utterance id is `<speaker>/<name>`, the session the name up to its last '-'
+    (`singing-01`, `<speaker>-<chapter>`), or, for a name without one, the speaker (one session)."""
     parts = item.payload.split("/" if storage.is_uri(spec.path) else os.sep)
     nested = spec.speaker_sets is not None and len(parts) > 3
-    if len(parts) != 3 and not nested:
-        return _dead(item, BAD_LAYOUT, f"{item.payload!r} is not <speaker>/<session>/<utterance>.<ext>")
-    speaker, session, name = parts[-3:]
-    utterance = f"{speaker}/{session}/{os.path.splitext(name)[0]}"
+    if len(parts) == 2:
+        speaker, name = parts
+        stem = os.path.splitext(name)[0]
+        session = session_from_name(stem) or speaker
+        utterance = f"{speaker}/{stem}"
+    elif len(parts) != 3 and not nested:
+        return _dead(
+            item,
+            BAD_LAYOUT,
+            f"{item.payload!r} is not <speaker>/<session>/<utterance>.<ext> (or <speaker>/<utterance>.<ext>)",
+        )
+    else:
+        speaker, session, name = parts[-3:]
+        utterance = f"{speaker}/{session}/{os.path.splitext(name)[0]}"
     split = None
     if spec.speaker_sets is not None:
         split = spec.speaker_sets.get(speaker)

@@ -47,9 +47,16 @@ _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 # Beam's SDK workers log two warnings on every start that hold for every speechpipe job and ask
 # nothing of a user: no staged main session (speechpipe defines no DoFn in __main__), and the
 # DirectRunner-only flags a worker does not parse. Those two loggers are set to ERROR on the workers;
-# anything else they log still shows. A user's own --sdk_harness_log_level_overrides wins.
+# anything else they log still shows. A user's own --sdk_harness_log_level_overrides wins. A worker
+# is started as `python -m apache_beam.runners.worker.sdk_worker_main` (the DirectRunner's
+# multi_processing, Beam's container boot), so that module's logger is named `__main__` there;
+# it logs nothing but the harness's own start-up and failures (CRITICAL, still shown).
 WORKER_LOG_OVERRIDES = "--sdk_harness_log_level_overrides=" + json.dumps(
-    {"apache_beam.runners.worker.sdk_worker_main": "ERROR", "apache_beam.options.pipeline_options": "ERROR"},
+    {
+        "__main__": "ERROR",
+        "apache_beam.runners.worker.sdk_worker_main": "ERROR",
+        "apache_beam.options.pipeline_options": "ERROR",
+    },
     separators=(",", ":"),
 )
 

@@ -325,6 +325,9 @@ def summarise(
     }
     if augmentation is not None:
         summary["augmentation"] = augmentation
+    if spec.split_overrides:
+        # The speakers the run's preflight moved to another split than their hash drew.
+        summary["split_overrides"] = dict(sorted(spec.split_overrides.items()))
     return summary
 
 

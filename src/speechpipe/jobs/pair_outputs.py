@@ -200,6 +200,23 @@ def summary_warnings(splits: Mapping[str, Mapping[str, object]]) -> List[str]:
     return lines
 
 
+def block_counts() -> Dict[str, object]:
+    """A split's entry under summary.json's "blocks" before any count (speechpipe.jobs.speaker_blocks)."""
+    return {
+        "speakers": 0,
+        "blocks": 0,
+        "segments": 0,
+        "bytes": 0,  # serialised blocks, before GZIP
+        "utterances": 0,  # utterances cropped into blocks
+        "excluded_short": 0,  # shorter than one segment: in no block
+        "crops": 0,
+        "crops_unused": 0,
+        "speakers_repeating_utterances": 0,
+        "sessions_per_block": 0,  # summed over blocks; / blocks = the mean
+        "files": [],
+    }
+
+
 def _relative(path: str, root: str) -> str:
     return path if is_uri(path) else os.path.relpath(path, root)
 
@@ -233,6 +250,9 @@ def write_summary(parts: List[Tuple[str, object]], out_dir: str, header: Dict[st
     }
     official: List[Dict[str, object]] = []
     excluded_files: List[str] = []
+    blocks: Dict[str, Dict[str, object]] = {
+        split: block_counts() for split in header.get("blocks", {}).get("feature_shards", {})
+    }
     for kind, payload in parts:
         if kind == "counts":
             split, counts = payload
@@ -252,6 +272,12 @@ def write_summary(parts: List[Tuple[str, object]], out_dir: str, header: Dict[st
             excluded_files.append(_relative(payload, out_dir))
         elif kind == "official":
             official.append({**payload, "written": _relative(payload["written"], out_dir)})
+        elif kind == "block_counts":
+            split, counts = payload
+            blocks[split].update(counts)
+        elif kind == "block_file":
+            split, (path, count, size) = payload
+            blocks[split]["files"].append({"file": _relative(path, out_dir), "blocks": count, "bytes": size})
     for split in SPLITS:
         splits[split]["pair_files"].sort()
         splits[split]["pairs"]["total"] = splits[split]["pairs"]["same"] + splits[split]["pairs"]["different"]
@@ -273,6 +299,12 @@ def write_summary(parts: List[Tuple[str, object]], out_dir: str, header: Dict[st
         "speakers_capped": sum(s["speakers_capped"] for s in splits.values()),
         "official_trials": sorted(official, key=lambda o: o["list"]),
     }
+    if "blocks" in header:
+        for counts in blocks.values():
+            counts["files"].sort(key=lambda f: f["file"])
+            counts["shards"] = len(counts["files"])
+            counts["empty_shards"] = sum(1 for f in counts["files"] if not f["blocks"])
+        summary["blocks"] = {**header["blocks"], "splits": blocks}
     path = FileSystems.join(out_dir, SUMMARY)
     with FileSystems.create(path, mime_type="application/json", compression_type=CompressionTypes.UNCOMPRESSED) as f:
         f.write((json.dumps(summary, indent=1, sort_keys=False) + "\n").encode("utf-8"))

@@ -4,6 +4,9 @@
                      [--same_session_positives] [--segment_frames 40]
                      [--official_trials FILE ...] [--trial_splits train,validation,test]
                      [--pair_splits train,validation,test]
+                     [--block_splits train [--blocks_from DIR] [--blocks_per_speaker 16]
+                      [--segments_per_speaker 8] [--stored_segments 16] [--stored_frames 60]
+                      [--block_shard_mb 128] [--block_gzip]]
                      [--overwrite] [Beam options: --runner, --direct_running_mode, ...]
 
 On the DirectRunner without --direct_running_mode, inputs under 64 MiB of index run in_memory
@@ -22,6 +25,10 @@ Output under --out:
     excluded/short_utterances-SSSSS-of-NNNNN.jsonl   utterances shorter than one segment
     official/<name>                                  each --official_trials list, restricted to
                                                      trials whose utterances are in the index
+    blocks/<split>/blocks-SSSSS-of-NNNNN.tfrecord    with --block_splits: the embedder's streamed
+                                                     training input, speaker blocks of feature
+                                                     crops (speechpipe.speakers.block_records;
+                                                     read by speechpipe.speakers.speaker_blocks)
     summary.json                                     counts per split and label (same-session
                                                      positives apart; why a split lacks a label),
                                                      config, files
@@ -36,6 +43,9 @@ The graph (every step labelled; the sampling rules are in speechpipe.speakers.pa
       pairs_<split> -> FormatTrials[<split>] -> WriteTrialShards[<split>]
                     -> ListTrialShards[<split>] -> JoinTrialShards[<split>]
       SHORT -> WriteExcluded;  official lists -> CheckOfficialTrials (side input: PLANS)
+      with --block_splits, per split (speechpipe.jobs.speaker_blocks; the only steps that read
+      feature records, from --blocks_from, default --features):
+      ListFeatureShards[<split>] -> Blocks[<split>]/... (side input: EligibleCounts[<split>])
       all counts -> Summary/... -> WriteSummary
 
 Memory: the only collections that cross a shuffle are the utterances (grouped by speaker, then
@@ -65,7 +75,7 @@ from apache_beam.pvalue import AsDict
 
 from speechpipe.config import SPLITS, FeatureConfig
 from speechpipe.filenames import MANIFEST_FILE, TRIALS_FILE
-from speechpipe.io import storage
+from speechpipe.io import records, storage
 from speechpipe.jobs.pair_outputs import (  # noqa: F401 - the layout, also for callers of the job
     EXCLUDED_DIR,
     EXCLUDED_PREFIX,
@@ -92,6 +102,8 @@ from speechpipe.jobs.pair_transforms import (
     ReadIndexFile,
     SumCounts,
 )
+from speechpipe.jobs.speaker_blocks import BLOCK_FILES, BLOCK_STATS, EligibleCounts, WriteSpeakerBlocks
+from speechpipe.speakers.block_records import BLOCKS_DIR, BLOCKS_PREFIX, BlockConfig
 from speechpipe.speakers.pairs import PairConfig, PairsInputError, encode_pair_block, parse_ratio
 from speechpipe.speakers.trials import iter_trials
 
@@ -174,6 +186,97 @@ def resolve_input(path: str) -> PairsInput:
     )
 
 
+@dataclass(frozen=True)
+class BlocksInput:
+    """What --block_splits and --blocks_from resolved to: per split, the feature shards and the
+    utterance index of the feature job(s) that wrote them (a union's split folder lists shards of
+    several spans: each span's index lies beside its shards)."""
+
+    source: str
+    config: BlockConfig
+    shards: Dict[str, Tuple[str, ...]]
+    index: Tuple[str, ...]
+    n_bins: int
+
+    def to_json(self) -> Dict[str, object]:
+        return {
+            "from": self.source,
+            "config": self.config.to_json(),
+            "num_bins": self.n_bins,
+            "feature_shards": {split: len(paths) for split, paths in self.shards.items()},
+            "index_files": list(self.index),
+        }
+
+
+def resolve_blocks_input(path: str, splits: Sequence[str], config: BlockConfig) -> BlocksInput:
+    """--blocks_from: a feature job's output or an Examples artifact (its split folders may hold a
+    shard manifest instead of shards, speechpipe.io.records.resolve_shards)."""
+    shards: Dict[str, Tuple[str, ...]] = {}
+    for split in splits:
+        folder = storage.join(path, records.SPLIT_DIR.format(split=split))
+        found = records.resolve_shards(folder, records.BEAM)
+        if not found:
+            raise FileNotFoundError(f"--blocks_from {path}: no feature records in {folder}")
+        shards[split] = tuple(found)
+    roots = sorted({storage.dirname(storage.dirname(p)) for paths in shards.values() for p in paths})
+    index: List[str] = []
+    bins = set()
+    for root in roots:
+        found = _match(FileSystems.join(root, INDEX_DIR, INDEX_PATTERN))
+        if not found:
+            raise FileNotFoundError(
+                f"--blocks_from {path}: {root} holds feature records but no {INDEX_DIR}/{INDEX_PATTERN}: the blocks "
+                "take each speaker's utterance count from the feature job's index"
+            )
+        index += found
+        summary_path = FileSystems.join(root, FEATURES_SUMMARY)
+        if FileSystems.exists(summary_path):
+            summary = json.loads(storage.beam_read_bytes(summary_path).decode("utf-8"))
+            bins.add(FeatureConfig.from_json(summary["features"]).n_bins)
+    if len(bins) > 1:
+        raise PairsInputError(f"--blocks_from {path}: its spans have different feature sizes {sorted(bins)}")
+    n_bins = bins.pop() if bins else FeatureConfig().n_bins
+    return BlocksInput(path, config.validate(), shards, tuple(index), n_bins)
+
+
+def add_blocks(
+    pipeline: beam.Pipeline,
+    blocks: BlocksInput,
+    utterances: Optional[beam.PCollection],
+    features: FeatureConfig,
+    out_dir: str,
+) -> List[beam.PCollection]:
+    """The speaker blocks of every split in `blocks`; returns the summary's parts. `utterances`:
+    the job's index elements, when they are the blocks' index too (else it is read here)."""
+    if utterances is None:
+        utterances = (
+            pipeline
+            | "ListBlockIndexFiles" >> beam.Create(list(blocks.index))
+            | "SpreadBlockIndexFiles" >> beam.Reshuffle()
+            | "ReadBlockIndex" >> beam.ParDo(ReadIndexFile(features))
+        )
+    parts = []
+    for split, shards in blocks.shards.items():
+        counts = utterances | f"EligibleCounts[{split}]" >> EligibleCounts(split, blocks.config.segment_frames)
+        written = (
+            pipeline
+            | f"ListFeatureShards[{split}]" >> beam.Create(list(shards))
+            | f"Blocks[{split}]"
+            >> WriteSpeakerBlocks(
+                blocks.config, counts, blocks.n_bins, FileSystems.join(out_dir, BLOCKS_DIR, split, BLOCKS_PREFIX)
+            )
+        )
+        parts.append(
+            written[BLOCK_FILES] | f"TagBlockFiles[{split}]" >> beam.Map(lambda f, s=split: ("block_file", (s, f)))
+        )
+        parts.append(
+            written[BLOCK_STATS]
+            | f"SumBlockCounts[{split}]" >> beam.CombineGlobally(SumCounts())
+            | f"TagBlockCounts[{split}]" >> beam.Map(lambda c, s=split: ("block_counts", (s, c)))
+        )
+    return parts
+
+
 def build_pipeline(
     pipeline: beam.Pipeline,
     source: PairsInput,
@@ -183,8 +286,9 @@ def build_pipeline(
     official_trials: Sequence[str] = (),
     voxceleb_ids: bool = True,
     pair_splits: Sequence[str] = SPLITS,
+    blocks: Optional[BlocksInput] = None,
 ) -> None:
-    """Adds the whole job to `pipeline`."""
+    """Adds the whole job to `pipeline`; with `blocks`, the speaker blocks too."""
     header = {
         "job": "speechpipe pairs",
         "config": {**config.to_json(), "trial_splits": list(trial_splits), "pair_splits": list(pair_splits)},
@@ -209,6 +313,13 @@ def build_pipeline(
             "keys": {"label": "int64 (1 same, 0 different)", "utterance_a": "bytes", "utterance_b": "bytes"},
         },
     }
+    if blocks is not None:
+        header["blocks"] = {
+            **blocks.to_json(),
+            "record": "TFRecord (GZIP with --block_gzip) of tf.train.Example: speechpipe.speakers.block_records",
+            "short_rule": f"utterances with fewer than {blocks.config.segment_frames} frames are in no block "
+            "(counted as excluded_short); shorter than stored_frames: stored whole, zero-padded, with their length",
+        }
     utterances = (
         pipeline
         | "ListIndexFiles" >> beam.Create(list(source.paths))
@@ -216,8 +327,11 @@ def build_pipeline(
         | "ReadIndex" >> beam.ParDo(ReadIndexFile(source.features))
     )
     result = utterances | "Pairs" >> PairsFromUtterances(config)
-
     parts = []
+    if blocks is not None:
+        same_index = source.kind == "index" and sorted(blocks.index) == sorted(source.paths)
+        parts += add_blocks(pipeline, blocks, utterances if same_index else None, source.features, out_dir)
+
     for split in SPLITS:
         prefix = FileSystems.join(out_dir, PAIRS_DIR, split, PAIRS_PREFIX)
         if split in pair_splits:
@@ -350,6 +464,63 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept official-list paths that are not VoxCeleb-shaped (any <utterance id>.wav without spaces)",
     )
+    b = BlockConfig()
+    parser.add_argument(
+        "--block-splits",
+        "--block_splits",
+        default="",
+        help="splits whose speaker blocks (the embedder's streamed training input) are written under "
+        "blocks/<split>/, read from the feature records; default: none",
+    )
+    parser.add_argument(
+        "--blocks-from",
+        "--blocks_from",
+        default="",
+        metavar="DIR",
+        help="the feature records the blocks are cut from: a feature job's output or an Examples artifact "
+        "(split folders of shards or of a shard manifest), each with its feature job's index; default: --features",
+    )
+    parser.add_argument(
+        "--blocks-per-speaker",
+        "--blocks_per_speaker",
+        type=int,
+        default=b.blocks_per_speaker,
+        help="blocks of every speaker, default %(default)s",
+    )
+    parser.add_argument(
+        "--segments-per-speaker",
+        "--segments_per_speaker",
+        type=int,
+        default=b.segments_per_speaker,
+        help="K: segments per speaker in a training batch (a block holds at least K), default %(default)s",
+    )
+    parser.add_argument(
+        "--stored-segments",
+        "--stored_segments",
+        type=int,
+        default=b.stored_segments,
+        help="segments stored per block, each from another utterance where the speaker has them, default %(default)s",
+    )
+    parser.add_argument(
+        "--stored-frames",
+        "--stored_frames",
+        type=int,
+        default=b.stored_frames,
+        help="frames stored per segment (>= --segment_frames; the reader crops inside), default %(default)s",
+    )
+    parser.add_argument(
+        "--block-shard-mb",
+        "--block_shard_mb",
+        type=float,
+        default=b.shard_mb,
+        help="target size of a block shard, default %(default)s",
+    )
+    parser.add_argument(
+        "--block-gzip",
+        "--block_gzip",
+        action="store_true",
+        help="GZIP the block shards (.tfrecord.gz): ~12 %% smaller, several times slower to read",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
     return parser
 
@@ -372,7 +543,7 @@ def pipeline_options(beam_args: List[str], input_bytes: int = 0) -> PipelineOpti
 
 def _prepare_out(out_dir: str, overwrite: bool) -> None:
     previous: List[str] = []
-    for name in (SUMMARY, PAIRS_DIR, EXCLUDED_DIR, OFFICIAL_DIR, TRIAL_PARTS_DIR):
+    for name in (SUMMARY, PAIRS_DIR, EXCLUDED_DIR, OFFICIAL_DIR, TRIAL_PARTS_DIR, BLOCKS_DIR):
         path = FileSystems.join(out_dir, name)
         if FileSystems.exists(path):
             previous.append(path)
@@ -408,11 +579,29 @@ def run(argv: Optional[List[str]] = None) -> int:
     ).validate()
     trial_splits = [s for s in known.trial_splits.split(",") if s]
     pair_splits = [s for s in known.pair_splits.split(",") if s]
-    for option, chosen in (("--trial_splits", trial_splits), ("--pair_splits", pair_splits)):
+    block_splits = [s for s in known.block_splits.split(",") if s]
+    for option, chosen in (
+        ("--trial_splits", trial_splits),
+        ("--pair_splits", pair_splits),
+        ("--block_splits", block_splits),
+    ):
         unknown = sorted(set(chosen) - set(SPLITS))
         if unknown:
             raise PairsInputError(f"{option}: {', '.join(unknown)} not among {', '.join(SPLITS)}")
     source = resolve_input(known.features)
+    blocks = None
+    if block_splits:
+        block_config = BlockConfig(
+            segments_per_speaker=known.segments_per_speaker,
+            stored_segments=known.stored_segments,
+            blocks_per_speaker=known.blocks_per_speaker,
+            segment_frames=config.segment_frames,
+            stored_frames=known.stored_frames,
+            shard_mb=known.block_shard_mb,
+            gzip=known.block_gzip,
+            seed=config.seed,
+        )
+        blocks = resolve_blocks_input(known.blocks_from or known.features, block_splits, block_config)
     # Official lists are small (<= 580k lines): checking them before the pipeline starts gives
     # a clean error at once instead of one wrapped by the runner after the heavy work.
     for path in known.official_trials:
@@ -431,6 +620,7 @@ def run(argv: Optional[List[str]] = None) -> int:
                 known.official_trials,
                 voxceleb_ids=not known.any_ids,
                 pair_splits=pair_splits,
+                blocks=blocks,
             )
     except PairsInputError:
         raise
@@ -448,6 +638,11 @@ def run(argv: Optional[List[str]] = None) -> int:
             + (f"({same_session} within one session: they flatter the EER) " if same_session else "")
             + f"+ {counts['pairs']['different']} different pairs "
             f"from {counts['speakers_paired']} speakers; {counts['excluded_short']} short utterances excluded"
+        )
+    for split, counts in summary.get("blocks", {}).get("splits", {}).items():
+        print(
+            f"{split}: {counts['blocks']} speaker blocks of {counts['speakers']} speakers in {counts['shards']} "
+            f"shards ({counts['bytes'] / 1e6:.1f} MB); {counts['excluded_short']} short utterances in none"
         )
     # Splits short of a label, and same-session positives the rule did not ask for: logged, as
     # a run that goes on to train and evaluate must show why its EER is missing or flattered.

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional, Tuple
 
+from speechpipe.config import FeatureConfig
 from speechpipe.phones.inventory import DEFAULT_INVENTORY
 from speechpipe.validation import ConfigError, reject_unknown
 
@@ -59,7 +60,13 @@ class CTCTrainConfig:
     max_minutes: Optional[float] = None  # wall-clock budget; None = no budget
     max_steps: int = 0  # optimiser-step budget (the Trainer's train_steps); 0 = none
     patience: int = 6  # epochs without a better validation PER; 0 = never stop on it
+    # Length buckets (frames) for batching: an utterance is padded to the longest of its bucket.
+    # These are the short-utterance buckets; above the last one, buckets grow by
+    # `long_bucket_growth` up to the longest utterance the feature job keeps
+    # (FeatureConfig.max_seconds), so that a batch of long read speech is padded by at most
+    # 1 - 1 / growth (20 %) too (`boundaries_for`).
     bucket_boundaries: Tuple[int, ...] = (150, 200, 250, 300, 350, 400, 500, 700)
+    long_bucket_growth: float = 1.25
     shuffle_buffer: int = 2048
     mixed_precision: bool = False
     # SpecAugment on training batches: without it the BLSTMs memorise the training sentences
@@ -85,6 +92,8 @@ class CTCTrainConfig:
         boundaries = list(self.bucket_boundaries)
         if not boundaries or boundaries[0] < 1 or sorted(set(boundaries)) != boundaries:
             raise ConfigError(f"bucket_boundaries={self.bucket_boundaries}: need increasing positive frame counts")
+        if not 1.0 < self.long_bucket_growth <= 4.0:
+            raise ConfigError(f"long_bucket_growth={self.long_bucket_growth}: need (1, 4]")
         if self.shuffle_buffer < 1:
             raise ConfigError(f"shuffle_buffer={self.shuffle_buffer}: need >= 1")
         masks = (self.time_masks, self.time_mask_frames, self.freq_masks, self.freq_mask_bins)
@@ -96,6 +105,22 @@ class CTCTrainConfig:
         if not self.inventory:
             raise ConfigError("inventory: name a phone inventory (phones_de.json, ...)")
         return self
+
+    def boundaries_for(self, feature_config: FeatureConfig) -> Tuple[int, ...]:
+        """Every bucket boundary for features made with `feature_config`: `bucket_boundaries`,
+        then steps of `long_bucket_growth` (rounded to 25 frames), the last one just above the
+        longest utterance the feature job keeps, so that no utterance it writes lands in the
+        unbounded bucket above the last boundary."""
+        boundaries = list(self.bucket_boundaries)
+        above = feature_config.max_frames + 1
+        while True:
+            step = int(round(boundaries[-1] * self.long_bucket_growth / 25.0)) * 25
+            if step >= above:
+                break
+            boundaries.append(step)
+        if boundaries[-1] < above:
+            boundaries.append(above)
+        return tuple(boundaries)
 
     def to_json(self) -> Dict[str, object]:
         return asdict(self)

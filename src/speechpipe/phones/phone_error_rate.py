@@ -18,38 +18,36 @@ from speechpipe.phones.ctc_model import PERResult, beam_decode, greedy_decode
 Forward = Callable[[tf.Tensor, tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]
 
 
-def transcribed_batches(files: Union[str, Sequence[str]], batch_size: int) -> tf.data.Dataset:
-    """Padded batches of the records that have a transcript (phone_ids padded with -1)."""
+def transcribed_batches(files: Union[str, Sequence[str], tf.data.Dataset], batch_size: int) -> tf.data.Dataset:
+    """Padded batches of the records that have a transcript (phone_ids padded with -1). `files`
+    may be a dataset of parsed records (e.g. one that counts what it reads) instead of files."""
     from speechpipe.training import record_dataset
 
-    return (
-        record_dataset(files)
-        .filter(lambda e: tf.size(e["phone_ids"]) > 0)
-        .padded_batch(
-            batch_size,
-            padded_shapes={
-                "utterance": [],
-                "speaker": [],
-                "session": [],
-                "features": [None, None],
-                "num_frames": [],
-                "phone_ids": [None],
-            },
-            padding_values={
-                "utterance": b"",
-                "speaker": b"",
-                "session": b"",
-                "features": 0.0,
-                "num_frames": 0,
-                "phone_ids": -1,
-            },
-        )
+    records = files if isinstance(files, tf.data.Dataset) else record_dataset(files)
+    return records.filter(lambda e: tf.size(e["phone_ids"]) > 0).padded_batch(
+        batch_size,
+        padded_shapes={
+            "utterance": [],
+            "speaker": [],
+            "session": [],
+            "features": [None, None],
+            "num_frames": [],
+            "phone_ids": [None],
+        },
+        padding_values={
+            "utterance": b"",
+            "speaker": b"",
+            "session": b"",
+            "features": 0.0,
+            "num_frames": 0,
+            "phone_ids": -1,
+        },
     )
 
 
 def records_per(
     forward: Forward,
-    files: Union[str, Sequence[str]],
+    files: Union[str, Sequence[str], tf.data.Dataset],
     blank_id: int,
     batch_size: int = 16,
     beam_width: int = 0,

@@ -19,6 +19,12 @@ Clustering (agglomerative, average linkage over a precomputed distance matrix)
       assignment); an unmatched cluster's utterances are all errors, so splitting a speaker
       and merging two both cost. ARI: sklearn's adjusted Rand index.
 
+Bounded figures (VoxCeleb scale): a verification figure takes at most `MAX_TRIALS` trials, drawn
+by index without listing every pair (`sample_trials`, `cap_trials`), scored a chunk at a time
+(`index_scores`); a clustering figure at most `CLUSTER_MAX_SPEAKERS` speakers of at most
+`CLUSTER_MAX_UTTERANCES` utterances (`cluster_sample`). Under its cap a set is taken whole, in
+the order the full computation uses, so small evaluations give the figures they always gave.
+
 Plots are PNG files written with matplotlib's Agg backend (no display needed).
 """
 
@@ -274,9 +280,14 @@ def trial_scores(
     missing = sorted({u for _, a, b in trials for u in (a, b) if u not in embeddings})
     if missing:
         raise KeyError(f"{len(missing)} trial utterance(s) have no embedding, e.g. {missing[:3]}")
-    a = np.stack([embeddings[t[1]] for t in trials])
-    b = np.stack([embeddings[t[2]] for t in trials])
-    return np.asarray(score_fn(a, b), np.float64), np.array([t[0] for t in trials], np.int64)
+    # One row per utterance, and each trial as two row numbers: the two sides are gathered a
+    # chunk at a time (index_scores), never stacked for the whole list.
+    rows = {u: k for k, u in enumerate(embeddings)}
+    matrix = np.stack([np.asarray(embeddings[u]) for u in rows])
+    first = np.fromiter((rows[t[1]] for t in trials), np.int64, len(trials))
+    second = np.fromiter((rows[t[2]] for t in trials), np.int64, len(trials))
+    labels = np.fromiter((t[0] for t in trials), np.int64, len(trials))
+    return index_scores(matrix, first, second, score_fn), labels
 
 
 def all_pairs_trials(utterances: Sequence[str], speakers: Sequence[str]) -> List[Tuple[int, str, str]]:
@@ -287,6 +298,269 @@ def all_pairs_trials(utterances: Sequence[str], speakers: Sequence[str]) -> List
     for i in range(len(utterances)):
         for j in range(i + 1, len(utterances)):
             out.append((int(speakers[i] == speakers[j]), utterances[i], utterances[j]))
+    return out
+
+
+# ---------------------------------------------------------------------------- bounded samples
+# Evaluation at VoxCeleb scale: all pairs of n utterances are n(n-1)/2 trials (136 M for
+# VoxCeleb1), and a dendrogram over n utterances costs n^2 memory and more than n^2 time. Each
+# figure is therefore taken on a seeded sample of at most a cap, drawn by index without
+# materialising the full set; a set under its cap is taken whole, in the order the full
+# computation uses, so small evaluations (the demo) are exactly what they were.
+
+MAX_TRIALS = 200_000  # trials per verification figure; pins the EER to about 0.1 % absolute
+CLUSTER_MAX_SPEAKERS = 64  # speakers per clustering figure
+CLUSTER_MAX_UTTERANCES = 16  # utterances per speaker in a clustering figure
+SAMPLE_SEED = 0  # one seed for every evaluator, so a candidate and its champion see one sample
+SCORE_CHUNK = 8192  # trials scored at once: both sides of a chunk are gathered, never of all
+
+
+@dataclass(frozen=True)
+class IndexTrials:
+    """Trials as rows of one split's utterance list: `first[t]` against `second[t]` (first <
+    second), `labels[t]` = 1 when they share a speaker. `pairs` is how many pairs the split has
+    in all, `max_trials` the cap they were drawn under."""
+
+    first: np.ndarray  # int64 [T]
+    second: np.ndarray  # int64 [T]
+    labels: np.ndarray  # int64 [T]
+    pairs: int
+    max_trials: int
+
+    def __len__(self) -> int:
+        return int(self.labels.size)
+
+    @property
+    def bound(self) -> bool:
+        """Whether the cap left pairs out."""
+        return self.pairs > len(self)
+
+    def as_tuples(self, utterances: Sequence[str]) -> List[Tuple[int, str, str]]:
+        """(label, utterance_a, utterance_b) rows, as `all_pairs_trials` gives them."""
+        return [(int(y), utterances[i], utterances[j]) for y, i, j in zip(self.labels, self.first, self.second)]
+
+    def to_json(self) -> Dict[str, object]:
+        same = int(self.labels.sum())
+        return {
+            "max_trials": self.max_trials,
+            "pairs": self.pairs,
+            "trials": len(self),
+            "same": same,
+            "different": len(self) - same,
+            "bound": self.bound,
+        }
+
+
+def _pairs(n: int) -> int:
+    return n * (n - 1) // 2
+
+
+def _unrank_pairs(ranks: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(i, j), i < j, of the pairs at `ranks` of the row-major upper triangle of n items (the
+    order of `all_pairs_trials`): row i starts at rank i n - i (i + 1) / 2."""
+    r = np.asarray(ranks, np.int64)
+
+    def row_start(i: np.ndarray) -> np.ndarray:
+        return i * n - i * (i + 1) // 2
+
+    # The float root is within one row of the answer; the integer steps make it exact.
+    i = np.floor((2 * n - 1 - np.sqrt(np.maximum((2 * n - 1) ** 2 - 8.0 * r, 0.0))) / 2).astype(np.int64)
+    i = np.clip(i, 0, max(n - 2, 0))
+    for _ in range(2):
+        i = np.where(row_start(i) > r, i - 1, i)
+        i = np.where(row_start(i + 1) <= r, i + 1, i)
+    return i, r - row_start(i) + i + 1
+
+
+def _distinct(rng: np.random.Generator, population: int, k: int) -> np.ndarray:
+    """k distinct ranks of range(population), sorted, seeded, in O(k) memory when k is small
+    against the population (rejection, not a permutation of the population)."""
+    if k >= population:
+        return np.arange(population, dtype=np.int64)
+    if k > population // 2:  # the complement is the smaller draw (then population < 2 k)
+        keep = np.ones(population, bool)
+        keep[_distinct(rng, population, population - k)] = False
+        return np.flatnonzero(keep).astype(np.int64)
+    chosen = np.zeros(0, np.int64)
+    while chosen.size < k:
+        chosen = np.unique(np.r_[chosen, rng.integers(0, population, 2 * (k - chosen.size) + 16)])
+    return np.sort(chosen[rng.choice(chosen.size, k, replace=False)])
+
+
+def _different_pairs(rng: np.random.Generator, codes: np.ndarray, total_different: int, k: int) -> np.ndarray:
+    """Ranks (sorted) of k distinct different-speaker pairs in the whole triangle, seeded: drawn
+    from the triangle with same-speaker pairs rejected; when k is more than half of those there
+    are, they are few (at most 2 max_trials) and are listed row by row instead."""
+    n = int(codes.size)
+    total = _pairs(n)
+    if k > total_different // 2:
+        ranks = []
+        for i in range(n - 1):
+            j = np.flatnonzero(codes[i + 1 :] != codes[i]) + i + 1
+            ranks.append(i * n - i * (i + 1) // 2 + j - i - 1)
+        listed = np.concatenate(ranks).astype(np.int64)
+        return listed[_distinct(rng, listed.size, k)]
+    accept = total_different / total
+    kept = np.zeros(0, np.int64)
+    while kept.size < k:
+        draw = rng.integers(0, total, min(int((2 * (k - kept.size) + 16) / accept) + 1, 1 << 20))
+        i, j = _unrank_pairs(draw, n)
+        kept = np.unique(np.r_[kept, draw[codes[i] != codes[j]]])
+    return np.sort(kept[rng.choice(kept.size, k, replace=False)])
+
+
+def sample_trials(speakers: Sequence[str], max_trials: int = MAX_TRIALS, seed: int = SAMPLE_SEED) -> IndexTrials:
+    """Trials among one split's utterances (speaker per utterance, in record order): every pair
+    when there are at most `max_trials` (exactly `all_pairs_trials`' trials, in its order);
+    otherwise a seeded sample of `max_trials`, drawn by index, with as many same-speaker
+    trials as different ones where the split has them (so the rare same-speaker class is
+    measured as finely as the other; EER and minDCF do not depend on the ratio), in the same
+    order. Memory is O(max_trials), whatever the number of pairs."""
+    if max_trials < 2:
+        raise ValueError(f"max_trials={max_trials}: need >= 2 (a same- and a different-speaker trial)")
+    names, codes = np.unique(np.asarray(speakers), return_inverse=True)
+    codes = codes.reshape(-1).astype(np.int64)
+    n = int(codes.size)
+    total = _pairs(n)
+    if total <= max_trials:
+        first, second = np.triu_indices(n, 1)
+        first, second = first.astype(np.int64), second.astype(np.int64)
+        return IndexTrials(first, second, (codes[first] == codes[second]).astype(np.int64), total, max_trials)
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(codes, minlength=names.size).astype(np.int64)
+    within = counts * (counts - 1) // 2  # same-speaker pairs of each speaker
+    total_same = int(within.sum())
+    total_different = total - total_same
+    n_different = min(total_different, max_trials - min(total_same, max_trials // 2))
+    n_same = min(total_same, max_trials - n_different)
+    # Same-speaker pairs: ranks into the speakers' triangles laid end to end.
+    members = np.argsort(codes, kind="stable")  # each speaker's rows, ascending
+    member_start = np.r_[0, np.cumsum(counts)[:-1]]
+    triangle_start = np.r_[0, np.cumsum(within)[:-1]]
+    ranks = _distinct(rng, total_same, n_same)
+    speaker = np.searchsorted(triangle_start, ranks, side="right") - 1
+    a = np.zeros(n_same, np.int64)
+    b = np.zeros(n_same, np.int64)
+    for s in np.unique(speaker):  # one speaker's triangle at a time
+        at = speaker == s
+        a[at], b[at] = _unrank_pairs(ranks[at] - triangle_start[s], int(counts[s]))
+    same_first = members[member_start[speaker] + a]
+    same_second = members[member_start[speaker] + b]
+    diff_first, diff_second = _unrank_pairs(_different_pairs(rng, codes, total_different, n_different), n)
+    first = np.r_[same_first, diff_first]
+    second = np.r_[same_second, diff_second]
+    labels = np.r_[np.ones(n_same, np.int64), np.zeros(n_different, np.int64)]
+    order = np.argsort(first * n + second, kind="stable")  # all_pairs_trials' order
+    return IndexTrials(first[order], second[order], labels[order], total, max_trials)
+
+
+def cap_trials(
+    trials: Sequence[Tuple[int, str, str]], max_trials: int = MAX_TRIALS, seed: int = SAMPLE_SEED
+) -> Tuple[List[Tuple[int, str, str]], Dict[str, object]]:
+    """A listed trial list (an official one, or the one built for a test split) at most
+    `max_trials` long: whole when it fits, else a seeded sample that keeps the list's order and
+    its share of same-speaker trials (at least one of each label); and what was done, for the
+    record (`bound` says whether trials were left out)."""
+    if max_trials < 2:
+        raise ValueError(f"max_trials={max_trials}: need >= 2 (a same- and a different-speaker trial)")
+    trials = list(trials)
+    listed = len(trials)
+    if listed > max_trials:
+        labels = np.fromiter((t[0] for t in trials), np.int64, listed)
+        same, different = np.flatnonzero(labels == 1), np.flatnonzero(labels != 1)
+        n_same = int(round(max_trials * same.size / listed))
+        n_same = min(same.size, max(n_same, 1 if same.size else 0), max_trials - min(different.size, 1))
+        rng = np.random.default_rng(seed)
+        keep = np.sort(
+            np.r_[
+                same[rng.choice(same.size, n_same, replace=False)],
+                different[rng.choice(different.size, max_trials - n_same, replace=False)],
+            ]
+        )
+        trials = [trials[k] for k in keep]
+    same_kept = sum(1 for t in trials if t[0] == 1)
+    return trials, {
+        "max_trials": max_trials,
+        "listed": listed,
+        "trials": len(trials),
+        "same": same_kept,
+        "different": len(trials) - same_kept,
+        "bound": listed > max_trials,
+    }
+
+
+def balanced_utterances(
+    speakers: Sequence[str], max_utterances: int, seed: int = SAMPLE_SEED, min_per_speaker: int = 2
+) -> np.ndarray:
+    """Rows (ascending) of at most `max_utterances` utterances, as even over the speakers as the
+    cap allows: every utterance when they fit; else the same number from each speaker (all of a
+    speaker's when it has fewer), seeded; and when the cap cannot give every speaker
+    `min_per_speaker` (a within-speaker spread needs 2), a seeded choice of speakers that it
+    can."""
+    codes = np.unique(np.asarray(speakers), return_inverse=True)[1].reshape(-1)
+    n = int(codes.size)
+    if n <= max_utterances:
+        return np.arange(n, dtype=np.int64)
+    if max_utterances < min_per_speaker:
+        raise ValueError(f"max_utterances={max_utterances}: need >= {min_per_speaker}")
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(codes == k) for k in range(int(codes.max()) + 1)]
+    if len(groups) * min_per_speaker > max_utterances:
+        chosen = np.sort(rng.choice(len(groups), max_utterances // min_per_speaker, replace=False))
+        groups, quota = [groups[k] for k in chosen], min_per_speaker
+    else:
+        # The largest per-speaker quota whose total fits the cap.
+        sizes = np.array([g.size for g in groups])
+        quota = min_per_speaker
+        while quota < sizes.max() and np.minimum(sizes, quota + 1).sum() <= max_utterances:
+            quota += 1
+    rows = [g if g.size <= quota else rng.choice(g, quota, replace=False) for g in groups]
+    return np.sort(np.concatenate(rows)).astype(np.int64)
+
+
+def cluster_sample(
+    speakers: Sequence[str],
+    max_speakers: int = CLUSTER_MAX_SPEAKERS,
+    max_per_speaker: int = CLUSTER_MAX_UTTERANCES,
+    seed: int = SAMPLE_SEED,
+) -> Tuple[np.ndarray, Dict[str, object]]:
+    """Rows (ascending) of the utterances a clustering figure is taken on: at most `max_speakers`
+    speakers (seeded) with at most `max_per_speaker` utterances each (seeded); all of them when
+    under both caps. And what was done, for the record."""
+    if max_speakers < 2 or max_per_speaker < 1:
+        raise ValueError(f"max_speakers={max_speakers}, max_per_speaker={max_per_speaker}: need >= 2 and >= 1")
+    codes = np.unique(np.asarray(speakers), return_inverse=True)[1].reshape(-1)
+    n_speakers = int(codes.max()) + 1 if codes.size else 0
+    rng = np.random.default_rng(seed)
+    chosen = np.arange(n_speakers)
+    if n_speakers > max_speakers:
+        chosen = np.sort(rng.choice(n_speakers, max_speakers, replace=False))
+    rows = []
+    for k in chosen:
+        group = np.flatnonzero(codes == k)
+        rows.append(group if group.size <= max_per_speaker else rng.choice(group, max_per_speaker, replace=False))
+    picked = np.sort(np.concatenate(rows)).astype(np.int64) if rows else np.zeros(0, np.int64)
+    return picked, {
+        "max_speakers": max_speakers,
+        "max_utterances_per_speaker": max_per_speaker,
+        "speakers": int(chosen.size),
+        "of_speakers": n_speakers,
+        "utterances": int(picked.size),
+        "of_utterances": int(codes.size),
+        "bound": int(picked.size) < int(codes.size),
+    }
+
+
+def index_scores(
+    embeddings: np.ndarray, first: np.ndarray, second: np.ndarray, score_fn, chunk: int = SCORE_CHUNK
+) -> np.ndarray:
+    """Scores [T] float64 of the trials (row first[t], row second[t]) of an [N, E] embedding
+    matrix, `chunk` trials at a time: only one chunk's two sides are ever gathered."""
+    first, second = np.asarray(first, np.int64), np.asarray(second, np.int64)
+    out = np.empty(first.size, np.float64)
+    for start in range(0, first.size, chunk):
+        stop = start + chunk
+        out[start:stop] = score_fn(embeddings[first[start:stop]], embeddings[second[start:stop]])
     return out
 
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, Tuple
 
 from speechpipe.speakers.pair_dataset import EVAL_HOP, SEGMENT_FRAMES
+from speechpipe.speakers.speaker_eval import CLUSTER_MAX_SPEAKERS, CLUSTER_MAX_UTTERANCES, MAX_TRIALS
 from speechpipe.validation import ConfigError, reject_unknown
 
 EMBEDDING_LAYERS: Tuple[str, ...] = ("output", "hidden", "hidden_statistics")
@@ -208,6 +209,22 @@ class EmbedderTrainConfig:
     seed: int = 0
     mixed_precision: bool = True  # float16 compute on a GPU; CPU stays float32
     log_every_steps: int = 0  # > 0: a progress line every this many steps
+    # Bounds of each evaluation, so that validation (and the speaker evaluator, which reads these
+    # from the run's embedder section) costs the same at VoxCeleb scale as on a small corpus. A
+    # set under its cap is taken whole, exactly as without a cap; the results record each cap
+    # and whether it bound (speechpipe.speakers.speaker_eval, "bounded samples").
+    # Trials per EER (validation, the evaluator's test list and threshold fit): every pair of the
+    # validation utterances up to this many, else a seeded sample balanced over same / different.
+    max_trials: int = MAX_TRIALS
+    # Training utterances the LDA back end is fitted on at each evaluation (seeded, as even over
+    # the training speakers as the cap allows): the back end is a few hundred dimensions, which
+    # this many utterances estimate well, and each evaluation embeds them once.
+    backend_max_utterances: int = 10_000
+    # Clustering (the threshold fitted on validation speakers, the test figures): at most this
+    # many speakers (seeded) of at most `cluster_max_utterances` utterances each; the dendrogram
+    # and the threshold search grow faster than the square of the utterances.
+    cluster_max_speakers: int = CLUSTER_MAX_SPEAKERS
+    cluster_max_utterances: int = CLUSTER_MAX_UTTERANCES
 
     def validate(self) -> "EmbedderTrainConfig":
         self.model.validate()
@@ -224,6 +241,16 @@ class EmbedderTrainConfig:
             raise ConfigError(f"patience_evals={self.patience_evals}: need >= 0")
         if self.eval_every_steps < 1:
             raise ConfigError(f"eval_every_steps={self.eval_every_steps}: need >= 1")
+        if self.max_trials < 2 or self.backend_max_utterances < 4:
+            raise ConfigError(
+                f"max_trials={self.max_trials}, backend_max_utterances={self.backend_max_utterances}: need >= 2 "
+                "(a same- and a different-speaker trial) and >= 4 (two speakers of two utterances)"
+            )
+        if self.cluster_max_speakers < 2 or self.cluster_max_utterances < 1:
+            raise ConfigError(
+                f"cluster_max_speakers={self.cluster_max_speakers}, cluster_max_utterances="
+                f"{self.cluster_max_utterances}: need >= 2 and >= 1"
+            )
         return self
 
     def to_json(self) -> Dict[str, object]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -51,14 +51,40 @@ def embed_segments(model: keras.Model, segments: np.ndarray, batch_size: int = 5
 def embed_utterances(
     model: keras.Model, features: Sequence[np.ndarray], config: EmbedderConfig, batch_size: int = 512
 ) -> np.ndarray:
-    """Utterance embeddings [U, E]: the mean of each utterance's window embeddings."""
+    """Utterance embeddings [U, E] float32: the mean of each utterance's window embeddings.
+    Windows are cut as the batches reach them and embedded `batch_size` at a time, so memory holds
+    one batch of windows and the [U, E] result, never every utterance's windows; the batches
+    are the same windows in the same order as one concatenation of all of them would give."""
     if len(features) == 0:
         raise ValueError("embed_utterances: no utterances")
-    windows = [segment_windows(f, config.segment_frames, config.eval_hop) for f in features]
-    counts = np.array([len(w) for w in windows])
-    segments = embed_segments(model, np.concatenate(windows, 0), batch_size)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return (np.add.reduceat(segments.astype(np.float64), starts, axis=0) / counts[:, None]).astype(np.float32)
+    sums: Optional[np.ndarray] = None
+    counts = np.zeros(len(features), np.int64)
+    pending: List[np.ndarray] = []  # windows cut and not yet embedded, in utterance order
+    owners: List[np.ndarray] = []  # the utterance of each pending window
+    waiting = 0
+
+    def embed_batches(final: bool) -> None:
+        nonlocal sums, pending, owners, waiting
+        if not waiting or (waiting < batch_size and not final):
+            return
+        windows, rows = np.concatenate(pending, 0), np.concatenate(owners, 0)
+        take = len(windows) if final else len(windows) // batch_size * batch_size
+        segments = embed_segments(model, windows[:take], batch_size).astype(np.float64)
+        if sums is None:
+            sums = np.zeros((len(features), segments.shape[1]), np.float64)
+        np.add.at(sums, rows[:take], segments)  # in window order, as one sum per utterance would add
+        pending, owners = [windows[take:]], [rows[take:]]
+        waiting = len(windows) - take
+
+    for row, utterance in enumerate(features):
+        windows = segment_windows(utterance, config.segment_frames, config.eval_hop)
+        counts[row] = len(windows)
+        pending.append(windows)
+        owners.append(np.full(len(windows), row, np.int64))
+        waiting += len(windows)
+        embed_batches(final=False)
+    embed_batches(final=True)
+    return (sums / counts[:, None]).astype(np.float32)
 
 
 def _smoothed(e: np.ndarray, epsilon: float) -> np.ndarray:
