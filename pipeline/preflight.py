@@ -13,9 +13,7 @@ each evaluation split can give (same-session ones counted apart). It stops the r
   (`--speakers-per-batch`, run file `embedder.speakers_per_batch`);
 * its validation split, or its test span's test split, has fewer than two speakers or no
   same-speaker trial (`--split-fractions`; a corpus that names its splits: its own split fields);
-* an official trial list (`--trials`) names utterances the test split lacks;
-* an utterance id of a speaker-branch span does not start with `<speaker>/` (the pair builder
-  groups a speaker's utterances by that prefix).
+* an official trial list (`--trials`) names utterances the test split lacks.
 
 It also plans the split rule's moves (corpus_inventory.plan_split_overrides) for the speaker
 branch's spans that name no splits, handed to each span's FeatureGen (`split_overrides`) and
@@ -259,18 +257,6 @@ def run_preflight(config: RunConfig) -> Preflight:
             if splits["train"].utterances and not splits["train"].transcribed:
                 result.notes.append("ctc branch: no training utterance has a transcript (text or phones)")
             continue
-        unprefixed = [s for s in checks if s.inventory.unprefixed]
-        for s in unprefixed:
-            result.problems.append(
-                Problem(
-                    f"span {s.index} ({s.path})",
-                    f"{s.inventory.unprefixed} utterance id(s) do not start with their speaker and '/', e.g. "
-                    f"{s.inventory.unprefixed_example}: the speaker branch's pair builder groups a speaker's "
-                    "utterances by that prefix",
-                    "ids <speaker>/<session>/<name> (or <speaker>/<name>) in the manifest's `utterance` field or "
-                    "the Kaldi dir's wav.scp and utt2spk; or --branches ctc for this span",
-                )
-            )
         p = config.embedder.speakers_per_batch
         if splits["train"].speakers < p:
             result.problems.append(

@@ -1,8 +1,9 @@
 """End to end: the corpus shapes users have, each through `speechpipe run --branches speaker
 --in-memory` to a pushed embedder (issue #26): LibriSpeech's layout, CN-Celeb's, VoxCeleb1 and
-VoxCeleb2 as they ship (meta files), a Kaldi dir naming absolute paths (with --data-root), a
-manifest without sessions or splits, and a 12-speaker corpus of single-session speakers, which the
-default batch (16 speakers) stops in seconds and `--speakers-per-batch` runs.
+VoxCeleb2 as they ship (meta files), a Kaldi dir with Kaldi-convention ids naming absolute paths
+(with --data-root), a manifest of free-form ids without sessions or splits, and a 12-speaker
+corpus of single-session speakers, which the default batch (16 speakers) stops in seconds and
+`--speakers-per-batch` runs.
 
 One synthesised corpus (12 speakers x 4 utterances in 2 sessions) is rewritten into each shape.
 Tiny budgets (a run file: 5 embedder steps); each run is about a minute or two on 2 cores."""
@@ -118,17 +119,20 @@ def test_voxceleb_with_its_meta_file(version, source, tmp_path, capsys):
 
 
 def test_kaldi_dir_with_absolute_paths_and_data_root(source, tmp_path, capsys):
+    """Kaldi's own id convention, `<speaker>-<chapter>-<nnnn>` (the speaker prefix joined by '-'),
+    with utt2spk naming the speaker: the speaker branch trains on the ids as they are."""
     audio, kaldi = tmp_path / "audio", tmp_path / "kaldi"
     kaldi.mkdir()
+    number = _session_number(source)
     scp, utt2spk = [], []
-    for line in _lines(source):
-        # The speaker branch needs ids that start with `<speaker>/` (the preflight says so otherwise).
-        utterance = line["utterance"]
-        target = audio / f"{utterance.replace('/', '-')}.wav"
+    for n, line in enumerate(_lines(source)):
+        speaker, chapter = line["speaker"][2:], str(100 + number[line["session"]])
+        utterance = f"{speaker}-{chapter}-{n:04d}"
+        target = audio / f"{utterance}.wav"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(os.path.join(source, line["audio"]), target)
         scp.append(f"{utterance} {target}")
-        utt2spk.append(f"{utterance} {line['speaker']}")
+        utt2spk.append(f"{utterance} {speaker}")
     (kaldi / "wav.scp").write_text("\n".join(sorted(scp)) + "\n")
     (kaldi / "utt2spk").write_text("\n".join(sorted(utt2spk)) + "\n")
     code, seconds, output, _ = _run(tmp_path, capsys, str(kaldi), *SMALL_BATCH)
@@ -147,7 +151,7 @@ def test_manifest_without_sessions_or_splits(source, tmp_path, capsys):
             audio = os.path.join("clips", f"{n:03d}.wav")
             os.makedirs(root / "clips", exist_ok=True)
             shutil.copyfile(os.path.join(source, line["audio"]), root / audio)
-            utterance = f"{line['speaker']}/utt{n:03d}"  # no session: each utterance is its own
+            utterance = f"clip{n:03d}"  # free-form, naming no speaker; no session: each is its own
             f.write(json.dumps({"utterance": utterance, "audio": audio, "speaker": line["speaker"]}) + "\n")
     code, _, output, home = _run(tmp_path, capsys, str(root / "manifest.jsonl"), *SMALL_BATCH)
     _assert_pushed(code, output, home)

@@ -270,7 +270,6 @@ def test_index_record_checks_and_frames_from_duration():
     assert frames_for_duration(400 / 16000, features) == 1
     for change, message in (
         ({"split": "dev"}, "split 'dev'"),
-        ({"speaker": "id10002"}, "does not start with its speaker"),
         ({"num_frames": -1}, "num_frames"),
         ({"utterance": "id10001/abc def/1"}, "whitespace"),
         ({"utterance": "id10001/abcdefghijk/00001.wav"}, ".wav"),
@@ -281,6 +280,10 @@ def test_index_record_checks_and_frames_from_duration():
         assert "index.jsonl:7" in str(error.value)
     with pytest.raises(PairsInputError, match="neither num_frames nor duration"):
         parse_index_record({k: v for k, v in manifest_line.items() if k != "duration"}, features, "f:2")
+    # An id need not start with its speaker: Kaldi's `<speaker>-<chapter>-<nnnn>`, a free-form id,
+    # or one naming another speaker's prefix; the speaker is the record's field.
+    for utterance in ("10001-134686-0000", "clip_0007", "id10002/abcdefghijk/00001"):
+        assert parse_index_record({**good, "utterance": utterance}, features, "f:3").speaker == "id10001"
 
 
 def test_repeated_utterance_is_an_error():
@@ -470,6 +473,50 @@ def test_official_trial_list_is_checked_and_copied(job, tmp_path):
     assert coverage["covered"] == len(trials) - 1 and coverage["missing_utterances"] == 1
     assert coverage["covered_per_split"] == {"test": len(trials) - 1}
     assert read_trials(os.path.join(out, "official", "veri_test2.txt")) == trials[:-1]
+
+
+def test_job_pairs_ids_that_do_not_name_their_speaker(tmp_path):
+    """Kaldi-convention ids (`<speaker>-<session>-<nnnn>`, the speaker without its `id`) and
+    free-form ones: the job groups by the `speaker` field, and an --any_ids trial list of such ids
+    is covered and counted by the index's speakers."""
+    records = index_records({"train": 4, "validation": 2, "test": 3}, utterances=6, sessions=2)
+    for n, r in enumerate(records):
+        kaldi = f"{r['speaker'][2:]}-{r['session'][:4]}-{n:04d}"
+        r["utterance"] = kaldi if n % 2 else f"clip_{n:04d}"
+    speaker = {r["utterance"]: r["speaker"] for r in records}
+    features = write_index(str(tmp_path / "features"), records)
+    test_utts = [r["utterance"] for r in records if r["split"] == "test"]
+    trials = [Trial(SAME if speaker[a] == speaker[b] else DIFFERENT, a, b) for a, b in zip(test_utts, test_utts[1:])]
+    own = str(tmp_path / "own_trials.txt")
+    write_trials(own, trials)
+    out = str(tmp_path / "out")
+    summary = run_job(features, out, "--speaker_cap", "5", "--official_trials", own, "--any_ids")
+    for split, speakers in (("train", 4), ("validation", 2), ("test", 3)):
+        pairs = job_pairs(out, split)
+        assert all((speaker[a] == speaker[b]) == (label == SAME) for label, a, b in pairs)
+        # 6 utterances in 2 sessions: 9 cross-session candidates each, capped at 5.
+        positives = Counter(speaker[a] for label, a, _ in pairs if label == SAME)
+        assert len(positives) == speakers and set(positives.values()) == {5}
+        assert Counter(label for label, _, _ in pairs)[DIFFERENT] == 5 * speakers
+    (coverage,) = summary["official_trials"]
+    assert coverage["covered"] == len(trials) and coverage["missing_utterances"] == 0
+    assert coverage["speakers"] == 3 and coverage["covered_per_split"] == {"test": len(trials)}
+
+
+def test_manifest_id_repeated_under_two_speakers_is_an_error(tmp_path):
+    """A manifest is checked whole as it is read: an id given to two speakers would otherwise
+    reach two speakers' groups, each looking clean."""
+    lines = [
+        {"utterance": f"utt{n}", "speaker": f"spk{n % 3}", "session": "s", "split": "train", "duration": 2.0}
+        for n in range(6)
+    ]
+    lines.append({**lines[0], "speaker": "spk1"})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(
+        PairsInputError, match=r"manifest\.jsonl:7: utterance 'utt0' is listed twice \(first on line 1\)"
+    ):
+        run_job(str(manifest), str(tmp_path / "out"))
 
 
 def test_malformed_index_line_names_file_and_line(tmp_path):

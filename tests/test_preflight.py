@@ -359,16 +359,26 @@ def test_the_gate_names_data_root_for_audio_outside_it():
     assert "3 of 3 inputs dead-lettered" in dead and "--data-root" in dead
 
 
-def test_utterance_ids_without_their_speaker_prefix_stop_the_speaker_branch(tmp_path, capsys):
-    """The pair builder groups a speaker's utterances by the `<speaker>/` prefix of their ids: a
-    manifest or Kaldi dir with other ids (Kaldi's `spk-utt`) would fail at PairGen, after training."""
+def test_utterance_ids_need_not_start_with_their_speaker(tmp_path):
+    """The pair builder groups a speaker's utterances by the `speaker` field, not an id prefix: a
+    manifest's free-form ids and Kaldi's `spk-utt` ids pass, counted by their speakers."""
     path = manifest(str(tmp_path / "m"), speakers=12)
     with open(path, encoding="utf-8") as f:
         lines = [json.loads(line) for line in f]
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({**line, "utterance": line["utterance"].replace("/", "-")}) + "\n" for line in lines)
-    argv = ["--home", str(tmp_path / "h"), "--span", path, "--branches", "speaker", "--speakers-per-batch", "4"]
-    _stops(argv, capsys, "36 utterance id(s) do not start with their speaker", "<speaker>/<session>/<name>")
+        f.writelines(json.dumps({**line, "utterance": f"clip{n:03d}"}) + "\n" for n, line in enumerate(lines))
+    kaldi, audio = kaldi_absolute(str(tmp_path / "k"), speakers=12)
+    for name in ("wav.scp", "utt2spk"):
+        table = os.path.join(kaldi, name)
+        with open(table, encoding="utf-8") as f:
+            rows = [row.split(" ", 1) for row in f.read().splitlines()]
+        with open(table, "w", encoding="utf-8") as f:
+            f.writelines(f"{utt.replace('/', '-')} {rest}\n" for utt, rest in rows)
+    for span, changes in ((path, {}), (kaldi, {"data_root": audio})):
+        preflight = run_preflight(_config(tmp_path, span, embedder=_p(4), **changes))
+        assert not preflight.problems, preflight.problems
+        assert sum(c.speakers for c in preflight.branches["speaker"].values()) == 12
+        assert sum(c.utterances for c in preflight.branches["speaker"].values()) == 36
 
 
 def test_compile_stops_on_the_spans_it_can_list(tmp_path, capsys):

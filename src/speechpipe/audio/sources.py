@@ -452,8 +452,7 @@ def _parse_manifest_line(item: RawInput, spec: InputSpec):
     missing = [k for k in MANIFEST_REQUIRED if not isinstance(obj.get(k), str) or not obj.get(k)]
     if missing:
         return _dead(item, MISSING_FIELD, f"missing or empty: {', '.join(missing)}", obj.get("utterance"))
-    parts = obj["utterance"].split("/")
-    session = obj.get("session") or (parts[1] if len(parts) == 3 else obj["utterance"])
+    session = obj.get("session") or session_of_id(obj["utterance"], obj["speaker"])
     return _record(
         item,
         spec,
@@ -473,6 +472,18 @@ def session_from_name(stem: str) -> str:
     `<speaker>-<chapter>-<nnnn>` utterance nnnn of its chapter. A name without '-' gives ''."""
     head, sep, _ = stem.rpartition("-")
     return head if sep and head else ""
+
+
+def session_of_id(utterance: str, speaker: str) -> str:
+    """The session of an utterance whose input names none (a Kaldi dir, a manifest line without
+    `session`): the middle of a `<speaker>/<session>/<name>` id; else what the id's last part
+    says (`1089-134686-0000` is utterance 0000 of chapter `1089-134686`, as in LibriSpeech's
+    Kaldi recipes); else the speaker, one session. Never the utterance itself: that would make
+    every pair of a speaker's utterances a cross-session pair and flatter the EER unreported."""
+    parts = utterance.split("/")
+    if len(parts) == 3:
+        return parts[1]
+    return session_from_name(parts[-1]) or speaker
 
 
 def _parse_voxceleb(item: RawInput, spec: InputSpec):
@@ -529,8 +540,7 @@ def _parse_kaldi(item: RawInput, spec: InputSpec):
         )
     if not extra["speaker"]:
         return _dead(item, MISSING_SPEAKER, "utterance not in utt2spk", utterance)
-    parts = utterance.split("/")
-    session = parts[1] if len(parts) == 3 else utterance
+    session = session_of_id(utterance, extra["speaker"])
     return _record(item, spec, utterance, audio, extra["speaker"], session, None, extra["text"], extra["phones"])
 
 

@@ -167,10 +167,6 @@ class SpanInventory:
     dead_examples: Dict[str, str] = field(default_factory=dict)
     speakers: Dict[str, SpeakerTally] = field(default_factory=dict)
     utterances: Optional[Dict[str, List[str]]] = None  # {speaker: utterance ids}
-    # Utterance ids that do not start with `<speaker>/`, which the pair builder groups a speaker's
-    # utterances by (speechpipe.speakers.pairs.parse_index_record), and the first of them.
-    unprefixed: int = 0
-    unprefixed_example: str = ""
     seconds: float = 0.0
 
     @property
@@ -227,11 +223,6 @@ def list_span(spec: InputSpec, keep_utterances: bool = False) -> SpanInventory:
             continue
         seen.add(result.utterance)
         inventory.records += 1
-        if not result.utterance.startswith(result.speaker + "/"):
-            inventory.unprefixed += 1
-            inventory.unprefixed_example = inventory.unprefixed_example or (
-                f"{result.utterance!r} of speaker {result.speaker!r}"
-            )
         named = spec.speaker_sets is not None or (spec.kind == MANIFEST and _names_split(item.payload))
         tally = inventory.speakers.get(result.speaker)
         if tally is None:

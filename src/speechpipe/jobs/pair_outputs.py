@@ -90,15 +90,24 @@ class CheckOfficialTrials(beam.DoFn):
             for rank, speaker in enumerate(plan.speakers):
                 where[speaker] = (split, plan.utterances[rank])
         sets: Dict[str, frozenset] = {}
+        owners: Dict[str, str] = {}  # utterance -> speaker, every eligible one: built at the first miss
+
+        def speaker_of(utterance: str) -> Optional[str]:
+            # VoxCeleb's ids start with their speaker: tried first, it reads only that speaker's
+            # utterances. Other ids (Kaldi's `spk-utt`, a manifest's own) need the whole index.
+            prefix = utterance.split("/", 1)[0]
+            if prefix in where:
+                if prefix not in sets:
+                    sets[prefix] = frozenset(where[prefix][1])
+                if utterance in sets[prefix]:
+                    return prefix
+            if not owners:
+                owners.update((u, speaker) for speaker, (_, utterances) in where.items() for u in utterances)
+            return owners.get(utterance)
 
         def split_of(utterance: str) -> Optional[str]:
-            speaker = utterance.split("/", 1)[0]
-            if speaker not in where:
-                return None
-            split, utterances = where[speaker]
-            if speaker not in sets:
-                sets[speaker] = frozenset(utterances)
-            return split if utterance in sets[speaker] else None
+            speaker = speaker_of(utterance)
+            return None if speaker is None else where[speaker][0]
 
         name = path.replace("\\", "/").rsplit("/", 1)[-1]
         destination = FileSystems.join(self._out_dir, OFFICIAL_DIR, name)
@@ -123,7 +132,9 @@ class CheckOfficialTrials(beam.DoFn):
                 else:
                     per_split[split_a] = per_split.get(split_a, 0) + 1
                 out.write((format_trial(*trial) + "\n").encode("utf-8"))
-        stats = trial_stats(trials)
+        # An utterance not in the index has no known speaker: its id's first path component stands
+        # in (VoxCeleb's speaker).
+        stats = trial_stats(trials, lambda u: speaker_of(u) or u.split("/", 1)[0])
         yield {
             "list": name,
             "source": path,

@@ -41,12 +41,19 @@ class ReadIndexFile(beam.DoFn):
     """One index or manifest file -> (speaker, (utterance, session, split, num_frames)).
 
     Files are read line by line in the DoFn, not with ReadFromText, so that an error can name
-    the file and the line. Plain tuples keep the 1.1 million elements cheap to encode."""
+    the file and the line. Plain tuples keep the 1.1 million elements cheap to encode.
 
-    def __init__(self, features: FeatureConfig):
+    `unique_ids`: a repeated utterance id within the file, under any speaker, is an error naming
+    both lines. For a manifest, which is one file, that checks the whole input without a shuffle
+    over the ids, at the cost of its ids held by one worker while it reads (demo-corpus sizes).
+    A feature job's index needs no such check: that job keeps one record per id."""
+
+    def __init__(self, features: FeatureConfig, unique_ids: bool = False):
         self._features = features
+        self._unique_ids = unique_ids
 
     def process(self, path: str) -> Iterator[Tuple[str, Tuple[str, str, str, int]]]:
+        first_line: Dict[str, int] = {}
         with FileSystems.open(path) as raw:
             for number, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8"), 1):
                 where = f"{path}:{number}"
@@ -55,6 +62,12 @@ class ReadIndexFile(beam.DoFn):
                 except json.JSONDecodeError as error:
                     raise PairsInputError(f"{where}: not a JSON object ({error.msg})") from None
                 ref = parse_index_record(record, self._features, where)
+                if self._unique_ids:
+                    seen = first_line.setdefault(ref.utterance, number)
+                    if seen != number:
+                        raise PairsInputError(
+                            f"{where}: utterance {ref.utterance!r} is listed twice (first on line {seen})"
+                        )
                 yield ref.speaker, (ref.utterance, ref.session, ref.split, ref.num_frames)
 
 

@@ -15,7 +15,9 @@ and larger ones multi_processing over every core (see MULTI_PROCESSING_FROM_BYTE
 Input: the feature job's utterance index, `DIR/index/utterances-*.jsonl` (metadata only; no
 feature is decoded), with `DIR/summary.json` for the feature settings; or a demo-corpus
 `manifest.jsonl` (DIR holding one, or the file itself), whose frame counts are derived from the
-durations with the default FeatureConfig.
+durations with the default FeatureConfig. Utterance ids may take any form (a speaker is its
+records' `speaker` field) but must each name one utterance: speechpipe.speakers.pairs says how
+that is checked without a shuffle over the ids.
 
 Output under --out:
     pairs/<split>/pairs-SSSSS-of-NNNNN.tfrecord.gz   GZIP tf.train.Example {label, utterance_a,
@@ -324,7 +326,7 @@ def build_pipeline(
         pipeline
         | "ListIndexFiles" >> beam.Create(list(source.paths))
         | "SpreadIndexFiles" >> beam.Reshuffle()
-        | "ReadIndex" >> beam.ParDo(ReadIndexFile(source.features))
+        | "ReadIndex" >> beam.ParDo(ReadIndexFile(source.features, unique_ids=source.kind == "manifest"))
     )
     result = utterances | "Pairs" >> PairsFromUtterances(config)
     parts = []

@@ -28,6 +28,16 @@ Rules (docs/pairs.md has the reasoning and the measured figures):
 * **No self-pairs, no duplicates.** Positives are distinct index pairs i < j of distinct
   utterances; negatives are distinct grid cells of one link, and links are disjoint.
 * **Splits.** Pairs are built within one split; a speaker found in two splits is an error.
+* **Utterance ids.** Any id without whitespace or `.wav` (VoxCeleb's
+  `<speaker>/<session>/<name>`, Kaldi's `<speaker>-<chapter>-<nnnn>` or `spk1-utt1`, a manifest's
+  free-form ids): a speaker's utterances are the records whose `speaker` field names it, never
+  an id prefix. An id must name one utterance in the whole input, as a pair names utterances by
+  id alone (a shared id would make a different-speaker pair of one id). Checked without a
+  shuffle over the ids: a feature job's index is unique by construction (that job groups its
+  inputs by id and keeps the first of a repeated one, dead-lettering the rest); a manifest is
+  one file, read whole by one worker, which stops at a repeated id under any speaker
+  (speechpipe.jobs.pair_transforms.ReadIndexFile); and a speaker's grouped utterances are
+  checked again for a repeat whatever the input.
 * **Determinism.** Every random draw comes from `random.Random` seeded with a string made of the
   seed, the split and the speaker, consumed in a fixed order, so a seed gives the same pairs
   whatever the runner, the bundling or the number of workers.
@@ -161,11 +171,8 @@ def parse_index_record(record: object, features: FeatureConfig, where: str) -> U
         values[key] = value
     if values["split"] not in SPLITS:
         raise fail(f"split {values['split']!r} is not one of {', '.join(SPLITS)}")
-    # Utterance ids are <speaker>/<session>/<name>, as in VoxCeleb and the demo corpus. Requiring
-    # the speaker prefix makes an id unique to its speaker's group, so duplicates are caught when
-    # a speaker's utterances are grouped, without a shuffle over every utterance id.
-    if not values["utterance"].startswith(values["speaker"] + "/"):
-        raise fail(f"utterance {values['utterance']!r} does not start with its speaker {values['speaker']!r}/")
+    # The id's form is free (VoxCeleb's `<speaker>/<session>/<name>`, Kaldi's `<speaker>-<rest>`,
+    # a manifest's own): the speaker is the record's `speaker` field. Uniqueness: the module doc.
     if values["utterance"].lower().endswith(".wav"):
         raise fail(f"utterance {values['utterance']!r}: ids carry no .wav extension")
     if "num_frames" in record:

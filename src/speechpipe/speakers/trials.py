@@ -28,7 +28,7 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import asdict, dataclass
-from typing import IO, Dict, Iterable, Iterator, List, NamedTuple, Optional, Union
+from typing import IO, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Union
 
 from speechpipe.speakers.pairs import DIFFERENT, SAME, PairsInputError
 
@@ -169,13 +169,20 @@ class TrialStats:
     self_trials: int  # an utterance against itself
     duplicates: int  # trials repeating an earlier one (either order)
     utterances: int  # distinct utterances
-    speakers: int  # distinct speakers (first path component)
+    speakers: int  # distinct speakers (`speaker_of`; by default the first path component)
 
     def to_json(self) -> Dict[str, int]:
         return asdict(self)
 
 
-def trial_stats(trials: Iterable[Trial]) -> TrialStats:
+def _first_component(utterance: str) -> str:
+    return utterance.split("/", 1)[0]
+
+
+def trial_stats(trials: Iterable[Trial], speaker_of: Callable[[str], str] = _first_component) -> TrialStats:
+    """`speaker_of`: an utterance's speaker. The default, its id's first path component, holds for
+    VoxCeleb's ids only; a corpus whose ids do not name their speaker (Kaldi's `spk-utt`, a
+    manifest's own ids) needs its index's speakers."""
     seen = set()
     utterances = set()
     same = different = self_trials = duplicates = 0
@@ -187,7 +194,7 @@ def trial_stats(trials: Iterable[Trial]) -> TrialStats:
         duplicates += key in seen
         seen.add(key)
         utterances.update((a, b))
-    speakers = {u.split("/", 1)[0] for u in utterances}
+    speakers = {speaker_of(u) for u in utterances}
     return TrialStats(same + different, same, different, self_trials, duplicates, len(utterances), len(speakers))
 
 
