@@ -4,13 +4,11 @@ import-linter finds a package's modules by walking its folder, but speechpipe's 
 `pipeline`, `components` and `schemas` live at the repository root (setup.py's package_dir). This
 lays the sources out as the wheel does, in a scratch folder, and runs `lint-imports` there.
 
-    python .ci/import_contract.py [--root REPO]
+    python .ci/import_contract.py
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import os
 import shutil
 import subprocess
@@ -18,42 +16,37 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)  # the repository: its tests package reads setup.py
+
+from tests.product import root_packages  # noqa: E402 - after the path is set
 
 
-def root_packages(repo: str) -> tuple:
-    """setup.py's _ROOT_PACKAGES, read without running setup.py."""
-    with open(os.path.join(repo, "setup.py"), encoding="utf-8") as f:
-        tree = ast.parse(f.read())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "_ROOT_PACKAGES" for t in node.targets):
-            return tuple(ast.literal_eval(node.value))
-    raise SystemExit("setup.py defines no _ROOT_PACKAGES")
-
-
-def lay_out(repo: str, target: str) -> str:
+def lay_out(target: str, repo: str = REPO) -> str:
     """Copies the package's Python files into target/speechpipe as the wheel holds them."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.json", "*.pbtxt", "*.txt")
     package = os.path.join(target, "speechpipe")
     shutil.copytree(os.path.join(repo, "src", "speechpipe"), package, ignore=ignore)
-    for name in root_packages(repo):
+    for name in root_packages():
         shutil.copytree(os.path.join(repo, name), os.path.join(package, name), ignore=ignore)
     return target
 
 
-def check(repo: str) -> int:
+def lint(layout: str, capture: bool = False) -> subprocess.CompletedProcess:
+    """`lint-imports` with the repository's contract over a laid-out package."""
     lint_imports = os.path.join(os.path.dirname(sys.executable), "lint-imports")
+    return subprocess.run(
+        [lint_imports, "--config", os.path.join(REPO, "pyproject.toml"), "--no-cache"],
+        cwd=layout,
+        env=dict(os.environ, PYTHONPATH=layout),
+        capture_output=capture,
+        text=True,
+    )
+
+
+def main() -> int:
     with tempfile.TemporaryDirectory(prefix="import-contract-") as scratch:
-        lay_out(repo, scratch)
-        env = dict(os.environ, PYTHONPATH=scratch)
-        return subprocess.run(
-            [lint_imports, "--config", os.path.join(repo, "pyproject.toml"), "--no-cache"], cwd=scratch, env=env
-        ).returncode
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=os.path.dirname(HERE), help="the repository (default: this one)")
-    return check(os.path.abspath(parser.parse_args(argv).root))
+        return lint(lay_out(scratch)).returncode
 
 
 if __name__ == "__main__":
