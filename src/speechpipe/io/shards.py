@@ -25,6 +25,7 @@ for a fixed count). Paths go through Beam's FileSystems: local, gs://, s3://, ..
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 import zlib
@@ -35,6 +36,8 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
 from speechpipe.io import storage
+
+_LOGGER = logging.getLogger(__name__)
 
 TFRECORD = "tfrecord"  # payloads are serialised records, framed as TFRecords
 LINES = "lines"  # payloads are str, one line each, UTF-8
@@ -164,6 +167,15 @@ def _finalize(
             yield final, count
     leftovers = storage.beam_match(storage.join(temp_dir, "*"))  # failed bundles' files
     if leftovers:
+        # Expected after a failed or retried bundle; said out loud so that a read-back mismatch
+        # can tell "a report went missing" (files deleted here) from "records never reached the
+        # sink" (nothing deleted here).
+        _LOGGER.warning(
+            "WriteShards: deleting %d unreported temporary file(s) in %s: %s",
+            len(leftovers),
+            temp_dir,
+            ", ".join(f"{storage.basename(p)} ({_size(p)} bytes)" for p in leftovers),
+        )
         FileSystems.delete(leftovers)
     if not storage.is_uri(temp_dir) and os.path.isdir(temp_dir):
         os.rmdir(temp_dir)
@@ -217,6 +229,16 @@ class WriteShards(beam.PTransform):
                 num_shards=self._num_shards,
             )
         )
+
+
+def _size(path: str) -> object:
+    """A file's size in bytes for a log line, "?" when the filesystem cannot say."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    except Exception:  # only for a log line
+        return "?"
 
 
 def _as_bytes(payload: object) -> bytes:
