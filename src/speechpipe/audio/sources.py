@@ -170,6 +170,11 @@ class DeadLetter:
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
 
+    @classmethod
+    def rejected_audio(cls, record: "SourceRecord", reason: str, detail: str) -> "DeadLetter":
+        """A record whose audio the decoder refused (stage `audio`), as every job reports it."""
+        return cls(source=record.source, stage="audio", reason=reason, detail=detail, utterance=record.utterance)
+
 
 class InputError(ValueError):
     """The input as a whole is unusable (no such file, unknown kind): the job cannot start."""

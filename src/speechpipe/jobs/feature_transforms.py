@@ -200,14 +200,7 @@ class ComputeFeaturesFn(beam.DoFn):
             if self._count:
                 Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{rejected.reason}").inc()
             yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER,
-                DeadLetter(
-                    source=record.source,
-                    stage="audio",
-                    reason=rejected.reason,
-                    detail=rejected.detail,
-                    utterance=record.utterance,
-                ),
+                DEAD_LETTER, DeadLetter.rejected_audio(record, rejected.reason, rejected.detail)
             )
             return
         features = compute_features(audio.samples, self._config)

@@ -92,14 +92,7 @@ class DecodeFn(beam.DoFn):
         except AudioRejected as rejected:
             Metrics.counter(NAMESPACE, f"dead_letter_{rejected.reason}").inc()
             yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER,
-                DeadLetter(
-                    source=record.source,
-                    stage="audio",
-                    reason=rejected.reason,
-                    detail=rejected.detail,
-                    utterance=record.utterance,
-                ),
+                DEAD_LETTER, DeadLetter.rejected_audio(record, rejected.reason, rejected.detail)
             )
             return
         yield record.utterance, (record, audio.samples)
