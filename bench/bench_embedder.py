@@ -202,6 +202,7 @@ def _train(name: str, run: Run, features: str, pairs: str, out: str) -> Dict[str
     import tf_keras as keras
 
     from bench.seed002 import train_pairs
+    from bench.training_input import cached_training_input
     from speechpipe.components.embedder_trainer import train
     from speechpipe.config import FeatureConfig
     from speechpipe.speakers.embedder import with_legacy_settings
@@ -232,12 +233,13 @@ def _train(name: str, run: Run, features: str, pairs: str, out: str) -> Dict[str
     budget = f"{config.max_steps} steps" if config.max_steps else f"{config.max_seconds / 60:g} min"
     print(f"[{name}] training for {budget} ...", flush=True)
     keras.backend.clear_session()
-    splits = [os.path.join(features, "Split-train")], [os.path.join(features, "Split-validation")]
+    blocks = cached_training_input(features, out, config)
     model_dir, log_dir = os.path.join(folder, "model"), os.path.join(folder, "tensorboard")
     if run.seed002 is None:
-        result = train(*splits, feature_config, model_dir, log_dir, config, stats)
+        validation = [os.path.join(features, "Split-validation")]
+        result = train(blocks, validation, feature_config, model_dir, log_dir, config, stats)
     else:
-        result = train_pairs(*splits, feature_config, model_dir, log_dir, config, run.seed002, pairs, stats)
+        result = train_pairs(features, blocks, feature_config, model_dir, log_dir, config, run.seed002, pairs, stats)
     summary = result.summary
     os.makedirs(folder, exist_ok=True)
     with open(result_path, "w", encoding="utf-8") as f:

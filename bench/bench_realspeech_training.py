@@ -354,6 +354,7 @@ def train_run(name: str, feature_dir: str, out: str, minutes: float, seed: int, 
     reuses a finished run with the same settings); returns the trainer's summary."""
     import tf_keras as keras
 
+    from bench.training_input import cached_training_input
     from speechpipe.components.embedder_trainer import train
     from speechpipe.config import FeatureConfig
 
@@ -377,7 +378,7 @@ def train_run(name: str, feature_dir: str, out: str, minutes: float, seed: int, 
     )
     keras.backend.clear_session()
     result = train(
-        [os.path.join(feature_dir, "Split-train")],
+        cached_training_input(feature_dir, out, config),
         [os.path.join(feature_dir, "Split-validation")],
         feature_config,
         os.path.join(folder, "model"),

@@ -18,9 +18,10 @@ threshold, export: speechpipe.components.embedder_trainer) around this model and
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
@@ -132,16 +133,17 @@ def build_network(model_config, settings: Seed002Settings) -> keras.Model:
 
 
 def pair_training_dataset(
-    data, pairs_dir: str, segment_frames: int, pairs_per_batch: int, seed: int
+    features_dir: str, pairs_dir: str, segment_frames: int, pairs_per_batch: int, seed: int
 ) -> Tuple[tf.data.Dataset, int]:
-    """The pair job's training pairs -> ((segments_a, segments_b), labels)."""
+    """The pair job's training pairs -> ((segments_a, segments_b), labels), their segments cut
+    from the training split held in memory (seed 002's way; the product streams speaker blocks)."""
     from speechpipe.speakers.pair_dataset import PairReferences, SegmentTable, pair_dataset
 
     pattern = f"{pairs_dir.rstrip('/')}/pairs/train/pairs-*"
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no training pairs match {pattern}: run `speechpipe pairs --out {pairs_dir}`")
-    table = SegmentTable.from_arrays(zip(data.utterances, data.features))
+    table = SegmentTable.from_feature_records(features_dir, ["train"])
     references = PairReferences.read(files, table, segment_frames)
     dataset = pair_dataset(
         references, table, segment_frames, pairs_per_batch, training=True, seed=seed, repeat=True, drop_remainder=True
@@ -159,8 +161,8 @@ class _KerasAccuracy(keras.callbacks.Callback):
 
 
 def train_pairs(
-    train_files: Sequence[str],
-    eval_files: Sequence[str],
+    features_dir: str,
+    blocks: str,
     feature_config,
     serving_model_dir: Optional[str],
     log_dir: Optional[str],
@@ -170,18 +172,20 @@ def train_pairs(
     global_stats: Optional[Dict[str, object]] = None,
 ):
     """Seed 002's form: the siamese model on the pair job's pairs, with the product's validation,
-    back end, threshold and export. Returns the product's TrainResult."""
+    back end, threshold and export (the validation split of `features_dir`, the back-end sample
+    beside `blocks`: speechpipe.components.embedder_trainer.write_training_input). Returns the
+    product's TrainResult."""
     from speechpipe.components import trainer_contract
-    from speechpipe.components.embedder_trainer import best_weights_validation, finish, fit_epochs, read_splits
+    from speechpipe.components.embedder_trainer import best_weights_validation, finish, fit_epochs, read_training_input
     from speechpipe.training import StopOnNonFiniteLoss, set_mixed_precision, tensorboard
 
     settings.validate()
     config = replace(config, model=replace(config.model, n_bins=feature_config.n_bins)).validate()
     keras.utils.set_random_seed(config.seed)
     set_mixed_precision(config.mixed_precision)
-    splits = read_splits(train_files, eval_files, feature_config)
-    dataset, splits.inputs["train_pairs"] = pair_training_dataset(
-        splits.train, pairs_dir, config.model.segment_frames, settings.pairs_per_batch, config.seed
+    data = read_training_input(blocks, [os.path.join(features_dir, "Split-validation")], None, feature_config, config)
+    dataset, data.inputs["train_pairs"] = pair_training_dataset(
+        features_dir, pairs_dir, config.model.segment_frames, settings.pairs_per_batch, config.seed
     )
     base = build_network(config.model, settings)
     model = build_siamese_model(base)
@@ -193,7 +197,7 @@ def train_pairs(
         loss=PairwiseKLHingeLoss(config.model.margin, config.model.epsilon, settings.symmetric, settings.clip),
         metrics=metrics,
     )
-    embedder, validation = best_weights_validation(base, splits, config)
+    embedder, validation = best_weights_validation(base, data, config)
     accuracy = _KerasAccuracy()
     callbacks: List[keras.callbacks.Callback] = [StopOnNonFiniteLoss(), accuracy, validation]
     if log_dir:
@@ -206,7 +210,7 @@ def train_pairs(
         base,
         embedder,
         validation,
-        splits,
+        data,
         config,
         feature_config,
         global_stats,

@@ -1,15 +1,10 @@
 """PairGen: the pair builder (src/speechpipe/jobs/pairs_job.py) as a TFX component, one node per span.
 
 Its output, a `SpeakerPairs` artifact, holds the test split's VoxCeleb-format trial list
-(`trials_test.txt`), which the speaker evaluator scores, the pair counts of every split in
-summary.json (no pair records: the trainer draws its own pairs in every batch), and the training
-split's speaker blocks (`blocks/train/`, speechpipe.speakers.block_records), which the embedder
-trainer can stream (speechpipe.speakers.speaker_blocks.block_dataset) instead of holding the
-training split in memory, when `blocks_per_speaker` > 0 (0 by default until the embedder trainer
-reads them: the demo would otherwise write 259 MB it never reads). The blocks are cut from `train_examples` when given (the Examples the
-trainer trains on: every span's, an ExamplesUnion's shard manifests included), else from
-`examples`; none when those have no training records (a test-only span). It reads the span's FeatureGen output (the feature job's index), so an unchanged span
-is a cache hit here too.
+(`trials_test.txt`), which the speaker evaluator scores, and the pair counts of every split in
+summary.json (no pair records: the trainer draws its own pairs in every batch, from the speaker
+blocks SpeakerBlockGen writes). It reads the span's FeatureGen output (the feature job's index),
+so an unchanged span is a cache hit here too.
 
 Given an official VoxCeleb trial list (`trials_file`: veri_test2.txt, list_test_hard2.txt, ...),
 that list is the test protocol instead: every utterance it names must be in the span's test split
@@ -41,22 +36,14 @@ class SpeakerPairs(artifact.Artifact):
 def PairGen(  # TFX names components in CamelCase
     examples: InputArtifact[standard_artifacts.Examples],
     pairs: OutputArtifact[SpeakerPairs],
-    train_examples: InputArtifact[standard_artifacts.Examples] = None,  # None: optional
     beam_args: Parameter[str] = "[]",
     seed: Parameter[int] = 0,
     trials_file: Parameter[str] = "",
-    segments_per_speaker: Parameter[int] = 8,  # the embedder's K (EmbedderTrainConfig)
-    blocks_per_speaker: Parameter[int] = 0,  # 0: no blocks; 16 suits the demo (docs/pairs.md)
 ) -> None:
-    from speechpipe.io import records
     from speechpipe.jobs import pairs_job
 
-    blocks_from = (train_examples or examples).uri
-    # A span may have no training split (a test-only span): then there is nothing to cut blocks from.
-    with_blocks = blocks_per_speaker > 0 and bool(records.resolve_shards(records.split_dir(blocks_from, "train")))
     # The evaluator scores the test split's trial list; the trainer draws its own pairs, so no
-    # pair record is written and no other split gets a list. The training split's speaker blocks
-    # are the trainer's streamed input.
+    # pair record is written and no other split gets a list.
     argv = [
         "--features",
         examples.uri,
@@ -70,19 +57,6 @@ def PairGen(  # TFX names components in CamelCase
         "--pair-splits",
         "",
     ]
-    if with_blocks:
-        argv += [
-            "--block-splits",
-            "train",
-            "--blocks-from",
-            blocks_from,
-            "--segments-per-speaker",
-            str(segments_per_speaker),
-            "--stored-segments",
-            str(2 * segments_per_speaker),
-            "--blocks-per-speaker",
-            str(blocks_per_speaker),
-        ]
     if trials_file:
         argv += ["--official_trials", trials_file]
     pairs_job.run(argv + list(json.loads(beam_args)))
@@ -97,10 +71,6 @@ def PairGen(  # TFX names components in CamelCase
         check_official_coverage(official, trials_file)
         test_list, test_trials = official["written"], int(official["covered"])
         pairs.set_string_custom_property("official_trials", official["list"])
-    blocks = summary["blocks"]["splits"]["train"] if with_blocks else {"blocks": 0, "speakers": 0}
-    pairs.set_string_custom_property("train_blocks", storage.join(pairs_job.BLOCKS_DIR, "train") if with_blocks else "")
-    pairs.set_int_custom_property("train_blocks_count", int(blocks["blocks"]))
-    pairs.set_int_custom_property("train_block_speakers", int(blocks["speakers"]))
     pairs.set_string_custom_property("test_trials_file", test_list)
     pairs.set_int_custom_property("test_trials", test_trials)
 

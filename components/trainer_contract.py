@@ -65,7 +65,7 @@ def read_inputs(fn_args, model_key: str) -> TrainerInputs:
     feature_config = FeatureConfig.from_json(custom["features"])
     global_stats = custom.get("global_stats")
     if feature_config.normalization == "global" and not global_stats:
-        global_stats = find_global_stats(fn_args.train_files)
+        global_stats = find_global_stats(list(fn_args.train_files) + list(fn_args.eval_files or []))
     champion = getattr(fn_args, "base_model", None) or None
     # A registry champion step publishes a Model artifact even when the registry has none.
     if champion and champion_absent(champion):

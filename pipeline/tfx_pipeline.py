@@ -15,6 +15,8 @@ Two branches, each on its own spans (a span may feed both):
         SpeakerExampleValidator_span<i> and SpeakerValidationGate_span<i>)
     SpeakerExamplesUnion (2+ spans; the trainers share CTCExamplesUnion when spans and features agree)
     PairGen (trial list of the test span's test split, or the official list it is given)
+    SpeakerBlockGen (the trainer's input: every span's training speakers as speaker blocks, and the
+        back end's capped sample of training utterances)
     SpeakerChampionResolver -> SpeakerTrainer (siamese embedder) -> SpeakerEvaluator (EER, clustering)
                             -> SpeakerRegistryPusher
     with champion_from="registry" (open-source KFP runs no resolver tasks): CTCRegistryChampion and
@@ -421,6 +423,7 @@ def _speaker_branch(
     gate; the two branches share one union when they read the same spans with the same features."""
     from speechpipe.components.pair_gen import PairGen
     from speechpipe.components.registry_pusher import RegistryPusher
+    from speechpipe.components.speaker_block_gen import SpeakerBlockGen
     from speechpipe.components.speaker_evaluator import SpeakerEvaluator
     from speechpipe.speakers.embedder.config import EmbedderTrainConfig
 
@@ -438,19 +441,32 @@ def _speaker_branch(
         "PairGen"
     )
     pairs.add_upstream_node(test_gate)
+    # The trainer's input, from every span's training speakers: speaker blocks it streams, the
+    # validation shards, and the back end's capped sample of training utterances.
+    train_config = EmbedderTrainConfig.from_json(dict(embedder_config))
+    blocks = SpeakerBlockGen(
+        examples=all_examples,
+        beam_args=json.dumps(list(beam_args)),
+        segments_per_speaker=train_config.segments_per_speaker,
+        blocks_per_speaker=train_config.blocks_per_speaker,
+        segment_frames=train_config.model.segment_frames,
+        backend_utterances=train_config.backend_max_utterances,
+    ).with_id(f"{SPEAKER_PREFIX}BlockGen")
+    for gate in gates:
+        blocks.add_upstream_node(gate)  # nothing is cut unless every span passed its gate
     # The speaker champion: the same rule as the CTC one, among the speaker blessings.
     champion = champion_node(champion_from, data_key, "speaker", tracking_uri, model_name)
     # The siamese embedder on every span's training speakers, best weights by validation EER.
     trainer = gated_trainer(
         EMBEDDER_RUN_FN,
-        all_examples,
+        blocks.outputs["training_input"],
         champion,
         gates,
         {"features": feature_config.to_json(), "embedder": dict(embedder_config), "warm_start": warm_start},
     ).with_id(SPEAKER_TRAINER_ID)
     # EER on the test span's trial list (speakers never seen), against the threshold and the champion,
     # under the caps the trainer's validation keeps (the run's embedder section).
-    bounds = EmbedderTrainConfig.from_json(dict(embedder_config))
+    bounds = train_config
     evaluator = SpeakerEvaluator(
         model=trainer.outputs["model"],
         examples=test_examples,
@@ -477,4 +493,4 @@ def _speaker_branch(
         feature_config=json.dumps(feature_config.to_json(), sort_keys=True),
         model_kind="speaker",
     ).with_id(f"{SPEAKER_PREFIX}RegistryPusher")
-    return [pairs, champion, trainer, evaluator, pusher]
+    return [pairs, blocks, champion, trainer, evaluator, pusher]

@@ -46,6 +46,20 @@ def tiny_features(tiny_corpus, tmp_path_factory) -> str:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_training_input(tiny_features, tmp_path_factory) -> str:
+    """The embedder's training input for the tiny corpus (the pair job's speaker blocks of the
+    training split, K = 2 of 4 stored segments, and its back-end sample), once per session: the
+    folder `embedder_trainer.train` takes as `blocks`."""
+    from speechpipe.components.embedder_trainer import write_training_input
+    from speechpipe.speakers.embedder.config import EmbedderTrainConfig
+
+    out = str(tmp_path_factory.mktemp("tiny_training_input"))
+    config = EmbedderTrainConfig(segments_per_speaker=2, blocks_per_speaker=8)
+    write_training_input(tiny_features, out, config, ["--direct_running_mode=in_memory"])
+    return out
+
+
 @pytest.fixture(scope="module")
 def portable_services(tmp_path_factory):
     """Beam's job service and an external worker pool, each its own process: (job port, pool port)."""

@@ -141,23 +141,6 @@ def test_table_marks_protocol_c_unfair_for_real_trained_models():
     assert "n/a (trained on them)" in table[4] and "5.00 %" in table[4] and "10 (10)" in table[4]
 
 
-def test_sampler_draws_k_segments_from_a_single_utterance():
-    from speechpipe.speakers.speaker_batches import SpeakerBatches
-    from speechpipe.speakers.split_data import SplitData
-
-    rng = np.random.default_rng(0)
-    data = SplitData(
-        [f"u{i}" for i in range(4)],
-        [f"s{i}" for i in range(4)],
-        ["a"] * 4,
-        [rng.standard_normal((300, 8)).astype(np.float32) for _ in range(4)],
-    )
-    x, y = next(SpeakerBatches(data, 40, 3, 5, seed=0).batches())
-    assert x.shape == (15, 40, 8) and len(set(y.tolist())) == 3
-    first = x[:5].reshape(5, -1)
-    assert len({row.tobytes() for row in first}) > 1  # other crops of the one utterance
-
-
 def test_main_skips_without_the_default_data(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(rs, "DEFAULT_DATA", str(tmp_path / "absent"))
     monkeypatch.delenv("BENCH_REALSPEECH_DATA", raising=False)

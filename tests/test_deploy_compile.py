@@ -381,10 +381,15 @@ def test_two_spans(span, tmp_path, include_speaker, speaker_normalization):
     if include_speaker:
         readers.update(
             {
-                "SpeakerTrainer": SPEAKER_UNION_ID if own_speaker_features else UNION_ID,
+                "SpeakerBlockGen": SPEAKER_UNION_ID if own_speaker_features else UNION_ID,
                 "SpeakerRegistryPusher": SPEAKER_UNION_ID if own_speaker_features else UNION_ID,
             }
         )
+        # The speaker trainer reads the training input SpeakerBlockGen cut from the union.
+        assert tasks["SpeakerTrainer"]["inputs"]["artifacts"]["examples"]["taskOutputArtifact"] == {
+            "producerTask": "SpeakerBlockGen",
+            "outputArtifactKey": "training_input",
+        }
     for reader, union in readers.items():
         assert tasks[reader]["inputs"]["artifacts"]["examples"]["taskOutputArtifact"] == {
             "producerTask": union,

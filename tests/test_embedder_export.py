@@ -205,7 +205,7 @@ def test_export_with_an_lda_backend_applies_it_in_both_signatures(random_network
 
 
 @pytest.mark.slow  # runs a trainer
-def test_trainer_fits_the_lda_backend_on_the_training_speakers(tiny_features, tmp_path):
+def test_trainer_fits_the_lda_backend_on_the_training_speakers(tiny_features, tiny_training_input, tmp_path):
     with open(os.path.join(tiny_features, "summary.json"), encoding="utf-8") as f:
         features = FeatureConfig.from_json(json.load(f)["features"])
     config = EmbedderTrainConfig(
@@ -217,7 +217,7 @@ def test_trainer_fits_the_lda_backend_on_the_training_speakers(tiny_features, tm
     )
     serving = str(tmp_path / "serving")
     result = embedder_trainer.train(
-        [os.path.join(tiny_features, "Split-train")],
+        tiny_training_input,
         [os.path.join(tiny_features, "Split-validation"), os.path.join(tiny_features, "Split-test")],
         features,
         serving,
@@ -226,7 +226,7 @@ def test_trainer_fits_the_lda_backend_on_the_training_speakers(tiny_features, tm
     )
     backend = result.summary["backend"]
     assert backend["kind"] == "lda" and backend["input_dims"] == TINY_MODEL.output_dim
-    assert backend["output_dims"] == result.summary["inputs"]["train_speakers"] - 1 == 3
+    assert backend["output_dims"] == result.summary["inputs"]["backend_sample_speakers"] - 1 == 3
     assert 0.0 <= backend["validation_without_backend"]["eer"] <= 1.0
     waves = np.random.default_rng(0).normal(size=(2, 16000)).astype(np.float32) * 0.1
     served = embedder.load_embedder(serving).embed(waves, np.array([16000, 12000]))
@@ -266,11 +266,11 @@ def test_export_rejects_mismatched_bins(random_network, tmp_path):
         embedder.export_embedder(str(tmp_path / "m"), base, config, FeatureConfig(kind="stft"))
 
 
-def _fn_args(features_dir, tmp_path, custom, train_steps=None):
+def _fn_args(features_dir, training_input, tmp_path, custom, train_steps=None):
     from tfx.components.trainer.fn_args_utils import FnArgs
 
     return FnArgs(
-        train_files=[os.path.join(features_dir, "Split-train")],
+        train_files=[os.path.join(training_input, "blocks", "train", "*")],
         eval_files=[os.path.join(features_dir, "Split-validation"), os.path.join(features_dir, "Split-test")],
         serving_model_dir=str(tmp_path / "serving"),
         model_run_dir=str(tmp_path / "run"),
@@ -280,19 +280,26 @@ def _fn_args(features_dir, tmp_path, custom, train_steps=None):
 
 
 @pytest.mark.slow  # runs a trainer
-def test_run_fn_trains_logs_and_exports(tiny_features, tmp_path):
+def test_run_fn_trains_logs_and_exports(tiny_features, tiny_training_input, tmp_path):
     with open(os.path.join(tiny_features, "summary.json"), encoding="utf-8") as f:
         features = json.load(f)["features"]
     config = EmbedderTrainConfig(model=TINY_MODEL, speakers_per_batch=4, segments_per_speaker=2, eval_every_steps=2)
     embedder_trainer.run_fn(
-        _fn_args(tiny_features, tmp_path, {"features": features, "embedder": config.to_json()}, train_steps=4)
+        _fn_args(
+            tiny_features,
+            tiny_training_input,
+            tmp_path,
+            {"features": features, "embedder": config.to_json()},
+            train_steps=4,
+        )
     )
     serving = str(tmp_path / "serving")
     with open(os.path.join(serving, trainer_contract.RESULT_FILE), encoding="utf-8") as f:
         result = json.load(f)
     assert result["steps"] == 4 and [h["step"] for h in result["history"]] == [2, 4]
     assert all(0.0 <= h["val_eer"] <= 1.0 and np.isfinite(h["loss"]) for h in result["history"])
-    assert result["inputs"]["train_speakers"] == 4 and result["inputs"]["validation_speakers"] == 2
+    assert result["inputs"]["backend_sample_speakers"] == 4 and result["inputs"]["validation_speakers"] == 2
+    assert result["inputs"]["block_files"] >= 1 and result["inputs"]["block_segments"] == 4
     assert glob.glob(str(tmp_path / "run" / "tensorboard" / "train" / "events.out.tfevents.*"))
     assert glob.glob(str(tmp_path / "run" / "tensorboard" / "validation" / "events.out.tfevents.*"))
     loaded = embedder.load_embedder(serving)
@@ -302,25 +309,33 @@ def test_run_fn_trains_logs_and_exports(tiny_features, tmp_path):
     assert emb.shape == (2, TINY_MODEL.output_dim) and np.allclose(emb.sum(1), 1.0, atol=1e-5)
 
 
-def test_trainer_errors_are_clear(tiny_features, tmp_path):
+def test_trainer_errors_are_clear(tiny_features, tiny_training_input, tmp_path):
     features = FeatureConfig()
+    blocks = tiny_training_input
     train, val = [os.path.join(tiny_features, "Split-train")], [os.path.join(tiny_features, "Split-validation")]
     with pytest.raises(ConfigError, match="features"):
-        embedder_trainer.run_fn(_fn_args(tiny_features, tmp_path, {}))
+        embedder_trainer.run_fn(_fn_args(tiny_features, blocks, tmp_path, {}))
     with pytest.raises(ConfigError, match="unknown"):
-        embedder_trainer.run_fn(_fn_args(tiny_features, tmp_path, {"features": {}, "embeder": {}}))
+        embedder_trainer.run_fn(_fn_args(tiny_features, blocks, tmp_path, {"features": {}, "embeder": {}}))
     with pytest.raises(ConfigError, match="unknown"):
         EmbedderTrainConfig.from_json({"form": "pairs"})
     with pytest.raises(ConfigError, match="speakers_per_batch=16"):
         embedder_trainer.train(
-            train,
+            blocks,
             val + [os.path.join(tiny_features, "Split-test")],
             features,
             config=EmbedderTrainConfig(model=TINY_MODEL, max_steps=1),
         )
     with pytest.raises(ValueError, match="share speakers"):
-        embedder_trainer.train(train, train, features, config=EmbedderTrainConfig(model=TINY_MODEL, max_steps=1))
+        embedder_trainer.train(blocks, train, features, config=EmbedderTrainConfig(model=TINY_MODEL, max_steps=1))
     with pytest.raises(ValueError, match="at least 2 speakers"):
-        embedder_trainer.train(train, val, features, config=EmbedderTrainConfig(model=TINY_MODEL, max_steps=1))
+        embedder_trainer.train(blocks, val, features, config=EmbedderTrainConfig(model=TINY_MODEL, max_steps=1))
     with pytest.raises(FileNotFoundError):
         embedder_trainer.train([str(tmp_path / "nothing")], val, features, config=EmbedderTrainConfig(max_steps=1))
+    with pytest.raises(ConfigError, match="segments_per_speaker=8"):  # K larger than the blocks hold
+        embedder_trainer.train(
+            blocks,
+            val + [os.path.join(tiny_features, "Split-test")],
+            features,
+            config=EmbedderTrainConfig(model=TINY_MODEL, speakers_per_batch=2, max_steps=1),
+        )

@@ -9,6 +9,7 @@ folders. Anything that fell back to a local file call on a URI would fail to fin
 leave a local folder named `ram:` behind, which every test checks for.
 """
 
+import glob
 import io
 import json
 import os
@@ -469,10 +470,11 @@ def test_speaker_evaluator_and_registry_pusher_on_object_storage(tmp_path, bucke
 
 
 @pytest.mark.slow  # runs a trainer
-def test_embedder_trainer_reads_and_exports_on_object_storage(remote_features, bucket):
-    """The speaker trainer's run_fn with its examples, serving folder and TensorBoard logs under
-    ram://: the SavedModel, its assets.extra config and training_result.json land there, and the
-    model loads back from the URI."""
+def test_embedder_trainer_reads_and_exports_on_object_storage(remote_features, tiny_training_input, bucket):
+    """The speaker trainer's run_fn with its speaker blocks, back-end sample, validation split,
+    serving folder and TensorBoard logs under ram://: the SavedModel, its assets.extra config and
+    training_result.json land there, and the model loads back from the URI."""
+    import tensorflow as tf
     from tfx.components.trainer.fn_args_utils import FnArgs
 
     from speechpipe.components import embedder_trainer, trainer_contract
@@ -482,6 +484,10 @@ def test_embedder_trainer_reads_and_exports_on_object_storage(remote_features, b
 
     _, features, summary = remote_features
     base = f"{bucket}/embedder_trainer"
+    for part in ("blocks/train", "backend/train"):  # the pair job's output, as a cluster run leaves it
+        for path in glob.glob(os.path.join(tiny_training_input, part, "*")):
+            tf.io.gfile.makedirs(f"{base}/input/{part}")
+            tf.io.gfile.copy(path, f"{base}/input/{part}/{os.path.basename(path)}")
     config = EmbedderTrainConfig(
         model=EmbedderConfig(lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1),
         speakers_per_batch=4,
@@ -490,7 +496,7 @@ def test_embedder_trainer_reads_and_exports_on_object_storage(remote_features, b
     )
     embedder_trainer.run_fn(
         FnArgs(
-            train_files=[f"{features}/Split-train"],
+            train_files=[f"{base}/input/blocks/train/*"],
             eval_files=[f"{features}/Split-validation", f"{features}/Split-test"],
             serving_model_dir=f"{base}/serving",
             model_run_dir=f"{base}/run",

@@ -452,14 +452,23 @@ def test_gzip_blocks_read_alike(features, tmp_path):
     assert x.shape == (8, 40, BINS) and labels.shape == (8,)
 
 
-def test_pair_gen_writes_the_training_blocks(tiny_features, tmp_path):
+def test_speaker_block_gen_writes_the_training_input(tiny_features, tmp_path):
     from speechpipe.speakers.speaker_blocks import block_dataset
-    from tests.regressions.speaker_chain import pair_gen
+    from speechpipe.speakers.split_stream import read_index
+    from tests.regressions.speaker_chain import speaker_block_gen
 
-    pairs = pair_gen(tiny_features, str(tmp_path / "pairs"), blocks_per_speaker=fmt.BlockConfig().blocks_per_speaker)
+    training = speaker_block_gen(tiny_features, str(tmp_path / "input"), segments_per_speaker=2, blocks_per_speaker=4)
     speakers = {u.speaker for u in records.read_split(tiny_features, "train")}
-    assert pairs.get_int_custom_property("train_block_speakers") == len(speakers)
-    assert pairs.get_int_custom_property("train_blocks_count") == fmt.BlockConfig().blocks_per_speaker * len(speakers)
-    folder = os.path.join(pairs.uri, pairs.get_string_custom_property("train_blocks"))
-    x, labels = next(iter(block_dataset(folder, 40, 2, 8)))
-    assert x.shape[:2] == (16, 40) and labels.shape == (16,)
+    blocks = json.loads(training.get_string_custom_property("blocks"))
+    assert blocks["speakers"] == len(speakers) and blocks["blocks"] == 4 * len(speakers)
+    assert json.loads(training.split_names) == ["train", "validation", "backend"]
+    # What TFX's Trainer passes (`<split>/*`) resolves through each split's manifest.
+    x, labels = next(iter(block_dataset(os.path.join(training.uri, "Split-train", "*"), 40, 2, 2)))
+    assert x.shape[:2] == (4, 40) and labels.shape == (4,)
+    validation = records.split_shards(os.path.join(training.uri, "Split-validation"))
+    assert validation == records.shard_paths(tiny_features, "validation")
+    backend = read_index(os.path.join(training.uri, "Split-backend", "*"))
+    assert set(backend.speakers) == speakers  # every training speaker, under the default cap
+    assert os.path.exists(os.path.join(training.uri, "global_stats.json")) == os.path.exists(
+        os.path.join(tiny_features, "global_stats.json")
+    )

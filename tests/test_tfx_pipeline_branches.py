@@ -73,6 +73,7 @@ def test_voxceleb_as_it_ships_trains_scores_and_pushes_the_embedder_alone(versio
         "SpeakerFeatureGen_span0",
         "SpeakerValidationGate_span0",
         "PairGen",
+        "SpeakerBlockGen",
         "SpeakerTrainer",
         "SpeakerEvaluator",
         "SpeakerRegistryPusher",

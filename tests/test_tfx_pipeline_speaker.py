@@ -69,6 +69,7 @@ def test_first_run_pushes_both_models(runs):
     for node in (
         "SpeakerFeatureGen_span0",
         "PairGen",
+        "SpeakerBlockGen",
         "SpeakerTrainer",
         "SpeakerEvaluator",
         "SpeakerRegistryPusher",

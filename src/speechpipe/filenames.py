@@ -24,6 +24,10 @@ DEAD_LETTER_PREFIX = "dead_letter/dead_letter"
 
 # What the pair job writes.
 TRIALS_FILE = "trials_{split}.txt"
+# The speaker branch's training input as one Examples artifact (SpeakerBlockGen): its speaker
+# blocks in Split-train, the validation split's shards in Split-validation, and the capped sample
+# of whole training utterances the back end is fitted on in Split-backend.
+BACKEND_SPLIT = "backend"
 
 # Inside model and evaluation artifacts.
 RESULT_FILE = "training_result.json"

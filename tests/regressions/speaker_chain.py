@@ -72,7 +72,7 @@ def untrained_embedder(folder: str) -> str:
     return folder
 
 
-def pair_gen(span: str, out: str, blocks_per_speaker: int = 0):
+def pair_gen(span: str, out: str):
     """PairGen on the span: its SpeakerPairs artifact (the test list and its properties)."""
     from tfx.types import standard_artifacts
 
@@ -86,9 +86,28 @@ def pair_gen(span: str, out: str, blocks_per_speaker: int = 0):
         pairs=pairs,
         beam_args=json.dumps(IN_MEMORY),
         seed=0,
-        blocks_per_speaker=blocks_per_speaker,
     )
     return pairs
+
+
+def speaker_block_gen(span: str, out: str, segments_per_speaker: int = 8, blocks_per_speaker: int = 16):
+    """SpeakerBlockGen on the span: the trainer's input, an Examples artifact."""
+    from tfx.types import standard_artifacts
+
+    from speechpipe.components.speaker_block_gen import SpeakerBlockGen
+
+    examples = artifact(standard_artifacts.Examples, span)
+    examples.span = 0
+    training_input = artifact(standard_artifacts.Examples, out)
+    SpeakerBlockGen.test_call(
+        examples=examples,
+        training_input=training_input,
+        beam_args=json.dumps(IN_MEMORY),
+        seed=0,
+        segments_per_speaker=segments_per_speaker,
+        blocks_per_speaker=blocks_per_speaker,
+    )
+    return training_input
 
 
 def evaluate(span: str, pairs, model_dir: str, blessing_dir: str) -> Dict[str, object]:

@@ -6,7 +6,7 @@
                      [--pair_splits train,validation,test]
                      [--block_splits train [--blocks_from DIR] [--blocks_per_speaker 16]
                       [--segments_per_speaker 8] [--stored_segments 16] [--stored_frames 60]
-                      [--block_shard_mb 128] [--block_gzip]]
+                      [--block_shard_mb 128] [--block_gzip] [--backend_utterances 10000]]
                      [--overwrite] [Beam options: --runner, --direct_running_mode, ...]
 
 On the DirectRunner without --direct_running_mode, inputs under 64 MiB of index run in_memory
@@ -31,6 +31,12 @@ Output under --out:
                                                      training input, speaker blocks of feature
                                                      crops (speechpipe.speakers.block_records;
                                                      read by speechpipe.speakers.speaker_blocks)
+    backend/<split>/data_tfrecord-SSSSS-of-NNNNN.tfrecord
+                                                     with --block_splits: the back-end sample, at
+                                                     most --backend_utterances whole feature
+                                                     records of the split, speaker-balanced and
+                                                     seeded (speechpipe.speakers.backend_sample;
+                                                     read by speechpipe.training.record_dataset)
     summary.json                                     counts per split and label (same-session
                                                      positives apart; why a split lacks a label),
                                                      config, files
@@ -48,6 +54,7 @@ The graph (every step labelled; the sampling rules are in speechpipe.speakers.pa
       with --block_splits, per split (speechpipe.jobs.speaker_blocks; the only steps that read
       feature records, from --blocks_from, default --features):
       ListFeatureShards[<split>] -> Blocks[<split>]/... (side input: EligibleCounts[<split>])
+      index, ListFeatureShards[<split>] -> Backend[<split>]/...      (the back-end sample)
       all counts -> Summary/... -> WriteSummary
 
 Memory: the only collections that cross a shuffle are the utterances (grouped by speaker, then
@@ -104,8 +111,16 @@ from speechpipe.jobs.pair_transforms import (
     ReadIndexFile,
     SumCounts,
 )
-from speechpipe.jobs.speaker_blocks import BLOCK_FILES, BLOCK_STATS, EligibleCounts, WriteSpeakerBlocks
+from speechpipe.jobs.speaker_blocks import (
+    BLOCK_FILES,
+    BLOCK_STATS,
+    EligibleCounts,
+    WriteBackendSample,
+    WriteSpeakerBlocks,
+)
+from speechpipe.speakers.backend_sample import BACKEND_DIR, check_max_utterances
 from speechpipe.speakers.block_records import BLOCKS_DIR, BLOCKS_PREFIX, BlockConfig
+from speechpipe.speakers.embedder.config import EmbedderTrainConfig
 from speechpipe.speakers.pairs import PairConfig, PairsInputError, encode_pair_block, parse_ratio
 from speechpipe.speakers.trials import iter_trials
 
@@ -122,6 +137,9 @@ FEATURES_SUMMARY = "summary.json"
 # pairs: 146 s against 159 s, at 2.1 GB against 0.7 GB). So: in_memory below this much index,
 # multi_processing over every core above it. Tests pass in_memory explicitly.
 MULTI_PROCESSING_FROM_BYTES = 64 << 20  # about 450k index lines
+
+# The back-end sample's cap: the trainer's, so that the sample is the one it would draw.
+BACKEND_UTTERANCES = EmbedderTrainConfig().backend_max_utterances
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +206,20 @@ def resolve_input(path: str) -> PairsInput:
     )
 
 
+def resolve_features(path: str, blocks: Optional["BlocksInput"], pairs_asked: bool) -> PairsInput:
+    """--features as `resolve_input` reads it; when the job writes blocks alone (no trials or
+    pairs) from an Examples artifact whose index lies with each span rather than at its root (an
+    ExamplesUnion), the spans' own index files, with the first span's feature settings."""
+    try:
+        return resolve_input(path)
+    except FileNotFoundError:
+        if pairs_asked or blocks is None or not blocks.index:
+            raise
+    first_span = FileSystems.split(FileSystems.split(blocks.index[0])[0])[0]
+    spans = resolve_input(first_span)
+    return PairsInput("index", tuple(blocks.index), spans.features, spans.features_from, _size(blocks.index))
+
+
 @dataclass(frozen=True)
 class BlocksInput:
     """What --block_splits and --blocks_from resolved to: per split, the feature shards and the
@@ -247,9 +279,11 @@ def add_blocks(
     utterances: Optional[beam.PCollection],
     features: FeatureConfig,
     out_dir: str,
+    backend_utterances: int = BACKEND_UTTERANCES,
 ) -> List[beam.PCollection]:
-    """The speaker blocks of every split in `blocks`; returns the summary's parts. `utterances`:
-    the job's index elements, when they are the blocks' index too (else it is read here)."""
+    """The speaker blocks of every split in `blocks`, and its back-end sample of at most
+    `backend_utterances` (0: none); returns the summary's parts. `utterances`: the job's index
+    elements, when they are the blocks' index too (else it is read here)."""
     if utterances is None:
         utterances = (
             pipeline
@@ -260,13 +294,9 @@ def add_blocks(
     parts = []
     for split, shards in blocks.shards.items():
         counts = utterances | f"EligibleCounts[{split}]" >> EligibleCounts(split, blocks.config.segment_frames)
-        written = (
-            pipeline
-            | f"ListFeatureShards[{split}]" >> beam.Create(list(shards))
-            | f"Blocks[{split}]"
-            >> WriteSpeakerBlocks(
-                blocks.config, counts, blocks.n_bins, FileSystems.join(out_dir, BLOCKS_DIR, split, BLOCKS_PREFIX)
-            )
+        paths = pipeline | f"ListFeatureShards[{split}]" >> beam.Create(list(shards))
+        written = paths | f"Blocks[{split}]" >> WriteSpeakerBlocks(
+            blocks.config, counts, blocks.n_bins, FileSystems.join(out_dir, BLOCKS_DIR, split, BLOCKS_PREFIX)
         )
         parts.append(
             written[BLOCK_FILES] | f"TagBlockFiles[{split}]" >> beam.Map(lambda f, s=split: ("block_file", (s, f)))
@@ -276,7 +306,30 @@ def add_blocks(
             | f"SumBlockCounts[{split}]" >> beam.CombineGlobally(SumCounts())
             | f"TagBlockCounts[{split}]" >> beam.Map(lambda c, s=split: ("block_counts", (s, c)))
         )
+        if backend_utterances:
+            sample = WriteBackendSample(
+                split,
+                backend_utterances,
+                blocks.config.seed,
+                blocks.n_bins,
+                FileSystems.join(out_dir, BACKEND_DIR, split),
+                blocks.config.shard_mb,
+            )
+            parts.append(
+                {"index": utterances, "shards": paths}
+                | f"Backend[{split}]" >> sample
+                | f"TagBackendCounts[{split}]" >> beam.Map(lambda c, s=split: ("backend", (s, c)))
+            )
     return parts
+
+
+def write_job_summary(parts: List[Tuple[str, object]], out_dir: str, header: Dict[str, object]) -> str:
+    """write_summary, with the back-end sample's counts per split in the header's "backend"
+    section (write_summary passes what it does not know through from the header)."""
+    if "backend" in header:
+        splits = {split: counts for kind, (split, counts) in (p for p in parts if p[0] == "backend")}
+        header = {**header, "backend": {**header["backend"], "splits": dict(sorted(splits.items()))}}
+    return write_summary([p for p in parts if p[0] != "backend"], out_dir, header)
 
 
 def build_pipeline(
@@ -289,8 +342,10 @@ def build_pipeline(
     voxceleb_ids: bool = True,
     pair_splits: Sequence[str] = SPLITS,
     blocks: Optional[BlocksInput] = None,
+    backend_utterances: int = BACKEND_UTTERANCES,
 ) -> None:
-    """Adds the whole job to `pipeline`; with `blocks`, the speaker blocks too."""
+    """Adds the whole job to `pipeline`; with `blocks`, the speaker blocks too, and the back-end
+    sample of at most `backend_utterances` training utterances of each block split (0: none)."""
     header = {
         "job": "speechpipe pairs",
         "config": {**config.to_json(), "trial_splits": list(trial_splits), "pair_splits": list(pair_splits)},
@@ -322,6 +377,15 @@ def build_pipeline(
             "short_rule": f"utterances with fewer than {blocks.config.segment_frames} frames are in no block "
             "(counted as excluded_short); shorter than stored_frames: stored whole, zero-padded, with their length",
         }
+        header["backend"] = {
+            "max_utterances": check_max_utterances(backend_utterances),
+            "seed": blocks.config.seed,
+            "record": f"the feature records unchanged, uncompressed, under {BACKEND_DIR}/<split>/ "
+            "(speechpipe.speakers.backend_sample)",
+            "rule": "every utterance of the split, short ones too, when they fit max_utterances; else the largest "
+            "equal quota per speaker that fits (all of a speaker's when fewer); else max_utterances // 2 speakers "
+            "of 2; speakers and utterances chosen by the lowest keyed hash of the seed and their ids",
+        }
     utterances = (
         pipeline
         | "ListIndexFiles" >> beam.Create(list(source.paths))
@@ -332,7 +396,9 @@ def build_pipeline(
     parts = []
     if blocks is not None:
         same_index = source.kind == "index" and sorted(blocks.index) == sorted(source.paths)
-        parts += add_blocks(pipeline, blocks, utterances if same_index else None, source.features, out_dir)
+        parts += add_blocks(
+            pipeline, blocks, utterances if same_index else None, source.features, out_dir, backend_utterances
+        )
 
     for split in SPLITS:
         prefix = FileSystems.join(out_dir, PAIRS_DIR, split, PAIRS_PREFIX)
@@ -385,7 +451,7 @@ def build_pipeline(
         parts
         | "Summary/Flatten" >> beam.Flatten()
         | "Summary/Gather" >> beam.combiners.ToList()
-        | "WriteSummary" >> beam.Map(write_summary, out_dir, header)
+        | "WriteSummary" >> beam.Map(write_job_summary, out_dir, header)
     )
 
 
@@ -523,6 +589,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="GZIP the block shards (.tfrecord.gz): ~12 %% smaller, several times slower to read",
     )
+    parser.add_argument(
+        "--backend-utterances",
+        "--backend_utterances",
+        type=int,
+        default=BACKEND_UTTERANCES,
+        help="with --block_splits: whole training utterances (speaker-balanced, seeded) written under "
+        "backend/<split>/ for the embedder's LDA back end; 0: none; default %(default)s, the trainer's cap",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
     return parser
 
@@ -545,7 +619,7 @@ def pipeline_options(beam_args: List[str], input_bytes: int = 0) -> PipelineOpti
 
 def _prepare_out(out_dir: str, overwrite: bool) -> None:
     previous: List[str] = []
-    for name in (SUMMARY, PAIRS_DIR, EXCLUDED_DIR, OFFICIAL_DIR, TRIAL_PARTS_DIR, BLOCKS_DIR):
+    for name in (SUMMARY, PAIRS_DIR, EXCLUDED_DIR, OFFICIAL_DIR, TRIAL_PARTS_DIR, BLOCKS_DIR, BACKEND_DIR):
         path = FileSystems.join(out_dir, name)
         if FileSystems.exists(path):
             previous.append(path)
@@ -590,7 +664,10 @@ def run(argv: Optional[List[str]] = None) -> int:
         unknown = sorted(set(chosen) - set(SPLITS))
         if unknown:
             raise PairsInputError(f"{option}: {', '.join(unknown)} not among {', '.join(SPLITS)}")
-    source = resolve_input(known.features)
+    try:
+        check_max_utterances(known.backend_utterances)
+    except ValueError as error:
+        raise PairsInputError(f"--backend_utterances: {error}") from None
     blocks = None
     if block_splits:
         block_config = BlockConfig(
@@ -604,6 +681,7 @@ def run(argv: Optional[List[str]] = None) -> int:
             seed=config.seed,
         )
         blocks = resolve_blocks_input(known.blocks_from or known.features, block_splits, block_config)
+    source = resolve_features(known.features, blocks, bool(trial_splits or pair_splits or known.official_trials))
     # Official lists are small (<= 580k lines): checking them before the pipeline starts gives
     # a clean error at once instead of one wrapped by the runner after the heavy work.
     for path in known.official_trials:
@@ -623,6 +701,7 @@ def run(argv: Optional[List[str]] = None) -> int:
                 voxceleb_ids=not known.any_ids,
                 pair_splits=pair_splits,
                 blocks=blocks,
+                backend_utterances=known.backend_utterances,
             )
     except PairsInputError:
         raise
@@ -645,6 +724,13 @@ def run(argv: Optional[List[str]] = None) -> int:
         print(
             f"{split}: {counts['blocks']} speaker blocks of {counts['speakers']} speakers in {counts['shards']} "
             f"shards ({counts['bytes'] / 1e6:.1f} MB); {counts['excluded_short']} short utterances in none"
+        )
+    for split, counts in summary.get("backend", {}).get("splits", {}).items():
+        print(
+            f"{split}: back-end sample of {counts['utterances']} of {counts['of_utterances']} utterances, "
+            f"{counts['speakers']} of {counts['of_speakers']} speakers"
+            + (f" (capped at {summary['backend']['max_utterances']})" if counts["bound"] else "")
+            + f", in {counts['shards']} shards ({counts['bytes'] / 1e6:.1f} MB)"
         )
     # Splits short of a label, and same-session positives the rule did not ask for: logged, as
     # a run that goes on to train and evaluate must show why its EER is missing or flattered.

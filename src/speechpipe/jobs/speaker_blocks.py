@@ -1,6 +1,6 @@
 """The pair job's speaker blocks (format and sampling rules: speechpipe.speakers.block_records):
 the embedder's training input, written so that tf.data streams it with bounded memory
-(speechpipe.speakers.speaker_blocks).
+(speechpipe.speakers.speaker_blocks); and its back-end sample (speechpipe.speakers.backend_sample).
 
     feature shard paths -> SpreadShards -> CropUtterances (side input: eligible counts)
       -> GroupBySpeaker -> BuildBlocks (side inputs: counts, shard count)   [BLOCKS | BLOCK_STATS]
@@ -15,17 +15,32 @@ crops are grouped by speaker; blocks are then grouped by a random shard, one sha
 The eligible counts (speaker -> utterances of at least one segment, from the feature job's
 index, which is metadata only) tell each utterance how many crops to cut before anything is
 grouped, and give the speaker labels and the shard count.
+
+The back-end sample (rule: speechpipe.speakers.backend_sample) is drawn from the same index and
+copied from the same feature shards, whole records unchanged:
+
+    index -> KeepSplit -> IdAndFrames -> OnePerUtterance -> CountPerSpeaker -> ListCounts
+      -> Plan                                            (the quotas: one small dict)
+    IdAndFrames -> GroupIds -> Choose (side input: Plan) -> ListChosen -> ChosenIds -> ShardCount
+    feature shard paths -> SpreadShards -> KeepChosen (side inputs: ChosenIds, ShardCount)
+      -> GroupByShard -> WriteShard -> ListShards -> FillEmptyShards
+      -> CheckWritten (side inputs: Plan, ChosenIds)     [one dict of counts]
+
+Only ids, frame counts and the chosen records cross a shuffle; the chosen ids (at most the cap)
+are a side input of the read.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Iterator, List, Tuple
+from collections import Counter
+from typing import Dict, Iterable, Iterator, List, Mapping, Tuple
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.pvalue import AsDict, AsSingleton, TaggedOutput
 
 from speechpipe.io import records, storage
+from speechpipe.speakers import backend_sample
 from speechpipe.speakers.block_records import (
     BlockConfig,
     SpeakerBlock,
@@ -272,3 +287,182 @@ class WriteSpeakerBlocks(beam.PTransform):
             | "FillEmptyShards" >> beam.FlatMap(fill_empty_shards, prefix=prefix, shards=shards, gzip=gzip)
         )
         return {BLOCK_FILES: files, BLOCK_STATS: made[BLOCK_STATS]}
+
+
+# ---------------------------------------------------------------------------------- back-end sample
+
+
+def backend_plan(counts: List[Tuple[str, int]], max_utterances: int, seed: int) -> Dict[str, object]:
+    """A split's (speaker, utterances) -> {"quotas": speaker -> utterances to take, "counts": the
+    summary's counts}: one small dict (a few entries per speaker), a singleton side input."""
+    by_speaker = dict(counts)
+    quotas = backend_sample.speaker_quotas(by_speaker, max_utterances, seed)
+    return {"quotas": quotas, "counts": backend_sample.sample_counts(by_speaker, quotas)}
+
+
+def choose_utterances(
+    element: Tuple[str, Iterable[Tuple[str, int]]], plan: Mapping[str, object], seed: int
+) -> Iterator[Tuple[str, Tuple[str, int]]]:
+    """A speaker's (utterance, num_frames) -> its chosen (utterance, (speaker, num_frames))."""
+    speaker, items = element
+    quota = plan["quotas"].get(speaker, 0)
+    if not quota:
+        return
+    frames = dict(items)
+    for utterance in backend_sample.pick_utterances(speaker, frames, quota, seed):
+        yield utterance, (speaker, frames[utterance])
+
+
+class KeepChosen(beam.DoFn):
+    """A feature shard -> (shard, (utterance, record)) for each chosen utterance, the record's
+    bytes unchanged (so that the sample reads as the feature records do)."""
+
+    def __init__(self, seed: int) -> None:
+        self._seed = seed
+
+    def process(self, path: str, chosen: Mapping[str, Tuple[str, int]], shards: int):
+        from speechpipe.io.example_proto import Example, read_tfrecord_file
+
+        if not chosen:
+            return
+        for serialized in read_tfrecord_file(path):
+            # The ids only; the features stay bytes.
+            feature = Example.FromString(serialized).features.feature
+            utterance = feature[records.UTTERANCE].bytes_list.value[0].decode("utf-8")
+            if utterance not in chosen:
+                continue
+            speaker = feature[records.SPEAKER].bytes_list.value[0].decode("utf-8")
+            if speaker != chosen[utterance][0]:
+                raise PairsInputError(
+                    f"{path}: utterance {utterance!r} is of speaker {speaker!r} in the feature records, "
+                    f"{chosen[utterance][0]!r} in the index: records and index disagree"
+                )
+            yield backend_sample.shard_of(self._seed, utterance, shards), (utterance, serialized)
+
+
+def write_backend_shard(
+    element: Tuple[int, Iterable[Tuple[str, bytes]]], prefix: str, shards: int
+) -> Tuple[str, List[str], int]:
+    """One shard's records, sorted by utterance id (the same file on every run), uncompressed;
+    (path, utterance ids, bytes on disk). The shard is held while it is written: about `shard_mb`."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from speechpipe.io.example_proto import frame_record
+
+    index, items = element
+    path = backend_sample.backend_shard_name(prefix, index, shards)
+    ids: List[str] = []
+    size = 0
+    if not storage.is_uri(path):
+        import os
+
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with FileSystems.create(path, compression_type=_compression(False)) as f:
+        for utterance, serialized in sorted(items, key=lambda item: item[0]):
+            framed = frame_record(serialized)
+            f.write(framed)
+            ids.append(utterance)
+            size += len(framed)
+    return path, ids, size
+
+
+def fill_empty_backend_shards(
+    written: List[Tuple[str, List[str], int]], prefix: str, shards: int
+) -> List[Tuple[str, List[str], int]]:
+    """Every shard name exists, also those no chosen utterance hashed to (an empty file), so
+    that `-of-NNNNN` is the whole set."""
+    from apache_beam.io.filesystems import FileSystems
+
+    done = {path for path, _, _ in written}
+    files = list(written)
+    for index in range(shards):
+        path = backend_sample.backend_shard_name(prefix, index, shards)
+        if path not in done:
+            FileSystems.create(path, compression_type=_compression(False)).close()
+            files.append((path, [], 0))
+    return sorted(files)
+
+
+def check_written(
+    files: List[Tuple[str, List[str], int]], plan: Mapping[str, object], chosen: Mapping[str, object], split: str
+) -> Dict[str, object]:
+    """The split's summary counts, once every chosen utterance is written exactly once. Else an
+    error: a smaller sample than the index promises would fit the back end on other data than
+    the summary says (Beam's multi_processing DirectRunner can lose a bundle; records that lack
+    an indexed utterance, or hold one twice, disagree with their index)."""
+    expected = sum(plan["quotas"].values())
+    written = [utterance for _, ids, _ in files for utterance in ids]
+    missing = sorted(set(chosen) - set(written))
+    twice = sorted(u for u, n in Counter(written).items() if n > 1)
+    if len(chosen) != expected or missing or twice or len(written) != expected:
+        raise PairsInputError(
+            f"back-end sample of {split}: {expected} utterances planned, {len(chosen)} chosen, {len(written)} "
+            f"written ({len(missing)} missing{', e.g. ' + ', '.join(missing[:3]) if missing else ''}; "
+            f"{len(twice)} written twice{', e.g. ' + ', '.join(twice[:3]) if twice else ''}): the feature records "
+            "and their index disagree, or the runner lost a bundle (rerun with --direct_running_mode=in_memory)"
+        )
+    return {
+        **plan["counts"],
+        "shards": len(files),
+        "bytes": sum(size for _, _, size in files),
+    }
+
+
+class WriteBackendSample(beam.PTransform):
+    """{"index": the index elements (speaker, (utterance, session, split, num_frames)), "shards":
+    the split's feature shard paths} -> one dict of the split's sample counts, after writing the
+    chosen records under `<folder>/data_tfrecord-SSSSS-of-NNNNN.tfrecord`
+    (speechpipe.speakers.backend_sample). Every utterance of the split counts, short ones too:
+    the back end embeds a short utterance with one zero-padded window."""
+
+    def __init__(self, split: str, max_utterances: int, seed: int, n_bins: int, folder: str, shard_mb: float) -> None:
+        super().__init__()
+        if backend_sample.check_max_utterances(max_utterances) == 0:
+            raise ValueError("max_utterances=0: no sample to write")
+        self._split, self._max, self._seed = split, max_utterances, seed
+        self._n_bins, self._folder, self._shard_mb = n_bins, folder, shard_mb
+
+    def expand(self, inputs):
+        from apache_beam.io.filesystems import FileSystems
+
+        split, seed, n_bins, shard_mb, cap = self._split, self._seed, self._n_bins, self._shard_mb, self._max
+        prefix = FileSystems.join(self._folder, backend_sample.BACKEND_PREFIX)
+        of_split = (
+            inputs["index"]
+            | "KeepSplit" >> beam.Filter(lambda e: e[1][2] == split)
+            | "IdAndFrames" >> beam.Map(lambda e: (e[0], (e[1][0], e[1][3])))
+        )
+        plan = AsSingleton(
+            of_split
+            | "OnePerUtterance" >> beam.Map(lambda e: (e[0], 1))
+            | "CountPerSpeaker" >> beam.CombinePerKey(sum)
+            | "ListCounts" >> beam.combiners.ToList()
+            | "Plan" >> beam.Map(backend_plan, max_utterances=cap, seed=seed)
+        )
+        chosen_pc = (
+            of_split
+            | "GroupIds" >> beam.GroupByKey()
+            | "Choose" >> beam.FlatMap(choose_utterances, plan=plan, seed=seed)
+            | "ListChosen" >> beam.combiners.ToList()
+            | "ChosenIds" >> beam.Map(dict)
+        )
+        chosen = AsSingleton(chosen_pc)
+        shards = AsSingleton(
+            chosen_pc
+            | "ShardCount"
+            >> beam.Map(
+                lambda ids: backend_sample.shard_count(
+                    sum(backend_sample.utterance_bytes(frames, n_bins) for _, frames in ids.values()), shard_mb
+                )
+            )
+        )
+        return (
+            inputs["shards"]
+            | "SpreadShards" >> beam.Reshuffle()
+            | "KeepChosen" >> beam.ParDo(KeepChosen(seed), chosen=chosen, shards=shards)
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShard" >> beam.Map(write_backend_shard, prefix=prefix, shards=shards)
+            | "ListShards" >> beam.combiners.ToList()
+            | "FillEmptyShards" >> beam.Map(fill_empty_backend_shards, prefix=prefix, shards=shards)
+            | "CheckWritten" >> beam.Map(check_written, plan=plan, chosen=chosen, split=split)
+        )

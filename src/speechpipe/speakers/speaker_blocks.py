@@ -1,6 +1,6 @@
 """The embedder's training input streamed from the pair job's speaker blocks
 (speechpipe.speakers.block_records): batches of P speakers x K segments, as
-`SpeakerBatches(...).dataset()` gives from memory, with memory bounded by the buffers below
+the in-batch loss wants, with memory bounded by the buffers below
 whatever the corpus's size, from local disk or object storage alike (tf.data reads both).
 
     block files -> shuffle (seeded, every pass) -> repeat -> interleave(cycle_length files)
@@ -34,13 +34,19 @@ READ_BUFFER_BYTES = 1 << 20
 
 
 def block_files(patterns: Union[str, Sequence[str]]) -> List[str]:
-    """The block shards of one or more folders (the pair job's --out, its blocks/<split>/, or a
-    shard folder) or globs, local or URI, sorted; FileNotFoundError when there are none."""
+    """The block shards of one or more folders (the pair job's --out, its blocks/<split>/, a shard
+    folder, or an Examples artifact's Split-train whose manifest lists them) or globs, local or
+    URI, sorted; FileNotFoundError when there are none."""
+    from speechpipe.io import records
+
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     files: List[str] = []
     for pattern in patterns:
         pattern = pattern.rstrip("/")
-        if tf.io.gfile.isdir(pattern):
+        folder = pattern.removesuffix("/*")
+        if tf.io.gfile.exists(records.manifest_path(folder)):  # a split folder listing shards elsewhere
+            found = records.split_shards(folder, records.FILEIO, fmt.BLOCKS_PATTERN)
+        elif tf.io.gfile.isdir(pattern):
             found = tf.io.gfile.glob(f"{pattern}/{fmt.BLOCKS_PATTERN}")
             if not found:  # the pair job's --out: the training split's blocks
                 found = tf.io.gfile.glob(f"{pattern}/{fmt.BLOCKS_DIR}/train/{fmt.BLOCKS_PATTERN}")
@@ -143,7 +149,7 @@ def block_dataset(
 ) -> tf.data.Dataset:
     """Endless batches (x [P*K, segment_frames, bins] float32, speaker labels [P*K] int32),
     speaker-major (K rows per block), from the block shards `patterns` name (`block_files`): a
-    drop-in for `SpeakerBatches(...).dataset()`. The same seed gives the same batches."""
+    the embedder trainer's input. The same seed gives the same batches."""
     if speakers_per_batch < 1 or segments_per_speaker < 1 or shuffle_blocks < 1 or cycle_length < 1:
         raise ConfigError(
             f"speakers_per_batch={speakers_per_batch}, segments_per_speaker={segments_per_speaker}, "

@@ -198,6 +198,11 @@ class EmbedderTrainConfig:
     model: EmbedderConfig = field(default_factory=EmbedderConfig)
     speakers_per_batch: int = 16  # P
     segments_per_speaker: int = 8  # K: a batch of P x K = 128 segments
+    # The training input: the pair job writes this many speaker blocks of 2K crops per training
+    # speaker (speechpipe.speakers.block_records), which the trainer streams. 16 stores each of
+    # the demo's utterances 16 times; a corpus of ~100+ utterances per speaker (VoxCeleb) is
+    # better served by 64 (docs/pairs.md).
+    blocks_per_speaker: int = 16
     learning_rate: float = 1e-3  # Adam
     clipnorm: float = 1.0
     max_seconds: float = 1200.0  # wall-clock budget of fit(), validation included
@@ -220,6 +225,10 @@ class EmbedderTrainConfig:
     # the training speakers as the cap allows): the back end is a few hundred dimensions, which
     # this many utterances estimate well, and each evaluation embeds them once.
     backend_max_utterances: int = 10_000
+    # Validation utterances embedded at each evaluation (seeded, as even over the validation
+    # speakers as the cap allows): the validation trials are drawn among them, and each
+    # evaluation streams their features from the split instead of holding it.
+    validation_max_utterances: int = 5_000
     # Clustering (the threshold fitted on validation speakers, the test figures): at most this
     # many speakers (seeded) of at most `cluster_max_utterances` utterances each; the dendrogram
     # and the threshold search grow faster than the square of the utterances.
@@ -241,11 +250,14 @@ class EmbedderTrainConfig:
             raise ConfigError(f"patience_evals={self.patience_evals}: need >= 0")
         if self.eval_every_steps < 1:
             raise ConfigError(f"eval_every_steps={self.eval_every_steps}: need >= 1")
-        if self.max_trials < 2 or self.backend_max_utterances < 4:
+        if self.max_trials < 2 or self.backend_max_utterances < 4 or self.validation_max_utterances < 4:
             raise ConfigError(
-                f"max_trials={self.max_trials}, backend_max_utterances={self.backend_max_utterances}: need >= 2 "
-                "(a same- and a different-speaker trial) and >= 4 (two speakers of two utterances)"
+                f"max_trials={self.max_trials}, backend_max_utterances={self.backend_max_utterances}, "
+                f"validation_max_utterances={self.validation_max_utterances}: need >= 2 (a same- and a "
+                "different-speaker trial) and >= 4 (two speakers of two utterances)"
             )
+        if self.blocks_per_speaker < 1:
+            raise ConfigError(f"blocks_per_speaker={self.blocks_per_speaker}: need >= 1")
         if self.cluster_max_speakers < 2 or self.cluster_max_utterances < 1:
             raise ConfigError(
                 f"cluster_max_speakers={self.cluster_max_speakers}, cluster_max_utterances="

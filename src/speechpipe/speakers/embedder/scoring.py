@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -49,16 +49,23 @@ def embed_segments(model: keras.Model, segments: np.ndarray, batch_size: int = 5
 
 
 def embed_utterances(
-    model: keras.Model, features: Sequence[np.ndarray], config: EmbedderConfig, batch_size: int = 512
+    model: keras.Model,
+    features: Iterable[np.ndarray],
+    config: EmbedderConfig,
+    batch_size: int = 512,
+    count: Optional[int] = None,
 ) -> np.ndarray:
     """Utterance embeddings [U, E] float32: the mean of each utterance's window embeddings.
-    Windows are cut as the batches reach them and embedded `batch_size` at a time, so memory holds
-    one batch of windows and the [U, E] result, never every utterance's windows; the batches
-    are the same windows in the same order as one concatenation of all of them would give."""
-    if len(features) == 0:
+    `features` may be a stream (speechpipe.speakers.split_stream.stream_features) of `count`
+    utterances: windows are cut as the batches reach them and embedded `batch_size` at a time, so
+    memory holds one batch of windows and the [U, E] result, never every utterance's windows or
+    features; the batches are the same windows in the same order as one concatenation of all of
+    them would give."""
+    count = len(features) if count is None else count  # type: ignore[arg-type]
+    if count == 0:
         raise ValueError("embed_utterances: no utterances")
     sums: Optional[np.ndarray] = None
-    counts = np.zeros(len(features), np.int64)
+    counts = np.zeros(count, np.int64)
     pending: List[np.ndarray] = []  # windows cut and not yet embedded, in utterance order
     owners: List[np.ndarray] = []  # the utterance of each pending window
     waiting = 0
@@ -71,18 +78,23 @@ def embed_utterances(
         take = len(windows) if final else len(windows) // batch_size * batch_size
         segments = embed_segments(model, windows[:take], batch_size).astype(np.float64)
         if sums is None:
-            sums = np.zeros((len(features), segments.shape[1]), np.float64)
+            sums = np.zeros((count, segments.shape[1]), np.float64)
         np.add.at(sums, rows[:take], segments)  # in window order, as one sum per utterance would add
         pending, owners = [windows[take:]], [rows[take:]]
         waiting = len(windows) - take
 
+    row = -1
     for row, utterance in enumerate(features):
+        if row >= count:
+            raise ValueError(f"embed_utterances: more than count={count} utterances")
         windows = segment_windows(utterance, config.segment_frames, config.eval_hop)
         counts[row] = len(windows)
         pending.append(windows)
         owners.append(np.full(len(windows), row, np.int64))
         waiting += len(windows)
         embed_batches(final=False)
+    if row + 1 != count:
+        raise ValueError(f"embed_utterances: {row + 1} utterances, count={count}")
     embed_batches(final=True)
     return (sums / counts[:, None]).astype(np.float32)
 
