@@ -163,11 +163,13 @@ def measure_on_test_split(model_kind: str, evaluation: Dict[str, object], saved_
     test = evaluation["test_examples"]
     if model_kind == "speaker":
         from speechpipe.components.speaker_evaluator import embedder_metrics
-        from speechpipe.speakers.split_data import read_split
+        from speechpipe.speakers.split_stream import read_index
         from speechpipe.speakers.trials import read_trials
 
+        # The test split's ids only: the utterances the trials and the clustering sample name
+        # are streamed and embedded, as the evaluator measured the candidate.
         metrics = embedder_metrics(
-            saved_model_dir, read_split(test["uri"], min_speakers=2), read_trials(str(evaluation["trials"]))
+            saved_model_dir, read_index(test["uri"], min_speakers=2), read_trials(str(evaluation["trials"]))
         )
         metrics.pop("det", None)
         return metrics

@@ -1,7 +1,8 @@
 """Every evaluation is bounded (issue #25): trials drawn by index under a cap, the back end fitted on
 a capped sample, clustering on a capped sample of speakers; and the CTC trainer's buckets and input
 counts, which need no pass of their own. Under its cap a set is the full set, in the same order, so
-the demo's figures do not move."""
+the demo's figures do not move. The speaker evaluator embeds only the utterances its figures use,
+streamed from the shards, and its figures are those of embedding every utterance in memory."""
 
 import os
 
@@ -170,29 +171,34 @@ def test_the_demo_is_under_every_default_cap():
 def test_the_back_end_embeds_only_its_sample(monkeypatch):
     from speechpipe.components import embedder_trainer
     from speechpipe.speakers.embedder import EmbedderTrainConfig
-    from speechpipe.speakers.split_data import SplitData
+    from speechpipe.speakers.split_stream import SplitIndex
 
     _, speakers = _split(12, 6, seed=8)
     rng = np.random.default_rng(0)
-    data = SplitData(
-        [f"u{k}" for k in range(len(speakers))],
-        speakers,
-        ["s"] * len(speakers),
-        [rng.standard_normal((3, 4)).astype(np.float32) for _ in speakers],
-    )
-    embedded = []
+    n = len(speakers)
+    index = SplitIndex([], [f"u{k}" for k in range(n)], speakers, ["s"] * n, np.full(n, 3, np.int64))
+    features = [rng.standard_normal((3, 4)).astype(np.float32) for _ in speakers]
+    streamed, embedded = [], []
 
-    def fake_embed(model, features, config):
-        embedded.append(len(features))
-        return np.stack([f.mean(axis=0) for f in features]) + rng.standard_normal((len(features), 4)) * 0.1
+    def fake_stream(split, rows):
+        streamed.append(list(rows))
+        return (features[k] for k in rows)
 
+    def fake_embed(model, stream, config, count):
+        rows = [f.mean(axis=0) for f in stream]
+        embedded.append(count)
+        assert len(rows) == count
+        return np.stack(rows) + rng.standard_normal((count, 4)) * 0.1
+
+    monkeypatch.setattr(embedder_trainer, "stream_features", fake_stream)
     monkeypatch.setattr(embedder_trainer, "embed_utterances", fake_embed)
     config = EmbedderTrainConfig(backend_max_utterances=24)
-    sample = embedder_trainer.backend_sample(data, config)
-    assert sample.rows.size <= 24 and sample.record["bound"] and sample.record["of_utterances"] == 72
-    backend = embedder_trainer.fit_backend(None, data, config.model, sample.rows)
-    assert embedded == [sample.rows.size] and backend is not None
-    whole = embedder_trainer.backend_sample(data, EmbedderTrainConfig())
+    sample = embedder_trainer.eval_set(index, config.backend_max_utterances)
+    assert len(sample) <= 24 and sample.record["bound"] and sample.record["of_utterances"] == 72
+    backend = embedder_trainer.fit_backend(None, sample, config.model)
+    # Only the sample's rows are read and embedded, once.
+    assert streamed == [sample.rows.tolist()] and embedded == [len(sample)] and backend is not None
+    whole = embedder_trainer.eval_set(index, EmbedderTrainConfig().backend_max_utterances)
     assert np.array_equal(whole.rows, np.arange(72)) and not whole.record["bound"]
 
 
@@ -331,3 +337,278 @@ def test_a_label_outside_the_inventory_fails_training(tmp_path):
     config = CTCTrainConfig(model=CTCModelConfig(lstm_units=(4,)), batch_size=2, max_epochs=1)
     with pytest.raises(ValueError, match="outside the phone inventory"):
         ctc_trainer.train([train], [validation], FeatureConfig(), None, None, config)
+
+
+# ------------------------------------------------------------------------------- speaker evaluator
+# The evaluator reads its splits as indexes of ids and streams the features of the utterances its
+# figures use, one record at a time; these tests hold it to the figures of embedding every
+# utterance in memory, on splits small enough to do both.
+
+BINS = 80  # FeatureConfig's, which the exported embedder's signature takes
+
+
+def _speaker_split(folder, n_speakers, per_speaker, seed, shards=1):
+    """A Split-<name> folder of VoxCeleb-shaped utterances (speaker-dependent spectra, lengths
+    from under one segment to several), in a shuffled record order over `shards` shards; the
+    ids in record order."""
+    import tensorflow as tf
+
+    from speechpipe.filenames import SHARD_PREFIX
+    from speechpipe.io import records
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_speakers):
+        profile = rng.normal(0, 1, BINS)
+        for n in range(per_speaker):
+            frames = int(rng.integers(20, 140))
+            features = (profile + 0.5 * rng.normal(0, 1, (frames, BINS))).astype(np.float32)
+            speaker, session = f"id1{seed:02d}{s:02d}", f"abcdefghij{n % 3}"
+            rows.append(
+                records.UtteranceFeatures(
+                    f"{speaker}/{session}/{n + 1:05d}", speaker, session, "x", features, frames / 100
+                )
+            )
+    rng.shuffle(rows)
+    os.makedirs(folder)
+    for k in range(shards):
+        with tf.io.TFRecordWriter(os.path.join(folder, f"{SHARD_PREFIX}-{k:05d}-of-{shards:05d}")) as writer:
+            for row in rows[k::shards]:
+                writer.write(records.encode_example(row))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def speaker_eval_inputs(tmp_path_factory):
+    """A tiny untrained embedder made sensitive to its input (exported with a clustering
+    threshold), a test split over two shards and a validation split."""
+    import tf_keras as keras
+
+    from speechpipe.config import FeatureConfig
+    from speechpipe.speakers import embedder
+    from speechpipe.speakers.embedder import EmbedderConfig
+
+    root = tmp_path_factory.mktemp("speaker_eval")
+    keras.utils.set_random_seed(0)
+    config = EmbedderConfig(
+        lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1, backend="none", embedding="hidden"
+    )
+    base = embedder.build_base_network(config)
+    layer = base.get_layer("output_dense")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel * 30.0, bias])
+    model = embedder.export_embedder(
+        str(root / "model"), base, config, FeatureConfig(), extra={"cluster_threshold": 0.8}
+    )
+    test = _speaker_split(str(root / "Split-test"), 6, 6, seed=1, shards=2)
+    validation = _speaker_split(str(root / "Split-validation"), 5, 6, seed=2)
+    return model, test, validation
+
+
+def _listed_trials(test, every=1):
+    """A trial list over the test split's ids (every `every`-th pair of the ids in name order)."""
+    from speechpipe.speakers.split_stream import read_index
+
+    index = read_index(test)
+    named = sorted(zip(index.utterances, index.speakers))
+    pairs = [(int(a[1] == b[1]), a[0], b[0]) for i, a in enumerate(named) for b in named[i + 1 :]]
+    return pairs[::every]
+
+
+def _in_memory_metrics(model, test, trials, validation, plot_dir, max_trials, cluster_speakers, cluster_utterances):
+    """The evaluator's figures computed from every utterance of both splits read into memory and
+    embedded, each trial scored from a mapping of every utterance to its embedding."""
+    from speechpipe.components.speaker_evaluator import PROJECTION_PLOT
+    from speechpipe.speakers.embedder import clustering_distances, load_embedder, score, segment_windows
+    from speechpipe.training import record_dataset
+
+    loaded = load_embedder(model)
+    config = loaded.config
+
+    def read(folder):
+        examples = list(record_dataset(folder).as_numpy_iterator())
+        return [e["utterance"].decode() for e in examples], [e["speaker"].decode() for e in examples], examples
+
+    def embed(examples):
+        return np.stack(
+            [
+                loaded.embed_segments(segment_windows(e["features"], config.segment_frames, config.eval_hop)).mean(
+                    axis=0
+                )
+                for e in examples
+            ]
+        )
+
+    score_fn = lambda a, b: score(a, b, config.scoring)  # noqa: E731
+    utterances, speakers, examples = read(test)
+    embeddings = embed(examples)
+    trials, trial_bound = speaker_eval.cap_trials(trials, max_trials)
+    scores, labels = speaker_eval.trial_scores(dict(zip(utterances, embeddings)), trials, score_fn)
+    result = speaker_eval.verification(scores, labels)
+    fpr, fnr = speaker_eval.det_curve(scores, labels)
+    rows, cluster_bound = speaker_eval.cluster_sample(speakers, cluster_speakers, cluster_utterances)
+    clustered_speakers = [speakers[k] for k in rows]
+    clusters = speaker_eval.clustering(
+        clustering_distances(embeddings[rows], config),
+        clustered_speakers,
+        threshold=loaded.info.get("cluster_threshold"),
+        method=config.linkage,
+    )
+    _, validation_speakers, validation_examples = read(validation)
+    sampled = speaker_eval.sample_trials(validation_speakers, max_trials)
+    validation_scores = speaker_eval.index_scores(embed(validation_examples), sampled.first, sampled.second, score_fn)
+    threshold = speaker_eval.threshold_at_far(validation_scores, sampled.labels, 0.01)
+    eer = speaker_eval.equal_error_rate(validation_scores, sampled.labels)
+    test_far, test_frr = speaker_eval.rates_at(scores, labels, threshold)
+    eer_far, eer_frr = speaker_eval.rates_at(scores, labels, eer.threshold)
+    n_validation = len(set(validation_speakers))
+    return {
+        "eer": float(result.eer),
+        "min_dcf": float(result.min_dcf),
+        "trials": int(len(labels)),
+        "utterances": len(utterances),
+        "speakers": len(set(speakers)),
+        "mr": float(clusters.mr_known),
+        "ari": float(clusters.ari_known),
+        "mr_threshold": float(clusters.mr_threshold),
+        "clusters_threshold": int(clusters.clusters_threshold),
+        "det": [fpr.tolist(), fnr.tolist()],
+        "bounds": {"test_trials": trial_bound, "clustering": cluster_bound},
+        "operating_point": {
+            "threshold": threshold,
+            "target_far": 0.01,
+            "source": f"fitted at FAR 0.01 on {n_validation} validation speakers of the test span "
+            f"({len(sampled)} trials)",
+            "validation_eer": float(eer.eer),
+            "eer_threshold": float(eer.threshold),
+            "test_far": test_far,
+            "test_frr": test_frr,
+            "test_far_at_eer_threshold": eer_far,
+            "test_frr_at_eer_threshold": eer_frr,
+            "validation_speakers": n_validation,
+            "validation_trials": len(sampled),
+            "validation_trial_bound": sampled.to_json(),
+        },
+        "projection_png": speaker_eval.plot_embeddings(
+            embeddings[rows],
+            clustered_speakers,
+            os.path.join(plot_dir, f"candidate_{PROJECTION_PLOT}"),
+            title="candidate: test speakers never seen in training",
+        ),
+    }
+
+
+# (max_trials, cluster speakers, cluster utterances per speaker): every cap binding, and none
+CAPS = [(12, 2, 2), (speaker_eval.MAX_TRIALS, speaker_eval.CLUSTER_MAX_SPEAKERS, speaker_eval.CLUSTER_MAX_UTTERANCES)]
+
+
+@pytest.mark.parametrize(("max_trials", "cluster_speakers", "cluster_utterances"), CAPS)
+def test_streamed_evaluation_equals_embedding_every_utterance_in_memory(
+    speaker_eval_inputs, tmp_path, max_trials, cluster_speakers, cluster_utterances
+):
+    from speechpipe.components.speaker_evaluator import embedder_metrics
+    from speechpipe.speakers.split_stream import read_index
+
+    model, test, validation = speaker_eval_inputs
+    trials = _listed_trials(test, every=3)
+    (tmp_path / "streamed").mkdir()
+    (tmp_path / "in_memory").mkdir()
+    streamed = embedder_metrics(
+        model,
+        read_index(test, min_speakers=2),
+        trials,
+        str(tmp_path / "streamed"),
+        validation=read_index(validation, min_speakers=2),
+        max_trials=max_trials,
+        cluster_max_speakers=cluster_speakers,
+        cluster_max_utterances=cluster_utterances,
+    )
+    expected = _in_memory_metrics(
+        model, test, trials, validation, str(tmp_path / "in_memory"), max_trials, cluster_speakers, cluster_utterances
+    )
+    png, expected_png = streamed.pop("projection_png"), expected.pop("projection_png")
+    assert streamed == expected
+    with open(png, "rb") as a, open(expected_png, "rb") as b:
+        assert a.read() == b.read(), "the projection of the same embeddings"
+    bound = max_trials < len(trials)
+    assert streamed["bounds"]["test_trials"]["bound"] == bound and streamed["bounds"]["clustering"]["bound"] == bound
+    assert streamed["operating_point"]["validation_trial_bound"]["bound"] == bound
+    assert streamed["utterances"] == 36 and streamed["speakers"] == 6
+    assert 0.0 <= streamed["eer"] < 0.5, (
+        "an embedder that tells the speakers apart, for the comparison to mean anything"
+    )
+
+
+def test_the_evaluator_streams_and_embeds_only_the_utterances_its_figures_use(speaker_eval_inputs, monkeypatch):
+    from speechpipe.components.speaker_evaluator import embedder_metrics
+    from speechpipe.speakers import split_stream
+    from speechpipe.speakers.embedder import LoadedEmbedder
+
+    model, test, validation = speaker_eval_inputs
+    test_index, validation_index = split_stream.read_index(test), split_stream.read_index(validation)
+    streamed, calls = [], []
+    real_stream, real_embed = split_stream.stream_features, LoadedEmbedder.embed_segments
+
+    def stream(index, rows):
+        streamed.append((index.files, list(rows)))
+        return real_stream(index, rows)
+
+    def embed_segments(self, segments):
+        calls.append(len(segments))
+        return real_embed(self, segments)
+
+    monkeypatch.setattr(split_stream, "stream_features", stream)
+    monkeypatch.setattr(LoadedEmbedder, "embed_segments", embed_segments)
+    trials = _listed_trials(test, every=3)
+    embedder_metrics(
+        model,
+        test_index,
+        trials,
+        validation=validation_index,
+        max_trials=12,
+        cluster_max_speakers=2,
+        cluster_max_utterances=2,
+    )
+    # What each figure uses, drawn on the ids alone.
+    capped, _ = speaker_eval.cap_trials(trials, 12)
+    row = {u: k for k, u in enumerate(test_index.utterances)}
+    cluster_rows, _ = speaker_eval.cluster_sample(test_index.speakers, 2, 2)
+    test_rows = sorted({row[u] for _, a, b in capped for u in (a, b)} | set(cluster_rows.tolist()))
+    sampled = speaker_eval.sample_trials(validation_index.speakers, 12)
+    validation_rows = sorted(set(sampled.first.tolist()) | set(sampled.second.tolist()))
+    assert streamed == [(test_index.files, test_rows), (validation_index.files, validation_rows)]
+    assert len(test_rows) < len(test_index) and len(validation_rows) < len(validation_index)
+    assert len(calls) == len(test_rows) + len(validation_rows), "one embedding pass per used utterance"
+
+
+def test_a_trial_naming_an_utterance_outside_the_test_split_is_an_error(speaker_eval_inputs, monkeypatch):
+    from speechpipe.components.speaker_evaluator import embedder_metrics
+    from speechpipe.speakers import split_stream
+
+    model, test, _ = speaker_eval_inputs
+    streamed = []
+    monkeypatch.setattr(split_stream, "stream_features", lambda index, rows: streamed.append(rows) or iter(()))
+    trials = _listed_trials(test, every=5) + [(0, "id19999/abcdefghij0/00001", _listed_trials(test)[0][1])]
+    with pytest.raises(KeyError, match="1 trial utterance.*not in the test split.*id19999"):
+        embedder_metrics(model, split_stream.read_index(test), trials)
+    with pytest.raises(ValueError, match="no trials"):
+        embedder_metrics(model, split_stream.read_index(test), [])
+    assert streamed == [], "refused before any features are read"
+
+
+def test_a_re_measure_on_the_test_split_streams_it_as_the_evaluator_did(speaker_eval_inputs, tmp_path):
+    """The registry pusher's re-measure (blessing.measure_on_test_split) gives the evaluator's figures."""
+    from speechpipe.components.blessing import measure_on_test_split
+    from speechpipe.components.speaker_evaluator import embedder_metrics
+    from speechpipe.speakers.split_stream import read_index
+    from speechpipe.speakers.trials import Trial, write_trials
+
+    model, test, _ = speaker_eval_inputs
+    trials = _listed_trials(test, every=2)
+    path = str(tmp_path / "trials_test.txt")
+    write_trials(path, [Trial(*t) for t in trials])
+    evaluation = {"test_examples": {"uri": test}, "trials": path}
+    measured = measure_on_test_split("speaker", evaluation, model)
+    expected = embedder_metrics(model, read_index(test, min_speakers=2), trials)
+    expected.pop("det")
+    assert measured == expected and measured["trials"] == len(trials)
