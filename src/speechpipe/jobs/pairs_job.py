@@ -199,7 +199,7 @@ def resolve_input(path: str) -> PairsInput:
     manifest = FileSystems.join(path, MANIFEST)
     if FileSystems.exists(manifest):
         return PairsInput("manifest", (manifest,), FeatureConfig(), "defaults", _size([manifest]))
-    if _match(path) == [path] or os.path.isfile(path):
+    if (_match(path) == [path] and not os.path.isdir(path)) or os.path.isfile(path):
         return PairsInput("manifest", (path,), FeatureConfig(), "defaults", _size([path]))
     raise FileNotFoundError(
         f"--features {path}: holds neither {INDEX_DIR}/{INDEX_PATTERN} (a feature job's index) nor {MANIFEST}"
@@ -210,11 +210,11 @@ def resolve_features(path: str, blocks: Optional["BlocksInput"], pairs_asked: bo
     """--features as `resolve_input` reads it; when the job writes blocks alone (no trials or
     pairs) from an Examples artifact whose index lies with each span rather than at its root (an
     ExamplesUnion), the spans' own index files, with the first span's feature settings."""
-    try:
+    own_index = _match(FileSystems.join(path, INDEX_DIR, INDEX_PATTERN)) or FileSystems.exists(
+        FileSystems.join(path, MANIFEST)
+    )
+    if own_index or pairs_asked or blocks is None or not blocks.index:
         return resolve_input(path)
-    except FileNotFoundError:
-        if pairs_asked or blocks is None or not blocks.index:
-            raise
     first_span = FileSystems.split(FileSystems.split(blocks.index[0])[0])[0]
     spans = resolve_input(first_span)
     return PairsInput("index", tuple(blocks.index), spans.features, spans.features_from, _size(blocks.index))
