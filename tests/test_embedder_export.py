@@ -214,6 +214,8 @@ def test_trainer_fits_the_lda_backend_on_the_training_speakers(tiny_features, ti
         segments_per_speaker=2,
         max_steps=2,
         eval_every_steps=2,
+        validation_max_utterances=4,  # of the 8 validation utterances: the caps bind
+        backend_max_utterances=8,  # of the 16 in the back-end sample
     )
     serving = str(tmp_path / "serving")
     result = embedder_trainer.train(
@@ -224,6 +226,12 @@ def test_trainer_fits_the_lda_backend_on_the_training_speakers(tiny_features, ti
         None,
         config,
     )
+    bounds = result.summary["inputs"]["evaluation_bounds"]
+    validation = bounds["validation_utterances"]
+    assert (validation["utterances"], validation["of_utterances"], validation["speakers"]) == (4, 8, 2)
+    assert validation["bound"] and bounds["validation_trials"]["trials"] == 6  # every pair of the 4
+    sample = bounds["backend_utterances"]
+    assert (sample["utterances"], sample["of_utterances"], sample["speakers"], sample["bound"]) == (8, 16, 4, True)
     backend = result.summary["backend"]
     assert backend["kind"] == "lda" and backend["input_dims"] == TINY_MODEL.output_dim
     assert backend["output_dims"] == result.summary["inputs"]["backend_sample_speakers"] - 1 == 3
