@@ -148,7 +148,7 @@ def run_sample(features: str, out: str, cap: int, index: List[tuple], seed: int 
     report = os.path.join(out, "counts.json")  # the DoFns run on copies: the counts come back in a file
     with BeamTestPipeline(options=PipelineOptions([IN_MEMORY])) as p:
         inputs = {"index": p | "Index" >> beam.Create(index), "shards": p | "Shards" >> beam.Create(shards)}
-        counts = inputs | WriteBackendSample("train", cap, seed, 4, out, shard_mb=0.01)
+        counts = inputs | WriteBackendSample("train", cap, seed, out)
         saved = counts | beam.Map(lambda c: open(report, "w", encoding="utf-8").write(json.dumps(c)) > 0)
         assert_that(saved, equal_to([True]))
     with open(report, encoding="utf-8") as f:

@@ -111,9 +111,17 @@ def run_writer(root: str, out: str, config: fmt.BlockConfig) -> List[str]:
             os.path.basename(fmt.shard_name(prefix, i, len(files), config.gzip)) for i in range(len(files))
         ]
 
+    members = {
+        speaker: sorted(
+            (f"{speaker}/{session}/{i:05d}", session)
+            for i, (session, frames) in enumerate(utterances)
+            if frames >= config.segment_frames
+        )
+        for speaker, utterances in SPEAKERS.items()
+    }
     with BeamTestPipeline(options=PipelineOptions([IN_MEMORY])) as p:
-        count_pc = p | "Counts" >> beam.Create(sorted(counts.items()))
-        written = p | "Shards" >> beam.Create(shards) | WriteSpeakerBlocks(config, count_pc, BINS, prefix)
+        member_pc = p | "Members" >> beam.Create(sorted(members.items()))
+        written = p | "Shards" >> beam.Create(shards) | WriteSpeakerBlocks(config, member_pc, BINS, prefix)
         assert_that(written[BLOCK_FILES] | beam.combiners.ToList(), lambda lists: check_files(lists[0]), label="Files")
         assert_that(
             written[BLOCK_STATS] | beam.Map(lambda c: c.get("excluded_short", 0)) | beam.CombineGlobally(sum),

@@ -314,6 +314,7 @@ def write_summary(parts: List[Tuple[str, object]], out_dir: str, header: Dict[st
         for counts in blocks.values():
             counts["files"].sort(key=lambda f: f["file"])
             counts["shards"] = len(counts["files"])
+            counts["bytes"] = sum(f["bytes"] for f in counts["files"])
             counts["empty_shards"] = sum(1 for f in counts["files"] if not f["blocks"])
         summary["blocks"] = {**header["blocks"], "splits": blocks}
     path = FileSystems.join(out_dir, SUMMARY)

@@ -53,7 +53,7 @@ The graph (every step labelled; the sampling rules are in speechpipe.speakers.pa
       SHORT -> WriteExcluded;  official lists -> CheckOfficialTrials (side input: PLANS)
       with --block_splits, per split (speechpipe.jobs.speaker_blocks; the only steps that read
       feature records, from --blocks_from, default --features):
-      ListFeatureShards[<split>] -> Blocks[<split>]/... (side input: EligibleCounts[<split>])
+      ListFeatureShards[<split>] -> Blocks[<split>]/... (side input: EligibleMembers[<split>])
       index, ListFeatureShards[<split>] -> Backend[<split>]/...      (the back-end sample)
       all counts -> Summary/... -> WriteSummary
 
@@ -114,7 +114,7 @@ from speechpipe.jobs.pair_transforms import (
 from speechpipe.jobs.speaker_blocks import (
     BLOCK_FILES,
     BLOCK_STATS,
-    EligibleCounts,
+    EligibleMembers,
     WriteBackendSample,
     WriteSpeakerBlocks,
 )
@@ -293,10 +293,10 @@ def add_blocks(
         )
     parts = []
     for split, shards in blocks.shards.items():
-        counts = utterances | f"EligibleCounts[{split}]" >> EligibleCounts(split, blocks.config.segment_frames)
+        members = utterances | f"EligibleMembers[{split}]" >> EligibleMembers(split, blocks.config.segment_frames)
         paths = pipeline | f"ListFeatureShards[{split}]" >> beam.Create(list(shards))
         written = paths | f"Blocks[{split}]" >> WriteSpeakerBlocks(
-            blocks.config, counts, blocks.n_bins, FileSystems.join(out_dir, BLOCKS_DIR, split, BLOCKS_PREFIX)
+            blocks.config, members, blocks.n_bins, FileSystems.join(out_dir, BLOCKS_DIR, split, BLOCKS_PREFIX)
         )
         parts.append(
             written[BLOCK_FILES] | f"TagBlockFiles[{split}]" >> beam.Map(lambda f, s=split: ("block_file", (s, f)))
@@ -308,12 +308,7 @@ def add_blocks(
         )
         if backend_utterances:
             sample = WriteBackendSample(
-                split,
-                backend_utterances,
-                blocks.config.seed,
-                blocks.n_bins,
-                FileSystems.join(out_dir, BACKEND_DIR, split),
-                blocks.config.shard_mb,
+                split, backend_utterances, blocks.config.seed, FileSystems.join(out_dir, BACKEND_DIR, split)
             )
             parts.append(
                 {"index": utterances, "shards": paths}

@@ -2,19 +2,22 @@
 the embedder's training input, written so that tf.data streams it with bounded memory
 (speechpipe.speakers.speaker_blocks); and its back-end sample (speechpipe.speakers.backend_sample).
 
-    feature shard paths -> SpreadShards -> CropUtterances (side input: eligible counts)
-      -> GroupBySpeaker -> BuildBlocks (side inputs: counts, shard count)   [BLOCKS | BLOCK_STATS]
-      BLOCKS -> GroupByShard -> WriteShard -> ListShards -> FillEmptyShards        [BLOCK_FILES]
-    counts -> EstimateBytes -> ShardCount
+    index -> EligibleMembers (speaker -> its eligible (utterance, session), sorted: metadata)
+    feature shard paths -> SpreadShards -> CropUtterances (side inputs: members, shard count)
+      -> [(block shard, (staging file, crops)) | BLOCK_STATS]
+      -> GroupByShard -> WriteShard (reads its staging files) -> ListShards -> FillEmptyShards
+                                                                             [BLOCK_FILES]
+    members -> ListMembers -> ShardCount;  members -> SpeakerStats           [BLOCK_STATS]
 
-Memory: utterances never cross a shuffle. Each utterance is cropped where its shard is read,
-into the few `stored_frames` crops its speaker's blocks will take (float16), and only those
-crops are grouped by speaker; blocks are then grouped by a random shard, one shard (about
-`shard_mb`) per group, and each shard is written in a seeded random order.
-
-The eligible counts (speaker -> utterances of at least one segment, from the feature job's
-index, which is metadata only) tell each utterance how many crops to cut before anything is
-grouped, and give the speaker labels and the shard count.
+Memory: only metadata crosses a Beam shuffle, which the DirectRunner holds in memory whole. Each
+speaker's blocks are planned from the index alone (`speaker_plan`: which crop of which
+utterance goes to which slot of which block, and which shard each block lies in), so each
+feature shard is cropped where it is read into exactly the crops the plan places (float16,
+`stored_frames`), and those bound for one block shard are written to one staging file under
+`_staging/<shard>/`; the block shard's writer reads its staging files back, assembles its blocks
+(every slot filled, or the records and the index disagree), writes them in a seeded order and
+deletes the staging files. A worker holds one feature shard's crops, or one block shard's:
+the same on the DirectRunner and on a cluster, whatever the corpus's size.
 
 The back-end sample (rule: speechpipe.speakers.backend_sample) is drawn from the same index and
 copied from the same feature shards, whole records unchanged:
@@ -22,21 +25,27 @@ copied from the same feature shards, whole records unchanged:
     index -> KeepSplit -> IdAndFrames -> OnePerUtterance -> CountPerSpeaker -> ListCounts
       -> Plan                                            (the quotas: one small dict)
     IdAndFrames -> GroupIds -> Choose (side input: Plan) -> ListChosen -> ChosenIds -> ShardCount
-    feature shard paths -> SpreadShards -> KeepChosen (side inputs: ChosenIds, ShardCount)
-      -> GroupByShard -> WriteShard -> ListShards -> FillEmptyShards
+    feature shard paths -> ListFeatureShards -> NumberShards -> SpreadShards
+      -> WriteChosen (side inputs: ChosenIds, CountShards) -> ListWritten -> SortWritten
       -> CheckWritten (side inputs: Plan, ChosenIds)     [one dict of counts]
 
-Only ids, frame counts and the chosen records cross a shuffle; the chosen ids (at most the cap)
-are a side input of the read.
+Only ids and frame counts cross a shuffle; each feature shard's chosen records go to the
+sample's shard of the same number, so a worker holds one feature shard's chosen records; the
+chosen ids (at most the cap) are a side input of the read.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
+import uuid
 from collections import Counter
+from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Mapping, Tuple
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsDict, AsSingleton, TaggedOutput
 
 from speechpipe.io import records, storage
@@ -55,16 +64,19 @@ from speechpipe.speakers.block_records import (
 )
 from speechpipe.speakers.pairs import PairsInputError
 
-# Tagged outputs of SpeakerBlocksFromRecords.
-BLOCKS = "blocks"  # (shard, (sort key, serialised block))
-BLOCK_STATS = "block_stats"  # dicts of counts, summed by the caller
-# Output of WriteSpeakerBlocks: (shard path, blocks, bytes) per shard.
+# Outputs of WriteSpeakerBlocks: (shard path, blocks, bytes) per shard, and dicts of counts,
+# summed by the caller.
 BLOCK_FILES = "block_files"
+BLOCK_STATS = "block_stats"
+STAGING_DIR = "_staging"  # beside the shards while the job runs; removed at its end
+
+Members = Dict[str, List[Tuple[str, str]]]  # speaker -> its eligible (utterance, session), sorted
 
 
-class EligibleCounts(beam.PTransform):
-    """Index elements (speaker, (utterance, session, split, num_frames)) -> (speaker, utterances
-    of `split` with at least `segment_frames` frames), the rule the pairs use too."""
+class EligibleMembers(beam.PTransform):
+    """Index elements (speaker, (utterance, session, split, num_frames)) -> (speaker, its
+    utterances of `split` with at least `segment_frames` frames, as sorted (utterance, session)),
+    the rule the pairs use too. Metadata only: a few dozen bytes per utterance."""
 
     def __init__(self, split: str, segment_frames: int) -> None:
         super().__init__()
@@ -75,23 +87,76 @@ class EligibleCounts(beam.PTransform):
         return (
             utterances
             | "KeepEligible" >> beam.Filter(lambda e: e[1][2] == split and e[1][3] >= minimum)
-            | "OnePerUtterance" >> beam.Map(lambda e: (e[0], 1))
-            | "CountPerSpeaker" >> beam.CombinePerKey(sum)
+            | "IdAndSession" >> beam.Map(lambda e: (e[0], (e[1][0], e[1][1])))
+            | "GroupBySpeaker" >> beam.GroupByKey()
+            | "Sort" >> beam.MapTuple(lambda speaker, items: (speaker, sorted(items)))
         )
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where one crop of an utterance goes: block `block` of its speaker, position `slot` in it,
+    the utterance's `use`-th crop, and the shard the block lies in."""
+
+    shard: int
+    block: int
+    slot: int
+    use: int
+
+
+@dataclass(frozen=True)
+class SpeakerPlan:
+    """A speaker's eligible utterances and where each one's crops go (utterances no block draws
+    on, when the speaker has more than the blocks take, have no placement)."""
+
+    members: frozenset
+    placements: Dict[str, List[Placement]]
+
+
+def speaker_plan(speaker: str, items: List[Tuple[str, str]], config: BlockConfig, shards: int) -> SpeakerPlan:
+    """Where each crop goes, for a speaker's sorted eligible (utterance, session):
+    the blocks' sessions interleaved (`block_order`), S consecutive positions a block
+    (`block_positions`), each utterance's crops used in turn. Computed from the index alone, so
+    every worker that reads one of the speaker's utterances places its crops the same way."""
+    order = block_order(items, config.seed, speaker)
+    used = [0] * len(items)
+    plan: Dict[str, List[Placement]] = {}
+    for b, window in enumerate(block_positions(len(items), config)):
+        shard = shard_of(config.seed, speaker, b, shards)
+        for slot, position in enumerate(window):
+            index = order[position]
+            plan.setdefault(items[index][0], []).append(Placement(shard, b, slot, used[index]))
+            used[index] += 1
+    return SpeakerPlan(frozenset(u for u, _ in items), plan)
+
+
+def _stage_path(staging: str, shard: int) -> str:
+    return FileSystems.join(staging, f"{shard:05d}", f"{uuid.uuid4().hex}.crops")
+
+
 class CropUtterances(beam.DoFn):
-    """A feature shard -> per eligible utterance (speaker, (utterance, session, lengths, crops)):
-    as many float16 crops of `stored_frames` as its speaker's blocks take from it. Utterances
-    shorter than one segment are counted (the pair job lists them in excluded/)."""
+    """A feature shard -> its eligible utterances' crops, staged: each crop (float16,
+    `stored_frames`) is placed by `speaker_plan` and written, with the crops of this feature
+    shard bound for the same block shard, to one staging file of that block shard; yields
+    (block shard, (staging file, crops)) and counts (BLOCK_STATS). Memory: one feature shard's
+    crops, whatever the corpus's size (the crops never cross a Beam shuffle, which the
+    DirectRunner would hold in memory whole)."""
 
-    def __init__(self, config: BlockConfig, n_bins: int) -> None:
-        self._config, self._n_bins = config, n_bins
+    def __init__(self, config: BlockConfig, n_bins: int, staging: str) -> None:
+        self._config, self._n_bins, self._staging = config, n_bins, staging
 
-    def process(self, path: str, counts: Dict[str, int]) -> Iterator[object]:
+    def process(self, path: str, members: Members, shards: int) -> Iterator[object]:
         from speechpipe.io.example_proto import read_tfrecord_file
 
         config = self._config
+        staged: Dict[int, List[bytes]] = {}
+        plans: Dict[str, SpeakerPlan] = {}  # this shard's speakers only: bounded
+
+        def plan_of(speaker: str) -> SpeakerPlan:
+            if speaker not in plans:
+                plans[speaker] = speaker_plan(speaker, members[speaker], config, shards)
+            return plans[speaker]
+
         for serialized in read_tfrecord_file(path):
             utterance = records.decode_example(serialized)
             frames, bins = utterance.features.shape
@@ -102,147 +167,130 @@ class CropUtterances(beam.DoFn):
             if frames < config.segment_frames:
                 yield TaggedOutput(BLOCK_STATS, {"excluded_short": 1})
                 continue
-            if utterance.speaker not in counts:
+            plan = plan_of(utterance.speaker) if utterance.speaker in members else None
+            if plan is None or utterance.utterance not in plan.members:
                 raise PairsInputError(
                     f"{path}: utterance {utterance.utterance!r} of speaker {utterance.speaker!r} is not in the "
                     "feature job's index beside these records: records and index disagree"
                 )
-            uses = config.uses_per_utterance(counts[utterance.speaker])
+            placements = plan.placements.get(utterance.utterance, [])  # none: no block draws on it
+            # The same crops as one draw of `uses` stratified crops would give, whatever the
+            # worker: the generator is keyed by the utterance.
+            uses = config.uses_per_utterance(len(members[utterance.speaker]))
             rng = rng_for(config.seed, "crop", utterance.speaker, utterance.utterance)
             lengths, crops = crop_utterance(utterance.features, uses, config.stored_frames, rng)
-            yield utterance.speaker, (utterance.utterance, utterance.session, lengths, crops)
+            for place in placements:
+                crop = (
+                    utterance.speaker,
+                    place.block,
+                    place.slot,
+                    utterance.utterance,
+                    utterance.session,
+                    int(lengths[place.use]),
+                    crops[place.use],
+                )
+                staged.setdefault(place.shard, []).append(pickle.dumps(crop, protocol=pickle.HIGHEST_PROTOCOL))
             yield TaggedOutput(BLOCK_STATS, {"utterances": 1, "crops": uses})
+        for shard, payloads in staged.items():
+            target = _stage_path(self._staging, shard)
+            _write_framed(target, payloads)
+            yield shard, (target, len(payloads))
 
 
-class BuildBlocks(beam.DoFn):
-    """A speaker's crops -> its `blocks_per_speaker` blocks, each keyed by a random shard, and its
-    counts (BLOCK_STATS)."""
+def _write_framed(path: str, payloads: Iterable[bytes], gzip: bool = False) -> int:
+    """TFRecord-framed payloads into a new file (local or on any filesystem Beam knows); bytes."""
+    from speechpipe.io.example_proto import frame_record
 
-    def __init__(self, config: BlockConfig) -> None:
-        self._config = config
-        self._labels: Dict[str, int] = {}
-        self._labels_of: object = None
-
-    def _label(self, speaker: str, counts: Dict[str, int]) -> int:
-        if self._labels_of is not counts:  # the side input, sorted once per worker
-            self._labels = {name: index for index, name in enumerate(sorted(counts))}
-            self._labels_of = counts
-        return self._labels[speaker]
-
-    def process(self, element: Tuple[str, Iterable[tuple]], counts: Dict[str, int], shards: int):
-        speaker, items = element
-        config = self._config
-        items = sorted(items, key=lambda item: item[0])  # the grouping's order is the runner's
-        n = len(items)
-        if n != counts[speaker]:
-            raise PairsInputError(
-                f"speaker {speaker!r}: {n} eligible utterances in the feature records, {counts[speaker]} in "
-                "the index: records and index disagree"
-            )
-        order = block_order([(item[0], item[1]) for item in items], config.seed, speaker)
-        used = [0] * n
-        label = self._label(speaker, counts)
-        positions = block_positions(n, config)
-        size = 0
-        for b, window in enumerate(positions):
-            picks: List[Tuple[int, int]] = []
-            for position in window:
-                index = order[position]
-                picks.append((index, used[index]))
-                used[index] += 1
-            block = SpeakerBlock(
-                speaker=speaker,
-                label=label,
-                block=b,
-                utterances=[items[i][0] for i, _ in picks],
-                sessions=[items[i][1] for i, _ in picks],
-                lengths=np.array([items[i][2][c] for i, c in picks], np.int64),
-                segments=np.stack([items[i][3][c] for i, c in picks]),
-                max_segments=config.stored_segments,
-            )
-            payload = encode_block(block)
+    if not storage.is_uri(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    size = 0
+    with FileSystems.create(path, compression_type=_compression(gzip)) as f:
+        for payload in payloads:
+            f.write(frame_record(payload))
             size += len(payload)
-            yield shard_of(config.seed, speaker, b, shards), (keyed_hash(config.seed, "place", speaker, b), payload)
-        segments = len(positions) * len(positions[0])
-        yield TaggedOutput(
-            BLOCK_STATS,
-            {
-                "speakers": 1,
-                "blocks": len(positions),
-                "segments": segments,
-                "bytes": size,
-                "crops_unused": sum(len(item[2]) for item in items) - segments,
-                # Speakers with fewer utterances than K repeat some (with other crops) in a block.
-                "speakers_repeating_utterances": int(n < config.segments_per_speaker),
-                "sessions_per_block": sum(len({items[order[p]][1] for p in w}) for w in positions),
-            },
-        )
+    return size
 
 
-def _total_bytes(counts: Iterable[Tuple[str, int]], config: BlockConfig, n_bins: int) -> int:
-    return sum(config.blocks_per_speaker * config.block_bytes(n, n_bins) for _, n in counts)
-
-
-class SpeakerBlocksFromRecords(beam.PTransform):
-    """Feature shard paths -> {BLOCKS: (shard, (sort key, block)), BLOCK_STATS: counts, "shards":
-    the shard count (one element)}. `counts`: (speaker, eligible utterances) of the same split."""
-
-    def __init__(self, config: BlockConfig, counts: beam.PCollection, n_bins: int) -> None:
-        super().__init__()
-        self._config = config.validate()
-        self._counts = counts
-        self._n_bins = n_bins
-
-    def expand(self, paths):
-        config, n_bins = self._config, self._n_bins
-        shards = (
-            self._counts
-            | "ListCounts" >> beam.combiners.ToList()
-            | "ShardCount" >> beam.Map(lambda counts: config.shard_count(_total_bytes(counts, config, n_bins)))
-        )
-        crops = (
-            paths
-            | "SpreadShards" >> beam.Reshuffle()
-            | "CropUtterances"
-            >> beam.ParDo(CropUtterances(config, n_bins), counts=AsDict(self._counts)).with_outputs(
-                BLOCK_STATS, main="crops"
-            )
-        )
-        blocks = (
-            crops["crops"]
-            | "GroupBySpeaker" >> beam.GroupByKey()
-            | "BuildBlocks"
-            >> beam.ParDo(BuildBlocks(config), counts=AsDict(self._counts), shards=AsSingleton(shards)).with_outputs(
-                BLOCK_STATS, main=BLOCKS
-            )
-        )
-        stats = (crops[BLOCK_STATS], blocks[BLOCK_STATS]) | "FlattenStats" >> beam.Flatten()
-        return {BLOCKS: blocks[BLOCKS], BLOCK_STATS: stats, "shards": shards}
+def speaker_stats(element: Tuple[str, List[Tuple[str, str]]], config: BlockConfig) -> Dict[str, int]:
+    """The counts of one speaker's blocks that the index alone gives."""
+    speaker, items = element
+    n = len(items)
+    positions = block_positions(n, config)
+    order = block_order(items, config.seed, speaker)
+    segments = len(positions) * len(positions[0])
+    return {
+        "speakers": 1,
+        "blocks": len(positions),
+        "segments": segments,
+        "crops_unused": n * config.uses_per_utterance(n) - segments,
+        # Speakers with fewer utterances than K repeat some (with other crops) in a block.
+        "speakers_repeating_utterances": int(n < config.segments_per_speaker),
+        "sessions_per_block": sum(len({items[order[p]][1] for p in w}) for w in positions),
+    }
 
 
 def write_shard(
-    element: Tuple[int, Iterable[Tuple[bytes, bytes]]], prefix: str, shards: int, gzip: bool
+    element: Tuple[int, Iterable[Tuple[str, int]]],
+    members: Members,
+    prefix: str,
+    shards: int,
+    config: BlockConfig,
 ) -> Tuple[str, int, int]:
-    """One shard's blocks, in the order of their keyed hashes (a seeded shuffle, the same on
-    every run whatever order the grouping gave), as a TFRecord file; (path, blocks, bytes).
-    The shard is held while it is written: about `shard_mb`."""
-    from apache_beam.io.filesystems import FileSystems
+    """One shard from its staged crops: each block assembled in slot order (every slot present,
+    or the records and the index disagree), written in the order of the blocks' keyed hashes (a
+    seeded shuffle, the same on every run whatever order the staging gave) as a TFRecord file;
+    (path, blocks, bytes). The shard's crops are held while it is written: about `shard_mb`."""
+    from speechpipe.io.example_proto import read_tfrecord_file
 
-    from speechpipe.io.example_proto import frame_record
+    index, staged = element
+    crops: Dict[Tuple[str, int], Dict[int, tuple]] = {}
+    for path, count in staged:
+        found = 0
+        for payload in read_tfrecord_file(path):
+            speaker, block, slot, utterance, session, length, crop = pickle.loads(payload)
+            crops.setdefault((speaker, block), {})[slot] = (utterance, session, length, crop)
+            found += 1
+        if found != count:
+            raise PairsInputError(f"staged crops {path}: {found} read back, {count} written")
+    labels = {name: k for k, name in enumerate(sorted(members))}  # the index among the split's speakers
+    blocks: List[Tuple[bytes, bytes]] = []
+    for (speaker, b), slots in crops.items():
+        size = config.segments_for(len(members[speaker]))
+        if sorted(slots) != list(range(size)):
+            missing = sorted(set(range(size)) - set(slots))
+            raise PairsInputError(
+                f"speaker {speaker!r}, block {b}: crops for {len(slots)} of its {size} segments (missing "
+                f"positions {missing[:5]}): an utterance in the feature job's index is not in its records"
+            )
+        ordered = [slots[j] for j in range(size)]
+        block = SpeakerBlock(
+            speaker=speaker,
+            label=labels[speaker],
+            block=b,
+            utterances=[c[0] for c in ordered],
+            sessions=[c[1] for c in ordered],
+            lengths=np.array([c[2] for c in ordered], np.int64),
+            segments=np.stack([c[3] for c in ordered]),
+            max_segments=config.stored_segments,
+        )
+        blocks.append((keyed_hash(config.seed, "place", speaker, b), encode_block(block)))
+    expected = sum(
+        1
+        for speaker in members
+        for b in range(config.blocks_per_speaker)
+        if shard_of(config.seed, speaker, b, shards) == index
+    )
+    if len(blocks) != expected:
+        raise PairsInputError(f"shard {index}: {len(blocks)} blocks assembled, {expected} planned")
+    path = shard_name(prefix, index, shards, config.gzip)
+    size = _write_framed(path, (payload for _, payload in sorted(blocks)), config.gzip)
+    for staged_path, _ in staged:
+        FileSystems.delete([staged_path])
+    return path, len(blocks), size
 
-    index, blocks = element
-    path = shard_name(prefix, index, shards, gzip)
-    count = size = 0
-    if not storage.is_uri(path):
-        import os
 
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with FileSystems.create(path, compression_type=_compression(gzip)) as f:
-        for _, payload in sorted(blocks):
-            f.write(frame_record(payload))
-            count += 1
-            size += len(payload)
-    return path, count, size
+def _total_bytes(members: Members, config: BlockConfig, n_bins: int) -> int:
+    return sum(config.blocks_per_speaker * config.block_bytes(len(items), n_bins) for items in members.values())
 
 
 def _compression(gzip: bool):
@@ -252,12 +300,11 @@ def _compression(gzip: bool):
 
 
 def fill_empty_shards(
-    written: List[Tuple[str, int, int]], prefix: str, shards: int, gzip: bool
+    written: List[Tuple[str, int, int]], prefix: str, shards: int, gzip: bool, staging: str
 ) -> Iterator[Tuple[str, int, int]]:
     """Every shard name exists, also those no block was drawn for (an empty file), so that
-    `-of-NNNNN` is the whole set."""
-    from apache_beam.io.filesystems import FileSystems
-
+    `-of-NNNNN` is the whole set; the staging folder goes (crops a retried worker staged and no
+    shard read)."""
     done = {path for path, _, _ in written}
     yield from written
     for index in range(shards):
@@ -265,28 +312,62 @@ def fill_empty_shards(
         if path not in done:
             FileSystems.create(path, compression_type=_compression(gzip)).close()
             yield path, 0, 0
+    _remove_staging(staging)
+
+
+def _remove_staging(staging: str) -> None:
+    """The staging folder and whatever is left in it (a folder locally; names under a prefix on
+    object storage, which has no folders)."""
+    if not storage.is_uri(staging):
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    left = [m.path for m in FileSystems.match([FileSystems.join(staging, "**")])[0].metadata_list]
+    if left:
+        FileSystems.delete(left)
 
 
 class WriteSpeakerBlocks(beam.PTransform):
     """Feature shard paths of one split -> blocks under `<prefix>-SSSSS-of-NNNNN.tfrecord[.gz]`;
-    returns {BLOCK_FILES: (path, blocks, bytes) per shard, BLOCK_STATS: counts}."""
+    returns {BLOCK_FILES: (path, blocks, bytes) per shard, BLOCK_STATS: counts}. `members`:
+    (speaker, sorted eligible (utterance, session)) of the same split (EligibleMembers).
 
-    def __init__(self, config: BlockConfig, counts: beam.PCollection, n_bins: int, prefix: str) -> None:
+    Only metadata crosses a Beam shuffle: the crops go through staging files, one per (feature
+    shard, block shard), which each block shard's writer reads back; so the job's memory is one
+    feature shard's crops where it is read and one block shard's where it is written, on the
+    DirectRunner as on a cluster."""
+
+    def __init__(self, config: BlockConfig, members: beam.PCollection, n_bins: int, prefix: str) -> None:
         super().__init__()
-        self._config, self._counts, self._n_bins, self._prefix = config, counts, n_bins, prefix
+        self._config, self._members, self._n_bins, self._prefix = config.validate(), members, n_bins, prefix
 
     def expand(self, paths):
-        prefix, gzip = self._prefix, self._config.gzip
-        made = paths | "Blocks" >> SpeakerBlocksFromRecords(self._config, self._counts, self._n_bins)
-        shards = AsSingleton(made["shards"])
-        files = (
-            made[BLOCKS]
-            | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard" >> beam.Map(write_shard, prefix=prefix, shards=shards, gzip=gzip)
-            | "ListShards" >> beam.combiners.ToList()
-            | "FillEmptyShards" >> beam.FlatMap(fill_empty_shards, prefix=prefix, shards=shards, gzip=gzip)
+        config, n_bins, prefix, gzip = self._config, self._n_bins, self._prefix, self._config.gzip
+        staging = FileSystems.join(os.path.dirname(prefix), STAGING_DIR)
+        members = AsDict(self._members)
+        listed = self._members | "ListMembers" >> beam.combiners.ToDict()
+        shard_count = listed | "ShardCount" >> beam.Map(lambda m: config.shard_count(_total_bytes(m, config, n_bins)))
+        shards = AsSingleton(shard_count)
+        crops = (
+            paths
+            | "SpreadShards" >> beam.Reshuffle()
+            | "CropUtterances"
+            >> beam.ParDo(CropUtterances(config, n_bins, staging), members=members, shards=shards).with_outputs(
+                BLOCK_STATS, main="staged"
+            )
         )
-        return {BLOCK_FILES: files, BLOCK_STATS: made[BLOCK_STATS]}
+        files = (
+            crops["staged"]
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShard" >> beam.Map(write_shard, members=members, prefix=prefix, shards=shards, config=config)
+            | "ListShards" >> beam.combiners.ToList()
+            | "FillEmptyShards"
+            >> beam.FlatMap(fill_empty_shards, prefix=prefix, shards=shards, gzip=gzip, staging=staging)
+        )
+        per_speaker = self._members | "SpeakerStats" >> beam.Map(speaker_stats, config=config)
+        stats = (crops[BLOCK_STATS], per_speaker) | "FlattenStats" >> beam.Flatten()
+        return {BLOCK_FILES: files, BLOCK_STATS: stats}
 
 
 # ---------------------------------------------------------------------------------- back-end sample
@@ -313,19 +394,23 @@ def choose_utterances(
         yield utterance, (speaker, frames[utterance])
 
 
-class KeepChosen(beam.DoFn):
-    """A feature shard -> (shard, (utterance, record)) for each chosen utterance, the record's
-    bytes unchanged (so that the sample reads as the feature records do)."""
+class WriteChosen(beam.DoFn):
+    """A feature shard (its index among the split's shards, its path) -> the chosen utterances'
+    records, bytes unchanged (so that the sample reads as the feature records do), written in the
+    shard's own order to the sample's shard of the same index; yields (path, utterance ids,
+    bytes on disk). Memory: the chosen records of one feature shard; nothing crosses a shuffle
+    (which the DirectRunner would hold in memory whole)."""
 
-    def __init__(self, seed: int) -> None:
-        self._seed = seed
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
 
-    def process(self, path: str, chosen: Mapping[str, Tuple[str, int]], shards: int):
-        from speechpipe.io.example_proto import Example, read_tfrecord_file
+    def process(self, element: Tuple[int, str], chosen: Mapping[str, Tuple[str, int]], shards: int):
+        from speechpipe.io.example_proto import Example, frame_record, read_tfrecord_file
 
-        if not chosen:
-            return
-        for serialized in read_tfrecord_file(path):
+        index, path = element
+        ids: List[str] = []
+        payloads: List[bytes] = []
+        for serialized in read_tfrecord_file(path) if chosen else ():
             # The ids only; the features stay bytes.
             feature = Example.FromString(serialized).features.feature
             utterance = feature[records.UTTERANCE].bytes_list.value[0].decode("utf-8")
@@ -337,50 +422,17 @@ class KeepChosen(beam.DoFn):
                     f"{path}: utterance {utterance!r} is of speaker {speaker!r} in the feature records, "
                     f"{chosen[utterance][0]!r} in the index: records and index disagree"
                 )
-            yield backend_sample.shard_of(self._seed, utterance, shards), (utterance, serialized)
-
-
-def write_backend_shard(
-    element: Tuple[int, Iterable[Tuple[str, bytes]]], prefix: str, shards: int
-) -> Tuple[str, List[str], int]:
-    """One shard's records, sorted by utterance id (the same file on every run), uncompressed;
-    (path, utterance ids, bytes on disk). The shard is held while it is written: about `shard_mb`."""
-    from apache_beam.io.filesystems import FileSystems
-
-    from speechpipe.io.example_proto import frame_record
-
-    index, items = element
-    path = backend_sample.backend_shard_name(prefix, index, shards)
-    ids: List[str] = []
-    size = 0
-    if not storage.is_uri(path):
-        import os
-
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with FileSystems.create(path, compression_type=_compression(False)) as f:
-        for utterance, serialized in sorted(items, key=lambda item: item[0]):
-            framed = frame_record(serialized)
-            f.write(framed)
             ids.append(utterance)
-            size += len(framed)
-    return path, ids, size
-
-
-def fill_empty_backend_shards(
-    written: List[Tuple[str, List[str], int]], prefix: str, shards: int
-) -> List[Tuple[str, List[str], int]]:
-    """Every shard name exists, also those no chosen utterance hashed to (an empty file), so
-    that `-of-NNNNN` is the whole set."""
-    from apache_beam.io.filesystems import FileSystems
-
-    done = {path for path, _, _ in written}
-    files = list(written)
-    for index in range(shards):
-        path = backend_sample.backend_shard_name(prefix, index, shards)
-        if path not in done:
-            FileSystems.create(path, compression_type=_compression(False)).close()
-            files.append((path, [], 0))
-    return sorted(files)
+            payloads.append(frame_record(serialized))
+        # Every shard name exists, also a shard none of whose records was chosen (an empty file),
+        # so that `-of-NNNNN` is the whole set.
+        target = backend_sample.backend_shard_name(self._prefix, index, shards)
+        if not storage.is_uri(target):
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        with FileSystems.create(target, compression_type=_compression(False)) as f:
+            for payload in payloads:
+                f.write(payload)
+        yield target, ids, sum(len(p) for p in payloads)
 
 
 def check_written(
@@ -415,17 +467,17 @@ class WriteBackendSample(beam.PTransform):
     (speechpipe.speakers.backend_sample). Every utterance of the split counts, short ones too:
     the back end embeds a short utterance with one zero-padded window."""
 
-    def __init__(self, split: str, max_utterances: int, seed: int, n_bins: int, folder: str, shard_mb: float) -> None:
+    def __init__(self, split: str, max_utterances: int, seed: int, folder: str) -> None:
         super().__init__()
         if backend_sample.check_max_utterances(max_utterances) == 0:
             raise ValueError("max_utterances=0: no sample to write")
         self._split, self._max, self._seed = split, max_utterances, seed
-        self._n_bins, self._folder, self._shard_mb = n_bins, folder, shard_mb
+        self._folder = folder
 
     def expand(self, inputs):
         from apache_beam.io.filesystems import FileSystems
 
-        split, seed, n_bins, shard_mb, cap = self._split, self._seed, self._n_bins, self._shard_mb, self._max
+        split, seed, cap = self._split, self._seed, self._max
         prefix = FileSystems.join(self._folder, backend_sample.BACKEND_PREFIX)
         of_split = (
             inputs["index"]
@@ -447,22 +499,15 @@ class WriteBackendSample(beam.PTransform):
             | "ChosenIds" >> beam.Map(dict)
         )
         chosen = AsSingleton(chosen_pc)
-        shards = AsSingleton(
-            chosen_pc
-            | "ShardCount"
-            >> beam.Map(
-                lambda ids: backend_sample.shard_count(
-                    sum(backend_sample.utterance_bytes(frames, n_bins) for _, frames in ids.values()), shard_mb
-                )
-            )
-        )
+        # One sample shard per feature shard: the shards need no shuffle of the records.
+        shards = AsSingleton(inputs["shards"] | "CountShards" >> beam.combiners.Count.Globally())
         return (
             inputs["shards"]
+            | "ListFeatureShards" >> beam.combiners.ToList()
+            | "NumberShards" >> beam.FlatMap(lambda paths: enumerate(sorted(paths)))
             | "SpreadShards" >> beam.Reshuffle()
-            | "KeepChosen" >> beam.ParDo(KeepChosen(seed), chosen=chosen, shards=shards)
-            | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard" >> beam.Map(write_backend_shard, prefix=prefix, shards=shards)
-            | "ListShards" >> beam.combiners.ToList()
-            | "FillEmptyShards" >> beam.Map(fill_empty_backend_shards, prefix=prefix, shards=shards)
+            | "WriteChosen" >> beam.ParDo(WriteChosen(prefix), chosen=chosen, shards=shards)
+            | "ListWritten" >> beam.combiners.ToList()
+            | "SortWritten" >> beam.Map(sorted)
             | "CheckWritten" >> beam.Map(check_written, plan=plan, chosen=chosen, split=split)
         )
