@@ -55,7 +55,7 @@ def _parse_ids(serialized: tf.Tensor) -> dict:
         records.SESSION: tf.io.FixedLenFeature([], tf.string),
         records.NUM_FRAMES: tf.io.FixedLenFeature([], tf.int64),
     }
-    return tf.io.parse_example(serialized, spec)
+    return tf.io.parse_single_example(serialized, spec)
 
 
 def read_index(patterns: Union[str, Sequence[str]], min_speakers: int = 1) -> SplitIndex:
@@ -65,7 +65,10 @@ def read_index(patterns: Union[str, Sequence[str]], min_speakers: int = 1) -> Sp
     files = expand_files(patterns)
     index = SplitIndex(files, [], [], [], np.zeros(0, np.int64))
     frames: List[np.ndarray] = []
-    for batch in _raw_records(files).batch(INDEX_BATCH).map(_parse_ids).as_numpy_iterator():
+    # Each record's ids are parsed before batching: a batch of whole records would hold
+    # INDEX_BATCH spectrograms (hundreds of MB at VoxCeleb lengths).
+    ids = _raw_records(files).map(_parse_ids, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    for batch in ids.batch(INDEX_BATCH).as_numpy_iterator():
         index.utterances += [u.decode("utf-8") for u in batch[records.UTTERANCE]]
         index.speakers += [s.decode("utf-8") for s in batch[records.SPEAKER]]
         index.sessions += [s.decode("utf-8") for s in batch[records.SESSION]]
