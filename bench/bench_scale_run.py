@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 DEFAULT_OUT = os.path.join("bench_out", "scale_run")
 DEMO_SPEAKERS = 240
@@ -89,6 +89,7 @@ class TreeMemory:
         self.peak_total = 0
         self.peak_single = 0
         self.samples = 0
+        self.series: List[Tuple[float, int]] = []  # (unix time, summed RSS), for the per-node peaks
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -107,6 +108,7 @@ class TreeMemory:
                 except psutil.Error:
                     continue
             if sizes:
+                self.series.append((time.time(), sum(sizes)))
                 self.peak_total = max(self.peak_total, sum(sizes))
                 self.peak_single = max(self.peak_single, max(sizes))
                 self.samples += 1
@@ -126,15 +128,15 @@ NODE_ID = re.compile(r'^\s*id: "(\w+)"')
 SUCCEEDED = re.compile(r"^(\S+ \S+) INFO absl: Execution \d+ succeeded")
 
 
-def node_seconds(log_text: str) -> Dict[str, float]:
-    """Seconds per node from the run log (LocalDagRunner runs one node at a time: from its
-    launcher's first line to its execution's success)."""
+def node_intervals(log_text: str) -> List[Tuple[str, float, float]]:
+    """(node, start, end) in unix time from the run log (LocalDagRunner runs one node at a time:
+    from its launcher's first line to its execution's success)."""
     from datetime import datetime
 
-    def stamp(text: str) -> datetime:
-        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f")
+    def stamp(text: str) -> float:
+        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
-    seconds: Dict[str, float] = {}
+    intervals: List[Tuple[str, float, float]] = []
     node, begin, waiting_for_id = None, None, False
     for line in log_text.splitlines():
         launched = LAUNCH.match(line)
@@ -146,10 +148,28 @@ def node_seconds(log_text: str) -> Dict[str, float]:
             node, waiting_for_id = named.group(1), False
             continue
         done = SUCCEEDED.match(line)
-        if done and node and begin:
-            seconds[node] = round(seconds.get(node, 0.0) + (stamp(done.group(1)) - begin).total_seconds(), 1)
+        if done and node and begin is not None:
+            intervals.append((node, begin, stamp(done.group(1))))
             node = None
+    return intervals
+
+
+def node_seconds(log_text: str) -> Dict[str, float]:
+    """Seconds per node (`node_intervals`)."""
+    seconds: Dict[str, float] = {}
+    for node, begin, end in node_intervals(log_text):
+        seconds[node] = round(seconds.get(node, 0.0) + end - begin, 1)
     return seconds
+
+
+def node_peaks(intervals: List[Tuple[str, float, float]], series: List[Tuple[float, int]]) -> Dict[str, float]:
+    """The peak summed RSS (GB) sampled while each node ran."""
+    peaks: Dict[str, float] = {}
+    for node, begin, end in intervals:
+        inside = [rss for t, rss in series if begin <= t <= end]
+        if inside:
+            peaks[node] = max(peaks.get(node, 0.0), round(max(inside) / 2**30, 2))
+    return peaks
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -189,7 +209,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if os.path.isdir(os.path.join(home, "logs"))
         else []
     )
-    nodes = node_seconds(open(logs[-1], encoding="utf-8", errors="replace").read()) if logs else {}
+    log_text = open(logs[-1], encoding="utf-8", errors="replace").read() if logs else ""
+    nodes = node_seconds(log_text)
+    peaks = node_peaks(node_intervals(log_text), memory.series)
     result = {
         "corpus": counts,
         "exit_code": code,
@@ -200,6 +222,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "goal_gb": GOAL_GB,
         "within_goal": memory.peak_total / 2**30 < GOAL_GB,
         "node_seconds": nodes,
+        "node_peak_rss_gb": peaks,
         "cpus": os.cpu_count(),
     }
     with open(os.path.join(out, "result.json"), "w", encoding="utf-8") as f:
