@@ -355,6 +355,35 @@ class AugmentedToExampleFn(ToExampleFn):
             yield example, extras
 
 
+class RecomputeAndNormaliseFn(beam.DoFn):
+    """Global normalisation's second pass in one step: SourceRecord -> its normalised example
+    (and, with `augment`, its copies' (example, extras), tag AUGMENTED), the features recomputed
+    and normalised with the first pass's statistics (`totals`) where they are made. Joined so
+    that no PCollection of unnormalised spectrograms waits for the statistics: a runner that
+    runs the step consuming the side input apart from the one producing its main input (Beam's
+    in-process FnApiRunner does) would otherwise hold every spectrogram of the corpus. Its dead
+    letters repeat the first pass's and are not output again."""
+
+    def __init__(self, config: FeatureConfig, inventory_name: str, augment: Optional[AugmentConfig] = None) -> None:
+        self._compute = ComputeFeaturesFn(config, count=False, augment=augment)
+        self._example = ToExampleFn(config, inventory_name)
+        self._augmented = AugmentedToExampleFn(config, inventory_name)
+
+    def setup(self) -> None:
+        self._compute.setup()
+        self._example.setup()
+        self._augmented.setup()
+
+    def process(self, record: SourceRecord, totals: Dict[str, object], pool=None):
+        for out in self._compute.process(record, pool):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                if out.tag == AUGMENTED:
+                    for copy in self._augmented.process(out.value, totals):
+                        yield beam.pvalue.TaggedOutput(AUGMENTED, copy)
+                continue  # a dead letter or refused copy: the first pass output it
+            yield from self._example.process(out, totals)
+
+
 def index_line(example: records.UtteranceFeatures, extras: Optional[Dict[str, str]] = None) -> str:
     line = {
         "utterance": example.utterance,

@@ -61,6 +61,7 @@ from speechpipe.jobs.feature_transforms import (  # noqa: F401 - the layout and 
     JobTotalsFn,
     KeepFirstFn,
     ParseInputFn,
+    RecomputeAndNormaliseFn,
     ToExampleFn,
     WriteTotalsFn,
     augmented_outcomes,
@@ -141,27 +142,28 @@ def build(
             computed[AUGMENT_REFUSED] | "CountAugmentRefused" >> beam.Map(lambda d: (f"augment_refused.{d.reason}", 1)),
         )
     totals = outcomes | "AllOutcomes" >> beam.Flatten() | "Totals" >> beam.CombineGlobally(JobTotalsFn(config.n_bins))
+    normalised_copies = None
     if config.normalization == "global":
         # Normalising waits for the statistics. Holding every spectrogram until then would make
         # memory grow with the corpus; computing them again costs less than decoding did, so a
-        # second pass over the (small) source records recomputes them. Its dead letters repeat
-        # the first pass's and are not output again.
-        second_pass = unique[GOOD] | "RecomputeFeatures" >> beam.ParDo(
-            ComputeFeaturesFn(config, count=False, augment=augment), **side
-        ).with_outputs(*outputs, main=GOOD)
-        examples = second_pass[GOOD] | "Normalise" >> beam.ParDo(
-            ToExampleFn(config, inventory_name), totals=beam.pvalue.AsSingleton(totals)
-        )
-        copies = second_pass[AUGMENTED] if augment is not None else None
-        stats_side = {"totals": beam.pvalue.AsSingleton(totals)}
+        # second pass over the (small) source records recomputes and normalises them in one step
+        # (RecomputeAndNormaliseFn says why one).
+        second_pass = unique[GOOD] | "RecomputeAndNormalise" >> beam.ParDo(
+            RecomputeAndNormaliseFn(config, inventory_name, augment), totals=beam.pvalue.AsSingleton(totals), **side
+        ).with_outputs(AUGMENTED, main=GOOD)
+        examples = second_pass[GOOD]
+        normalised_copies = second_pass[AUGMENTED] if augment is not None else None
+        copies, stats_side = None, {}
     else:
         examples = computed[GOOD] | "Normalise" >> beam.ParDo(ToExampleFn(config, inventory_name))
         copies = computed[AUGMENTED] if augment is not None else None
         stats_side = {}
     result = {"examples": examples, "dead_letter": dead_letter, "totals": totals}
     if augment is not None:
-        result["augmented"] = copies | "NormaliseAugmented" >> beam.ParDo(
-            AugmentedToExampleFn(config, inventory_name), **stats_side
+        result["augmented"] = (
+            normalised_copies
+            if normalised_copies is not None
+            else copies | "NormaliseAugmented" >> beam.ParDo(AugmentedToExampleFn(config, inventory_name), **stats_side)
         )
         result["augment_refused"] = computed[AUGMENT_REFUSED]
     return result
