@@ -201,6 +201,16 @@ def test_verdicts_say_within_or_not_and_why_none():
     assert "NOT within 1.3x" in bs.verdicts(grown, [1, 4, 16])["training_input"]
 
 
+def test_a_stage_whose_code_changed_between_sizes_is_named():
+    results = _fake_results()
+    assert bs.code_changes(results, [1, 4, 16]) == []
+    for label, code in (("1x", "a"), ("4x", "a"), ("16x", "b")):
+        results[label]["trials"]["code"] = code
+        results[label]["input_pipeline"]["code"] = "a"
+    (line,) = bs.code_changes(results, [1, 4, 16])
+    assert line.startswith("trials: ") and "'16x': 'b'" in line
+
+
 def test_the_table_has_a_row_per_stage_and_the_ratio_columns():
     table = bs.format_table(_fake_results(), [1, 4, 16]).splitlines()
     assert table[0].split() == (
