@@ -235,11 +235,13 @@ def _train(name: str, run: Run, features: str, pairs: str, out: str) -> Dict[str
     keras.backend.clear_session()
     blocks = cached_training_input(features, out, config)
     model_dir, log_dir = os.path.join(folder, "model"), os.path.join(folder, "tensorboard")
+    validation = [os.path.join(features, "Split-validation")]
     if run.seed002 is None:
-        validation = [os.path.join(features, "Split-validation")]
         result = train(blocks, validation, feature_config, model_dir, log_dir, config, stats)
     else:
-        result = train_pairs(features, blocks, feature_config, model_dir, log_dir, config, run.seed002, pairs, stats)
+        result = train_pairs(
+            features, blocks, validation, feature_config, model_dir, log_dir, config, run.seed002, pairs, stats
+        )
     summary = result.summary
     os.makedirs(folder, exist_ok=True)
     with open(result_path, "w", encoding="utf-8") as f:

@@ -18,10 +18,9 @@ threshold, export: speechpipe.components.embedder_trainer) around this model and
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
@@ -163,6 +162,7 @@ class _KerasAccuracy(keras.callbacks.Callback):
 def train_pairs(
     features_dir: str,
     blocks: str,
+    eval_files: Sequence[str],
     feature_config,
     serving_model_dir: Optional[str],
     log_dir: Optional[str],
@@ -172,9 +172,9 @@ def train_pairs(
     global_stats: Optional[Dict[str, object]] = None,
 ):
     """Seed 002's form: the siamese model on the pair job's pairs, with the product's validation,
-    back end, threshold and export (the validation split of `features_dir`, the back-end sample
-    beside `blocks`: speechpipe.components.embedder_trainer.write_training_input). Returns the
-    product's TrainResult."""
+    back end, threshold and export (validated on `eval_files`, the back end fitted on the sample
+    beside `blocks`: speechpipe.components.embedder_trainer.write_training_input; the pairs' segments
+    cut from the training split of `features_dir`). Returns the product's TrainResult."""
     from speechpipe.components import trainer_contract
     from speechpipe.components.embedder_trainer import best_weights_validation, finish, fit_epochs, read_training_input
     from speechpipe.training import StopOnNonFiniteLoss, set_mixed_precision, tensorboard
@@ -183,7 +183,7 @@ def train_pairs(
     config = replace(config, model=replace(config.model, n_bins=feature_config.n_bins)).validate()
     keras.utils.set_random_seed(config.seed)
     set_mixed_precision(config.mixed_precision)
-    data = read_training_input(blocks, [os.path.join(features_dir, "Split-validation")], None, feature_config, config)
+    data = read_training_input(blocks, eval_files, None, feature_config, config)
     dataset, data.inputs["train_pairs"] = pair_training_dataset(
         features_dir, pairs_dir, config.model.segment_frames, settings.pairs_per_batch, config.seed
     )

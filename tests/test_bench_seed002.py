@@ -64,7 +64,7 @@ def test_seed002_network_ends_in_a_prelu_and_the_product_in_a_softmax():
 
 
 @pytest.mark.slow  # runs a trainer
-def test_seed002_form_trains_on_the_pair_builder_output(tiny_features, tmp_path):
+def test_seed002_form_trains_on_the_pair_builder_output(tiny_features, tiny_training_input, tmp_path):
     from speechpipe.components.embedder_trainer import EmbedderTrainConfig
     from speechpipe.config import FeatureConfig
     from speechpipe.jobs import pairs_job
@@ -84,12 +84,16 @@ def test_seed002_form_trains_on_the_pair_builder_output(tiny_features, tmp_path)
         input_statistics=False,
         embedding="output",
     )
-    config = EmbedderTrainConfig(model=model, max_steps=2, eval_every_steps=2)
+    # P only checks that the training split has that many speakers: the pairs form batches pairs.
+    config = EmbedderTrainConfig(
+        model=model, max_steps=2, eval_every_steps=2, speakers_per_batch=2, segments_per_speaker=2
+    )
     with open(os.path.join(tiny_features, "summary.json"), encoding="utf-8") as f:
         features = FeatureConfig.from_json(json.load(f)["features"])
     settings = dataclasses.replace(seed002.Seed002Settings(), pairs_per_batch=4)
     result = seed002.train_pairs(
-        [os.path.join(tiny_features, "Split-train")],
+        tiny_features,
+        tiny_training_input,  # the back end's sample; the pairs come from `pairs`
         [os.path.join(tiny_features, "Split-validation"), os.path.join(tiny_features, "Split-test")],
         features,
         str(tmp_path / "model"),
