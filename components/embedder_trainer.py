@@ -67,7 +67,6 @@ from speechpipe.speakers.split_stream import SplitIndex, read_index, stream_feat
 from speechpipe.training import (
     StopOnNonFiniteLoss,
     distribution_strategy,
-    expand_files,
     set_mixed_precision,
     tensorboard,
 )
@@ -248,8 +247,8 @@ def read_training_input(
     header = block_header(files)
     if header["num_bins"] != feature_config.n_bins:
         raise ConfigError(f"the blocks hold {header['num_bins']} bins, the features {feature_config.n_bins}")
-    validation = eval_set(read_index(expand_files(eval_files), min_speakers=2), config.validation_max_utterances)
-    backend_index = read_index(expand_files(backend_files or backend_files_for(blocks)), min_speakers=2)
+    validation = eval_set(read_index(eval_files, min_speakers=2), config.validation_max_utterances)
+    backend_index = read_index(backend_files or backend_files_for(blocks), min_speakers=2)
     backend = eval_set(backend_index, config.backend_max_utterances)
     shared = set(backend_index.speakers) & set(validation.index.speakers)
     if shared:

@@ -32,7 +32,6 @@ Numpy only: the Beam writer and the trainer's tests import it without TensorFlow
 
 from __future__ import annotations
 
-import math
 from typing import Dict, Iterable, List, Mapping
 
 import numpy as np
@@ -50,9 +49,6 @@ MIN_PER_SPEAKER = 2  # a within-speaker scatter needs two utterances of a speake
 # The smallest cap that is a sample at all: two speakers of two utterances (the LDA's between- and
 # within-speaker scatter), as EmbedderTrainConfig.backend_max_utterances requires.
 MIN_MAX_UTTERANCES = 2 * MIN_PER_SPEAKER
-# Bytes per feature value in a record (speechpipe.io.records.FEATURES_DTYPE, float32), for the
-# shard-size estimate: the ids and framing add well under 1 %.
-FEATURE_BYTES = 4
 
 
 def check_max_utterances(max_utterances: int) -> int:
@@ -130,21 +126,6 @@ def sample_counts(counts: Mapping[str, int], quotas: Mapping[str, int]) -> Dict[
         "of_speakers": sum(1 for n in counts.values() if n > 0),
         "bound": utterances < of_utterances,
     }
-
-
-def utterance_bytes(num_frames: int, n_bins: int) -> int:
-    """An utterance's features in a record (float32), for the shard count."""
-    return num_frames * n_bins * FEATURE_BYTES
-
-
-def shard_count(total_bytes: int, shard_mb: float) -> int:
-    """Shards of about `shard_mb`, at least one (an empty sample still has its folder)."""
-    return max(1, math.ceil(total_bytes / (shard_mb * (1 << 20))))
-
-
-def shard_of(seed: int, utterance: str, shards: int) -> int:
-    """The shard an utterance goes to: a keyed hash, so shards fill evenly whatever the speaker."""
-    return int.from_bytes(keyed_hash(seed, "backend", "shard", utterance)[:8], "little") % shards
 
 
 def backend_shard_name(prefix: str, index: int, count: int) -> str:
