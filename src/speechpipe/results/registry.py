@@ -37,6 +37,7 @@ from speechpipe.io import storage
 CHAMPION = "champion"
 EXPERIMENT = "speechpipe-pipeline"
 LOCK_FILE = "champion.lock"
+INIT_LOCK_FILE = "tables.lock"
 
 
 class SmokeTestError(RuntimeError):
@@ -130,6 +131,21 @@ def smoke_test_embedder(saved_model_dir: str, sample_rate: int = 16000) -> Dict[
 SMOKE_TESTS = {"ctc": smoke_test_transcriber, "speaker": smoke_test_embedder}
 
 
+@contextlib.contextmanager
+def _exclusive(path: str) -> Iterator[None]:
+    """An exclusive lock (fcntl.flock) on the file at `path`, honoured by every process on the
+    machine; blocks until no other holds it."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 @dataclass
 class Registered:
     name: str
@@ -146,13 +162,22 @@ class Registry:
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
-        if tracking_uri.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(tracking_uri[len("sqlite:///") :]) or ".", exist_ok=True)
-            if artifact_root is None:
-                artifact_root = os.path.join(os.path.dirname(tracking_uri[len("sqlite:///") :]), "artifacts")
-        self.artifact_root = artifact_root
         self._mlflow = mlflow
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        folder = self._database_folder
+        if folder is None:
+            self.artifact_root = artifact_root
+            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            return
+        os.makedirs(folder, exist_ok=True)
+        self.artifact_root = os.path.join(folder, "artifacts") if artifact_root is None else artifact_root
+        # MLflow creates and migrates an embedded database's tables on a process's first use
+        # (the client's constructor opens the tracking store), without a lock of its own: two runs
+        # pushing to a fresh home at once both migrated and one failed ("table
+        # _alembic_tmp_experiments already exists"). Both stores are opened here under a lock;
+        # later uses find the tables, and MLflow caches this process's stores.
+        with _exclusive(os.path.join(folder, INIT_LOCK_FILE)):
+            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            self.client.search_registered_models(max_results=1)
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(EXPERIMENT)
@@ -164,7 +189,15 @@ class Registry:
         elif self.artifact_root:
             os.makedirs(self.artifact_root, exist_ok=True)
             location = "file://" + os.path.abspath(self.artifact_root)
-        return self.client.create_experiment(EXPERIMENT, artifact_location=location)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(EXPERIMENT, artifact_location=location)
+        except MlflowException:
+            found = self.client.get_experiment_by_name(EXPERIMENT)  # another pusher created it first
+            if found is None:
+                raise
+            return found.experiment_id
 
     def register(
         self,
@@ -231,11 +264,17 @@ class Registry:
         self.client.set_registered_model_alias(name, CHAMPION, version)
 
     @property
-    def lock_path(self) -> Optional[str]:
-        """The lock file of an embedded (SQLite) registry, beside its database; None for a server."""
+    def _database_folder(self) -> Optional[str]:
+        """The folder of an embedded (SQLite) registry's database; None for a tracking server."""
         if not self.tracking_uri.startswith("sqlite:///"):
             return None
-        return os.path.join(os.path.dirname(self.tracking_uri[len("sqlite:///") :]) or ".", LOCK_FILE)
+        return os.path.dirname(self.tracking_uri[len("sqlite:///") :]) or "."
+
+    @property
+    def lock_path(self) -> Optional[str]:
+        """The lock file of an embedded (SQLite) registry, beside its database; None for a server."""
+        folder = self._database_folder
+        return None if folder is None else os.path.join(folder, LOCK_FILE)
 
     @contextlib.contextmanager
     def champion_lock(self) -> Iterator[Optional[str]]:
@@ -246,15 +285,8 @@ class Registry:
         if path is None:
             yield None
             return
-        import fcntl
-
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "a", encoding="utf-8") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield path
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        with _exclusive(path):
+            yield path
 
     def move_champion(self, name: str, version: str, expected: Optional[str]) -> Optional[str]:
         """Compare-and-set: moves the alias to `version` only while `expected` holds it (None: no
