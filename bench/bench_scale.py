@@ -27,8 +27,8 @@ Stages (each in a process of its own, so that a peak is that stage's alone):
                   on the job's DirectRunner defaults (or --beam-arg ...).
   trials          the pair job writing the test split's trial list, as PairGen runs it
                   (--trial-splits test --pair-splits "").
-  statistics      TFDV over the training split with the pipeline's StatsOptions
-                  (speechpipe.pipeline.tfx_pipeline.statistics_options), as StatisticsGen runs it.
+  statistics      StatisticsGen's executor (speechpipe.components.statistics_gen) over the training
+                  split with the pipeline's StatsOptions, as the pipeline runs it.
   input_pipeline  speechpipe.speakers.speaker_blocks.block_dataset over training_input's blocks
                   (P = 16, K = 8, 40 frames), the model stubbed: segments/s over --seconds after
                   --warmup. Goal: >= 10,000 segments/s on 2 cores.
@@ -511,7 +511,7 @@ class StagePaths:
 
     @property
     def statistics(self) -> str:
-        return os.path.join(self.work, "statistics", "train_stats.tfrecord")
+        return os.path.join(self.work, "statistics")
 
     def split(self, name: str) -> str:
         from speechpipe.filenames import split_dir
@@ -571,20 +571,25 @@ def stage_trials(paths: StagePaths, args: argparse.Namespace) -> Callable[[], Di
 
 
 def stage_statistics(paths: StagePaths, args: argparse.Namespace) -> Callable[[], Dict[str, object]]:
-    """StatisticsGen's work on the training split: every record, every feature's sketches."""
+    """StatisticsGen's work on the training split: the component's own executor
+    (components.statistics_gen, its byte-size batching included) with the pipeline's StatsOptions."""
     import tensorflow_data_validation as tfdv
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from tfx.types import artifact_utils, standard_artifacts
+    from tfx.types import standard_component_specs as specs
 
-    from speechpipe.filenames import SHARD_PREFIX
-    from speechpipe.pipeline.tfx_pipeline import statistics_options
+    from speechpipe.components.statistics_gen import Executor, statistics_options
 
     def work() -> Dict[str, object]:
-        stats = tfdv.generate_statistics_from_tfrecord(
-            os.path.join(paths.split("train"), f"{SHARD_PREFIX}-*"),
-            output_path=paths.statistics,
-            stats_options=statistics_options(),
-            pipeline_options=PipelineOptions(list(args.beam_arg)) if args.beam_arg else None,
+        examples = standard_artifacts.Examples()
+        examples.uri = paths.features
+        examples.split_names = artifact_utils.encode_split_names(["train"])
+        statistics = standard_artifacts.ExampleStatistics()
+        statistics.uri = paths.statistics
+        properties = {specs.STATS_OPTIONS_JSON_KEY: statistics_options().to_json(), specs.EXCLUDE_SPLITS_KEY: "[]"}
+        Executor(Executor.Context(beam_pipeline_args=list(args.beam_arg))).Do(
+            {specs.EXAMPLES_KEY: [examples]}, {specs.STATISTICS_KEY: [statistics]}, properties
         )
+        stats = tfdv.load_stats_binary(os.path.join(statistics.uri, "Split-train", "FeatureStats.pb"))
         return {"examples": int(stats.datasets[0].num_examples)}
 
     return work

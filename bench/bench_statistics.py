@@ -1,6 +1,6 @@
 """StatisticsGen's memory: TFDV's statistics pass over feature records at N and 4N utterances,
 with TFDV's defaults (exact top-k counts of every string value) and with the pipeline's options
-(`speechpipe.pipeline.tfx_pipeline.statistics_options`: sketch-based top-k), all in one run.
+(`speechpipe.components.statistics_gen.statistics_options`: sketch-based top-k), all in one run.
 
     python -m bench bench_statistics [--utterances N] [--frames F]
 
@@ -58,7 +58,7 @@ def child(path: str, options: str) -> Dict[str, float]:
     """One statistics pass; its wall time and this process's peak RSS."""
     import tensorflow_data_validation as tfdv
 
-    from speechpipe.pipeline.tfx_pipeline import statistics_options
+    from speechpipe.components.statistics_gen import statistics_options
 
     stats_options = statistics_options() if options == "pipeline" else tfdv.StatsOptions()
     started = time.time()

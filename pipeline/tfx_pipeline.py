@@ -179,18 +179,6 @@ def create_pipeline(
     )
 
 
-def statistics_options():
-    """TFDV's options for every StatisticsGen. Its exact top-k counts of a string feature keep
-    every distinct value, and each record's `features` blob (and utterance id) is distinct, so
-    the exact pass holds the whole span's feature bytes (3.4x the memory for 4x the utterances);
-    the sketches (Misra-Gries top-k, KMV distinct counts) are fixed-size (bench/bench_statistics.py).
-    The validator's checks are unchanged: presence and value counts are exact either way, and the
-    one string domain (`split`, three values) is counted exactly by a sketch of that size."""
-    import tensorflow_data_validation as tfdv
-
-    return tfdv.StatsOptions(use_sketch_based_topk_uniques=True)
-
-
 class _SpanFeatures:
     """The feature nodes of every span, made once per (span, feature set) and shared by the
     branches that read them. The first feature set made for a span is checked (statistics,
@@ -223,6 +211,7 @@ class _SpanFeatures:
         split's augmentation, AugmentConfig json, "" = none); `prefix` names new nodes
         (CTC_PREFIX for the CTC branch's feature set, SPEAKER_PREFIX for the embedder's)."""
         from speechpipe.components.feature_gen import FeatureGen
+        from speechpipe.components.statistics_gen import StatisticsGen, statistics_options
         from speechpipe.components.validation_gate import ValidationGate
 
         feature_json = json.dumps(config.to_json(), sort_keys=True) + augment
@@ -249,7 +238,7 @@ class _SpanFeatures:
             features.add_upstream_node(gate)
         else:
             # Statistics of every split, for the validator and the report.
-            statistics = tfx.components.StatisticsGen(
+            statistics = StatisticsGen(
                 examples=features.outputs["examples"], stats_options=statistics_options()
             ).with_id(f"{prefix}StatisticsGen_span{span}")
             # Checks the span against the imported schema; it only reports.

@@ -160,6 +160,8 @@ def test_the_compiled_spec(span, tmp_path, target, out, include_speaker):
     for task in ("CTCFeatureGen_span0", "CTCStatisticsGen_span0"):
         args = _executor(spec, task)[1]["container"]["args"]
         assert all(flag in args for flag in DATAFLOW.to_args()), task
+    # StatisticsGen runs the product's executor (byte-size batching), not TFX's stock one.
+    assert "speechpipe.components.statistics_gen.Executor" in json.dumps(_executor(spec, "CTCStatisticsGen_span0")[1])
     feature_args = json.dumps(tasks["CTCFeatureGen_span0"]["inputs"]["parameters"])
     assert "DataflowRunner" in feature_args and span in feature_args
     assert runner.IMAGE_SCHEMA_FILE in json.dumps(tasks["ImportSchemaGen"]["inputs"])
