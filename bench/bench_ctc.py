@@ -2,6 +2,7 @@
 
     python -m bench bench_ctc
     env: BENCH_CTC_MINUTES (main budget, default 20), BENCH_CTC_COMPARE_MINUTES (per mode, default 3),
+         BENCH_CTC_PARTS (main,compare[,curve]), BENCH_CTC_CURVE_MINUTES (default 2,4,8,20),
          BENCH_OUT (figures and curves, default bench/.cache/ctc)
 
 1. The default configuration trained for the full budget; PER on the test split (speakers and
@@ -9,6 +10,9 @@
 2. Same model (seed 000's 3 x BLSTM 100/100/150) and the same short budget on each feature
    normalisation, plus seed 000's exact recipe (linear log STFT, no normalisation, SGD lr 0.02
    Nesterov): validation PER and loss curves side by side.
+3. (part `curve`) The learning-curve guard: test PER after 2, 4, 8 and 20 minutes of training,
+   one run per budget, for the current defaults and for BASELINE (the settings before), side by
+   side with their ratio.
 All training here is on the CPU; run it alone (`flock /tmp/speechpipe-cpu.lock`).
 """
 
@@ -112,6 +116,9 @@ def main() -> None:
 
     parts = os.environ.get("BENCH_CTC_PARTS", "main,compare").split(",")
     default_mode = FeatureConfig().normalization
+    if "curve" in parts:
+        minutes = [float(m) for m in os.environ.get("BENCH_CTC_CURVE_MINUTES", "2,4,8,20").split(",")]
+        _learning_curve(corpus, default, default_mode, minutes, out)
     if "main" in parts:
         _main_run(corpus, default, default_mode, budget, out)
     if "compare" in parts:
@@ -119,20 +126,12 @@ def main() -> None:
     print(f"curves and results in {out}")
 
 
-def _main_run(corpus: str, default, default_mode: str, budget: float, out: str) -> None:
-    """The learning proof: default configuration, full budget, PER on the test split."""
+def _test_per(model_dir: str, features_dir: str, config, beam_width: int = 0):
+    """Greedy test PER of an exported model (and beam search's, when `beam_width`)."""
     import tensorflow as tf
 
     from speechpipe.components.ctc_trainer import evaluate_per
 
-    features_dir = _features(corpus, "logmel", default_mode)
-    model_dir = os.path.join(out, "model")
-    result = _train(features_dir, default, budget, model_dir)
-    _plot(
-        {f"logmel + {default_mode}": result["history"]},
-        os.path.join(out, "training_curves.png"),
-        f"Default configuration, {budget:g} min budget",
-    )
     acoustic = tf.saved_model.load(model_dir)
     test_files = [os.path.join(features_dir, "Split-test")]
 
@@ -142,8 +141,22 @@ def _main_run(corpus: str, default, default_mode: str, budget: float, out: str) 
                 features=inputs["features"], num_frames=tf.cast(inputs["num_frames"], tf.int32)
             )["logits"]
 
-    greedy = evaluate_per(_Acoustic(), test_files, default)
-    beam = evaluate_per(_Acoustic(), test_files, default, beam_width=16)
+    greedy = evaluate_per(_Acoustic(), test_files, config)
+    beam = evaluate_per(_Acoustic(), test_files, config, beam_width=beam_width) if beam_width else None
+    return greedy, beam
+
+
+def _main_run(corpus: str, default, default_mode: str, budget: float, out: str) -> None:
+    """The learning proof: default configuration, full budget, PER on the test split."""
+    features_dir = _features(corpus, "logmel", default_mode)
+    model_dir = os.path.join(out, "model")
+    result = _train(features_dir, default, budget, model_dir)
+    _plot(
+        {f"logmel + {default_mode}": result["history"]},
+        os.path.join(out, "training_curves.png"),
+        f"Default configuration, {budget:g} min budget",
+    )
+    greedy, beam = _test_per(model_dir, features_dir, default, beam_width=16)
     print(
         f"main run: logmel + {default_mode}, {result['train_minutes']:.1f} min, {result['epochs']} epochs, "
         f"best validation PER {100 * result['best_val_per']:.2f} % (epoch {result['best_epoch']})"
@@ -168,6 +181,43 @@ def _main_run(corpus: str, default, default_mode: str, budget: float, out: str) 
             f,
             indent=1,
         )
+
+
+# The settings the learning-curve guard compares the current defaults with: the trainer's
+# defaults before the budget schedule (constant Adam 1e-3). A change that moves the curve the
+# wrong way against these says so in its commit message.
+BASELINE = {"lr_schedule": "constant", "learning_rate": 1e-3, "warmup_steps": 0}
+
+
+def _learning_curve(corpus: str, default, default_mode: str, minutes, out: str) -> None:
+    """Test PER after each budget in `minutes`, one training run per budget (a budget schedule
+    decays to its floor at the end of its own budget, so a longer run's midpoint is not the
+    shorter budget's result), for the current defaults and for BASELINE, in one run."""
+    features_dir = _features(corpus, "logmel", default_mode)
+    settings = {"current": default, "baseline": replace(default, **BASELINE)}
+    rows = []
+    for budget in minutes:
+        for name, config in settings.items():
+            model_dir = os.path.join(out, f"curve_{name}_{budget:g}min")
+            result = _train(features_dir, config, budget, model_dir)
+            greedy, _ = _test_per(model_dir, features_dir, config)
+            rows.append({"settings": name, "minutes": budget, "test_per": greedy.per, **_summary(result)})
+            print(
+                f"  {name:8} {budget:5g} min: test PER {100 * greedy.per:6.2f} % "
+                f"({result['steps']} steps, {result['epochs']} evaluations)",
+                flush=True,
+            )
+    print(f"\n{'minutes':>8} {'current':>9} {'baseline':>9} {'ratio':>7}")
+    for budget in minutes:
+        current, baseline = (next(r for r in rows if r["minutes"] == budget and r["settings"] == n) for n in settings)
+        ratio = current["test_per"] / baseline["test_per"] if baseline["test_per"] else float("nan")
+        print(f"{budget:8g} {100 * current['test_per']:8.2f}% {100 * baseline['test_per']:8.2f}% {ratio:7.2f}")
+    with open(os.path.join(out, "results_curve.json"), "w") as f:
+        json.dump({"rows": rows, "current": default.to_json(), "baseline": BASELINE}, f, indent=1)
+
+
+def _summary(result) -> Dict[str, object]:
+    return {k: result[k] for k in ("steps", "epochs", "best_val_per", "train_minutes")}
 
 
 def _comparison(corpus: str, default, compare_budget: float, out: str, default_mode: str) -> None:

@@ -160,7 +160,10 @@ class BestWeights(keras.callbacks.Callback):
     with them, e.g. a fitted back end) and restores them when training ends. Stops after
     `patience` evaluations without a better figure (0 = never), or once `max_seconds` of
     wall-clock time or `max_steps` optimiser steps are spent (0 / None = no such budget): the
-    budgets are checked after every batch, so a run never overshoots by an epoch."""
+    budgets are checked after every batch, so a run never overshoots by an epoch. An epoch the
+    budget cut short is evaluated only when it trained at least half an epoch's steps since the
+    last evaluation: a step or two barely move the weights, and that evaluation (a full pass over
+    the validation split) would be time spent after the budget for a choice it hardly changes."""
 
     def __init__(
         self,
@@ -185,7 +188,10 @@ class BestWeights(keras.callbacks.Callback):
         self.eval_seconds = 0.0
         self.budget_reached = False
         self.stopped_early = False
+        self.skipped_final_evaluation = False
         self._since_best = 0
+        self._evaluated_step = 0
+        self._epoch_steps = 0  # the steps of the last whole epoch
 
     def on_train_begin(self, logs=None) -> None:
         self.started = time.time()
@@ -201,6 +207,16 @@ class BestWeights(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None) -> None:
         logs = logs if logs is not None else {}
+        since = self.steps - self._evaluated_step
+        if self.budget_reached and self.best_weights is not None and since < self._epoch_steps / 2:
+            self.skipped_final_evaluation = True
+            log.info(
+                "budget reached %d step(s) into epoch %d: not evaluated (the best weights stand)", since, epoch + 1
+            )
+            return
+        if not self.budget_reached:
+            self._epoch_steps = since
+        self._evaluated_step = self.steps
         t0 = time.time()
         metrics, state = self.evaluate()
         self.eval_seconds += time.time() - t0
@@ -245,6 +261,7 @@ class BestWeights(keras.callbacks.Callback):
             "best_step": self.best_step,
             "budget_reached": self.budget_reached,
             "stopped_early": self.stopped_early,
+            "skipped_final_evaluation": self.skipped_final_evaluation,
             "validation_seconds": round(self.eval_seconds, 1),
             "history": self.history,
         }
