@@ -187,3 +187,23 @@ def test_spec_augment_masks_within_bounds():
     assert masked_any
     off = CTCTrainConfig(time_masks=0, freq_masks=0)
     assert np.all(spec_augment(tf.ones([10, 8]), tf.constant(10), off).numpy() == 1.0)
+
+
+def test_greedy_decoding_is_the_best_path_rule_frame_by_frame():
+    """The vectorised decoder against the rule written out frame by frame, on random logits with
+    many repeats and blanks, and padding past each length."""
+
+    def by_frames(best, n, blank):
+        ids, previous = [], -1
+        for k in best[:n]:
+            if k != previous and k != blank:
+                ids.append(int(k))
+            previous = k
+        return ids
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(16, 60, 5)).astype(np.float32)
+    logits[:, ::3, 4] += 3.0  # blanks every third frame, repeats elsewhere
+    lengths = rng.integers(0, 61, size=16)
+    best = logits.argmax(-1)
+    assert greedy_decode(tf.constant(logits), lengths, 4) == [by_frames(b, n, 4) for b, n in zip(best, lengths)]
