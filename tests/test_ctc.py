@@ -207,3 +207,21 @@ def test_greedy_decoding_is_the_best_path_rule_frame_by_frame():
     lengths = rng.integers(0, 61, size=16)
     best = logits.argmax(-1)
     assert greedy_decode(tf.constant(logits), lengths, 4) == [by_frames(b, n, 4) for b, n in zip(best, lengths)]
+
+
+def test_edit_distance_rows_at_once_equal_the_cell_by_cell_definition():
+    def by_cells(reference, hypothesis):
+        previous = list(range(len(hypothesis) + 1))
+        for i, r in enumerate(reference, start=1):
+            current = [i] + [0] * len(hypothesis)
+            for j, h in enumerate(hypothesis, start=1):
+                current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h))
+            previous = current
+        return previous[-1]
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        ref = list(rng.integers(0, 4, rng.integers(0, 25)))
+        hyp = list(rng.integers(0, 4, rng.integers(0, 25)))
+        assert edit_distance(ref, hyp) == by_cells(ref, hyp), (ref, hyp)
+    assert edit_distance(["a", "ʃ", "t"], ["a", "t"]) == 1  # phone strings as well as ids
