@@ -14,7 +14,7 @@ from speechpipe.phones.ctc_config import CTCTrainConfig
 @pytest.mark.slow
 def test_the_curve_scores_both_settings_at_each_budget(tiny_features, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench_ctc, "_features", lambda corpus, kind, normalization: tiny_features)
-    current = replace(CTCTrainConfig(), lr_schedule="budget", learning_rate=2e-3, warmup_steps=2, batch_size=8)
+    current = replace(CTCTrainConfig(), warmup_steps=2, batch_size=8)  # the defaults: a budget schedule
     bench_ctc._learning_curve("unused", current, "cmvn", [0.05], str(tmp_path))
     with open(os.path.join(tmp_path, "results_curve.json"), encoding="utf-8") as f:
         figures = json.load(f)

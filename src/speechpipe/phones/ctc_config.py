@@ -55,14 +55,15 @@ class CTCTrainConfig:
     shorter budget is speechpipe.pipeline.run_config.DEMO_CTC."""
 
     model: CTCModelConfig = field(default_factory=CTCModelConfig)
-    learning_rate: float = 1e-3  # Adam; the peak rate under lr_schedule "budget"
+    learning_rate: float = 2e-3  # Adam; the peak rate under lr_schedule "budget"
     clipnorm: float = 5.0  # as seed 000
-    # "constant", or "budget": warm up over `warmup_steps`, then decay linearly to
-    # `final_lr_fraction` of the rate as the budget (max_minutes or max_steps) runs out
-    # (speechpipe.training.BudgetSchedule); without a budget it stays constant after the warm-up.
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    final_lr_fraction: float = 0.1
+    # "budget": warm up over `warmup_steps`, then decay linearly to `final_lr_fraction` of the
+    # rate as the budget (max_minutes or max_steps) runs out (speechpipe.training.BudgetSchedule);
+    # without a budget it stays at the peak after the warm-up. On the demo corpus, 450 steps:
+    # validation PER 10.9 % against 12.4 % for "constant" 1e-3, lower after every epoch (docs/ctc.md).
+    lr_schedule: str = "budget"
+    warmup_steps: int = 50
+    final_lr_fraction: float = 0.05
     batch_size: int = 32
     max_epochs: int = 200
     max_minutes: Optional[float] = None  # wall-clock budget; None = no budget
