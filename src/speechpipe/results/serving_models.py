@@ -44,8 +44,6 @@ class ServingModel:
             raise ChunkingUnavailable("chunk_seconds 0 serves whole files: no chunked model to build")
         import tensorflow as tf
 
-        from speechpipe.audio.feature_chunks import ChunkFeatures
-
         self.kind, self.chunking, self.saved_model_dir = kind, chunking, saved_model_dir
         self.model = model if model is not None else tf.saved_model.load(saved_model_dir)
         signature = CHUNK_SIGNATURES[kind]
@@ -55,9 +53,9 @@ class ServingModel:
                 "serve it whole (chunk_seconds 0)"
             )
         self.settings = model_settings(saved_model_dir)
-        self.feature_config = FeatureConfig.from_json(self.settings.get("features") or {})
+        self.features = chunk_features_for(saved_model_dir)
+        self.feature_config = self.features.config
         self.sample_rate = self.feature_config.sample_rate
-        self.features = ChunkFeatures(self.feature_config, _global_stats(saved_model_dir, self.feature_config))
         if kind == "ctc":
             self.engine = self._transcriber(self.model.signatures[signature])
         else:
@@ -103,7 +101,7 @@ class ServingModel:
 
     def window_seconds(self) -> float:
         """The embedder's window: the shortest segment `embed(..., segment_seconds)` takes."""
-        return self.engine.segment_frames * self.feature_config.hop_length / self.sample_rate
+        return embedder_window_seconds(self.saved_model_dir)
 
     def scan(self, source: AudioStream):
         return self.features.scan(source)
@@ -136,6 +134,56 @@ def scanned(
             failures.append((key, rejected))
         except OSError as error:
             failures.append((key, AudioRejected("unreadable", str(error))))
+
+
+def chunking_unavailable(saved_model_dir: str, kind: str) -> str:
+    """Why an export cannot be served in chunks ('' when it can), read from its files without
+    loading it: a SavedModel without the network signature chunks go through (a stand-in, a
+    folder from elsewhere), or a globally normalised one exported before its statistics were."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    names = {name for graph in saved.meta_graphs for name in graph.signature_def}
+    if CHUNK_SIGNATURES[kind] not in names:
+        return f"no `{CHUNK_SIGNATURES[kind]}` signature (has {sorted(names)})"
+    try:
+        _global_stats(saved_model_dir, FeatureConfig.from_json(model_settings(saved_model_dir).get("features") or {}))
+    except ChunkingUnavailable as error:
+        return str(error)
+    return ""
+
+
+def serving_chunking(saved_model_dir: str, kind: str, chunking: ChunkConfig) -> Tuple[ChunkConfig, str]:
+    """(the chunking to serve an export with, a note when it falls back to whole files)."""
+    if not chunking.chunked:
+        return chunking, ""
+    reason = chunking_unavailable(saved_model_dir, kind)
+    if not reason:
+        return chunking, ""
+    whole = ChunkConfig(
+        chunk_seconds=0.0, overlap_seconds=chunking.overlap_seconds, batch_seconds=chunking.batch_seconds
+    )
+    return whole, f"{saved_model_dir}: served whole, not in chunks: {reason}"
+
+
+def embedder_window_seconds(saved_model_dir: str) -> float:
+    """The seconds of one embedder window (`segment_frames` frames): the shortest segment."""
+    from speechpipe.speakers.embedder.config import EmbedderConfig, with_legacy_settings
+
+    settings = model_settings(saved_model_dir)
+    config = EmbedderConfig.from_json(with_legacy_settings(dict(settings.get("embedder") or {})))
+    features = FeatureConfig.from_json(settings.get("features") or {})
+    return config.segment_frames * features.hop_length / features.sample_rate
+
+
+def chunk_features_for(saved_model_dir: str):
+    """The `ChunkFeatures` of an export: what scanning a recording for it needs (no network)."""
+    from speechpipe.audio.feature_chunks import ChunkFeatures
+
+    config = FeatureConfig.from_json(model_settings(saved_model_dir).get("features") or {})
+    return ChunkFeatures(config, _global_stats(saved_model_dir, config))
 
 
 def _global_stats(saved_model_dir: str, config: FeatureConfig) -> Optional[Dict[str, object]]:
