@@ -64,6 +64,14 @@ class _SampleWindow:
     def take(self, start: int, end: int) -> np.ndarray:
         if start < self._offset:
             raise ValueError(f"samples from {start} asked after {self._offset}: ranges must not go back")
+        while self._offset + self._held.shape[0] < start and not self.exhausted:  # a gap: read past it
+            self._offset += self._held.shape[0]
+            block = next(self._blocks, None)
+            if block is None:
+                self.exhausted = True
+                self._held = np.zeros(0, np.float32)
+            else:
+                self._held = block
         self._held = self._held[start - self._offset :]
         self._offset = start
         pieces: List[np.ndarray] = [self._held]
