@@ -346,16 +346,18 @@ def test_batch_inference_job_in_chunks(ctc_model, embedder_model, recording, tmp
     from speechpipe.audio.sources import make_spec
     from speechpipe.jobs import inference_job
 
+    import shutil
+
     manifest = tmp_path / "manifest.jsonl"
-    broken = tmp_path / "broken.wav"
-    broken.write_bytes(b"")
+    shutil.copy(recording, tmp_path / "long.wav")
+    (tmp_path / "broken.wav").write_bytes(b"")
     manifest.write_text(
-        json.dumps({"utterance": "long", "speaker": "s", "audio": recording})
+        json.dumps({"utterance": "long", "speaker": "s", "audio": "long.wav"})
         + "\n"
-        + json.dumps({"utterance": "bad", "speaker": "s", "audio": str(broken)})
+        + json.dumps({"utterance": "bad", "speaker": "s", "audio": "broken.wav"})
         + "\n"
     )
-    spec = make_spec(str(manifest), data_root="/")
+    spec = make_spec(str(manifest))
     out = str(tmp_path / "ctc")
     summary = inference_job.run_job(spec, ctc_model, "ctc", 16000, out, chunking=SMALL, timestamps=True)
     assert summary["results"] == 1 and summary["dead_letter"]["by_reason"] == {"empty": 1}
