@@ -22,7 +22,7 @@ baseline:
 - transcribe: `speechpipe transcribe FILE --timestamps`
 - verify: `speechpipe verify FILE ONE_MINUTE_FILE`
 - embed: `speechpipe embed --input MANIFEST --out DIR` (the Beam job: scan, RunInference)
-Each row: the process's peak RSS (wait4's ru_maxrss) and x real time (audio seconds per wall
+Each row: the process's peak RSS (its VmHWM) and x real time (audio seconds per wall
 second, start-up included), and per path the ratio of the longest recording's peak to the
 10-minute one's. Without champions in the home, models of the demo champions' architecture with
 random weights stand in (memory and speed depend on the architecture, not the weights).
@@ -206,16 +206,34 @@ def inventory_name() -> str:
     return DEFAULT_INVENTORY
 
 
-def _run_measured(command: List[str]) -> Tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of a command in its own process."""
+def _high_water_mb(pid: int) -> float:
+    """VmHWM (the peak resident set) of a live process, MB; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def _run_measured(command: List[str], stdout_path: str = os.devnull) -> Tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of a command in its own process. The peak is the process's
+    own VmHWM, read every 50 ms until it exits (a high-water mark, so a read after the peak holds
+    it): wait4's ru_maxrss would count the bench's own size at fork, which exec does not reset."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    stderr = process.stderr.read() if process.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command[:4])}... failed: {stderr[-2000:]}")
-    return wall, usage.ru_maxrss / 1024.0
+    with tempfile.TemporaryFile("w+") as err, open(stdout_path, "w", encoding="utf-8") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True)
+        peak = 0.0
+        while process.poll() is None:
+            peak = max(peak, _high_water_mb(process.pid))
+            time.sleep(0.05)
+        wall = time.perf_counter() - started
+        if process.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(command[:4])}... failed: {err.read()[-2000:]}")
+    return wall, peak
 
 
 def measure_long(
@@ -250,7 +268,7 @@ def measure_long(
                 + flags,
             }
             for path_name, command in commands.items():
-                wall, rss = _run_measured(command)
+                wall, rss = _run_measured(command, os.path.join(work, f"{path_name.split()[0]}_{m:g}_{mode}.out"))
                 audio = seconds + (60.0 if path_name == "verify" else 0.0)
                 rows.append(
                     {
@@ -266,11 +284,48 @@ def measure_long(
                     f"{path_name:14} {mode:8} {m:6g} min  peak {rss:7.0f} MB  {wall:7.1f} s  {audio / wall:7.1f}x RT",
                     flush=True,
                 )
+        if m <= whole_up_to:
+            rows.append(_agreement(work, m))
         os.remove(path)
     return rows
 
 
+def _agreement(work: str, m: float) -> Dict[str, object]:
+    """Chunked against whole-file outputs of one recording: phones that differ (edit distance),
+    the verify score's difference, the embedding's largest difference."""
+    import numpy as np
+
+    from speechpipe.phones.ctc_model import edit_distance
+
+    def lines(name: str) -> List[dict]:
+        with open(os.path.join(work, name), encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    chunked = lines(f"transcribe_{m:g}_chunked.out")[-1]["phones"].split()
+    whole = lines(f"transcribe_{m:g}_whole.out")[-1]["phones"].split()
+    scores = [lines(f"verify_{m:g}_{mode}.out")[-1]["score"] for mode in ("chunked", "whole")]
+    embeddings = [np.load(os.path.join(work, f"embed_{m:g}_{mode}", "embeddings.npy")) for mode in ("chunked", "whole")]
+    out = {
+        "agreement": m,
+        "phones_whole": len(whole),
+        "phones_chunked": len(chunked),
+        "phone_edits": edit_distance(whole, chunked) if len(whole) * len(chunked) < 4e8 else None,
+        "score_difference": abs(scores[0] - scores[1]),
+        "embedding_max_difference": float(np.abs(embeddings[0] - embeddings[1]).max()),
+    }
+    print(f"agreement at {m:g} min: {out}", flush=True)
+    return out
+
+
 def long_summary(rows: List[Dict[str, object]], longest: float) -> None:
+    agreements = [r for r in rows if "agreement" in r]
+    rows = [r for r in rows if "agreement" not in r]
+    for a in agreements:
+        print(
+            f"chunked vs whole-file, {a['agreement']:g} min: {a['phone_edits']} phone edits in {a['phones_whole']} "
+            f"phones; verify score differs by {a['score_difference']:.2e}; embedding by at most "
+            f"{a['embedding_max_difference']:.2e}"
+        )
     print(f"{'path':14} {'mode':8} {'min':>6} {'peak MB':>8} {'wall s':>8} {'x RT':>7}")
     for r in rows:
         print(
