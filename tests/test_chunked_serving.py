@@ -10,8 +10,10 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
+import soxr
 import tensorflow as tf
 import tf_keras as keras
 
@@ -27,6 +29,7 @@ from speechpipe.phones.inventory import default_inventory
 from speechpipe.results.serving_models import ServingModel, serving_chunking
 from speechpipe.speakers import embedder
 from speechpipe.speakers.embedder import EmbedderConfig
+from speechpipe.speakers.embedder.chunks import window_starts
 from tests.audio_inputs import BAD_AUDIO, UNUSUAL, write_wav
 from tests.helpers import read_manifest
 
@@ -260,8 +263,6 @@ def test_segments_are_utterances_of_their_own(embedder_model, recording):
     raw = features._compute(samples)
     normalised = scan.normalise(raw)
     segment = normalised[400:800]
-    from speechpipe.speakers.embedder.chunks import window_starts
-
     starts = window_starts(segment.shape[0], 40, 20)
     windows = np.stack([segment[s : s + 40] for s in starts])
     expected = serving.model.signatures["embed_segments"](segments=tf.constant(windows))["embeddings"].numpy().mean(0)
@@ -306,8 +307,6 @@ def test_pyfunc_serves_rows_in_chunks(ctc_model, embedder_model, recording):
         for model in (chunked, whole):
             model.load_context(context)
         assert chunked._serving is not None and whole._serving is None
-        import pandas as pd
-
         a, b = chunked.predict(None, pd.DataFrame(rows)), whole.predict(None, pd.DataFrame(rows))
         if kind == "ctc":
             assert a["phones"].tolist() == b["phones"].tolist() and a["num_phones"].tolist() == b["num_phones"].tolist()
@@ -335,18 +334,16 @@ def test_array_source_resamples_as_decode(recording):
     samples = decode(recording, 16000).samples[:48000]
     at8k = decode(recording, 8000).samples[:24000]
     blocks = list(ArraySource(at8k, 8000, 16000, block_seconds=0.5).blocks())
-    import soxr
-
     np.testing.assert_array_equal(np.concatenate(blocks), soxr.resample(at8k, 8000, 16000, quality="HQ"))
     assert np.concatenate(blocks).shape[0] == samples.shape[0]
 
 
 @pytest.mark.slow  # two Beam jobs
 def test_batch_inference_job_in_chunks(ctc_model, embedder_model, recording, tmp_path):
+    import shutil
+
     from speechpipe.audio.sources import make_spec
     from speechpipe.jobs import inference_job
-
-    import shutil
 
     manifest = tmp_path / "manifest.jsonl"
     shutil.copy(recording, tmp_path / "long.wav")
