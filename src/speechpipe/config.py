@@ -113,3 +113,31 @@ class FeatureConfig:
     @classmethod
     def from_json(cls, data: Dict[str, object]) -> "FeatureConfig":
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """How the serving paths (CLI, pyfunc flavor, batch inference) cut a recording so that memory
+    is set by a chunk, not by the recording (speechpipe.phones.ctc_chunks,
+    speechpipe.speakers.embedder.chunks). chunk_seconds 0 serves each file whole through the
+    SavedModel's waveform signature, as before chunking (memory grows with the file)."""
+
+    # Kept audio per network run. 30 s is the longest utterance the models train on
+    # (FeatureConfig.max_seconds), and a CTC chunk of 30 s (+ overlap) holds about 80 MB.
+    chunk_seconds: float = 30.0
+    # Context given to the CTC BLSTMs on each side of a chunk and then dropped, so that a frame
+    # near a seam sees what it would see in the whole file (docs/ctc.md: chunked vs whole).
+    overlap_seconds: float = 2.0
+    # Padded audio per network call: chunks (or short files) are batched up to this.
+    batch_seconds: float = 120.0
+
+    @property
+    def chunked(self) -> bool:
+        return self.chunk_seconds > 0
+
+    def to_json(self) -> Dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, object]) -> "ChunkConfig":
+        return cls(**{k: float(data[k]) for k in cls.__dataclass_fields__ if k in data})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from speechpipe.config import FEATURE_KINDS, NORMALISATIONS, FeatureConfig
+from speechpipe.config import FEATURE_KINDS, NORMALISATIONS, ChunkConfig, FeatureConfig
 
 
 class ConfigError(ValueError):
@@ -47,4 +47,16 @@ def validate_feature_config(config: FeatureConfig) -> FeatureConfig:
         raise ConfigError(f"max_seconds={config.max_seconds}: shorter than one window")
     if config.log_floor <= 0:
         raise ConfigError(f"log_floor={config.log_floor}: must be positive")
+    return config
+
+
+def validate_chunk_config(config: ChunkConfig) -> ChunkConfig:
+    if config.chunk_seconds < 0:
+        raise ConfigError(f"chunk_seconds={config.chunk_seconds}: need >= 0 (0 = whole files)")
+    if config.chunked and config.chunk_seconds < 0.5:
+        raise ConfigError(f"chunk_seconds={config.chunk_seconds}: need at least 0.5 s (or 0 for whole files)")
+    if config.overlap_seconds < 0:
+        raise ConfigError(f"overlap_seconds={config.overlap_seconds}: need >= 0")
+    if config.batch_seconds <= 0:
+        raise ConfigError(f"batch_seconds={config.batch_seconds}: must be positive")
     return config

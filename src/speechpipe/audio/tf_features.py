@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from speechpipe.audio.features import CMVN_STD_FLOOR, GLOBAL_STD_FLOOR, mel_basis
 from speechpipe.config import FeatureConfig
+from speechpipe.filenames import GLOBAL_STATS_FILE
 
 
 def frame_lengths(sample_lengths: tf.Tensor, config: FeatureConfig) -> tf.Tensor:
@@ -37,7 +38,30 @@ class GraphFeatures(tf.Module):
             self.mean = tf.constant(np.asarray(global_stats["mean"], np.float32))
             self.std = tf.constant(np.maximum(np.asarray(global_stats["std"], np.float32), GLOBAL_STD_FLOOR))
 
+    def write_global_stats(self, saved_model_dir: str) -> None:
+        """With global normalisation, its statistics as assets.extra/global_stats.json beside the
+        export: chunked serving normalises features outside the signature and reads them there."""
+        if self.config.normalization != "global":
+            return
+        import json
+
+        folder = f"{saved_model_dir.rstrip('/')}/assets.extra"
+        tf.io.gfile.makedirs(folder)
+        with tf.io.gfile.GFile(f"{folder}/{GLOBAL_STATS_FILE}", "w") as f:
+            f.write(json.dumps({"mean": self.mean.numpy().tolist(), "std": self.std.numpy().tolist()}))
+
     def __call__(self, waveforms: tf.Tensor, lengths: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        c = self.config
+        features = self.log_features(waveforms)
+        n_frames = frame_lengths(lengths, c)
+        mask = tf.sequence_mask(n_frames, tf.shape(features)[1], dtype=tf.float32)[:, :, None]
+        features = self._normalise(features, mask, n_frames) * mask
+        return features[:, : tf.reduce_max(tf.concat([n_frames, [0]], 0))], n_frames
+
+    def log_features(self, waveforms: tf.Tensor) -> tf.Tensor:
+        """Unnormalised log features [batch, frames, bins] of every whole window: frame t depends
+        on samples [t hop, t hop + n_fft) alone, which lets chunked serving compute a long
+        recording's frames piece by piece and normalise them with the whole recording's statistics."""
         c = self.config
         waveforms = tf.convert_to_tensor(waveforms, tf.float32)
         # A batch shorter than one window still yields a [batch, 0, bins] tensor.
@@ -54,11 +78,7 @@ class GraphFeatures(tf.Module):
         power = tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2
         if self.mel_basis is not None:
             power = tf.matmul(power, self.mel_basis)
-        features = tf.math.log(power + c.log_floor)
-        n_frames = frame_lengths(lengths, c)
-        mask = tf.sequence_mask(n_frames, tf.shape(features)[1], dtype=tf.float32)[:, :, None]
-        features = self._normalise(features, mask, n_frames) * mask
-        return features[:, : tf.reduce_max(tf.concat([n_frames, [0]], 0))], n_frames
+        return tf.math.log(power + c.log_floor)
 
     def _normalise(self, features: tf.Tensor, mask: tf.Tensor, n_frames: tf.Tensor) -> tf.Tensor:
         mode = self.config.normalization

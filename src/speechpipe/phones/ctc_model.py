@@ -229,3 +229,4 @@ def export_transcriber(
             "logits": module.logits,
         },
     )
+    graph_features.write_global_stats(path)

@@ -11,6 +11,11 @@ work on what the pipeline pushed. Input: a DataFrame, one row per recording, wit
 float samples in [-1, 1]) and optionally `sample_rate` (default 16000; other rates are resampled
 to the model's). Output: `phones` (space-separated) and `num_phones` for the transcriber;
 `embedding` (a list of floats) and `num_segments` for the embedder.
+
+Each row is served in chunks (the flavor's `ChunkConfig`, saved with it and in its metadata):
+the network's memory is set by the chunk, not by the longest row, through the same
+speechpipe.results.serving_models as the CLI and the batch-inference job. A SavedModel that
+cannot be chunked (see `serving_chunking`) is served whole, as before.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from speechpipe.audio.batching import pad_waveforms
+from speechpipe.config import ChunkConfig
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -43,17 +49,29 @@ def _to_model_rate(samples: Sequence[float], rate: int, model_rate: int) -> np.n
 class SpeechModel(mlflow.pyfunc.PythonModel):
     """One of the two SavedModels behind MLflow's pyfunc interface."""
 
-    def __init__(self, kind: str, sample_rate: int = 16000) -> None:
+    def __init__(self, kind: str, sample_rate: int = 16000, chunking: Optional[ChunkConfig] = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r}: one of {KINDS}")
         self.kind = kind
         self.sample_rate = int(sample_rate)  # the rate the SavedModel's in-graph features expect
+        self.chunking = (chunking or ChunkConfig()).to_json()
         self._model = None
+        self._serving = None
 
     def load_context(self, context) -> None:
         import tensorflow as tf
 
-        self._model = tf.saved_model.load(context.artifacts[SAVED_MODEL_ARTIFACT])
+        from speechpipe.results.serving_models import ServingModel, serving_chunking
+
+        saved_model_dir = context.artifacts[SAVED_MODEL_ARTIFACT]
+        self._model = tf.saved_model.load(saved_model_dir)
+        # A flavor pickled before chunking has no `chunking`: it gets the defaults.
+        chunking, note = serving_chunking(
+            saved_model_dir, self.kind, ChunkConfig.from_json(getattr(self, "chunking", None) or {})
+        )
+        if note:
+            logging.getLogger(__name__).info("%s", note)
+        self._serving = ServingModel(saved_model_dir, self.kind, chunking, self._model) if chunking.chunked else None
 
     # A DataFrame type hint: MLflow then takes the explicit signature (`signature` below: a column of
     # waveform arrays) instead of inferring one from the hint.
@@ -64,6 +82,8 @@ class SpeechModel(mlflow.pyfunc.PythonModel):
         if "waveform" not in frame.columns:
             raise ValueError(f"input needs a `waveform` column (mono float samples); got {list(frame.columns)}")
         rates = frame["sample_rate"] if "sample_rate" in frame.columns else [self.sample_rate] * len(frame)
+        if getattr(self, "_serving", None) is not None:
+            return self._predict_chunked(frame, rates)
         waveforms = [
             _to_model_rate(w, int(r) if r == r else self.sample_rate, self.sample_rate)
             for w, r in zip(frame["waveform"], rates)
@@ -87,6 +107,35 @@ class SpeechModel(mlflow.pyfunc.PythonModel):
             }
         )
 
+    def _predict_chunked(self, frame: pd.DataFrame, rates) -> pd.DataFrame:
+        from speechpipe.audio.decode import AudioRejected
+        from speechpipe.audio.stream import ArraySource
+
+        def items():
+            for row, (w, r) in enumerate(zip(frame["waveform"], rates)):
+                rate = int(r) if r == r else self.sample_rate
+                try:
+                    source = ArraySource(np.asarray(w, np.float32), rate, self.sample_rate)
+                    yield row, source, self._serving.scan(source)
+                except AudioRejected as rejected:
+                    raise ValueError(f"row {row}: {rejected.reason}: {rejected.detail}") from None
+
+        if self.kind == "ctc":
+            out = list(self._serving.transcribe(items()))
+            return pd.DataFrame(
+                {
+                    "phones": [t.text() for _, t in out],
+                    "num_phones": np.array([t.num_phones for _, t in out], np.int64),
+                }
+            )
+        out = list(self._serving.embed(items()))
+        return pd.DataFrame(
+            {
+                "embedding": [p.embeddings[0].astype(np.float64).tolist() for _, p in out],
+                "num_segments": np.array([int(p.windows[0]) for _, p in out], np.int64),
+            }
+        )
+
 
 def signature(kind: str):
     """The flavor's input/output signature: what `mlflow models serve` checks requests against."""
@@ -104,10 +153,17 @@ def signature(kind: str):
 
 
 def save_flavor(
-    saved_model_dir: str, kind: str, out_dir: str, sample_rate: int = 16000, metadata: Optional[Dict[str, str]] = None
+    saved_model_dir: str,
+    kind: str,
+    out_dir: str,
+    sample_rate: int = 16000,
+    metadata: Optional[Dict[str, str]] = None,
+    chunking: Optional[ChunkConfig] = None,
 ) -> str:
     """Writes the MLflow model folder (MLmodel + the SavedModel under artifacts/) to `out_dir`,
-    a new local folder; returns it. `saved_model_dir` is local."""
+    a new local folder; returns it. `saved_model_dir` is local. `chunking` (default
+    `ChunkConfig()`) is how the flavor serves rows; it is also in the MLmodel's metadata."""
+    chunking = chunking or ChunkConfig()
     import tempfile
 
     requirements = [f"speechpipe=={_version()}"]
@@ -133,12 +189,12 @@ def save_flavor(
         try:
             mlflow.pyfunc.save_model(
                 path=out_dir,
-                python_model=SpeechModel(kind, sample_rate),
+                python_model=SpeechModel(kind, sample_rate, chunking),
                 artifacts={SAVED_MODEL_ARTIFACT: named},
                 signature=signature(kind),
                 input_example=pd.DataFrame(example),
                 pip_requirements=requirements,
-                metadata=dict(metadata or {}),
+                metadata={**(metadata or {}), "chunking": chunking.to_json()},
             )
         finally:
             mlflow_log.setLevel(level)

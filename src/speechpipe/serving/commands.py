@@ -2,11 +2,19 @@
 SavedModel folder) on a user's recordings.
 
     speechpipe transcribe FILE...                  JSON Lines: {file, phones, seconds}
+    speechpipe transcribe --timestamps FILE...     + a line per chunk, each phone with its times
     speechpipe transcribe --input CORPUS --out DIR batch inference as a Beam job (RunInference)
     speechpipe verify A.wav B.wav                  score, same/different at the model's threshold
     speechpipe verify --trials FILE --root DIR     every trial of a VoxCeleb-format list
     speechpipe embed --input CORPUS --out DIR      embeddings.npy + utterances.jsonl, speaker means
+    speechpipe embed --segments 3 --input ...      one embedding per 3 s segment, with its times
     speechpipe cluster --input CORPUS --out FILE   who speaks in which recording (TSV)
+    speechpipe cluster --segments 3 ...            who speaks when within each recording
+
+Recordings of any length are served in chunks (`--chunk-seconds`, default 30; `--overlap-seconds`
+of context either side, default 2): each file is read in blocks, twice (its normalisation
+statistics, then the network), so memory is set by the chunk, not by the recording.
+`--chunk-seconds 0` serves each file whole through the SavedModel's waveform signature.
 
 Files may be in any format and at any rate the feature job decodes; each is resampled to the
 model's rate. A corpus (--input) is read as the feature job reads it, its audio paths confined to
@@ -24,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from speechpipe.config import CTC_MODEL_NAME, EMBEDDER_MODEL_NAME
+from speechpipe.config import CTC_MODEL_NAME, EMBEDDER_MODEL_NAME, ChunkConfig
 
 CTC_MODEL = f"models:/{CTC_MODEL_NAME}@champion"
 EMBEDDER_MODEL = f"models:/{EMBEDDER_MODEL_NAME}@champion"
@@ -58,6 +66,40 @@ def _load(args: argparse.Namespace):
 
     resolved = _resolve(args)
     return resolved, tf.saved_model.load(resolved.saved_model_dir), model_sample_rate(resolved.saved_model_dir)
+
+
+def chunking_of(args: argparse.Namespace, saved_model_dir: Optional[str] = None, kind: str = "") -> ChunkConfig:
+    """The --chunk-seconds / --overlap-seconds settings; with a model, whole files instead (and a
+    note on stderr) when that model cannot be served in chunks."""
+    from speechpipe.validation import validate_chunk_config
+
+    chunking = validate_chunk_config(
+        ChunkConfig(chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds)
+    )
+    if saved_model_dir is None:
+        return chunking
+    from speechpipe.results.serving_models import serving_chunking
+
+    chunking, note = serving_chunking(saved_model_dir, kind, chunking)
+    if note:
+        print(f"speechpipe: note: {note}", file=sys.stderr)
+    return chunking
+
+
+def _serving_model(resolved, model, kind: str, chunking: ChunkConfig):
+    from speechpipe.results.serving_models import ServingModel
+
+    return ServingModel(resolved.saved_model_dir, kind, chunking, model=model)
+
+
+def _scanned_files(serving, paths: Sequence[str], rate: int, bad: List[Dict[str, str]]):
+    """(path, source, scan) of each file that reads; the others are added to `bad`."""
+    from speechpipe.audio.stream import FileSource
+    from speechpipe.results.serving_models import scanned
+
+    failures: list = []
+    yield from scanned(serving, ((p, lambda p=p: FileSource(p, rate)) for p in paths), failures)
+    bad.extend({"file": k, "reason": r.reason, "detail": r.detail} for k, r in failures)
 
 
 def decode_files(paths: Sequence[str], rate: int) -> Tuple[List[Tuple[str, np.ndarray]], List[Dict[str, str]]]:
@@ -104,8 +146,28 @@ def _corpus_job(args: argparse.Namespace, kind: str) -> Tuple[Dict[str, object],
 
     resolved = _resolve(args)
     spec = make_spec(args.input, data_root=args.data_root)
+    chunking = chunking_of(args, resolved.saved_model_dir, kind)
+    segments = getattr(args, "segments", None)
+    if segments is not None and not chunking.chunked:
+        raise ValueError("--segments needs chunked serving (--chunk-seconds > 0)")
+    if getattr(args, "timestamps", False) and not chunking.chunked:
+        raise ValueError("--timestamps needs chunked serving (--chunk-seconds > 0)")
+    if segments is not None:
+        from speechpipe.results.serving_models import embedder_window_seconds
+
+        window = embedder_window_seconds(resolved.saved_model_dir)
+        if segments < window:
+            raise ValueError(f"--segments {segments:g}: need at least one embedder window ({window:g} s)")
     summary = inference_job.run_job(
-        spec, resolved.saved_model_dir, kind, model_sample_rate(resolved.saved_model_dir), args.out, args.beam_args
+        spec,
+        resolved.saved_model_dir,
+        kind,
+        model_sample_rate(resolved.saved_model_dir),
+        args.out,
+        args.beam_args,
+        chunking=chunking,
+        segment_seconds=segments,
+        timestamps=bool(getattr(args, "timestamps", False)),
     )
     for line in inference_job.read_lines(args.out, inference_job.DEAD_LETTER_PREFIX):
         print(f"speechpipe: {line['source']}: {line['reason']}: {line['detail']}", file=sys.stderr)
@@ -116,6 +178,8 @@ def _corpus_job(args: argparse.Namespace, kind: str) -> Tuple[Dict[str, object],
 
 
 def transcribe(args: argparse.Namespace) -> int:
+    if args.timestamps and not chunking_of(args).chunked:
+        raise ValueError("--timestamps needs chunked serving (--chunk-seconds > 0)")
     if args.input:
         if not args.out:
             raise ValueError("--input needs --out DIR")
@@ -130,6 +194,21 @@ def transcribe(args: argparse.Namespace) -> int:
     if not args.files:
         raise ValueError("give FILE... or --input CORPUS --out DIR")
     resolved, model, rate = _load(args)
+    chunking = chunking_of(args, resolved.saved_model_dir, "ctc")
+    if args.timestamps and not chunking.chunked:
+        raise ValueError(f"--timestamps needs chunked serving, which {resolved.describe()} cannot have")
+    if chunking.chunked:
+        bad: List[Dict[str, str]] = []
+        serving = _serving_model(resolved, model, "ctc", chunking)
+        for path, transcript in serving.transcribe(_scanned_files(serving, args.files, rate, bad)):
+            if args.timestamps:
+                for entry in transcript.chunk_entries():
+                    print(json.dumps({"file": path, **entry}, ensure_ascii=False))
+            line = {"file": path, "phones": transcript.text(), "seconds": round(transcript.seconds, 4)}
+            if args.timestamps:
+                line["chunks"] = len(transcript.chunks)
+            print(json.dumps(line, ensure_ascii=False), flush=True)
+        return _report_failures(bad)
     good, bad = decode_files(args.files, rate)
     if good:
         out = _call(model, "transcribe", [s for _, s in good])
@@ -180,10 +259,16 @@ def verify(args: argparse.Namespace) -> int:
             raise ValueError("verify takes two files (A B), or --trials FILE")
         files = list(args.files)
         paths = {None: (args.files[0], args.files[1])}
-    good, bad = decode_files(files, rate)
-    embeddings = (
-        dict(zip([p for p, _ in good], _call(model, "embed", [s for _, s in good])["embeddings"])) if good else {}
-    )
+    chunking = chunking_of(args, resolved.saved_model_dir, "speaker")
+    if chunking.chunked:
+        bad: List[Dict[str, str]] = []
+        serving = _serving_model(resolved, model, "speaker", chunking)
+        embeddings = {p: pooled.embeddings[0] for p, pooled in serving.embed(_scanned_files(serving, files, rate, bad))}
+    else:
+        good, bad = decode_files(files, rate)
+        embeddings = (
+            dict(zip([p for p, _ in good], _call(model, "embed", [s for _, s in good])["embeddings"])) if good else {}
+        )
     for trial in paths if args.trials else [None]:
         a, b = paths[trial]
         if a not in embeddings or b not in embeddings:
@@ -207,7 +292,10 @@ def _embeddings_of_corpus(args: argparse.Namespace):
     from speechpipe.jobs import inference_job
 
     summary, resolved = _corpus_job(args, "speaker")
-    lines = sorted(inference_job.read_lines(args.out, inference_job.RESULTS_PREFIX), key=lambda r: r["utterance"])
+    lines = sorted(
+        inference_job.read_lines(args.out, inference_job.RESULTS_PREFIX),
+        key=lambda r: (r["utterance"], r.get("segment", 0)),
+    )
     embeddings = np.array([line.pop("embedding") for line in lines], np.float32)
     return summary, resolved, lines, embeddings
 
@@ -244,8 +332,9 @@ def write_embeddings(out_dir: str, lines: List[dict], embeddings: np.ndarray) ->
 def embed(args: argparse.Namespace) -> int:
     summary, resolved, lines, embeddings = _embeddings_of_corpus(args)
     write_embeddings(args.out, lines, embeddings)
+    per = f" ({len(lines)} segments of {args.segments:g} s)" if args.segments else ""
     print(
-        f"embedded {len(lines)} of {summary['inputs']} utterances with {resolved.describe()}: "
+        f"embedded {summary['results']} of {summary['inputs']} utterances{per} with {resolved.describe()}: "
         f"{args.out}/embeddings.npy ({embeddings.shape[0]} x {embeddings.shape[1] if embeddings.ndim == 2 else 0}), "
         f"utterances.jsonl, speaker_means.npy ({summary['dead_letter']['total']} dead-lettered)"
     )
@@ -270,13 +359,21 @@ def cluster(args: argparse.Namespace) -> int:
         else speaker_eval.cut(tree, threshold=float(threshold))
     )
     with open(args.table, "w", encoding="utf-8") as f:
-        f.write("file\tutterance\tcluster\n")
-        f.writelines(f"{line['file']}\t{line['utterance']}\t{int(c)}\n" for line, c in zip(lines, found))
+        if args.segments:  # who speaks when: a row per segment, with its times
+            f.write("file\tutterance\tstart\tend\tcluster\n")
+            f.writelines(
+                f"{line['file']}\t{line['utterance']}\t{line['start']}\t{line['end']}\t{int(c)}\n"
+                for line, c in zip(lines, found)
+            )
+        else:
+            f.write("file\tutterance\tcluster\n")
+            f.writelines(f"{line['file']}\t{line['utterance']}\t{int(c)}\n" for line, c in zip(lines, found))
     speakers = [line["speaker"] for line in lines]
     known = [s for s in speakers if s]
     how = f"{args.num_speakers} given" if args.num_speakers else f"the model's threshold {float(threshold):.4f}"
-    message = f"{len(set(found.tolist()))} clusters among {len(lines)} recordings ({how}): {args.table}"
-    if len(known) == len(speakers) and len(set(known)) > 1:
+    units = f"segments of {args.segments:g} s" if args.segments else "recordings"
+    message = f"{len(set(found.tolist()))} clusters among {len(lines)} {units} ({how}): {args.table}"
+    if len(known) == len(speakers) and len(set(known)) > 1 and not args.segments:
         message += (
             f"; against the corpus's speaker labels MR {speaker_eval.misclassification_rate(speakers, found):.3f}"
         )
@@ -296,13 +393,46 @@ def _data_root_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _chunk_arguments(parser: argparse.ArgumentParser) -> None:
+    d = ChunkConfig()
+    parser.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=d.chunk_seconds,
+        help="audio per network run; memory is set by this, not by the recording "
+        "(default %(default)s; 0 = each file whole)",
+    )
+    parser.add_argument(
+        "--overlap-seconds",
+        type=float,
+        default=d.overlap_seconds,
+        help="context read on each side of a chunk and dropped (default %(default)s)",
+    )
+
+
+def _segments_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--segments",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="one embedding per segment of this length of each recording, with its times (default: per recording)",
+    )
+
+
 def add_commands(commands) -> None:
     """Adds the four commands to the `speechpipe` parser's subcommands."""
     t = commands.add_parser("transcribe", help="phones of recordings, from the CTC champion (or --model)")
     t.add_argument("files", nargs="*", metavar="FILE")
     t.add_argument("--input", default=None, help="a corpus (VoxCeleb folder, manifest, Kaldi dir): a Beam job")
     t.add_argument("--out", default=None, help="with --input: the output folder")
+    t.add_argument(
+        "--timestamps",
+        action="store_true",
+        help="each phone's start and end (s) from the CTC alignment: a line per chunk before each file's line",
+    )
     _data_root_argument(t)
+    _chunk_arguments(t)
     _model_arguments(t, CTC_MODEL)
     t.set_defaults(handler=transcribe, beam_args=[])
 
@@ -311,6 +441,7 @@ def add_commands(commands) -> None:
     v.add_argument("--trials", default=None, help="a VoxCeleb-format trial list (`label a b` lines)")
     v.add_argument("--root", default=None, help="the folder the trial list's paths are relative to")
     v.add_argument("--threshold", type=float, default=None, help="decide with this threshold instead")
+    _chunk_arguments(v)
     _model_arguments(v, EMBEDDER_MODEL)
     v.set_defaults(handler=verify)
 
@@ -318,6 +449,8 @@ def add_commands(commands) -> None:
     e.add_argument("--input", required=True, help="a corpus (VoxCeleb folder, manifest, Kaldi dir)")
     e.add_argument("--out", required=True, help="the output folder")
     _data_root_argument(e)
+    _segments_argument(e)
+    _chunk_arguments(e)
     _model_arguments(e, EMBEDDER_MODEL)
     e.set_defaults(handler=embed, beam_args=[])
 
@@ -329,6 +462,8 @@ def add_commands(commands) -> None:
     c.add_argument(
         "--num-speakers", type=int, default=None, help="cut at this many clusters (default: the model's threshold)"
     )
+    _segments_argument(c)
+    _chunk_arguments(c)
     _model_arguments(c, EMBEDDER_MODEL)
     c.set_defaults(handler=cluster, beam_args=[])
 

@@ -132,6 +132,7 @@ def export_embedder(
             "embed_segments": module.embed_segments,
         },
     )
+    module.features.write_global_stats(path)
     # gfile, like the SavedModel itself: `path` may be on object storage (gs://, s3://)
     tf.io.gfile.makedirs(f"{path.rstrip('/')}/assets.extra")
     with tf.io.gfile.GFile(f"{path.rstrip('/')}/assets.extra/{CONFIG_FILE}", "w") as f:
