@@ -98,3 +98,24 @@ def portable_services(tmp_path_factory):
         for process in (job_service, worker_pool):
             process.terminate()
             process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def stand_in_embedder(tmp_path_factory) -> str:
+    """A tiny random embedder's SavedModel (no training: for tests of serving paths, not of
+    learning), made input-sensitive as tests/test_embedder_export.py does."""
+    import tf_keras as keras
+
+    from speechpipe.config import FeatureConfig
+    from speechpipe.speakers import embedder
+    from speechpipe.speakers.embedder import EmbedderConfig
+
+    keras.utils.set_random_seed(0)
+    config = EmbedderConfig(
+        lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1, backend="none", embedding="output"
+    )
+    base = embedder.build_base_network(config)
+    layer = base.get_layer("output_dense")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel * 30.0, bias])
+    return embedder.export_embedder(str(tmp_path_factory.mktemp("embedder") / "model"), base, config, FeatureConfig())

@@ -203,30 +203,9 @@ def test_the_floor_alone_end_to_end(fake_data, tmp_path, capsys):
     assert floor["kind"] == "floor" and set(floor["figures"]) == set(rs.PROTOCOLS)
 
 
-@pytest.fixture(scope="module")
-def exported_embedder(tmp_path_factory) -> str:
-    """A tiny random embedder's SavedModel (no training: these tests check the bench's serving
-    path, not learning), made input-sensitive as tests/test_embedder_export.py does."""
-    import tf_keras as keras
-
-    from speechpipe.config import FeatureConfig
-    from speechpipe.speakers import embedder
-    from speechpipe.speakers.embedder import EmbedderConfig
-
-    keras.utils.set_random_seed(0)
-    config = EmbedderConfig(
-        lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1, backend="none", embedding="output"
-    )
-    base = embedder.build_base_network(config)
-    layer = base.get_layer("output_dense")
-    kernel, bias = layer.get_weights()
-    layer.set_weights([kernel * 30.0, bias])
-    return embedder.export_embedder(str(tmp_path_factory.mktemp("embedder") / "model"), base, config, FeatureConfig())
-
-
 @pytest.mark.slow  # ~50 s: TensorFlow, the export, MLflow
 @pytest.mark.filterwarnings("ignore::UserWarning")  # MLflow's advice on logging a pyfunc model
-def test_an_exported_embedder_from_a_folder_and_from_the_registry(fake_data, exported_embedder, tmp_path, capsys):
+def test_an_stand_in_embedder_from_a_folder_and_from_the_registry(fake_data, stand_in_embedder, tmp_path, capsys):
     """The same SavedModel as a folder, as a registry version that is the SavedModel itself (v1),
     and as one that is an MLflow model holding it (v2, what the pusher registers): the same figures."""
     from speechpipe.results.pyfunc import save_flavor
@@ -234,8 +213,8 @@ def test_an_exported_embedder_from_a_folder_and_from_the_registry(fake_data, exp
 
     uri = "sqlite:///" + str(tmp_path / "mlflow" / "mlflow.db")
     registry = Registry(uri)
-    bare = registry.register("tiny-speaker", exported_embedder, {"eer": 0.5}, {"smoke_test": "passed"})
-    flavor = save_flavor(exported_embedder, "speaker", str(tmp_path / "flavor"))
+    bare = registry.register("tiny-speaker", stand_in_embedder, {"eer": 0.5}, {"smoke_test": "passed"})
+    flavor = save_flavor(stand_in_embedder, "speaker", str(tmp_path / "flavor"))
     wrapped = registry.register("tiny-speaker", flavor, {"eer": 0.5}, {"smoke_test": "passed"})
     registry.set_champion("tiny-speaker", wrapped.version)
     out = tmp_path / "figures.json"
@@ -244,7 +223,7 @@ def test_an_exported_embedder_from_a_folder_and_from_the_registry(fake_data, exp
             "--data",
             fake_data,
             "--model",
-            exported_embedder,
+            stand_in_embedder,
             "--model",
             "models:/tiny-speaker@champion",
             "--model",
@@ -262,7 +241,7 @@ def test_an_exported_embedder_from_a_folder_and_from_the_registry(fake_data, exp
     systems = json.loads(out.read_text())["systems"]
     assert [s["kind"] for s in systems] == ["floor", "model", "model", "model"]  # one floor: one feature config
     folder, champion, version = systems[1:]
-    assert folder["model_dir"] == exported_embedder
+    assert folder["model_dir"] == stand_in_embedder
     assert (champion["version"], version["version"]) == (wrapped.version, bare.version)
     assert folder["floor"] == systems[0]["system"] and folder["dimension"] == 8 and folder["scoring"] == "cosine"
     for name in rs.PROTOCOLS:

@@ -27,8 +27,6 @@ from speechpipe.phones.ctc_config import CTCModelConfig
 from speechpipe.phones.ctc_model import build_acoustic_model, export_transcriber
 from speechpipe.phones.inventory import default_inventory
 from speechpipe.results.serving_models import ServingModel, serving_chunking
-from speechpipe.speakers import embedder
-from speechpipe.speakers.embedder import EmbedderConfig
 from speechpipe.speakers.embedder.chunks import window_starts
 from tests.audio_inputs import BAD_AUDIO, UNUSUAL, write_wav
 from tests.helpers import read_manifest
@@ -59,19 +57,6 @@ def ctc_model(tmp_path_factory) -> str:
     with open(os.path.join(path, "training_result.json"), "w") as f:
         json.dump({"features": FeatureConfig().to_json()}, f)
     return path
-
-
-@pytest.fixture(scope="module")
-def embedder_model(tmp_path_factory) -> str:
-    keras.utils.set_random_seed(0)
-    config = EmbedderConfig(
-        lstm_units=8, dense_units=(16,), output_dim=8, dropout=0.1, backend="none", embedding="output"
-    )
-    base = embedder.build_base_network(config)
-    layer = base.get_layer("output_dense")
-    kernel, bias = layer.get_weights()
-    layer.set_weights([kernel * 30.0, bias])
-    return embedder.export_embedder(str(tmp_path_factory.mktemp("embedder") / "model"), base, config, FeatureConfig())
 
 
 @pytest.fixture(scope="module")
@@ -234,8 +219,8 @@ def test_files_of_any_length_share_batches_and_keep_their_order(ctc_model, recor
 # ----------------------------------------------------------------------- embedder
 
 
-def test_chunked_embedding_is_the_whole_file_embedding(embedder_model, recording, tmp_path):
-    serving = ServingModel(embedder_model, "speaker", SMALL)
+def test_chunked_embedding_is_the_whole_file_embedding(stand_in_embedder, recording, tmp_path):
+    serving = ServingModel(stand_in_embedder, "speaker", SMALL)
     samples = decode(recording, 16000).samples
     short = str(tmp_path / "short.wav")  # under one window: one zero-padded window
     sf.write(short, samples[16000:20000], 16000, subtype="PCM_16")
@@ -248,10 +233,10 @@ def test_chunked_embedding_is_the_whole_file_embedding(embedder_model, recording
     assert int(out[recording].windows[0]) > 100
 
 
-def test_segments_are_utterances_of_their_own(embedder_model, recording):
+def test_segments_are_utterances_of_their_own(stand_in_embedder, recording):
     """Segments tile the recording; a segment's embedding is the mean of the `embed` window
     layout over its own frames, normalised with the whole recording's statistics."""
-    serving = ServingModel(embedder_model, "speaker", SMALL)
+    serving = ServingModel(stand_in_embedder, "speaker", SMALL)
     source = FileSource(recording, 16000)
     scan = serving.scan(source)
     ((_, pooled),) = list(serving.embed([("r", source, scan)], segment_seconds=4.0))
@@ -293,7 +278,7 @@ def test_transcribe_cli_with_timestamps(ctc_model, recording, tmp_path, capsys):
     assert code == 0 and whole["phones"] == summary["phones"]
 
 
-def test_pyfunc_serves_rows_in_chunks(ctc_model, embedder_model, recording):
+def test_pyfunc_serves_rows_in_chunks(ctc_model, stand_in_embedder, recording):
     from speechpipe.results.pyfunc import SAVED_MODEL_ARTIFACT, SpeechModel
 
     # Full-band rows: on audio upsampled from 8 kHz the bins above 4 kHz are constant, their
@@ -301,7 +286,7 @@ def test_pyfunc_serves_rows_in_chunks(ctc_model, embedder_model, recording):
     # chunked float64 ones then give those bins different (meaningless) values.
     samples = decode(recording, 16000).samples
     rows = {"waveform": [samples[:160000], samples[200000:280000]], "sample_rate": [16000, 16000]}
-    for kind, path in (("ctc", ctc_model), ("speaker", embedder_model)):
+    for kind, path in (("ctc", ctc_model), ("speaker", stand_in_embedder)):
         context = type("Context", (), {"artifacts": {SAVED_MODEL_ARTIFACT: path}})()
         chunked, whole = SpeechModel(kind, chunking=SMALL), SpeechModel(kind, chunking=ChunkConfig(chunk_seconds=0))
         for model in (chunked, whole):
@@ -339,7 +324,7 @@ def test_array_source_resamples_as_decode(recording):
 
 
 @pytest.mark.slow  # two Beam jobs
-def test_batch_inference_job_in_chunks(ctc_model, embedder_model, recording, tmp_path):
+def test_batch_inference_job_in_chunks(ctc_model, stand_in_embedder, recording, tmp_path):
     import shutil
 
     from speechpipe.audio.sources import make_spec
@@ -364,7 +349,7 @@ def test_batch_inference_job_in_chunks(ctc_model, embedder_model, recording, tmp
     assert line["phones"] == _whole(model, "transcribe", decode(recording, 16000).samples)["phones"].numpy()[0].decode()
     assert [p["phone"] for p in line["phone_times"]] == line["phones"].split()
     out = str(tmp_path / "speaker")
-    summary = inference_job.run_job(spec, embedder_model, "speaker", 16000, out, chunking=SMALL, segment_seconds=5.0)
+    summary = inference_job.run_job(spec, stand_in_embedder, "speaker", 16000, out, chunking=SMALL, segment_seconds=5.0)
     lines = inference_job.read_lines(out, inference_job.RESULTS_PREFIX)
     assert summary["results"] == 1 and summary["lines"] == len(lines) == int(np.ceil(line["seconds"] / 5.0))
     assert sorted(r["segment"] for r in lines) == list(range(len(lines)))
