@@ -268,17 +268,6 @@ def train(
         max_steps=config.max_steps,
     )
     callbacks: List[keras.callbacks.Callback] = [shared.StopOnNonFiniteLoss(), validation]
-    if config.lr_schedule == "budget":
-        callbacks.insert(
-            0,
-            shared.BudgetSchedule(
-                config.learning_rate,
-                config.warmup_steps,
-                config.final_lr_fraction,
-                validation.max_seconds,
-                config.max_steps,
-            ),
-        )
     if log_dir:
         callbacks.append(shared.tensorboard(log_dir))
     # No Keras validation_data: the validation PER callback is the stopping criterion, and a

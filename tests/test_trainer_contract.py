@@ -142,38 +142,3 @@ def test_the_result_file_holds_the_warm_start_record(tmp_path):
 
     with open(os.path.join(tmp_path, trainer_contract.RESULT_FILE), encoding="utf-8") as f:
         assert json.load(f)["warm_start"]["reason"] == "no champion yet"
-
-
-def test_the_budget_schedule_warms_up_then_decays_to_its_floor_when_the_budget_ends():
-    from speechpipe.training import BudgetSchedule, budget_fraction
-
-    schedule = BudgetSchedule(peak=2e-3, warmup_steps=4, final_fraction=0.1, max_steps=20)
-    rates = [schedule.rate(step, 0.0) for step in range(20)]
-    assert rates[:4] == pytest.approx([5e-4, 1e-3, 1.5e-3, 2e-3 * (1 - 0.9 * 3 / 20)])
-    assert all(a > b for a, b in zip(rates[4:], rates[5:]))  # decays after the warm-up
-    assert schedule.rate(20, 0.0) == pytest.approx(2e-4)  # the floor when the budget is spent
-    # by time: half the minutes spent is half the decay, whichever budget runs out first
-    timed = BudgetSchedule(peak=1e-3, warmup_steps=0, final_fraction=0.0, max_seconds=100.0, max_steps=1000)
-    assert timed.rate(10, 50.0) == pytest.approx(5e-4)
-    assert budget_fraction(50.0, 900, 100.0, 1000) == pytest.approx(0.9)
-    # no budget: constant after the warm-up
-    assert BudgetSchedule(1e-3, 2, 0.1).rate(500, 1e6) == pytest.approx(1e-3)
-
-
-def test_the_budget_schedule_sets_the_optimisers_rate_each_step():
-    from speechpipe.training import BudgetSchedule
-
-    model = _tiny()
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-    schedule = BudgetSchedule(peak=1e-2, warmup_steps=0, final_fraction=0.5, max_steps=10)
-    callback = trainer_contract.BestWeights(model, lambda: ({"val_x": 1.0}, None), "val_x", max_steps=10)
-    model.fit(
-        tf.data.Dataset.from_tensors((np.ones((8, 3), np.float32), np.zeros((8, 2), np.float32))).repeat(),
-        steps_per_epoch=5,
-        epochs=3,
-        callbacks=[schedule, callback],
-        verbose=0,
-    )
-    assert len(schedule.rates) == 10 and schedule.rates[0] == pytest.approx(1e-2)
-    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(schedule.rates[-1])
-    assert schedule.rates[-1] == pytest.approx(1e-2 * (1 - 0.5 * 9 / 10))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from typing import Dict, List, Optional, Sequence, Union
 
 import tensorflow as tf
@@ -146,58 +145,3 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 def tensorboard(log_dir: str) -> keras.callbacks.Callback:
     return keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch", profile_batch=0)
-
-
-def budget_fraction(
-    elapsed_seconds: float, steps: int, max_seconds: Optional[float], max_steps: int
-) -> Optional[float]:
-    """The share of the training budget spent, by whichever budget (wall-clock or steps) runs out
-    first; None without a budget."""
-    shares = []
-    if max_seconds:
-        shares.append(elapsed_seconds / max_seconds)
-    if max_steps > 0:
-        shares.append(steps / max_steps)
-    return min(1.0, max(shares)) if shares else None
-
-
-class BudgetSchedule(keras.callbacks.Callback):
-    """The learning rate by the share of the budget spent: linear warm-up to `peak` over
-    `warmup_steps`, then linear decay to `final_fraction * peak` as the budget (wall-clock or
-    steps, `budget_fraction`) runs out. Training to a fixed budget is the product's normal case
-    (the demo's minutes, a Trainer's train_steps), and a rate that reaches its floor just when the
-    budget ends fits that budget; without a budget the rate stays at `peak` after the warm-up.
-    The clock starts with training, so evaluations count against the budget as they do for the
-    stopping rule (trainer_contract.BestWeights)."""
-
-    def __init__(
-        self,
-        peak: float,
-        warmup_steps: int,
-        final_fraction: float,
-        max_seconds: Optional[float] = None,
-        max_steps: int = 0,
-    ) -> None:
-        super().__init__()
-        self.peak, self.warmup_steps, self.final_fraction = peak, warmup_steps, final_fraction
-        self.max_seconds, self.max_steps = max_seconds, max_steps
-        self.steps = 0
-        self.started = time.time()
-        self.rates: List[float] = []  # the rate of each step, for the history and the tests
-
-    def on_train_begin(self, logs=None) -> None:
-        self.started = time.time()
-
-    def rate(self, steps: int, elapsed_seconds: float) -> float:
-        warm = min(1.0, (steps + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
-        spent = budget_fraction(elapsed_seconds, steps, self.max_seconds, self.max_steps)
-        decay = 1.0 if spent is None else 1.0 - (1.0 - self.final_fraction) * spent
-        return self.peak * min(warm, decay)
-
-    def on_train_batch_begin(self, batch, logs=None) -> None:
-        rate = self.rate(self.steps, time.time() - self.started)
-        self.model.optimizer.learning_rate.assign(rate)
-        self.rates.append(rate)
-
-    def on_train_batch_end(self, batch, logs=None) -> None:
-        self.steps += 1

@@ -12,8 +12,6 @@ from speechpipe.config import FeatureConfig
 from speechpipe.phones.inventory import DEFAULT_INVENTORY
 from speechpipe.validation import ConfigError, reject_unknown
 
-LR_SCHEDULES = ("constant", "budget")
-
 
 @dataclass(frozen=True)
 class CTCModelConfig:
@@ -55,15 +53,8 @@ class CTCTrainConfig:
     shorter budget is speechpipe.pipeline.run_config.DEMO_CTC."""
 
     model: CTCModelConfig = field(default_factory=CTCModelConfig)
-    learning_rate: float = 2e-3  # Adam; the peak rate under lr_schedule "budget"
+    learning_rate: float = 1e-3  # Adam
     clipnorm: float = 5.0  # as seed 000
-    # "budget": warm up over `warmup_steps`, then decay linearly to `final_lr_fraction` of the
-    # rate as the budget (max_minutes or max_steps) runs out (speechpipe.training.BudgetSchedule);
-    # without a budget it stays at the peak after the warm-up. On the demo corpus, 450 steps:
-    # validation PER 10.9 % against 12.4 % for "constant" 1e-3, lower after every epoch (docs/ctc.md).
-    lr_schedule: str = "budget"
-    warmup_steps: int = 50
-    final_lr_fraction: float = 0.05
     batch_size: int = 32
     max_epochs: int = 200
     max_minutes: Optional[float] = None  # wall-clock budget; None = no budget
@@ -98,12 +89,6 @@ class CTCTrainConfig:
             raise ConfigError(f"max_steps={self.max_steps}, patience={self.patience}: need >= 0 (0 = none)")
         if self.learning_rate <= 0 or self.clipnorm <= 0:
             raise ConfigError(f"learning_rate={self.learning_rate}, clipnorm={self.clipnorm}: must be positive")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule={self.lr_schedule!r}: one of {', '.join(LR_SCHEDULES)}")
-        if self.warmup_steps < 0 or not 0.0 <= self.final_lr_fraction <= 1.0:
-            raise ConfigError(
-                f"warmup_steps={self.warmup_steps}, final_lr_fraction={self.final_lr_fraction}: need >= 0 and [0, 1]"
-            )
         boundaries = list(self.bucket_boundaries)
         if not boundaries or boundaries[0] < 1 or sorted(set(boundaries)) != boundaries:
             raise ConfigError(f"bucket_boundaries={self.bucket_boundaries}: need increasing positive frame counts")
