@@ -189,17 +189,22 @@ def _parse(item, spec: InputSpec):
         yield result
 
 
+def _head(record, seconds: float) -> Dict[str, object]:
+    """What every result line says of its recording."""
+    return {
+        "utterance": record.utterance,
+        "speaker": record.speaker,
+        "file": record.audio_path,
+        "seconds": round(seconds, 4),
+    }
+
+
 def _format(keyed, kind: str, rate: int) -> str:
     import numpy as np
 
     _, result = keyed
     record, samples = result.example
-    out = {
-        "utterance": record.utterance,
-        "speaker": record.speaker,
-        "file": record.audio_path,
-        "seconds": round(float(samples.shape[0]) / rate, 4),
-    }
+    out = _head(record, float(samples.shape[0]) / rate)
     if kind == "ctc":
         out["phones"] = result.inference["phones"].decode("utf-8")
     else:
@@ -214,12 +219,7 @@ def _format_chunked(keyed, kind: str, rate: int, timestamps: bool, segments: boo
 
     _, result = keyed
     record, scan = result.example
-    head = {
-        "utterance": record.utterance,
-        "speaker": record.speaker,
-        "file": record.audio_path,
-        "seconds": round(scan.samples / rate, 4),
-    }
+    head = _head(record, scan.samples / rate)
     if kind == "ctc":
         transcript = result.inference
         line = {**head, "phones": transcript.text()}
