@@ -132,17 +132,15 @@ def _test_per(model_dir: str, features_dir: str, config, beam_width: int = 0):
 
     from speechpipe.components.ctc_trainer import evaluate_per
 
-    acoustic = tf.saved_model.load(model_dir)
+    exported = tf.saved_model.load(model_dir)
     test_files = [os.path.join(features_dir, "Split-test")]
 
-    class _Acoustic:  # the exported `logits` signature, called like the Keras model
-        def __call__(self, inputs, training=False):
-            return acoustic.signatures["logits"](
-                features=inputs["features"], num_frames=tf.cast(inputs["num_frames"], tf.int32)
-            )["logits"]
+    def forward(features, num_frames):  # the exported `logits` signature
+        out = exported.signatures["logits"](features=features, num_frames=tf.cast(num_frames, tf.int32))
+        return out["logits"], out["logit_lengths"]
 
-    greedy = evaluate_per(_Acoustic(), test_files, config)
-    beam = evaluate_per(_Acoustic(), test_files, config, beam_width=beam_width) if beam_width else None
+    greedy = evaluate_per(forward, test_files, config)
+    beam = evaluate_per(forward, test_files, config, beam_width=beam_width) if beam_width else None
     return greedy, beam
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import tensorflow as tf
 import tf_keras as keras
@@ -33,7 +33,7 @@ from speechpipe.phones.ctc_model import (
     stacked_lengths,
 )
 from speechpipe.phones.inventory import load_inventory
-from speechpipe.phones.phone_error_rate import records_per
+from speechpipe.phones.phone_error_rate import Forward, records_per
 
 log = logging.getLogger(__name__)
 
@@ -184,23 +184,33 @@ def make_dataset(
 # ------------------------------------------------------------------------------------ evaluation
 
 
+def acoustic_forward(acoustic: keras.Model, frame_stack: int) -> Forward:
+    """`acoustic`'s logits and their lengths, traced once for every batch shape. Validation pads
+    each batch to its longest utterance; a function traced per shape (or one made anew for each
+    validation) retraced the BLSTMs at every validation, 15-20 s of a CPU epoch's 60, where the
+    forward pass itself takes 2."""
+    signature = [tf.TensorSpec([None, None, None], tf.float32), tf.TensorSpec([None], tf.int32)]
+    return tf.function(
+        lambda f, n: (acoustic({"features": f, "num_frames": n}, training=False), stacked_lengths(n, frame_stack)),
+        input_signature=signature,
+    )
+
+
 def evaluate_per(
-    acoustic: keras.Model,
+    acoustic: Union[keras.Model, Forward],
     files: Sequence[str],
     config: CTCTrainConfig,
     beam_width: int = 0,
     counter: Optional[InputCounter] = None,
 ) -> PERResult:
     """Corpus and per-utterance PER of greedy (beam_width 0) or beam-search decoding, by the
-    definition the evaluator's test PER uses (speechpipe.phones.phone_error_rate); `counter`
-    counts the records it reads."""
-    frame_stack = config.model.frame_stack
-    forward = tf.function(
-        lambda f, n: (acoustic({"features": f, "num_frames": n}, training=False), stacked_lengths(n, frame_stack)),
-        reduce_retracing=True,
-    )
+    definition the evaluator's test PER uses (speechpipe.phones.phone_error_rate); `acoustic` is
+    the model or its `acoustic_forward` (kept, for repeated validation); `counter` counts the
+    records it reads."""
+    if isinstance(acoustic, keras.Model):
+        acoustic = acoustic_forward(acoustic, config.model.frame_stack)
     records = shared.record_dataset(files) if counter is None else counter.counted(shared.record_dataset(files))
-    return records_per(forward, records, load_inventory(config.inventory).blank_id, config.batch_size, beam_width)[0]
+    return records_per(acoustic, records, load_inventory(config.inventory).blank_id, config.batch_size, beam_width)[0]
 
 
 # ------------------------------------------------------------------------------------ training
@@ -259,9 +269,10 @@ def train(
         )
         trainer = CTCTrainer(acoustic, inventory.blank_id, config.model.frame_stack)
         trainer.compile(optimizer=make_optimizer(config))
+    forward = acoustic_forward(acoustic, config.model.frame_stack)
     validation = trainer_contract.BestWeights(
         acoustic,
-        lambda: ({"val_per": evaluate_per(acoustic, eval_files, config, counter=counters["validation"]).per}, None),
+        lambda: ({"val_per": evaluate_per(forward, eval_files, config, counter=counters["validation"]).per}, None),
         "val_per",
         patience=config.patience,
         max_seconds=config.max_minutes * 60 if config.max_minutes else None,

@@ -17,6 +17,7 @@ from speechpipe.phones.ctc_model import (
     edit_distance,
     export_transcriber,
     greedy_decode,
+    sparse_labels,
 )
 from speechpipe.phones.inventory import default_inventory
 from speechpipe.training import NonFiniteLossError, StopOnNonFiniteLoss
@@ -111,9 +112,33 @@ def test_loss_uses_real_lengths_not_padding():
     assert float(per_row[0]) == pytest.approx(float(alone), rel=1e-5)
 
 
+def test_sparse_and_dense_label_losses_agree_with_phone_zero_as_padding():
+    """The CPU's sparse-label CTC loss equals the dense one (a GPU's), loss and gradients, on a
+    padded batch whose padding value 0 is also a phone in the labels: the lengths, not the
+    values, decide what is padding."""
+    keras.utils.set_random_seed(0)
+    acoustic = build_acoustic_model(8, NUM_CLASSES, CTCModelConfig(lstm_units=(8,), dropout=0.0, frame_stack=2))
+    trainer = CTCTrainer(acoustic, BLANK, 2)
+    rng = np.random.default_rng(1)
+    inputs = {"features": rng.normal(size=(3, 40, 8)).astype(np.float32), "num_frames": tf.constant([40, 26, 12])}
+    labels = tf.constant([[0, 3, 0, 5, 7, 0], [2, 0, 2, 0, 0, 0], [4, 4, 0, 0, 0, 0]])
+    lengths = tf.constant([6, 3, 2])
+    results = []
+    for dense in (True, False):
+        trainer.dense_labels = dense
+        with tf.GradientTape() as tape:
+            loss = trainer.ctc_loss(inputs, labels, lengths, training=False)
+        results.append((float(loss), tape.gradient(loss, acoustic.trainable_variables)))
+    (dense_loss, dense_grads), (sparse_loss, sparse_grads) = results
+    assert sparse_loss == pytest.approx(dense_loss, rel=1e-5)
+    for d, s in zip(dense_grads, sparse_grads):
+        np.testing.assert_allclose(s.numpy(), d.numpy(), rtol=1e-3, atol=1e-5)
+    assert sparse_labels(labels, lengths).values.numpy().tolist() == [0, 3, 0, 5, 7, 0, 2, 0, 2, 4, 4]
+
+
 @pytest.mark.slow  # runs a trainer
 def test_non_finite_loss_stops_training_with_a_clear_error():
-    acoustic = build_acoustic_model(4, NUM_CLASSES, CTCModelConfig(lstm_units=(4,)))
+    acoustic = build_acoustic_model(4, NUM_CLASSES, CTCModelConfig(lstm_units=(4,), frame_stack=1))
     trainer = CTCTrainer(acoustic, BLANK, 1)
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     features = np.full((1, 10, 4), np.nan, np.float32)
