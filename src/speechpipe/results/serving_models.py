@@ -32,6 +32,8 @@ CHUNK_SIGNATURES = {"ctc": "logits", "speaker": "embed_segments"}
 class ChunkingUnavailable(ValueError):
     """A model that cannot be served in chunks (then serve it whole: chunk_seconds 0)."""
 
+PROBE_FRAMES = 840  # frames // (frames // s) == s for every stacking s up to 12
+
 
 class ServingModel:
     """`scan` each source once, then `transcribe` (ctc) or `embed` (speaker) the scanned ones."""
@@ -68,8 +70,13 @@ class ServingModel:
         from speechpipe.phones.ctc_chunks import ChunkedTranscriber
         from speechpipe.phones.inventory import DEFAULT_INVENTORY, load_inventory
 
-        probe = logits(features=tf.zeros([1, 8, self.feature_config.n_bins]), num_frames=tf.constant([8], tf.int32))
-        frame_stack = 8 // int(probe["logit_lengths"].numpy()[0])
+        # The network's frame stacking, read from the model itself: a probe from which every
+        # stacking up to 12 reads back exactly (8 frames read a stacking of 3 as 4).
+        frames = PROBE_FRAMES
+        probe = logits(
+            features=tf.zeros([1, frames, self.feature_config.n_bins]), num_frames=tf.constant([frames], tf.int32)
+        )
+        frame_stack = frames // int(probe["logit_lengths"].numpy()[0])
         inventory = load_inventory(str((self.settings.get("config") or {}).get("inventory") or DEFAULT_INVENTORY))
         classes = int(np.shape(probe["logits"])[-1])
         if classes != len(inventory.phones) + 1:
