@@ -2,7 +2,8 @@
 
     python -m bench bench_ctc
     env: BENCH_CTC_MINUTES (main budget, default 20), BENCH_CTC_COMPARE_MINUTES (per mode, default 3),
-         BENCH_CTC_PARTS (main,compare[,curve]), BENCH_CTC_CURVE_MINUTES (default 2,4,8,20),
+         BENCH_CTC_PARTS (main,compare[,curve,profile]), BENCH_CTC_CURVE_MINUTES (default 2,4,8,20),
+         BENCH_CTC_PROFILE_STACKS (default 2,3,4),
          BENCH_OUT (figures and curves, default bench/.cache/ctc)
 
 1. The default configuration trained for the full budget; PER on the test split (speakers and
@@ -13,6 +14,10 @@
 3. (part `curve`) The learning-curve guard: test PER after 2, 4, 8 and 20 minutes of training,
    one run per budget, for the current defaults and, when BASELINE names the settings before a
    change, for those, side by side with their ratio.
+4. (part `profile`) Where a training step's time goes: milliseconds per batch of the input
+   pipeline, the forward pass, forward and backward with each of TensorFlow's two CTC losses
+   (dense labels: a scan of tensor ops; sparse labels: the native CPU kernel), and the whole
+   optimiser step, for frame stacks 2, 3 and 4 (BENCH_CTC_PROFILE_STACKS).
 All training here is on the CPU; run it alone (`flock /tmp/speechpipe-cpu.lock`).
 """
 
@@ -24,6 +29,7 @@ from dataclasses import replace
 from typing import Dict
 
 from bench.corpus import CACHE, bench_corpus, derived_dir
+from speechpipe.phones.ctc_config import CTCModelConfig
 
 NORMALISATIONS = ("none", "minmax", "cmvn", "global")
 
@@ -116,6 +122,9 @@ def main() -> None:
 
     parts = os.environ.get("BENCH_CTC_PARTS", "main,compare").split(",")
     default_mode = FeatureConfig().normalization
+    if "profile" in parts:
+        stacks = [int(k) for k in os.environ.get("BENCH_CTC_PROFILE_STACKS", "2,3,4").split(",")]
+        _profile(_features(corpus, "logmel", default_mode), default, stacks)
     if "curve" in parts:
         minutes = [float(m) for m in os.environ.get("BENCH_CTC_CURVE_MINUTES", "2,4,8,20").split(",")]
         _learning_curve(corpus, default, default_mode, minutes, out)
@@ -184,10 +193,11 @@ def _main_run(corpus: str, default, default_mode: str, budget: float, out: str) 
 # The settings the learning-curve guard runs beside the current defaults: overrides of
 # CTCTrainConfig naming the defaults before a change to them (empty: the defaults have not
 # changed since the last measured curve, and only they run). A change that moves the curve the
-# wrong way against these says so in its commit message. The last candidate measured this way,
-# a budget schedule (Adam warm-up over 50 steps to 2e-3, linear decay to 5 % as the budget ran
-# out), lost at 8 minutes: test PER 17.93 % against 16.17 % (docs/ctc.md), and left the product.
-BASELINE: Dict[str, object] = {}
+# wrong way against these says so in its commit message. The last change measured this way made
+# frame_stack 3 the default (8 minutes: test PER 7.60 % against 8.50 % at 2, and 9.40 % at 4);
+# a budget schedule before it (Adam warm-up over 50 steps to 2e-3, linear decay to 5 % as the
+# budget ran out) lost at 8 minutes, 17.93 % against 16.17 % (docs/ctc.md), and left the product.
+BASELINE: Dict[str, object] = {"model": CTCModelConfig(frame_stack=2)}
 
 
 def _learning_curve(corpus: str, default, default_mode: str, minutes, out: str) -> None:
@@ -219,6 +229,80 @@ def _learning_curve(corpus: str, default, default_mode: str, minutes, out: str) 
         print(line)
     with open(os.path.join(out, "results_curve.json"), "w") as f:
         json.dump({"rows": rows, "current": default.to_json(), "baseline": BASELINE}, f, indent=1)
+
+
+def _profile(features_dir: str, default, stacks, batches: int = 12) -> None:
+    """Milliseconds per training batch by part, on the same batches for every part (the first
+    three of each are traced and not timed)."""
+    import time
+
+    import numpy as np
+    import tf_keras as keras
+
+    from speechpipe.components.ctc_trainer import make_dataset
+    from speechpipe.config import FeatureConfig
+    from speechpipe.phones.ctc_model import CTCTrainer, build_acoustic_model
+    from speechpipe.phones.inventory import load_inventory
+
+    with open(os.path.join(features_dir, "summary.json")) as f:
+        feature_config = FeatureConfig.from_json(json.load(f)["features"])
+    inventory = load_inventory(default.inventory)
+    print(f"\n{'ms per batch of ' + str(default.batch_size):24} " + " ".join(f"{'stack ' + str(k):>9}" for k in stacks))
+    table: Dict[str, list] = {}
+    for stack in stacks:
+        config = replace(default, model=replace(default.model, frame_stack=stack))
+        dataset = make_dataset([os.path.join(features_dir, "Split-train")], config, True, feature_config)
+        started = time.time()
+        data = list(dataset.take(batches + 3))
+        table.setdefault("input pipeline", []).append(1000 * (time.time() - started) / len(data))
+        acoustic = build_acoustic_model(feature_config.n_bins, inventory.num_classes, config.model)
+        trainer = CTCTrainer(acoustic, inventory.blank_id, stack)
+        trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm))
+        for name, ms in _step_parts(trainer, data).items():
+            table.setdefault(name, []).append(ms)
+        frames = np.mean([inputs["features"].shape[1] for inputs, _ in data])
+        table.setdefault("padded frames (mean)", []).append(frames)
+    for name, values in table.items():
+        print(f"{name:24} " + " ".join(f"{v:9.0f}" for v in values))
+
+
+def _step_parts(trainer, data) -> Dict[str, float]:
+    """Milliseconds per batch of each part of `trainer`'s step on `data` (the first three
+    batches trace and are not timed)."""
+    import time
+
+    import tensorflow as tf
+
+    acoustic = trainer.acoustic
+    device_default = trainer.dense_labels
+
+    def gradients(dense: bool):
+        def run(inputs, targets):
+            trainer.dense_labels = dense  # read while tracing: each function keeps its loss
+            with tf.GradientTape() as tape:
+                loss = trainer.ctc_loss(inputs, targets["labels"], targets["label_length"], training=True)
+            return tape.gradient(loss, acoustic.trainable_variables)
+
+        return run
+
+    parts = {
+        "forward": lambda inputs, targets: acoustic(inputs, training=True),
+        "fwd+bwd, dense CTC": gradients(True),
+        "fwd+bwd, sparse CTC": gradients(False),
+        "optimiser step": lambda inputs, targets: trainer.train_step((inputs, targets))["loss"],
+    }
+    out = {}
+    for name, part in parts.items():
+        trainer.dense_labels = device_default
+        function = tf.function(part, reduce_retracing=True)
+        for inputs, targets in data[:3]:
+            function(inputs, targets)
+        started = time.time()
+        for inputs, targets in data[3:]:
+            tf.nest.map_structure(lambda t: t.numpy(), function(inputs, targets))
+        out[name] = 1000 * (time.time() - started) / (len(data) - 3)
+    trainer.dense_labels = device_default
+    return out
 
 
 def _summary(result) -> Dict[str, object]:

@@ -84,7 +84,10 @@ def run_once(manifest: str, home: str, config: Optional[str]) -> Dict[str, objec
         "run_minutes": round(minutes, 1),
         "pushed": bool(versions),
         "metrics": versions[0]["metrics"] if versions else {},
-        "training": {k: trained[0].get(k) for k in ("steps", "epochs", "best_step", "budget_reached", "stopped_early", "validation_seconds")}
+        "training": {
+            k: trained[0].get(k)
+            for k in ("steps", "epochs", "best_step", "budget_reached", "stopped_early", "validation_seconds")
+        }
         if trained
         else {},
         "history": [

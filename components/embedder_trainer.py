@@ -299,6 +299,7 @@ def best_weights_validation(
         max_seconds=config.max_seconds,
         max_steps=config.max_steps,
         log_every_steps=config.log_every_steps,
+        smoothing=config.validation_smoothing,
     )
 
 

@@ -163,7 +163,13 @@ class BestWeights(keras.callbacks.Callback):
     budgets are checked after every batch, so a run never overshoots by an epoch. An epoch the
     budget cut short is evaluated only when it trained at least half an epoch's steps since the
     last evaluation: a step or two barely move the weights, and that evaluation (a full pass over
-    the validation split) would be time spent after the budget for a choice it hardly changes."""
+    the validation split) would be time spent after the budget for a choice it hardly changes.
+
+    With `smoothing` n > 1 the figure that chooses the weights and counts patience is the mean
+    of the metric over the last n evaluations (fewer at the start), recorded as
+    `<metric>_smoothed`: on a small validation set one lucky evaluation would otherwise stand as
+    a best that noise alone keeps later ones from beating, and patience would stop the run on
+    it."""
 
     def __init__(
         self,
@@ -174,9 +180,13 @@ class BestWeights(keras.callbacks.Callback):
         max_seconds: Optional[float] = None,
         max_steps: int = 0,
         log_every_steps: int = 0,
+        smoothing: int = 1,
     ) -> None:
         super().__init__()
+        if smoothing < 1:
+            raise ValueError(f"smoothing={smoothing}: need >= 1 (1 = each evaluation's own figure)")
         self.network, self.evaluate, self.metric = network, evaluate, metric
+        self.smoothing = smoothing
         self.patience, self.max_seconds, self.max_steps = patience, max_seconds, max_steps
         self.log_every_steps = log_every_steps
         self.history: List[Dict[str, float]] = []
@@ -238,8 +248,12 @@ class BestWeights(keras.callbacks.Callback):
             self.steps,
             elapsed / 60,
         )
-        if metrics[self.metric] < self.best:
-            self.best, self.best_epoch, self.best_step = float(metrics[self.metric]), epoch + 1, self.steps
+        figure = float(metrics[self.metric])
+        if self.smoothing > 1:
+            recent = [h[self.metric] for h in self.history[-self.smoothing :]]
+            figure = row[f"{self.metric}_smoothed"] = sum(recent) / len(recent)
+        if figure < self.best:
+            self.best, self.best_epoch, self.best_step = figure, epoch + 1, self.steps
             self.best_weights, self.best_state = self.network.get_weights(), state
             self._since_best = 0
         else:
@@ -263,5 +277,6 @@ class BestWeights(keras.callbacks.Callback):
             "stopped_early": self.stopped_early,
             "skipped_final_evaluation": self.skipped_final_evaluation,
             "validation_seconds": round(self.eval_seconds, 1),
+            "smoothing": self.smoothing,
             "history": self.history,
         }

@@ -111,6 +111,32 @@ def test_the_step_budget_binds_after_a_batch_not_at_the_epoch_end():
     assert callback.history[-1]["step"] == 8 and not callback.skipped_final_evaluation
 
 
+def test_a_smoothed_criterion_does_not_stop_on_one_lucky_evaluation():
+    """Evaluations 0.30 (lucky), then noisy figures that fall: each alone never beats the lucky
+    one, so patience 3 stops at the 4th; the mean of the last 3 keeps improving and training goes
+    on, choosing the weights where that mean is best."""
+    figures = [0.6, 0.3, 0.5, 0.45, 0.4, 0.32, 0.33, 0.31]
+
+    def run(smoothing):
+        model = _tiny()
+        values = iter(figures)
+        callback = trainer_contract.BestWeights(
+            model, lambda: ({"val_x": next(values)}, None), "val_x", patience=3, smoothing=smoothing
+        )
+        _fit(callback, epochs=len(figures))
+        return callback
+
+    raw, smoothed = run(1), run(3)
+    assert raw.stopped_early and len(raw.history) == 5 and raw.best_epoch == 2
+    assert not smoothed.stopped_early and len(smoothed.history) == len(figures)
+    means = [h["val_x_smoothed"] for h in smoothed.history]
+    assert means[2] == pytest.approx((0.6 + 0.3 + 0.5) / 3)
+    assert smoothed.best_epoch == 1 + int(np.argmin(means)) == 8
+    assert smoothed.best == pytest.approx((0.32 + 0.33 + 0.31) / 3)
+    with pytest.raises(ValueError, match="smoothing"):
+        trainer_contract.BestWeights(_tiny(), lambda: ({}, None), "val_x", smoothing=0)
+
+
 def test_a_budget_cut_epoch_of_a_step_or_two_is_not_evaluated():
     model = _tiny()
     calls = []

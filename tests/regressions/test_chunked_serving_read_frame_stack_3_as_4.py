@@ -38,9 +38,13 @@ def test_chunked_transcripts_use_the_models_own_frame_stack(frame_stack, tmp_pat
     samples = np.random.default_rng(0).normal(scale=0.1, size=16000 * 4).astype(np.float32)
     source = ArraySource(samples, 16000, 16000)
     ((_, transcript),) = list(serving.transcribe([("r", source, serving.scan(source))]))
-    whole = serving.model.signatures["transcribe"](
-        waveforms=tf.constant(samples[None, :]), lengths=tf.constant([samples.shape[0]], tf.int32)
-    )["phones"].numpy()[0].decode()
+    whole = (
+        serving.model.signatures["transcribe"](
+            waveforms=tf.constant(samples[None, :]), lengths=tf.constant([samples.shape[0]], tf.int32)
+        )["phones"]
+        .numpy()[0]
+        .decode()
+    )
     assert whole and transcript.text() == whole
     step = frame_stack * 0.01
     assert all(round(p["start"] / step, 6).is_integer() for p in transcript.timed_phones())

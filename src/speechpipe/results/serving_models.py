@@ -32,6 +32,7 @@ CHUNK_SIGNATURES = {"ctc": "logits", "speaker": "embed_segments"}
 class ChunkingUnavailable(ValueError):
     """A model that cannot be served in chunks (then serve it whole: chunk_seconds 0)."""
 
+
 PROBE_FRAMES = 840  # frames // (frames // s) == s for every stacking s up to 12
 
 

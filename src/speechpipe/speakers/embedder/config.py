@@ -211,6 +211,10 @@ class EmbedderTrainConfig:
     # Stop when this many evaluations in a row bring no better validation EER (0 = never): the
     # budget is then spent on weights that validation would not choose.
     patience_evals: int = 6
+    # The weights are chosen, and patience counted, on the mean validation EER of the last this
+    # many evaluations (1 = each evaluation's own): a validation set of a few dozen speakers gives
+    # an EER that jumps by whole points between evaluations (trainer_contract.BestWeights).
+    validation_smoothing: int = 1
     seed: int = 0
     mixed_precision: bool = True  # float16 compute on a GPU; CPU stays float32
     log_every_steps: int = 0  # > 0: a progress line every this many steps
@@ -246,8 +250,11 @@ class EmbedderTrainConfig:
             raise ConfigError(f"learning_rate={self.learning_rate}, clipnorm={self.clipnorm}: must be positive")
         if self.max_seconds <= 0 and self.max_steps <= 0:
             raise ConfigError("need a budget: max_seconds > 0 or max_steps > 0")
-        if self.patience_evals < 0:
-            raise ConfigError(f"patience_evals={self.patience_evals}: need >= 0")
+        if self.patience_evals < 0 or self.validation_smoothing < 1:
+            raise ConfigError(
+                f"patience_evals={self.patience_evals}, validation_smoothing={self.validation_smoothing}: "
+                "need >= 0 and >= 1"
+            )
         if self.eval_every_steps < 1:
             raise ConfigError(f"eval_every_steps={self.eval_every_steps}: need >= 1")
         if self.max_trials < 2 or self.backend_max_utterances < 4 or self.validation_max_utterances < 4:
