@@ -127,9 +127,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"  step {row['step']:>5}  {row['seconds']:>6} s  val EER {100 * row['val_eer']:5.2f} %")
     if metrics:
         print(
-            f"{args.name}: test-other EER {100 * metrics.get('eer', float('nan')):.2f} % (goal <= "
-            f"{100 * GOAL_EER:g} %), minDCF {metrics.get('min_dcf', float('nan')):.3f}, "
-            f"MR {metrics.get('misclassification_rate', float('nan')):.3f}; run {result['run_minutes']} min, "
+            f"{args.name}: test-other EER {100 * metrics.get('test_eer', float('nan')):.2f} % (goal <= "
+            f"{100 * GOAL_EER:g} %), minDCF {metrics.get('test_min_dcf', float('nan')):.3f}, "
+            f"MR {metrics.get('test_mr', float('nan')):.3f}; run {result['run_minutes']} min, "
             f"exit {result['exit_code']}, pushed {result['pushed']}"
         )
     else:

@@ -167,7 +167,7 @@ class BestWeights(keras.callbacks.Callback):
 
     With `smoothing` n > 1 the figure that chooses the weights and counts patience is the mean
     of the metric over the last n evaluations (fewer at the start), recorded as
-    `<metric>_smoothed`: on a small validation set one lucky evaluation would otherwise stand as
+    `<metric>_smoothed` (`best` stays the chosen evaluation's own figure): on a small validation set one lucky evaluation would otherwise stand as
     a best that noise alone keeps later ones from beating, and patience would stop the run on
     it."""
 
@@ -190,7 +190,8 @@ class BestWeights(keras.callbacks.Callback):
         self.patience, self.max_seconds, self.max_steps = patience, max_seconds, max_steps
         self.log_every_steps = log_every_steps
         self.history: List[Dict[str, float]] = []
-        self.best, self.best_epoch, self.best_step = float("inf"), -1, 0
+        self.best, self.best_epoch, self.best_step = float("inf"), -1, 0  # the chosen evaluation's own figure
+        self.best_criterion = float("inf")  # what chose it: `best`, or its smoothed mean
         self.best_weights: Optional[list] = None
         self.best_state: Any = None
         self.steps = 0
@@ -252,8 +253,9 @@ class BestWeights(keras.callbacks.Callback):
         if self.smoothing > 1:
             recent = [h[self.metric] for h in self.history[-self.smoothing :]]
             figure = row[f"{self.metric}_smoothed"] = sum(recent) / len(recent)
-        if figure < self.best:
-            self.best, self.best_epoch, self.best_step = figure, epoch + 1, self.steps
+        if figure < self.best_criterion:
+            self.best_criterion = figure
+            self.best, self.best_epoch, self.best_step = float(metrics[self.metric]), epoch + 1, self.steps
             self.best_weights, self.best_state = self.network.get_weights(), state
             self._since_best = 0
         else:
