@@ -91,7 +91,7 @@ def _plot(curves: Dict[str, list], path: str, title: str) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, history in curves.items():
-        minutes = [h["minutes"] for h in history]
+        minutes = [h["seconds"] / 60 for h in history]
         left.plot(minutes, [h["loss"] for h in history], label=name)
         right.plot(minutes, [100 * h["val_per"] for h in history], label=name)
     left.set(xlabel="minutes of CPU training", ylabel="training CTC loss", yscale="log", title="loss")

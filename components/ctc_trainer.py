@@ -187,8 +187,8 @@ def make_dataset(
 def acoustic_forward(acoustic: keras.Model, frame_stack: int) -> Forward:
     """`acoustic`'s logits and their lengths, traced once for every batch shape. Validation pads
     each batch to its longest utterance; a function traced per shape (or one made anew for each
-    validation) retraced the BLSTMs at every validation, 15-20 s of a CPU epoch's 60, where the
-    forward pass itself takes 2."""
+    validation) retraced the BLSTMs at every validation: 17-25 s on 2 CPU cores, where the
+    forward pass itself takes about 2."""
     signature = [tf.TensorSpec([None, None, None], tf.float32), tf.TensorSpec([None], tf.int32)]
     return tf.function(
         lambda f, n: (acoustic({"features": f, "num_frames": n}, training=False), stacked_lengths(n, frame_stack)),

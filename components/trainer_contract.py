@@ -167,9 +167,9 @@ class BestWeights(keras.callbacks.Callback):
 
     With `smoothing` n > 1 the figure that chooses the weights and counts patience is the mean
     of the metric over the last n evaluations (fewer at the start), recorded as
-    `<metric>_smoothed` (`best` stays the chosen evaluation's own figure): on a small validation set one lucky evaluation would otherwise stand as
-    a best that noise alone keeps later ones from beating, and patience would stop the run on
-    it."""
+    `<metric>_smoothed` (`best` stays the chosen evaluation's own figure): on a small validation
+    set one lucky evaluation would otherwise stand as a best that noise alone keeps later ones
+    from beating, and patience would stop the run on it."""
 
     def __init__(
         self,
