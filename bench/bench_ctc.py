@@ -268,7 +268,7 @@ def _profile(features_dir: str, default, stacks, batches: int = 12) -> None:
 
 def _step_parts(trainer, data) -> Dict[str, float]:
     """Milliseconds per batch of each part of `trainer`'s step on `data` (the first three
-    batches trace and are not timed)."""
+    batches, or all but one of fewer, trace and are not timed)."""
     import time
 
     import tensorflow as tf
@@ -291,16 +291,17 @@ def _step_parts(trainer, data) -> Dict[str, float]:
         "fwd+bwd, sparse CTC": gradients(False),
         "optimiser step": lambda inputs, targets: trainer.train_step((inputs, targets))["loss"],
     }
+    warm = min(3, len(data) - 1)
     out = {}
     for name, part in parts.items():
         trainer.dense_labels = device_default
         function = tf.function(part, reduce_retracing=True)
-        for inputs, targets in data[:3]:
+        for inputs, targets in data[:warm]:
             function(inputs, targets)
         started = time.time()
-        for inputs, targets in data[3:]:
+        for inputs, targets in data[warm:]:
             tf.nest.map_structure(lambda t: t.numpy(), function(inputs, targets))
-        out[name] = 1000 * (time.time() - started) / (len(data) - 3)
+        out[name] = 1000 * (time.time() - started) / (len(data) - warm)
     trainer.dense_labels = device_default
     return out
 

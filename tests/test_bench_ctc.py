@@ -23,3 +23,22 @@ def test_the_curve_scores_both_settings_at_each_budget(tiny_features, tmp_path, 
     assert all(0.0 <= r["test_per"] <= 2.0 and r["steps"] > 0 for r in figures["rows"])
     assert figures["baseline"] == {"learning_rate": 3e-3} and figures["current"]["learning_rate"] == 1e-3
     assert "current" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_profile_times_every_part_of_a_step(tiny_features, capsys):
+    bench_ctc._profile(tiny_features, replace(CTCTrainConfig(), batch_size=2), [2, 3], batches=2)
+    out = capsys.readouterr().out
+    for part in ("input pipeline", "forward", "fwd+bwd, dense CTC", "fwd+bwd, sparse CTC", "optimiser step"):
+        line = next(row for row in out.splitlines() if row.startswith(part))
+        assert len(line.split()) >= 2 and all(float(v) > 0 for v in line[24:].split()), line
+
+
+def test_the_training_curve_plot_reads_a_trainers_history(tmp_path):
+    """The plot read a "minutes" key that the trainers' histories no longer have (they record
+    "seconds"), which failed the main part after its 20-minute training."""
+    history = [{"epoch": 1, "step": 57, "seconds": 60.0, "loss": 90.0, "val_per": 0.9}]
+    history.append({"epoch": 2, "step": 114, "seconds": 90.0, "loss": 60.0, "val_per": 0.6})
+    path = str(tmp_path / "curves.png")
+    bench_ctc._plot({"logmel + cmvn": history}, path, "two epochs")
+    assert os.path.getsize(path) > 0
