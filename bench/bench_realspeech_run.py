@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from bench import bench_realspeech as rs
 from bench.bench_realspeech_training import MANIFEST, read_manifest, split_counts, write_real_corpus
@@ -50,16 +50,15 @@ def real_corpus(data: str, out: str, chunk_seconds: float, n_validation: int, se
     return manifest
 
 
-def training_results(home: str) -> List[Dict[str, object]]:
-    """Every embedder training_result.json under the run's home, newest first."""
+def embedder_result(home: str) -> Dict[str, object]:
+    """The newest embedder training_result.json under the run's home ({} when there is none)."""
     paths = glob.glob(os.path.join(home, "**", "training_result.json"), recursive=True)
-    results = []
     for path in sorted(paths, key=os.path.getmtime, reverse=True):
         with open(path) as f:
             result = json.load(f)
-        if "val_eer" in json.dumps(result.get("history", [])[:1]):
-            results.append(result)
-    return results
+        if "val_eer" in (result.get("history") or [{}])[0]:
+            return result
+    return {}
 
 
 def run_once(manifest: str, home: str, config: Optional[str]) -> Dict[str, object]:
@@ -78,23 +77,20 @@ def run_once(manifest: str, home: str, config: Optional[str]) -> Dict[str, objec
     minutes = (time.time() - started) / 60
     models = {m["name"]: m for m in Registry(RunConfig(home=home).registry_uri).list()}
     versions = models.get("speechpipe-embedder", {}).get("versions", [])
-    trained = training_results(home)
+    trained = embedder_result(home)
     return {
         "exit_code": code,
         "run_minutes": round(minutes, 1),
         "pushed": bool(versions),
         "metrics": versions[0]["metrics"] if versions else {},
         "training": {
-            k: trained[0].get(k)
+            k: trained[k]
             for k in ("steps", "epochs", "best_step", "budget_reached", "stopped_early", "validation_seconds")
-        }
-        if trained
-        else {},
+            if k in trained
+        },
         "history": [
-            {k: h.get(k) for k in ("step", "seconds", "val_eer", "val_min_dcf")} for h in trained[0].get("history", [])
-        ]
-        if trained
-        else [],
+            {k: h.get(k) for k in ("step", "seconds", "val_eer", "val_min_dcf")} for h in trained.get("history", [])
+        ],
     }
 
 
