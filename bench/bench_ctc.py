@@ -228,7 +228,13 @@ def _learning_curve(corpus: str, default, default_mode: str, minutes, out: str) 
             line += f" {pers[0] / pers[1] if pers[1] else float('nan'):7.2f}"
         print(line)
     with open(os.path.join(out, "results_curve.json"), "w") as f:
-        json.dump({"rows": rows, "current": default.to_json(), "baseline": BASELINE}, f, indent=1)
+        json.dump(_curve_record(rows, settings), f, indent=1)
+
+
+def _curve_record(rows, settings) -> Dict[str, object]:
+    """The curve's figures and each settings' whole configuration, as JSON (BASELINE names
+    configuration objects, which are written by their own `to_json`)."""
+    return {"rows": rows, **{name: config.to_json() for name, config in settings.items()}}
 
 
 def _profile(features_dir: str, default, stacks, batches: int = 12) -> None:

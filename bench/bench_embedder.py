@@ -2,10 +2,12 @@
 
     .venv/bin/python -m bench bench_embedder
     .venv/bin/python -m bench.bench_embedder [--minutes 20] [--runs default,seed002,...] [--out DIR]
+    .venv/bin/python -m bench.bench_embedder --curve [--curve-steps 200,400,800,1600]
 
 Environment: BENCH_CORPUS=DIR (a demo corpus; synthesised into bench/.cache when absent),
 BENCH_EMBEDDER_OUT=DIR (default bench/.cache/embedder), BENCH_EMBEDDER_MINUTES (20, the main
-run), BENCH_EMBEDDER_ABLATION_STEPS (1600, each ablation run), BENCH_EMBEDDER_RUNS (a subset).
+run), BENCH_EMBEDDER_ABLATION_STEPS (1600, each ablation run), BENCH_EMBEDDER_RUNS (a subset),
+BENCH_EMBEDDER_CURVE_STEPS (200,400,800,1600, the curve's budgets).
 
 1. Features: `speechpipe features` with global normalisation (docs/embedder.md: per-utterance
    cmvn removes the long-term spectrum, which carries most of a speaker's identity), then
@@ -44,6 +46,12 @@ run), BENCH_EMBEDDER_ABLATION_STEPS (1600, each ablation run), BENCH_EMBEDDER_RU
 4. Written to the output folder: results.json, results.md, det.png, embeddings_<run>.png,
    val_eer.png, loss.png; per corpus (bench/corpus.py), corpus-<tag>/{features_global,pairs} and
    corpus-<tag>/runs/<run>/{model,tensorboard,result.json}.
+
+5. (--curve, instead of 1-4's runs) The learning-curve guard: the current defaults trained for
+   each of --curve-steps (one run per budget), and, when BASELINE names the settings before a
+   change, those too, each scored on the test speakers as in 3; results_curve.md/json hold test
+   EER by steps, side by side, with their ratio. A change that moves the curve the wrong way
+   says so in its commit message.
 
 A finished run is reused when its result.json holds the same settings (so runs can be done one
 at a time, e.g. each under a CPU lock, and the report made at the end); without an LDA back end
@@ -152,6 +160,67 @@ def _runs(minutes: float, ablation_steps: int) -> Dict[str, Run]:
         "+hidden_statistics": Run(joined),
         "default": Run(replace(default, max_steps=0, max_seconds=60.0 * minutes)),
     }
+
+
+# The embedder's settings before the last change to its defaults, as changes to today's (a
+# "model" entry holds changes to the network's): the learning-curve guard (--curve) trains these
+# next to the current defaults. Empty when the defaults have not changed since the curve was
+# last read.
+BASELINE: Dict[str, object] = {}
+CURVE_STEPS = (200, 400, 800, 1600)
+
+
+def _with_changes(config, changes: Dict[str, object]):
+    """`config` (an EmbedderTrainConfig) with `changes`, whose "model" entry changes the network."""
+    data = config.to_json()
+    model_changes = dict(changes.get("model", {}))
+    data.update({k: v for k, v in changes.items() if k != "model"})
+    data["model"] = {**data["model"], **model_changes}
+    return type(config).from_json(data)
+
+
+def _curve_runs(steps: Sequence[int], baseline: Dict[str, object]) -> Dict[str, Run]:
+    """name -> Run for the learning-curve guard: the current defaults, and the baseline when it
+    names changes, each trained for every step budget (one run per budget: the best weights and
+    the stopping rule depend on it)."""
+    from speechpipe.components.embedder_trainer import EmbedderTrainConfig
+
+    settings = {"current": EmbedderTrainConfig()}
+    if baseline:
+        settings["baseline"] = _with_changes(settings["current"], baseline)
+    # The wall-clock cap only guards against a stalled run; the step budget is what binds.
+    return {
+        f"curve-{name}-{budget}": Run(replace(config, max_steps=budget, max_seconds=3600.0))
+        for budget in steps
+        for name, config in settings.items()
+    }
+
+
+def _curve_report(rows: List[Dict[str, object]], steps: Sequence[int], out: str) -> str:
+    """The table of test EER by step budget, current against baseline, written to
+    results_curve.md/json; returns the table."""
+    by_name = {r["run"]: r for r in rows}
+    names = [n for n in ("current", "baseline") if f"curve-{n}-{steps[0]}" in by_name]
+    header = "| steps | " + " | ".join(f"{n}: test EER (minDCF), train min" for n in names)
+    header += " | EER ratio current / baseline |" if len(names) == 2 else " |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for budget in steps:
+        cells, eers = [], []
+        for name in names:
+            r = by_name[f"curve-{name}-{budget}"]
+            t = r["test_trials"]
+            eers.append(t["eer"])
+            cells.append(f"{100 * t['eer']:.2f} % ({t['min_dcf']:.3f}), {r['train_seconds'] / 60:.1f}")
+        ratio = f" | {eers[0] / eers[1]:.2f}" if len(eers) == 2 and eers[1] else (" | n/a" if len(eers) == 2 else "")
+        lines.append(f"| {budget} | " + " | ".join(cells) + ratio + " |")
+    table = "\n".join(lines)
+    with open(os.path.join(out, "results_curve.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    with open(os.path.join(out, "results_curve.json"), "w", encoding="utf-8") as f:
+        json.dump(
+            {"baseline": BASELINE, "rows": [{k: v for k, v in r.items() if k != "det"} for r in rows]}, f, indent=1
+        )
+    return table
 
 
 def _features(corpus: str, out: str) -> str:
@@ -437,13 +506,24 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         help="budget of each ablation run (seed 002 -> default, one change at a time)",
     )
     parser.add_argument("--runs", default=None, help="comma-separated subset of the runs (default: all)")
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="only the learning-curve guard: test EER after each of --curve-steps, current defaults and BASELINE",
+    )
+    parser.add_argument(
+        "--curve-steps",
+        default=os.environ.get("BENCH_EMBEDDER_CURVE_STEPS", ",".join(str(n) for n in CURVE_STEPS)),
+        help="step budgets of the curve (comma-separated)",
+    )
     parser.add_argument("--out", default=os.environ.get("BENCH_EMBEDDER_OUT") or os.path.join(CACHE, "embedder"))
     parser.add_argument("--no-report", action="store_true", help="train the runs only")
     args = parser.parse_args([] if argv is None else argv)
     os.makedirs(args.out, exist_ok=True)
-    runs = _runs(args.minutes, args.ablation_steps)
+    curve_steps = [int(n) for n in args.curve_steps.split(",") if n.strip()]
+    runs = _curve_runs(curve_steps, BASELINE) if args.curve else _runs(args.minutes, args.ablation_steps)
     names = list(runs) if not args.runs else [n.strip() for n in args.runs.split(",") if n.strip()]
-    if not args.runs and os.environ.get("BENCH_EMBEDDER_RUNS"):
+    if not args.runs and not args.curve and os.environ.get("BENCH_EMBEDDER_RUNS"):
         names = [n.strip() for n in os.environ["BENCH_EMBEDDER_RUNS"].split(",") if n.strip()]
     unknown = [n for n in names if n not in runs]
     if unknown:
@@ -458,6 +538,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return
     test = _test_audio(corpus)
     rows = [_evaluate(name, summaries[name], features, pairs, work, args.out, test) for name in names]
+    if args.curve:
+        print("\n" + _curve_report(rows, curve_steps, args.out))
+        return
     _report(rows, args.out, args.minutes, args.ablation_steps)
 
 

@@ -21,7 +21,7 @@ def test_the_curve_scores_both_settings_at_each_budget(tiny_features, tmp_path, 
         figures = json.load(f)
     assert [(r["settings"], r["minutes"]) for r in figures["rows"]] == [("current", 0.05), ("baseline", 0.05)]
     assert all(0.0 <= r["test_per"] <= 2.0 and r["steps"] > 0 for r in figures["rows"])
-    assert figures["baseline"] == {"learning_rate": 3e-3} and figures["current"]["learning_rate"] == 1e-3
+    assert figures["baseline"]["learning_rate"] == 3e-3 and figures["current"]["learning_rate"] == 1e-3
     assert "current" in capsys.readouterr().out
 
 

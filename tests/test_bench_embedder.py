@@ -54,3 +54,24 @@ def test_a_stored_run_is_reused_only_when_the_settings_that_shape_it_agree():
     assert not bench_embedder._same_run({**lda, "model": {**lda["model"], "lda_shrink_toward": "total"}}, lda)
     assert not bench_embedder._same_run({**seed, "model": {**seed["model"], "margin": 3.0}}, seed)
     assert not bench_embedder._same_run({**seed, "seed002": {**seed["seed002"], "symmetric": True}}, seed)
+
+
+def test_the_curve_trains_current_and_baseline_at_each_step_budget():
+    runs = bench_embedder._curve_runs([200, 800], {"model": {"segment_frames": 40}, "speakers_per_batch": 8})
+    assert list(runs) == ["curve-current-200", "curve-baseline-200", "curve-current-800", "curve-baseline-800"]
+    current, baseline = runs["curve-current-800"].config, runs["curve-baseline-800"].config
+    assert current.max_steps == baseline.max_steps == 800
+    assert replace(current, max_steps=0, max_seconds=EmbedderTrainConfig().max_seconds) == EmbedderTrainConfig()
+    assert baseline.model.segment_frames == 40 and baseline.speakers_per_batch == 8
+    assert replace(baseline.model, segment_frames=current.model.segment_frames) == current.model
+    assert list(bench_embedder._curve_runs([200], {})) == ["curve-current-200"]  # no baseline named
+
+
+def test_the_curve_report_sets_current_against_baseline(tmp_path):
+    def row(run, eer):
+        return {"run": run, "test_trials": {"eer": eer, "min_dcf": 0.3}, "train_seconds": 120.0, "det": ([], [])}
+
+    rows = [row("curve-current-200", 0.04), row("curve-baseline-200", 0.05)]
+    table = bench_embedder._curve_report(rows, [200], str(tmp_path))
+    assert "| 200 | 4.00 % (0.300), 2.0 | 5.00 % (0.300), 2.0 | 0.80 |" in table
+    assert (tmp_path / "results_curve.md").read_text().strip() == table
