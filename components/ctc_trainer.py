@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 import tf_keras as keras
@@ -147,6 +147,35 @@ def spec_augment(features: tf.Tensor, num_frames: tf.Tensor, config: CTCTrainCon
     return features * keep
 
 
+def time_stretch(
+    features: tf.Tensor, num_frames: tf.Tensor, min_frames: tf.Tensor, config: CTCTrainConfig
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Resamples an utterance's frames in time by a random factor in [1 - time_stretch,
+    1 + time_stretch] (linear interpolation between neighbouring frames), never to fewer than
+    `min_frames`: a label CTC could align before stretching stays alignable, so no utterance
+    that passed the usable filter is lost to it."""
+    factor = tf.random.uniform([], 1.0 - config.time_stretch, 1.0 + config.time_stretch)
+    frames = tf.cast(tf.round(tf.cast(num_frames, tf.float32) * factor), tf.int32)
+    frames = tf.maximum(frames, tf.minimum(min_frames, num_frames))
+    bins = tf.shape(features)[1]
+    stretched = tf.image.resize(features[:num_frames, :, None], tf.stack([frames, bins]), method="bilinear")
+    return tf.cast(stretched[:, :, 0], features.dtype), frames
+
+
+def _min_frames(example: Dict[str, tf.Tensor], frame_stack: int) -> tf.Tensor:
+    """The fewest frames at which CTC can still align the example's label (see `_usable`)."""
+    ids = example["phone_ids"]
+    repeats = tf.reduce_sum(tf.cast(tf.equal(ids[1:], ids[:-1]), tf.int32))
+    return (tf.size(ids) + repeats) * frame_stack
+
+
+def _stretched(example: Dict[str, tf.Tensor], config: CTCTrainConfig) -> Dict[str, tf.Tensor]:
+    features, frames = time_stretch(
+        example["features"], example["num_frames"], _min_frames(example, config.model.frame_stack), config
+    )
+    return {**example, "features": features, "num_frames": frames}
+
+
 def make_dataset(
     files: Sequence[str],
     config: CTCTrainConfig,
@@ -164,6 +193,8 @@ def make_dataset(
     dataset = records.filter(lambda e: _usable(e, frame_stack))
     if training:
         dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
+        if config.time_stretch:
+            dataset = dataset.map(lambda e: _stretched(e, config), num_parallel_calls=tf.data.AUTOTUNE)
         if config.time_masks or config.freq_masks:
             dataset = dataset.map(
                 lambda e: {**e, "features": spec_augment(e["features"], e["num_frames"], config)},
@@ -279,6 +310,20 @@ def train(
         max_steps=config.max_steps,
     )
     callbacks: List[keras.callbacks.Callback] = [shared.StopOnNonFiniteLoss(), validation]
+    decay = shared.BudgetDecay(
+        config.learning_rate,
+        config.lr_decay_fraction,
+        config.lr_final_scale,
+        max_seconds=config.max_minutes * 60 if config.max_minutes else None,
+        max_steps=config.max_steps,
+    )
+    if decay.active:
+        callbacks.insert(0, decay)
+    elif config.lr_decay_fraction:
+        log.warning(
+            "lr_decay_fraction=%s but no budget (max_minutes, max_steps): the rate stays constant",
+            config.lr_decay_fraction,
+        )
     if log_dir:
         callbacks.append(shared.tensorboard(log_dir))
     # No Keras validation_data: the validation PER callback is the stopping criterion, and a

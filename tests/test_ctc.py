@@ -250,3 +250,44 @@ def test_edit_distance_rows_at_once_equal_the_cell_by_cell_definition():
         hyp = list(rng.integers(0, 4, rng.integers(0, 25)))
         assert edit_distance(ref, hyp) == by_cells(ref, hyp), (ref, hyp)
     assert edit_distance(["a", "ʃ", "t"], ["a", "t"]) == 1  # phone strings as well as ids
+
+
+def test_time_stretch_resamples_within_its_range_and_keeps_every_label_alignable():
+    from speechpipe.components.ctc_trainer import CTCTrainConfig, time_stretch
+
+    config = CTCTrainConfig(time_stretch=0.2)
+    tf.random.set_seed(5)
+    ramp = tf.constant(np.repeat(np.arange(100, dtype=np.float32)[:, None], 8, axis=1))
+    lengths = set()
+    for _ in range(30):
+        out, frames = time_stretch(ramp, tf.constant(100), tf.constant(0), config)
+        out, frames = out.numpy(), int(frames)
+        assert 80 <= frames <= 120 and out.shape == (frames, 8)
+        # time is resampled, the bins are not: each frame is one value across its bins, and the
+        # ramp stays a ramp from its first value to its last
+        assert np.all(out == out[:, :1]) and np.all(np.diff(out[:, 0]) >= 0)
+        assert out[0, 0] < 1.0 and out[-1, 0] > 98.0
+        lengths.add(frames)
+    assert len(lengths) > 5
+    # an utterance with no frame to spare is never shortened below what CTC needs to align it
+    for _ in range(30):
+        _, frames = time_stretch(ramp, tf.constant(100), tf.constant(99), config)
+        assert int(frames) >= 99
+
+
+def test_time_stretched_batches_keep_every_usable_utterance(tiny_features):
+    from dataclasses import replace
+
+    from speechpipe.components.ctc_trainer import CTCTrainConfig, InputCounter, make_dataset
+
+    files = [os.path.join(tiny_features, "Split-train")]
+    counts = {}
+    for stretch in (0.0, 0.3):
+        config = replace(CTCTrainConfig(time_stretch=stretch, time_masks=0, freq_masks=0), batch_size=4)
+        counter = InputCounter(config.model.frame_stack)
+        batches = list(make_dataset(files, config, True, counter=counter))
+        inputs = [b[0] for b in batches]
+        counts[stretch] = sum(int(tf.shape(i["num_frames"])[0]) for i in inputs)
+        for batch_inputs in inputs:  # lengths say the real frames, padding is all that follows
+            assert int(tf.reduce_max(batch_inputs["num_frames"])) == int(tf.shape(batch_inputs["features"])[1])
+    assert counts[0.3] == counts[0.0] == counter.to_json()["used"] > 0

@@ -168,3 +168,47 @@ def test_the_result_file_holds_the_warm_start_record(tmp_path):
 
     with open(os.path.join(tmp_path, trainer_contract.RESULT_FILE), encoding="utf-8") as f:
         assert json.load(f)["warm_start"]["reason"] == "no champion yet"
+
+
+class _RecordRate(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rates = []
+
+    def on_train_batch_begin(self, batch, logs=None) -> None:
+        self.rates.append(float(self.model.optimizer.learning_rate.numpy()))
+
+
+def test_budget_decay_holds_then_falls_linearly_to_its_floor_as_the_step_budget_runs_out():
+    from speechpipe.training import BudgetDecay
+
+    model = _tiny()
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    decay, record = BudgetDecay(0.01, fraction=0.5, final_scale=0.1, max_steps=10), _RecordRate()
+    x = np.zeros((4, 3), np.float32)
+    data = tf.data.Dataset.from_tensors((x, np.zeros((4, 2), np.float32))).repeat()
+    model.fit(data, steps_per_epoch=5, epochs=2, callbacks=[decay, record], verbose=0)
+    # constant over the first half of the budget, then linear: progress 0.6 .. 0.9 at steps 6..9
+    np.testing.assert_allclose(record.rates[:6], [0.01] * 6, rtol=1e-6)
+    np.testing.assert_allclose(record.rates[6:], [0.01 * (1 - 0.9 * p / 0.5) for p in (0.1, 0.2, 0.3, 0.4)], rtol=1e-5)
+    assert decay.rate(1.0) == pytest.approx(0.001)
+
+
+def test_budget_decay_follows_the_clock_and_is_off_without_a_budget(monkeypatch):
+    from speechpipe import training
+
+    now = [1000.0]
+    monkeypatch.setattr(training.time, "time", lambda: now[0])
+    decay = training.BudgetDecay(1.0, fraction=0.25, final_scale=0.05, max_seconds=100.0, max_steps=1000)
+    decay.on_train_begin()
+    now[0] += 80.0  # 80 % of the time budget, 1 % of the step budget: the clock binds
+    decay.steps = 10
+    assert decay.progress() == pytest.approx(0.8)
+    assert decay.rate(decay.progress()) == pytest.approx(1.0 - 0.95 * 0.05 / 0.25)
+    assert not training.BudgetDecay(1.0, 0.5, 0.05).active  # nothing to decay towards
+    assert not training.BudgetDecay(1.0, 0.0, 0.05, max_steps=10).active
+    with pytest.raises(ValueError, match="fraction"):
+        training.BudgetDecay(1.0, 1.5, 0.05, max_steps=10)
+    for bad in ({"lr_decay_fraction": -0.1}, {"lr_final_scale": 0.0}, {"time_stretch": 0.5}):
+        with pytest.raises(ConfigError):
+            CTCTrainConfig(**bad).validate()
