@@ -116,6 +116,13 @@ class InputCounter:
         }
 
 
+# A stretched utterance is bucketed by its length as recorded: then every epoch has the same
+# number of batches. Keras takes the first epoch's count as every epoch's and ends training at
+# the first epoch that yields fewer ("Your input ran out of data"), which stretched lengths
+# otherwise cause after a few epochs.
+BUCKET_FRAMES = "bucket_frames"
+
+
 def _usable(example: Dict[str, tf.Tensor], frame_stack: int) -> tf.Tensor:
     ids = example["phone_ids"]
     repeats = tf.reduce_sum(tf.cast(tf.equal(ids[1:], ids[:-1]), tf.int32))
@@ -124,9 +131,10 @@ def _usable(example: Dict[str, tf.Tensor], frame_stack: int) -> tf.Tensor:
 
 
 def _to_inputs(example: Dict[str, tf.Tensor]):
+    """(inputs, targets, the frame count that picks the utterance's length bucket)."""
     inputs = {"features": example["features"], "num_frames": example["num_frames"]}
     targets = {"labels": example["phone_ids"], "label_length": tf.size(example["phone_ids"])}
-    return inputs, targets
+    return inputs, targets, example.get(BUCKET_FRAMES, example["num_frames"])
 
 
 def spec_augment(features: tf.Tensor, num_frames: tf.Tensor, config: CTCTrainConfig) -> tf.Tensor:
@@ -173,7 +181,7 @@ def _stretched(example: Dict[str, tf.Tensor], config: CTCTrainConfig) -> Dict[st
     features, frames = time_stretch(
         example["features"], example["num_frames"], _min_frames(example, config.model.frame_stack), config
     )
-    return {**example, "features": features, "num_frames": frames}
+    return {**example, "features": features, "num_frames": frames, BUCKET_FRAMES: example["num_frames"]}
 
 
 def make_dataset(
@@ -203,12 +211,13 @@ def make_dataset(
     dataset = dataset.map(_to_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     boundaries = list(config.boundaries_for(feature_config or FeatureConfig()))
     dataset = dataset.bucket_by_sequence_length(
-        element_length_func=lambda inputs, targets: inputs["num_frames"],
+        element_length_func=lambda inputs, targets, bucket_frames: bucket_frames,
         bucket_boundaries=boundaries,
         bucket_batch_sizes=[config.batch_size] * (len(boundaries) + 1),
-        padding_values=({"features": 0.0, "num_frames": 0}, {"labels": 0, "label_length": 0}),
+        padding_values=({"features": 0.0, "num_frames": 0}, {"labels": 0, "label_length": 0}, 0),
         drop_remainder=False,
     )
+    dataset = dataset.map(lambda inputs, targets, bucket_frames: (inputs, targets))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -282,7 +282,7 @@ def test_time_stretched_batches_keep_every_usable_utterance(tiny_features):
 
     files = [os.path.join(tiny_features, "Split-train")]
     counts = {}
-    for stretch in (0.0, 0.3):
+    for stretch in (0.0, 0.3):  # (the batch count per epoch: tests/regressions)
         config = replace(CTCTrainConfig(time_stretch=stretch, time_masks=0, freq_masks=0), batch_size=4)
         counter = InputCounter(config.model.frame_stack)
         batches = list(make_dataset(files, config, True, counter=counter))
