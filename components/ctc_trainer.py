@@ -170,6 +170,20 @@ def time_stretch(
     return tf.cast(stretched[:, :, 0], features.dtype), frames
 
 
+def freq_warp(features: tf.Tensor, config: CTCTrainConfig) -> tf.Tensor:
+    """Rescales the frequency axis by a random factor in [1 - freq_warp, 1 + freq_warp]: bin i
+    takes the (linearly interpolated) value at bin i / factor, the edge bin where that is past
+    the last one. A longer or shorter vocal tract moves the formants by such a factor."""
+    factor = tf.random.uniform([], 1.0 - config.freq_warp, 1.0 + config.freq_warp)
+    bins = tf.shape(features)[1]
+    last = tf.cast(bins - 1, tf.float32)
+    source = tf.minimum(tf.range(tf.cast(bins, tf.float32)) / factor, last)
+    below = tf.cast(tf.floor(source), tf.int32)
+    above = tf.minimum(below + 1, bins - 1)
+    weight = tf.cast(source - tf.floor(source), features.dtype)
+    return tf.gather(features, below, axis=1) * (1.0 - weight) + tf.gather(features, above, axis=1) * weight
+
+
 def _min_frames(example: Dict[str, tf.Tensor], frame_stack: int) -> tf.Tensor:
     """The fewest frames at which CTC can still align the example's label (see `_usable`)."""
     ids = example["phone_ids"]
@@ -203,6 +217,10 @@ def make_dataset(
         dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
         if config.time_stretch:
             dataset = dataset.map(lambda e: _stretched(e, config), num_parallel_calls=tf.data.AUTOTUNE)
+        if config.freq_warp:
+            dataset = dataset.map(
+                lambda e: {**e, "features": freq_warp(e["features"], config)}, num_parallel_calls=tf.data.AUTOTUNE
+            )
         if config.time_masks or config.freq_masks:
             dataset = dataset.map(
                 lambda e: {**e, "features": spec_augment(e["features"], e["num_frames"], config)},

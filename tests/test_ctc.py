@@ -291,3 +291,25 @@ def test_time_stretched_batches_keep_every_usable_utterance(tiny_features):
         for batch_inputs in inputs:  # lengths say the real frames, padding is all that follows
             assert int(tf.reduce_max(batch_inputs["num_frames"])) == int(tf.shape(batch_inputs["features"])[1])
     assert counts[0.3] == counts[0.0] == counter.to_json()["used"] > 0
+
+
+def test_freq_warp_rescales_the_frequency_axis_and_leaves_time_alone():
+    from speechpipe.components.ctc_trainer import CTCTrainConfig, freq_warp
+
+    config = CTCTrainConfig(freq_warp=0.2)
+    tf.random.set_seed(2)
+    bins = np.arange(40, dtype=np.float32)
+    ramp = tf.constant(np.repeat(bins[None, :], 30, axis=0))  # each bin holds its own index
+    slopes = []
+    for _ in range(30):
+        out = freq_warp(ramp, config).numpy()
+        assert out.shape == (30, 40) and np.all(out == out[:1])  # every frame warped alike
+        assert out[0, 0] == 0.0 and np.all(np.diff(out[0]) >= 0) and out[0, -1] <= 39.0
+        slope = out[0, 20] / 20.0  # bin i holds i / factor below the top edge
+        assert 1 / 1.2 - 1e-5 <= slope <= 1 / 0.8 + 1e-5
+        slopes.append(slope)
+    assert max(slopes) - min(slopes) > 0.1
+    off = CTCTrainConfig(freq_warp=0.0)
+    assert off.freq_warp == 0.0 and CTCTrainConfig(freq_warp=0.5).freq_warp == 0.5
+    with pytest.raises(Exception, match="freq_warp"):
+        CTCTrainConfig(freq_warp=0.5).validate()

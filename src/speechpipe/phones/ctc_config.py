@@ -90,6 +90,10 @@ class CTCTrainConfig:
     # a factor drawn from [1 - time_stretch, 1 + time_stretch] (never so short that CTC cannot
     # align its label); 0 = off.
     time_stretch: float = 0.0
+    # Vocal-tract-length perturbation in feature space: each training utterance's frequency axis
+    # is rescaled by a factor drawn from [1 - freq_warp, 1 + freq_warp] (bin i takes the value at
+    # bin i / factor, interpolated; the edge bin repeats where that falls outside); 0 = off.
+    freq_warp: float = 0.0
     seed: int = 0
     inventory: str = DEFAULT_INVENTORY
 
@@ -120,8 +124,8 @@ class CTCTrainConfig:
             raise ConfigError(
                 f"lr_decay_fraction={self.lr_decay_fraction}, lr_final_scale={self.lr_final_scale}: need [0, 1] and (0, 1]"
             )
-        if not 0.0 <= self.time_stretch < 0.5:
-            raise ConfigError(f"time_stretch={self.time_stretch}: need [0, 0.5)")
+        if not 0.0 <= self.time_stretch < 0.5 or not 0.0 <= self.freq_warp < 0.5:
+            raise ConfigError(f"time_stretch={self.time_stretch}, freq_warp={self.freq_warp}: need [0, 0.5)")
         if not self.inventory:
             raise ConfigError("inventory: name a phone inventory (phones_de.json, ...)")
         return self
