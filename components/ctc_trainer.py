@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import tensorflow as tf
 import tf_keras as keras
@@ -116,13 +116,6 @@ class InputCounter:
         }
 
 
-# A stretched utterance is bucketed by its length as recorded: then every epoch has the same
-# number of batches. Keras takes the first epoch's count as every epoch's and ends training at
-# the first epoch that yields fewer ("Your input ran out of data"), which stretched lengths
-# otherwise cause after a few epochs.
-BUCKET_FRAMES = "bucket_frames"
-
-
 def _usable(example: Dict[str, tf.Tensor], frame_stack: int) -> tf.Tensor:
     ids = example["phone_ids"]
     repeats = tf.reduce_sum(tf.cast(tf.equal(ids[1:], ids[:-1]), tf.int32))
@@ -131,10 +124,9 @@ def _usable(example: Dict[str, tf.Tensor], frame_stack: int) -> tf.Tensor:
 
 
 def _to_inputs(example: Dict[str, tf.Tensor]):
-    """(inputs, targets, the frame count that picks the utterance's length bucket)."""
     inputs = {"features": example["features"], "num_frames": example["num_frames"]}
     targets = {"labels": example["phone_ids"], "label_length": tf.size(example["phone_ids"])}
-    return inputs, targets, example.get(BUCKET_FRAMES, example["num_frames"])
+    return inputs, targets
 
 
 def spec_augment(features: tf.Tensor, num_frames: tf.Tensor, config: CTCTrainConfig) -> tf.Tensor:
@@ -155,49 +147,6 @@ def spec_augment(features: tf.Tensor, num_frames: tf.Tensor, config: CTCTrainCon
     return features * keep
 
 
-def time_stretch(
-    features: tf.Tensor, num_frames: tf.Tensor, min_frames: tf.Tensor, config: CTCTrainConfig
-) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Resamples an utterance's frames in time by a random factor in [1 - time_stretch,
-    1 + time_stretch] (linear interpolation between neighbouring frames), never to fewer than
-    `min_frames`: a label CTC could align before stretching stays alignable, so no utterance
-    that passed the usable filter is lost to it."""
-    factor = tf.random.uniform([], 1.0 - config.time_stretch, 1.0 + config.time_stretch)
-    frames = tf.cast(tf.round(tf.cast(num_frames, tf.float32) * factor), tf.int32)
-    frames = tf.maximum(frames, tf.minimum(min_frames, num_frames))
-    bins = tf.shape(features)[1]
-    stretched = tf.image.resize(features[:num_frames, :, None], tf.stack([frames, bins]), method="bilinear")
-    return tf.cast(stretched[:, :, 0], features.dtype), frames
-
-
-def freq_warp(features: tf.Tensor, config: CTCTrainConfig) -> tf.Tensor:
-    """Rescales the frequency axis by a random factor in [1 - freq_warp, 1 + freq_warp]: bin i
-    takes the (linearly interpolated) value at bin i / factor, the edge bin where that is past
-    the last one. A longer or shorter vocal tract moves the formants by such a factor."""
-    factor = tf.random.uniform([], 1.0 - config.freq_warp, 1.0 + config.freq_warp)
-    bins = tf.shape(features)[1]
-    last = tf.cast(bins - 1, tf.float32)
-    source = tf.minimum(tf.range(tf.cast(bins, tf.float32)) / factor, last)
-    below = tf.cast(tf.floor(source), tf.int32)
-    above = tf.minimum(below + 1, bins - 1)
-    weight = tf.cast(source - tf.floor(source), features.dtype)
-    return tf.gather(features, below, axis=1) * (1.0 - weight) + tf.gather(features, above, axis=1) * weight
-
-
-def _min_frames(example: Dict[str, tf.Tensor], frame_stack: int) -> tf.Tensor:
-    """The fewest frames at which CTC can still align the example's label (see `_usable`)."""
-    ids = example["phone_ids"]
-    repeats = tf.reduce_sum(tf.cast(tf.equal(ids[1:], ids[:-1]), tf.int32))
-    return (tf.size(ids) + repeats) * frame_stack
-
-
-def _stretched(example: Dict[str, tf.Tensor], config: CTCTrainConfig) -> Dict[str, tf.Tensor]:
-    features, frames = time_stretch(
-        example["features"], example["num_frames"], _min_frames(example, config.model.frame_stack), config
-    )
-    return {**example, "features": features, "num_frames": frames, BUCKET_FRAMES: example["num_frames"]}
-
-
 def make_dataset(
     files: Sequence[str],
     config: CTCTrainConfig,
@@ -215,12 +164,6 @@ def make_dataset(
     dataset = records.filter(lambda e: _usable(e, frame_stack))
     if training:
         dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
-        if config.time_stretch:
-            dataset = dataset.map(lambda e: _stretched(e, config), num_parallel_calls=tf.data.AUTOTUNE)
-        if config.freq_warp:
-            dataset = dataset.map(
-                lambda e: {**e, "features": freq_warp(e["features"], config)}, num_parallel_calls=tf.data.AUTOTUNE
-            )
         if config.time_masks or config.freq_masks:
             dataset = dataset.map(
                 lambda e: {**e, "features": spec_augment(e["features"], e["num_frames"], config)},
@@ -229,13 +172,12 @@ def make_dataset(
     dataset = dataset.map(_to_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     boundaries = list(config.boundaries_for(feature_config or FeatureConfig()))
     dataset = dataset.bucket_by_sequence_length(
-        element_length_func=lambda inputs, targets, bucket_frames: bucket_frames,
+        element_length_func=lambda inputs, targets: inputs["num_frames"],
         bucket_boundaries=boundaries,
         bucket_batch_sizes=[config.batch_size] * (len(boundaries) + 1),
-        padding_values=({"features": 0.0, "num_frames": 0}, {"labels": 0, "label_length": 0}, 0),
+        padding_values=({"features": 0.0, "num_frames": 0}, {"labels": 0, "label_length": 0}),
         drop_remainder=False,
     )
-    dataset = dataset.map(lambda inputs, targets, bucket_frames: (inputs, targets))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -337,20 +279,6 @@ def train(
         max_steps=config.max_steps,
     )
     callbacks: List[keras.callbacks.Callback] = [shared.StopOnNonFiniteLoss(), validation]
-    decay = shared.BudgetDecay(
-        config.learning_rate,
-        config.lr_decay_fraction,
-        config.lr_final_scale,
-        max_seconds=config.max_minutes * 60 if config.max_minutes else None,
-        max_steps=config.max_steps,
-    )
-    if decay.active:
-        callbacks.insert(0, decay)
-    elif config.lr_decay_fraction:
-        log.warning(
-            "lr_decay_fraction=%s but no budget (max_minutes, max_steps): the rate stays constant",
-            config.lr_decay_fraction,
-        )
     if log_dir:
         callbacks.append(shared.tensorboard(log_dir))
     # No Keras validation_data: the validation PER callback is the stopping criterion, and a

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from typing import Dict, List, Optional, Sequence, Union
 
 import tensorflow as tf
@@ -142,59 +141,6 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 f"loss became {loss} at epoch {self._epoch + 1}, batch {batch + 1}; check the features' "
                 "normalisation and the learning rate (clipnorm is on by default)"
             )
-
-
-class BudgetDecay(keras.callbacks.Callback):
-    """Holds the optimiser's learning rate at `base_rate`, then decays it linearly over the last
-    `fraction` of the budget to `final_scale` x `base_rate`. The budget is wall-clock seconds or
-    optimiser steps, whichever runs out first (as the trainers' budget checks count them), so
-    the rate reaches its floor when training stops. Without a budget there is nothing to decay
-    towards and the rate stays constant."""
-
-    def __init__(
-        self,
-        base_rate: float,
-        fraction: float,
-        final_scale: float,
-        max_seconds: Optional[float] = None,
-        max_steps: int = 0,
-    ) -> None:
-        super().__init__()
-        if not 0.0 <= fraction <= 1.0 or not 0.0 < final_scale <= 1.0:
-            raise ValueError(f"fraction={fraction}, final_scale={final_scale}: need [0, 1] and (0, 1]")
-        self.base_rate, self.fraction, self.final_scale = base_rate, fraction, final_scale
-        self.max_seconds, self.max_steps = max_seconds, max_steps
-        self.steps = 0
-        self.started = time.time()
-
-    @property
-    def active(self) -> bool:
-        return self.fraction > 0 and bool(self.max_seconds or self.max_steps)
-
-    def progress(self) -> float:
-        """How much of the budget is spent, 0 to 1."""
-        spent = 0.0
-        if self.max_seconds:
-            spent = (time.time() - self.started) / self.max_seconds
-        if self.max_steps:
-            spent = max(spent, self.steps / self.max_steps)
-        return min(spent, 1.0)
-
-    def rate(self, progress: float) -> float:
-        start = 1.0 - self.fraction
-        if progress <= start:
-            return self.base_rate
-        return self.base_rate * (1.0 - (1.0 - self.final_scale) * (progress - start) / self.fraction)
-
-    def on_train_begin(self, logs=None) -> None:
-        self.started = time.time()
-
-    def on_train_batch_begin(self, batch, logs=None) -> None:
-        if self.active:
-            self.model.optimizer.learning_rate.assign(self.rate(self.progress()))
-
-    def on_train_batch_end(self, batch, logs=None) -> None:
-        self.steps += 1
 
 
 def tensorboard(log_dir: str) -> keras.callbacks.Callback:

@@ -59,11 +59,6 @@ class CTCTrainConfig:
 
     model: CTCModelConfig = field(default_factory=CTCModelConfig)
     learning_rate: float = 1e-3  # Adam
-    # Over the last `lr_decay_fraction` of the budget (max_minutes or max_steps, whichever runs
-    # out first) the rate falls linearly to `lr_final_scale` x learning_rate; 0 = constant.
-    # Without a budget the rate stays constant.
-    lr_decay_fraction: float = 0.0
-    lr_final_scale: float = 0.05
     clipnorm: float = 5.0  # as seed 000
     batch_size: int = 32
     max_epochs: int = 200
@@ -86,14 +81,6 @@ class CTCTrainConfig:
     time_mask_frames: int = 20  # widest mask, in 10 ms frames
     freq_masks: int = 2
     freq_mask_bins: int = 10
-    # Speed perturbation of training utterances in feature space: each is resampled in time by
-    # a factor drawn from [1 - time_stretch, 1 + time_stretch] (never so short that CTC cannot
-    # align its label); 0 = off.
-    time_stretch: float = 0.0
-    # Vocal-tract-length perturbation in feature space: each training utterance's frequency axis
-    # is rescaled by a factor drawn from [1 - freq_warp, 1 + freq_warp] (bin i takes the value at
-    # bin i / factor, interpolated; the edge bin repeats where that falls outside); 0 = off.
-    freq_warp: float = 0.0
     seed: int = 0
     inventory: str = DEFAULT_INVENTORY
 
@@ -120,12 +107,6 @@ class CTCTrainConfig:
                 f"time_masks={self.time_masks}, time_mask_frames={self.time_mask_frames}, freq_masks="
                 f"{self.freq_masks}, freq_mask_bins={self.freq_mask_bins}: need >= 0"
             )
-        if not 0.0 <= self.lr_decay_fraction <= 1.0 or not 0.0 < self.lr_final_scale <= 1.0:
-            raise ConfigError(
-                f"lr_decay_fraction={self.lr_decay_fraction}, lr_final_scale={self.lr_final_scale}: need [0, 1] and (0, 1]"
-            )
-        if not 0.0 <= self.time_stretch < 0.5 or not 0.0 <= self.freq_warp < 0.5:
-            raise ConfigError(f"time_stretch={self.time_stretch}, freq_warp={self.freq_warp}: need [0, 0.5)")
         if not self.inventory:
             raise ConfigError("inventory: name a phone inventory (phones_de.json, ...)")
         return self
