@@ -198,10 +198,10 @@ def _main_run(corpus: str, default, default_mode: str, budget: float, out: str) 
 # the one before made frame_stack 3 the default (8 minutes: 7.60 % against 8.50 % at 2, and
 # 9.40 % at 4). A budget schedule (Adam warm-up over 50 steps to 2e-3, linear decay to 5 % as the
 # budget ran out) lost at 8 minutes, 17.93 % against 16.17 % (docs/ctc.md), and left the product.
-# Screened at 2,400 steps and not adopted (docs/ctc.md, "what did not close the gap"): a decay
+# Screened at a fixed step count and not adopted (docs/ctc.md, "what did not close the gap"): a decay
 # over the last 40 % of the budget, speed perturbation, vocal-tract-length perturbation, dropout
 # 0.4; frame_stack 2 won the screen but gave 5.71 % at 20 minutes against 5.87 % (too little for
-# its slower start).
+# its slower start, and inside the 0.4-point spread of two identical 20-minute runs).
 BASELINE: Dict[str, object] = {"model": CTCModelConfig(dropout=0.1)}
 
 
