@@ -2,12 +2,14 @@
 
     python -m bench bench_ctc
     env: BENCH_CTC_MINUTES (main budget, default 20), BENCH_CTC_COMPARE_MINUTES (per mode, default 3),
-         BENCH_CTC_PARTS (main,compare[,curve,profile]), BENCH_CTC_CURVE_MINUTES (default 2,4,8,20),
+         BENCH_CTC_PARTS (main,compare[,curve,profile,lm]), BENCH_CTC_CURVE_MINUTES (default 2,4,8,20),
          BENCH_CTC_PROFILE_STACKS (default 2,3,4),
+         BENCH_CTC_LM_MODEL (part lm: a trained model, default the main run's, BENCH_OUT/model),
          BENCH_OUT (figures and curves, default bench/.cache/ctc)
 
 1. The default configuration trained for the full budget; PER on the test split (speakers and
-   sentences never seen in training), greedy and beam search.
+   sentences never seen in training), greedy, beam search, and beam search scored with the phone
+   LM the trainer fits on the training transcripts.
 2. Same model (seed 000's 3 x BLSTM 100/100/150) and the same short budget on each feature
    normalisation, plus seed 000's exact recipe (linear log STFT, no normalisation, SGD lr 0.02
    Nesterov): validation PER and loss curves side by side.
@@ -18,6 +20,7 @@
    pipeline, the forward pass, forward and backward with each of TensorFlow's two CTC losses
    (dense labels: a scan of tensor ops; sparse labels: the native CPU kernel), and the whole
    optimiser step, for frame stacks 2, 3 and 4 (BENCH_CTC_PROFILE_STACKS).
+5. (part `lm`) How the phone LM's order and weights are chosen on a trained model (`_lm_weights`).
 All training here is on the CPU; run it alone (`flock /tmp/speechpipe-cpu.lock`).
 """
 
@@ -105,6 +108,111 @@ def _plot(curves: Dict[str, list], path: str, title: str) -> None:
     plt.close(fig)
 
 
+def _lm_weights(features_dir: str, model_dir: str, config, out: str) -> None:
+    """(part `lm`) How the phone LM's order and weights are chosen, on a trained model: the
+    validation speakers say training sentences, which an LM of the training transcripts would
+    know by heart, so each validation utterance is decoded with an LM fitted without its
+    sentence (5 folds of the training sentences). Orders first at the default weights, then the
+    weights at the best order; the test PER is printed for the choice and for the defaults."""
+    import random
+
+    import tensorflow as tf
+
+    from speechpipe.components.ctc_trainer import training_transcripts
+    from speechpipe.phones.ctc_lm_decoder import LMBeamDecoder, log_softmax
+    from speechpipe.phones.ctc_model import PERResult
+    from speechpipe.phones.inventory import load_inventory
+    from speechpipe.phones.phone_error_rate import transcribed_batches
+    from speechpipe.phones.phone_lm import PhoneLM
+    from speechpipe.training import expand_files
+
+    inventory = load_inventory(config.inventory)
+    phones = list(inventory.phones)
+    exported = tf.saved_model.load(model_dir)
+
+    def split_frames(split: str):
+        rows = []
+        for batch in transcribed_batches([os.path.join(features_dir, f"Split-{split}")], 16):
+            logits = exported.signatures["logits"](
+                features=batch["features"], num_frames=tf.cast(batch["num_frames"], tf.int32)
+            )
+            log_probs, lengths = log_softmax(logits["logits"].numpy()), logits["logit_lengths"].numpy()
+            for reference, frames, length in zip(batch["phone_ids"].numpy(), log_probs, lengths):
+                rows.append(([int(k) for k in reference if k >= 0], frames[:length]))
+        return rows
+
+    validation, test = split_frames("validation"), split_frames("test")
+    transcripts = list(training_transcripts(expand_files(os.path.join(features_dir, "Split-train"))))
+    sentences = sorted({tuple(t) for t in transcripts})
+    random.Random(0).shuffle(sentences)
+    folds = 5
+    fold_of = {sentence: i % folds for i, sentence in enumerate(sentences)}
+
+    def fitted(order: int, leave_out: int = -1) -> PhoneLM:
+        kept = ([phones[k] for k in t] for t in sentences if fold_of[t] != leave_out)  # distinct, as the trainer
+        return PhoneLM.fit(kept, order, phones)
+
+    def per(rows, decoder_of) -> float:
+        result = PERResult()
+        for i, (reference, frames) in enumerate(rows):
+            result.add(str(i), reference, decoder_of(reference).decode(frames))
+        return result.per
+
+    def cross_fitted(order: int, weight: float, bonus: float) -> float:
+        decoders = {
+            fold: LMBeamDecoder(
+                fitted(order, fold), phones, inventory.blank_id, weight, bonus, config.phone_lm.beam_width
+            )
+            for fold in range(folds)
+        }
+        full = LMBeamDecoder(fitted(order), phones, inventory.blank_id, weight, bonus, config.phone_lm.beam_width)
+        return per(
+            validation, lambda reference: decoders[fold_of[tuple(reference)]] if tuple(reference) in fold_of else full
+        )
+
+    def on_test(order: int, weight: float, bonus: float) -> float:
+        decoder = LMBeamDecoder(fitted(order), phones, inventory.blank_id, weight, bonus, config.phone_lm.beam_width)
+        return per(test, lambda reference: decoder)
+
+    rows = []
+    default = config.phone_lm
+    print("phone LM: validation PER with each utterance's sentence left out of the LM (cross-fitted)")
+    for order in (4, 6, 8):
+        rows.append({"order": order, "lm_weight": default.lm_weight, "insertion_bonus": default.insertion_bonus})
+        rows[-1]["validation_per"] = cross_fitted(order, default.lm_weight, default.insertion_bonus)
+        print(
+            f"  order {order}, weight {default.lm_weight}, bonus {default.insertion_bonus}: {100 * rows[-1]['validation_per']:.2f} %",
+            flush=True,
+        )
+    best_order = min(rows, key=lambda r: r["validation_per"])["order"]
+    for weight in (0.2, 0.3, 0.5):
+        for bonus in (0.5, 1.0, 1.5):
+            if (weight, bonus) == (default.lm_weight, default.insertion_bonus):
+                continue
+            rows.append({"order": best_order, "lm_weight": weight, "insertion_bonus": bonus})
+            rows[-1]["validation_per"] = cross_fitted(best_order, weight, bonus)
+            print(
+                f"  order {best_order}, weight {weight}, bonus {bonus}: {100 * rows[-1]['validation_per']:.2f} %",
+                flush=True,
+            )
+    chosen = min(rows, key=lambda r: r["validation_per"])
+    figures = {
+        "chosen": {**chosen, "test_per": on_test(chosen["order"], chosen["lm_weight"], chosen["insertion_bonus"])},
+        "defaults": {
+            **default.to_json(),
+            "test_per": on_test(default.order, default.lm_weight, default.insertion_bonus),
+        },
+        "grid": rows,
+    }
+    print(
+        f"chosen: order {chosen['order']}, weight {chosen['lm_weight']}, bonus {chosen['insertion_bonus']}: "
+        f"test PER {100 * figures['chosen']['test_per']:.2f} %; the defaults (order {default.order}, weight "
+        f"{default.lm_weight}, bonus {default.insertion_bonus}): {100 * figures['defaults']['test_per']:.2f} %"
+    )
+    with open(os.path.join(out, "results_lm.json"), "w") as f:
+        json.dump(figures, f, indent=1)
+
+
 def main() -> None:
     from speechpipe.components.ctc_trainer import CTCTrainConfig
     from speechpipe.config import FeatureConfig
@@ -132,14 +240,20 @@ def main() -> None:
         _main_run(corpus, default, default_mode, budget, out)
     if "compare" in parts:
         _comparison(corpus, default, compare_budget, out, default_mode)
+    if "lm" in parts:
+        model_dir = os.environ.get("BENCH_CTC_LM_MODEL", os.path.join(out, "model"))
+        _lm_weights(_features(corpus, "logmel", default_mode), model_dir, default, out)
     print(f"curves and results in {out}")
 
 
 def _test_per(model_dir: str, features_dir: str, config, beam_width: int = 0):
-    """Greedy test PER of an exported model (and beam search's, when `beam_width`)."""
+    """Greedy test PER of an exported model, and, when `beam_width`, beam search's and the
+    LM-scored beam search's (None for a model exported without a phone LM)."""
     import tensorflow as tf
 
     from speechpipe.components.ctc_trainer import evaluate_per
+    from speechpipe.phones.ctc_lm_decoder import load_lm_decoder
+    from speechpipe.phones.inventory import load_inventory
 
     exported = tf.saved_model.load(model_dir)
     test_files = [os.path.join(features_dir, "Split-test")]
@@ -149,8 +263,13 @@ def _test_per(model_dir: str, features_dir: str, config, beam_width: int = 0):
         return out["logits"], out["logit_lengths"]
 
     greedy = evaluate_per(forward, test_files, config)
-    beam = evaluate_per(forward, test_files, config, beam_width=beam_width) if beam_width else None
-    return greedy, beam
+    if not beam_width:
+        return greedy, None, None
+    beam = evaluate_per(forward, test_files, config, beam_width=beam_width)
+    inventory = load_inventory(config.inventory)
+    lm_decoder = load_lm_decoder(model_dir, list(inventory.phones), inventory.blank_id)
+    with_lm = evaluate_per(forward, test_files, config, lm_decoder=lm_decoder) if lm_decoder else None
+    return greedy, beam, with_lm
 
 
 def _main_run(corpus: str, default, default_mode: str, budget: float, out: str) -> None:
@@ -163,14 +282,19 @@ def _main_run(corpus: str, default, default_mode: str, budget: float, out: str) 
         os.path.join(out, "training_curves.png"),
         f"Default configuration, {budget:g} min budget",
     )
-    greedy, beam = _test_per(model_dir, features_dir, default, beam_width=16)
+    greedy, beam, with_lm = _test_per(model_dir, features_dir, default, beam_width=16)
     print(
         f"main run: logmel + {default_mode}, {result['train_minutes']:.1f} min, {result['epochs']} epochs, "
         f"best validation PER {100 * result['best_val_per']:.2f} % (epoch {result['best_epoch']})"
     )
     print(
         f"TEST PER (unseen speakers and sentences, {len(greedy.per_utterance)} utterances): "
-        f"greedy {100 * greedy.per:.2f} %, beam(16) {100 * beam.per:.2f} %",
+        f"greedy {100 * greedy.per:.2f} %, beam(16) {100 * beam.per:.2f} %"
+        + (
+            f", beam({default.phone_lm.beam_width}) + phone {default.phone_lm.order}-gram LM {100 * with_lm.per:.2f} %"
+            if with_lm
+            else ""
+        ),
         flush=True,
     )
 
@@ -182,6 +306,7 @@ def _main_run(corpus: str, default, default_mode: str, budget: float, out: str) 
                 "normalisation": default_mode,
                 "test_per_greedy": greedy.per,
                 "test_per_beam": beam.per,
+                "test_per_lm": with_lm.per if with_lm else None,
                 "test_utterances": len(greedy.per_utterance),
                 "budget_minutes": budget,
             },
@@ -218,7 +343,7 @@ def _learning_curve(corpus: str, default, default_mode: str, minutes, out: str) 
         for name, config in settings.items():
             model_dir = os.path.join(out, f"curve_{name}_{budget:g}min")
             result = _train(features_dir, config, budget, model_dir)
-            greedy, _ = _test_per(model_dir, features_dir, config)
+            greedy, _, _ = _test_per(model_dir, features_dir, config)
             rows.append({"settings": name, "minutes": budget, "test_per": greedy.per, **_summary(result)})
             print(
                 f"  {name:8} {budget:5g} min: test PER {100 * greedy.per:6.2f} % "

@@ -3,7 +3,9 @@ threshold and the champion (speechpipe.components.blessing); its output is a `Mo
 
 Both models decode the same test records greedily through their SavedModel's `logits` signature,
 and the PER is the definition the trainer's validation uses (speechpipe.phones.phone_error_rate):
-every utterance with a transcript.
+every utterance with a transcript. The gate reads the greedy PER, the decoding the `transcribe`
+signature serves; a model that carries a phone LM also reports `per_lm`, its PER with the
+LM-scored beam search (speechpipe.phones.ctc_lm_decoder).
 """
 # No `from __future__ import annotations`: TFX reads the component signature's annotations as types.
 
@@ -25,9 +27,11 @@ def transcriber_per(
     saved_model_dir: str, test_split_uri: str, batch_size: int = 16, samples: int = 5, inventory: str = "phones_de.json"
 ) -> Dict[str, object]:
     """Greedy-decoding PER of an exported transcriber on feature records, through its `logits`
-    signature, with a few decoded samples for the report."""
+    signature, with a few decoded samples for the report, and `per_lm` when the model carries a
+    phone LM."""
     import tensorflow as tf
 
+    from speechpipe.phones.ctc_lm_decoder import load_lm_decoder
     from speechpipe.phones.inventory import load_inventory
     from speechpipe.phones.phone_error_rate import records_per
 
@@ -43,13 +47,18 @@ def transcriber_per(
     )
     if result.reference_phones == 0:
         raise ValueError(f"no test utterance with a transcript in {test_split_uri}")
-    return {
+    figures: Dict[str, object] = {
         "per": float(result.per),
         "utterances": len(result.per_utterance),
         "reference_phones": int(result.reference_phones),
         "edits": int(result.edits),
         "samples": shown,
     }
+    lm_decoder = load_lm_decoder(saved_model_dir, list(phones.phones), phones.blank_id)
+    if lm_decoder is not None:
+        with_lm, _ = records_per(forward, test_split_uri, phones.blank_id, batch_size, lm_decoder=lm_decoder)
+        figures["per_lm"] = float(with_lm.per)
+    return figures
 
 
 @component

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 import tf_keras as keras
@@ -23,8 +23,9 @@ import tf_keras as keras
 from speechpipe import training as shared  # what both trainers use; `training` is a parameter name here
 from speechpipe.components import trainer_contract
 from speechpipe.config import FeatureConfig
-from speechpipe.io import storage
+from speechpipe.io import records, storage
 from speechpipe.phones.ctc_config import CTCTrainConfig
+from speechpipe.phones.ctc_lm_decoder import LMBeamDecoder, export_phone_lm
 from speechpipe.phones.ctc_model import (
     CTCTrainer,
     PERResult,
@@ -32,8 +33,9 @@ from speechpipe.phones.ctc_model import (
     export_transcriber,
     stacked_lengths,
 )
-from speechpipe.phones.inventory import load_inventory
+from speechpipe.phones.inventory import PhoneInventory, load_inventory
 from speechpipe.phones.phone_error_rate import Forward, records_per
+from speechpipe.phones.phone_lm import NoSentenceError, PhoneLM
 
 log = logging.getLogger(__name__)
 
@@ -202,15 +204,70 @@ def evaluate_per(
     config: CTCTrainConfig,
     beam_width: int = 0,
     counter: Optional[InputCounter] = None,
+    lm_decoder: Optional[LMBeamDecoder] = None,
 ) -> PERResult:
-    """Corpus and per-utterance PER of greedy (beam_width 0) or beam-search decoding, by the
-    definition the evaluator's test PER uses (speechpipe.phones.phone_error_rate); `acoustic` is
-    the model or its `acoustic_forward` (kept, for repeated validation); `counter` counts the
-    records it reads."""
+    """Corpus and per-utterance PER of greedy (beam_width 0), beam-search or LM-scored
+    beam-search (`lm_decoder`) decoding, by the definition the evaluator's test PER uses
+    (speechpipe.phones.phone_error_rate); `acoustic` is the model or its `acoustic_forward`
+    (kept, for repeated validation); `counter` counts the records it reads."""
     if isinstance(acoustic, keras.Model):
         acoustic = acoustic_forward(acoustic, config.model.frame_stack)
     records = shared.record_dataset(files) if counter is None else counter.counted(shared.record_dataset(files))
-    return records_per(acoustic, records, load_inventory(config.inventory).blank_id, config.batch_size, beam_width)[0]
+    blank_id = load_inventory(config.inventory).blank_id
+    return records_per(acoustic, records, blank_id, config.batch_size, beam_width, lm_decoder=lm_decoder)[0]
+
+
+# ------------------------------------------------------------------------------------ phone LM
+
+
+def training_transcripts(files: Sequence[str]) -> Iterator[List[int]]:
+    """The phone ids of every training record with a transcript, streamed. Only the ids are
+    parsed (not the spectrograms), in one read of the split."""
+    spec = {records.PHONE_IDS: tf.io.VarLenFeature(tf.int64)}
+    compressed = {records.compression_of(f) for f in files}
+    if len(compressed) != 1:
+        raise ValueError(f"mixed compressed and uncompressed shards: {list(files)[:3]}...")
+    ids = tf.data.TFRecordDataset(list(files), compression_type=compressed.pop(), num_parallel_reads=tf.data.AUTOTUNE)
+    ids = ids.map(
+        lambda r: tf.io.parse_single_example(r, spec)[records.PHONE_IDS].values, num_parallel_calls=tf.data.AUTOTUNE
+    )
+    return (row.tolist() for row in ids.as_numpy_iterator() if row.size)
+
+
+def fit_phone_lm(
+    files: Sequence[str], inventory: PhoneInventory, order: int
+) -> Optional[Tuple[PhoneLM, Dict[str, int]]]:
+    """The phone n-gram LM of the training transcripts, and how many transcripts and distinct
+    sentences it was fitted on (None when the split has none).
+
+    Each distinct transcript counts once. In a corpus read from a prompt list every sentence
+    comes several times, and counted per utterance its n-grams are hardly ever seen just once,
+    so Kneser-Ney's discount (estimated from the singletons) collapses and the LM learns the
+    training sentences by heart: on the demo corpus, read about 5 times per sentence, the
+    6-gram discount fell from 0.89 to 0.15 and the test PER rose (docs/ctc.md). The transcripts
+    stream into the counts, with a hash per distinct sentence to tell repeats: what the fit holds
+    grows with the distinct sentences and n-grams, not with the utterances."""
+    phones = inventory.phones
+    counts = {"transcripts": 0, "sentences": 0}
+    seen = set()
+
+    def distinct(rows: Iterator[List[int]]) -> Iterator[List[str]]:
+        for row in rows:
+            outside = sorted({k for k in row if not 0 <= k < len(phones)})
+            if outside:
+                raise ValueError(f"phone ids {outside[:10]} {INVENTORY_ERROR} of {len(phones)} phones")
+            counts["transcripts"] += 1
+            key = hash(tuple(row))
+            if key not in seen:
+                seen.add(key)
+                counts["sentences"] += 1
+                yield [phones[k] for k in row]
+
+    try:
+        lm = PhoneLM.fit(distinct(training_transcripts(files)), order, phones)
+    except NoSentenceError:
+        return None
+    return lm, counts
 
 
 # ------------------------------------------------------------------------------------ training
@@ -321,6 +378,12 @@ def train(
             inventory.phones,
             config.model.frame_stack,
         )
+        if config.phone_lm.order:
+            fitted = fit_phone_lm(train_files, inventory, config.phone_lm.order)
+            if fitted is not None:
+                lm, counts = fitted
+                export_phone_lm(serving_model_dir, lm, config.phone_lm, counts["sentences"])
+                result["phone_lm"] = {"order": lm.order, **counts, "ngrams": lm.counts}
         trainer_contract.write_result(serving_model_dir, result)
     return result
 

@@ -259,6 +259,7 @@ class Executor(base_executor.BaseExecutor):
         else:
             metrics = {
                 "test_per": candidate.get("per"),
+                "test_per_lm": candidate.get("per_lm"),
                 "best_val_per": training.get("best_val_per"),
                 "epochs": training.get("epochs"),
                 "train_minutes": training.get("train_minutes"),

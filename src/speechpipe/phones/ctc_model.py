@@ -218,6 +218,18 @@ class Transcriber(tf.Module):
 
     @tf.function(
         input_signature=[
+            tf.TensorSpec([None, None], tf.float32, name="waveforms"),
+            tf.TensorSpec([None], tf.int32, name="lengths"),
+        ]
+    )
+    def frame_logits(self, waveforms, lengths):
+        """Frame logits from raw waveforms, for decoders outside the graph (the phone LM's beam
+        search, speechpipe.phones.ctc_lm_decoder)."""
+        features, num_frames = self.graph_features(waveforms, lengths)
+        return self.logits(features, num_frames)
+
+    @tf.function(
+        input_signature=[
             tf.TensorSpec([None, None, None], tf.float32, name="features"),
             tf.TensorSpec([None], tf.int32, name="num_frames"),
         ]
@@ -241,6 +253,7 @@ def export_transcriber(
             "transcribe": module.transcribe,
             "serving_default": module.transcribe,
             "logits": module.logits,
+            "frame_logits": module.frame_logits,
         },
     )
     graph_features.write_global_stats(path)

@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
+from speechpipe.phones.ctc_lm_decoder import LMBeamDecoder, log_softmax
 from speechpipe.phones.ctc_model import PERResult, beam_decode, greedy_decode
 
 # (features [batch, frames, bins], num_frames [batch]) -> (logits [batch, steps, classes], lengths [batch])
@@ -53,18 +54,21 @@ def records_per(
     beam_width: int = 0,
     phones: Optional[Sequence[str]] = None,
     samples: int = 0,
+    lm_decoder: Optional[LMBeamDecoder] = None,
 ) -> Tuple[PERResult, List[Dict[str, str]]]:
-    """Corpus and per-utterance PER of greedy (beam_width 0) or beam-search decoding, and the
-    first `samples` reference / hypothesis pairs spelt with `phones`."""
+    """Corpus and per-utterance PER of greedy (beam_width 0), beam-search or, with `lm_decoder`,
+    LM-scored beam-search decoding, and the first `samples` reference / hypothesis pairs spelt
+    with `phones`."""
     result = PERResult()
     shown: List[Dict[str, str]] = []
     for batch in transcribed_batches(files, batch_size):
         logits, lengths = forward(batch["features"], batch["num_frames"])
-        decoded = (
-            beam_decode(logits, lengths, blank_id, beam_width)
-            if beam_width
-            else greedy_decode(logits, lengths, blank_id)
-        )
+        if lm_decoder is not None:
+            decoded = lm_decoder.decode_batch(log_softmax(logits), lengths)
+        elif beam_width:
+            decoded = beam_decode(logits, lengths, blank_id, beam_width)
+        else:
+            decoded = greedy_decode(logits, lengths, blank_id)
         for utterance, reference, hypothesis in zip(batch["utterance"].numpy(), batch["phone_ids"].numpy(), decoded):
             ref = [int(k) for k in reference if k >= 0]
             result.add(utterance.decode(), ref, hypothesis)

@@ -287,8 +287,10 @@ def summary_lines(summary: Dict[str, object]) -> List[str]:
     evaluation = summary.get("evaluation") or {}
     if evaluation:
         champ = evaluation.get("champion")
+        with_lm = evaluation["candidate"].get("per_lm")
         lines.append(
             f"[run]   test PER {evaluation['candidate']['per']:.4f}"
+            + (f" (with the phone LM {with_lm:.4f})" if with_lm is not None else "")
             + (f" vs champion (model {champ['model_id']}) {champ['per']:.4f}" if champ else " (no champion yet)")
         )
     lines.append(f"[run]   outcome: {summary['outcome']}")
@@ -525,13 +527,15 @@ def write(config, summary: Dict[str, object]) -> str:
             "",
             f"Test examples: span {evaluation['test_examples']['span']} (ML Metadata artifact {evaluation['test_examples']['id']}).",
             "",
-            "| model | ML Metadata id | test PER | utterances |",
-            "| --- | --- | --- | --- |",
-            f"| candidate | {evaluation['candidate']['model_id']} | {evaluation['candidate']['per']:.4f} | {evaluation['candidate']['utterances']} |",
+            "| model | ML Metadata id | test PER (greedy, gated) | test PER with the phone LM | utterances |",
+            "| --- | --- | --- | --- | --- |",
         ]
-        if evaluation.get("champion"):
-            c = evaluation["champion"]
-            md.append(f"| champion | {c['model_id']} | {c['per']:.4f} | {c['utterances']} |")
+        rows = [("candidate", evaluation["candidate"])] + (
+            [("champion", evaluation["champion"])] if evaluation.get("champion") else []
+        )
+        for role, c in rows:
+            with_lm = f"{c['per_lm']:.4f}" if c.get("per_lm") is not None else "-"
+            md.append(f"| {role} | {c['model_id']} | {c['per']:.4f} | {with_lm} | {c['utterances']} |")
         md += ["", f"**Blessed:** {evaluation['blessed']} - {evaluation['why']}", ""]
         if "per" in plots:
             md.append("![PER](per.png)")

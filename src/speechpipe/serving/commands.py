@@ -177,9 +177,47 @@ def _corpus_job(args: argparse.Namespace, kind: str) -> Tuple[Dict[str, object],
 # ------------------------------------------------------------------------------ transcribe
 
 
+def _lm_decoding(resolved, model, chunked: bool):
+    """The model's phone-LM beam search, or a clear error where it cannot decode."""
+    from speechpipe.phones.ctc_lm_decoder import load_lm_decoder
+
+    decoder = load_lm_decoder(resolved.saved_model_dir)
+    if decoder is None:
+        raise ValueError(
+            f"--decoder lm: {resolved.describe()} carries no phone LM (trained with phone_lm.order 0, "
+            "or exported before models carried one): use --decoder greedy"
+        )
+    if "frame_logits" not in model.signatures:
+        raise ValueError(f"--decoder lm: {resolved.describe()} has no frame_logits signature (exported before it)")
+    if chunked:
+        raise ValueError("--decoder lm decodes each file whole: add --chunk-seconds 0")
+    return decoder
+
+
+def _lm_transcripts(model, decoder, waveforms: List[np.ndarray], batch_size: int = 16) -> List[str]:
+    """Phones of each waveform by the LM-scored beam search over the model's frame logits."""
+    import tensorflow as tf
+
+    from speechpipe.audio.batching import pad_waveforms
+    from speechpipe.phones.ctc_lm_decoder import log_softmax
+
+    texts: List[str] = []
+    for start in range(0, len(waveforms), batch_size):
+        padded, lengths = pad_waveforms(waveforms[start : start + batch_size])
+        out = model.signatures["frame_logits"](waveforms=tf.constant(padded), lengths=tf.constant(lengths))
+        for ids in decoder.decode_batch(log_softmax(out["logits"].numpy()), out["logit_lengths"].numpy()):
+            texts.append(" ".join(decoder.phones[k] for k in ids))
+    return texts
+
+
 def transcribe(args: argparse.Namespace) -> int:
     if args.timestamps and not chunking_of(args).chunked:
         raise ValueError("--timestamps needs chunked serving (--chunk-seconds > 0)")
+    if args.decoder == "lm" and (args.input or args.timestamps):
+        raise ValueError(
+            "--decoder lm decodes files given by name, whole, without --timestamps (the --input Beam job "
+            "and the phone times use the greedy alignment)"
+        )
     if args.input:
         if not args.out:
             raise ValueError("--input needs --out DIR")
@@ -197,6 +235,7 @@ def transcribe(args: argparse.Namespace) -> int:
     chunking = chunking_of(args, resolved.saved_model_dir, "ctc")
     if args.timestamps and not chunking.chunked:
         raise ValueError(f"--timestamps needs chunked serving, which {resolved.describe()} cannot have")
+    lm_decoder = _lm_decoding(resolved, model, chunking.chunked) if args.decoder == "lm" else None
     if chunking.chunked:
         bad: List[Dict[str, str]] = []
         serving = _serving_model(resolved, model, "ctc", chunking)
@@ -211,11 +250,15 @@ def transcribe(args: argparse.Namespace) -> int:
         return _report_failures(bad)
     good, bad = decode_files(args.files, rate)
     if good:
-        out = _call(model, "transcribe", [s for _, s in good])
-        for (path, samples), phones in zip(good, out["phones"]):
+        waveforms = [s for _, s in good]
+        if lm_decoder is not None:
+            texts = _lm_transcripts(model, lm_decoder, waveforms)
+        else:
+            texts = [phones.decode("utf-8") for phones in _call(model, "transcribe", waveforms)["phones"]]
+        for (path, samples), phones in zip(good, texts):
             print(
                 json.dumps(
-                    {"file": path, "phones": phones.decode("utf-8"), "seconds": round(samples.shape[0] / rate, 4)},
+                    {"file": path, "phones": phones, "seconds": round(samples.shape[0] / rate, 4)},
                     ensure_ascii=False,
                 )
             )
@@ -430,6 +473,13 @@ def add_commands(commands) -> None:
         "--timestamps",
         action="store_true",
         help="each phone's start and end (s) from the CTC alignment: a line per chunk before each file's line",
+    )
+    t.add_argument(
+        "--decoder",
+        choices=("greedy", "lm"),
+        default="greedy",
+        help="greedy: the best path (the transcribe signature); lm: a beam search scored with the phone "
+        "n-gram LM the model carries (whole files: --chunk-seconds 0; docs/ctc.md)",
     )
     _data_root_argument(t)
     _chunk_arguments(t)
