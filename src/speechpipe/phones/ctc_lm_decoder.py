@@ -58,7 +58,7 @@ class LMBeamDecoder:
 
     def _lm_score(self, prefix: Tuple[int, ...], phone: int) -> float:
         """ln P_lm(phone | the prefix's last phones); phone -1 is the end of the sentence."""
-        history = prefix[len(prefix) - self._history :] if self._history else ()
+        history = prefix[max(len(prefix) - self._history, 0) :] if self._history else ()
         key = (history, phone)
         score = self._cache.get(key)
         if score is None:
