@@ -7,7 +7,9 @@ reads (no pass of its own before training), and pads labels only for batching: t
 real lengths.
 Training stops early on validation PER (best weights restored), on a wall-clock or step budget,
 or with `NonFiniteLossError` at the first NaN loss (speechpipe.components.trainer_contract). A
-champion (the Trainer's `base_model`) is the warm start when its architecture agrees.
+champion (the Trainer's `base_model`) is the warm start when its architecture agrees. The export
+carries a phone n-gram LM of the training transcripts for the beam search
+(speechpipe.phones.ctc_lm_decoder; `phone_lm.order` 0: none).
 """
 
 from __future__ import annotations

@@ -122,7 +122,9 @@ def kaldi_text_dir(corpus_dir: str, out_dir: str) -> str:
     return out_dir
 
 
-def write_feature_split(folder: str, utterances: Sequence[Tuple[str, int, List[int]]], bins: int = 8) -> str:
+def write_feature_split(
+    folder: str, utterances: Sequence[Tuple[str, int, List[int]]], bins: int = 8, split: str = "train"
+) -> str:
     """A split folder of one feature shard: (utterance, frames, phone ids) each, zero features."""
     import tensorflow as tf
 
@@ -134,7 +136,7 @@ def write_feature_split(folder: str, utterances: Sequence[Tuple[str, int, List[i
             writer.write(
                 records.encode_example(
                     records.UtteranceFeatures(
-                        name, "spk", "s1", "train", np.zeros((frames, bins), np.float32), frames / 100, ids
+                        name, "spk", "s1", split, np.zeros((frames, bins), np.float32), frames / 100, ids
                     )
                 )
             )

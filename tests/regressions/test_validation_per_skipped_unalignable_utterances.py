@@ -3,30 +3,11 @@ too short for CTC to align their label, while the evaluator's test PER (which bl
 them, so the weights were chosen by another figure than the one they were judged by. Both now
 use speechpipe.phones.phone_error_rate: every utterance with a transcript."""
 
-import os
-
-import numpy as np
-import tensorflow as tf
-
 from speechpipe.components.ctc_trainer import CTCTrainConfig, evaluate_per
-from speechpipe.io import records
 from speechpipe.phones.ctc_model import CTCModelConfig, build_acoustic_model, ctc_feasible, stacked_lengths
 from speechpipe.phones.inventory import load_inventory
 from speechpipe.phones.phone_error_rate import records_per
-
-
-def _write_split(folder: str, utterances) -> str:
-    os.makedirs(folder)
-    with tf.io.TFRecordWriter(os.path.join(folder, f"{records.SHARD_PREFIX}-00000-of-00001")) as writer:
-        for name, frames, ids in utterances:
-            writer.write(
-                records.encode_example(
-                    records.UtteranceFeatures(
-                        name, "spk", "s1", "validation", np.zeros((frames, 80), np.float32), frames / 100, ids
-                    )
-                )
-            )
-    return folder
+from tests.helpers import write_feature_split
 
 
 def test_validation_and_test_per_count_the_same_utterances(tmp_path):
@@ -35,7 +16,9 @@ def test_validation_and_test_per_count_the_same_utterances(tmp_path):
     too_short = ("short", 6, [1, 2, 3, 4, 5])  # 2 stacked frames for 5 phones
     untranscribed = ("silent", 50, [])
     assert ctc_feasible(alignable[2], alignable[1] // 3) and not ctc_feasible(too_short[2], too_short[1] // 3)
-    split = _write_split(str(tmp_path / "Split-validation"), [alignable, too_short, untranscribed])
+    split = write_feature_split(
+        str(tmp_path / "Split-validation"), [alignable, too_short, untranscribed], bins=80, split="validation"
+    )
     inventory = load_inventory(config.inventory)
     acoustic = build_acoustic_model(80, inventory.num_classes, config.model)
     validation = evaluate_per(acoustic, [split], config)
