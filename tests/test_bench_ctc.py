@@ -34,6 +34,25 @@ def test_the_profile_times_every_part_of_a_step(tiny_features, capsys):
         assert len(line.split()) >= 2 and all(float(v) > 0 for v in line[24:].split()), line
 
 
+@pytest.mark.slow
+def test_the_lm_part_chooses_the_smallest_order_near_the_best_then_its_weights(tiny_features, tmp_path, capsys):
+    config = replace(CTCTrainConfig(), batch_size=8)
+    model_dir = str(tmp_path / "model")
+    bench_ctc._train(tiny_features, config, 0.05, model_dir)
+    bench_ctc._lm_weights(tiny_features, model_dir, config, str(tmp_path))
+    with open(os.path.join(tmp_path, "results_lm.json"), encoding="utf-8") as f:
+        figures = json.load(f)
+    orders = [r for r in figures["grid"] if r["lm_weight"] == 0.3 and r["insertion_bonus"] == 1.5][:3]
+    assert [r["order"] for r in orders] == [4, 6, 8]
+    lowest = min(r["validation_per"] for r in orders)
+    near = [r["order"] for r in orders if r["validation_per"] <= lowest + bench_ctc.ORDER_TOLERANCE]
+    assert figures["chosen"]["order"] == min(near)
+    weights = [r for r in figures["grid"] if r["order"] == figures["chosen"]["order"]]
+    assert figures["chosen"]["validation_per"] == min(r["validation_per"] for r in weights)
+    assert len(figures["grid"]) == 3 + 8 and figures["defaults"]["order"] == config.phone_lm.order
+    assert "chosen: order" in capsys.readouterr().out
+
+
 def test_the_training_curve_plot_reads_a_trainers_history(tmp_path):
     """The plot read a "minutes" key that the trainers' histories no longer have (they record
     "seconds"), which failed the main part after its 20-minute training."""

@@ -129,7 +129,7 @@ def test_speechpipe_run_without_flags_trains_as_the_demo_always_did():
     assert config.ctc == DEMO_CTC and config.embedder == DEMO_EMBEDDER
     arguments = local_runner.pipeline_arguments(replace(config, beam_args=("--x",)), ["f"], {"ctc": "k"})
     before = {
-        "model": {"lstm_units": [100, 100, 150], "frame_stack": 3, "dropout": 0.3},
+        "model": {"lstm_units": [100, 100, 150], "frame_stack": 2, "dropout": 0.3},  # 2 since the phone LM
         "batch_size": 32,
         "learning_rate": 1e-3,
         "max_epochs": 200,

@@ -9,7 +9,7 @@ LM's cost per phone, which otherwise favours short transcripts (deletions).
 Why not TensorFlow's `ctc_beam_search_decoder`: it takes no LM. Decoding is NumPy and Python on
 the host, after the network: at each frame only the classes above `prune_log_prob` extend a
 prefix (CTC's outputs are peaky, so that is the blank and a phone or two), and the LM's scores
-are cached per (history, phone). On the demo's 360 test utterances it takes about 10 s on one
+are cached per (history, phone). On the demo's 360 test utterances it takes about 9 s on one
 core, against about 2 s for the network's forward pass.
 """
 
