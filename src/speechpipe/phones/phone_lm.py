@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from typing import Dict, Iterable, List, Sequence, TextIO, Tuple
+from typing import Dict, Iterable, List, Sequence, Set, TextIO, Tuple
 
 SENTENCE_START = "<s>"
 SENTENCE_END = "</s>"
@@ -80,80 +80,12 @@ class PhoneLM:
         `vocabulary` and SENTENCE_END."""
         if order < 1:
             raise ValueError(f"order={order}: an n-gram model needs n >= 1")
-        known = set(vocabulary)
-        raw: List[Counter] = [Counter() for _ in range(order + 1)]  # raw[n][ngram]
-        sentences_seen = 0
-        for sentence in sentences:
-            outside = [p for p in sentence if p not in known]
-            if outside:
-                raise ValueError(f"phones {sorted(set(outside))} are not in the vocabulary of {len(known)} phones")
-            tokens = (SENTENCE_START, *sentence, SENTENCE_END)
-            sentences_seen += 1
-            for n in range(1, order + 1):
-                for i in range(len(tokens) - n + 1):
-                    if n == 1 and i == 0:
-                        continue  # <s> is a context, never predicted
-                    raw[n][tokens[i : i + n]] += 1
-        if not sentences_seen:
-            raise NoSentenceError("no sentence to fit a phone LM on")
-
-        # Kneser-Ney's adjusted counts: the highest order and the n-grams that start a sentence
-        # keep their counts; every other n-gram counts the distinct phones (or <s>) seen before it.
-        adjusted: List[Counter] = [Counter() for _ in range(order + 1)]
-        adjusted[order] = raw[order]
-        for n in range(1, order):
-            for gram, count in raw[n].items():
-                if gram[0] == SENTENCE_START:
-                    adjusted[n][gram] = count
-            for longer in raw[n + 1]:
-                adjusted[n][longer[1:]] += 1
-
-        discounts = [0.0] + [_discount(adjusted[n]) for n in range(1, order + 1)]
-        probs: Dict[NGram, float] = {}
-        backoffs: Dict[NGram, float] = {}
-        uniform = 1.0 / (len(known) + 1)
-        lower: Dict[NGram, float] = {}  # linear probabilities of the order below, for interpolation
-
-        def lower_prob(history: NGram, phone: str) -> float:
-            """P(phone | history) of the orders below, interpolated (backing off to the uniform floor)."""
-            weight = 1.0
-            while True:
-                stored = lower.get(history + (phone,))
-                if stored is not None:
-                    return weight * stored
-                if not history:
-                    return weight * uniform
-                weight *= gammas.get(history, 1.0)
-                history = history[1:]
-
-        gammas: Dict[NGram, float] = {}
-        for n in range(1, order + 1):
-            by_context: Dict[NGram, Dict[str, int]] = defaultdict(dict)
-            for gram, count in adjusted[n].items():
-                if count > 0:
-                    by_context[gram[:-1]][gram[-1]] = count
-            this_order: Dict[NGram, float] = {}
-            this_gammas: Dict[NGram, float] = {}
-            for history, following in by_context.items():
-                total = sum(following.values())
-                gamma = discounts[n] * len(following) / total
-                this_gammas[history] = gamma
-                for phone, count in following.items():
-                    below = lower_prob(history[1:], phone) if n > 1 else uniform
-                    this_order[history + (phone,)] = max(count - discounts[n], 0.0) / total + gamma * below
-            if n == 1:
-                gamma = this_gammas.get((), 1.0)
-                for phone in (*vocabulary, SENTENCE_END):
-                    this_order.setdefault((phone,), gamma * uniform)
-            gammas.update(this_gammas)
-            lower.update(this_order)
-        for gram, p in lower.items():
-            probs[gram] = math.log10(p)
-        probs[(SENTENCE_START,)] = _NO_PROBABILITY
-        for history, gamma in gammas.items():
-            if history:
-                backoffs[history] = math.log10(gamma)
-        return cls(order, vocabulary, probs, backoffs)
+        adjusted = _adjusted_counts(_raw_counts(sentences, order, set(vocabulary)), order)
+        probs, gammas = _interpolate(adjusted, order, vocabulary)
+        log10_probs = {gram: math.log10(p) for gram, p in probs.items()}
+        log10_probs[(SENTENCE_START,)] = _NO_PROBABILITY
+        backoffs = {history: math.log10(gamma) for history, gamma in gammas.items() if history}
+        return cls(order, vocabulary, log10_probs, backoffs)
 
     # -------------------------------------------------------------------------------- ARPA
 
@@ -222,6 +154,85 @@ class PhoneLM:
         if wrong:
             raise ValueError(f"ARPA counts disagree with its n-grams (declared, found): {wrong}")
         return cls(max(declared), vocabulary, probs, backoffs)
+
+
+def _raw_counts(sentences: Iterable[Sequence[str]], order: int, known: Set[str]) -> List[Counter]:
+    """raw[n][ngram]: how often each n-gram (n = 1..order) occurs, the sentences framed by <s>
+    and </s>; <s> is a context, never predicted, so it has no unigram."""
+    raw: List[Counter] = [Counter() for _ in range(order + 1)]
+    seen = 0
+    for sentence in sentences:
+        outside = [p for p in sentence if p not in known]
+        if outside:
+            raise ValueError(f"phones {sorted(set(outside))} are not in the vocabulary of {len(known)} phones")
+        tokens = (SENTENCE_START, *sentence, SENTENCE_END)
+        seen += 1
+        for n in range(1, order + 1):
+            for i in range(1 if n == 1 else 0, len(tokens) - n + 1):
+                raw[n][tokens[i : i + n]] += 1
+    if not seen:
+        raise NoSentenceError("no sentence to fit a phone LM on")
+    return raw
+
+
+def _adjusted_counts(raw: List[Counter], order: int) -> List[Counter]:
+    """Kneser-Ney's counts: the highest order and the n-grams that start a sentence keep theirs;
+    every other n-gram counts the distinct phones (or <s>) seen before it, so that a phone heard
+    after many contexts outweighs a frequent one heard after one."""
+    adjusted: List[Counter] = [Counter() for _ in range(order + 1)]
+    adjusted[order] = raw[order]
+    for n in range(1, order):
+        for gram, count in raw[n].items():
+            if gram[0] == SENTENCE_START:
+                adjusted[n][gram] = count
+        for longer in raw[n + 1]:
+            adjusted[n][longer[1:]] += 1
+    return adjusted
+
+
+def _interpolate(
+    adjusted: List[Counter], order: int, vocabulary: Sequence[str]
+) -> Tuple[Dict[NGram, float], Dict[NGram, float]]:
+    """(P(gram), gamma(history)), linear: each order's discounted counts interpolated with the
+    orders below, the unigrams with the uniform distribution; gamma(history) is the mass the
+    history's discount set aside, which the ARPA form keeps as its backoff weight."""
+    uniform = 1.0 / (len(set(vocabulary)) + 1)
+    probs: Dict[NGram, float] = {}
+    gammas: Dict[NGram, float] = {}
+
+    def below(history: NGram, phone: str) -> float:
+        """P(phone | history) of the orders fitted so far, backing off to the uniform floor."""
+        weight = 1.0
+        while True:
+            stored = probs.get(history + (phone,))
+            if stored is not None:
+                return weight * stored
+            if not history:
+                return weight * uniform
+            weight *= gammas.get(history, 1.0)
+            history = history[1:]
+
+    for n in range(1, order + 1):
+        discount = _discount(adjusted[n])
+        by_history: Dict[NGram, Dict[str, int]] = defaultdict(dict)
+        for gram, count in adjusted[n].items():
+            if count > 0:
+                by_history[gram[:-1]][gram[-1]] = count
+        this_order: Dict[NGram, float] = {}
+        this_gammas: Dict[NGram, float] = {}
+        for history, following in by_history.items():
+            total = sum(following.values())
+            gamma = discount * len(following) / total
+            this_gammas[history] = gamma
+            for phone, count in following.items():
+                lower = below(history[1:], phone) if n > 1 else uniform
+                this_order[history + (phone,)] = max(count - discount, 0.0) / total + gamma * lower
+        if n == 1:  # every phone gets a unigram, heard or not
+            for phone in (*vocabulary, SENTENCE_END):
+                this_order.setdefault((phone,), this_gammas.get((), 1.0) * uniform)
+        gammas.update(this_gammas)
+        probs.update(this_order)
+    return probs, gammas
 
 
 def _discount(counts: Counter) -> float:
