@@ -33,7 +33,7 @@ def transcriber_per(
 
     from speechpipe.phones.ctc_lm_decoder import load_lm_decoder
     from speechpipe.phones.inventory import load_inventory
-    from speechpipe.phones.phone_error_rate import records_per
+    from speechpipe.phones.phone_error_rate import decoding, records_pers
 
     logits_fn = tf.saved_model.load(saved_model_dir).signatures["logits"]
 
@@ -42,9 +42,14 @@ def transcriber_per(
         return out["logits"], out["logit_lengths"]
 
     phones = load_inventory(inventory)
-    result, shown = records_per(
-        forward, test_split_uri, phones.blank_id, batch_size, phones=list(phones.phones), samples=samples
+    decoders = {"per": decoding(phones.blank_id)}
+    lm_decoder = load_lm_decoder(saved_model_dir, list(phones.phones), phones.blank_id)
+    if lm_decoder is not None:
+        decoders["per_lm"] = decoding(phones.blank_id, lm_decoder=lm_decoder)
+    results, shown = records_pers(
+        forward, test_split_uri, decoders, batch_size, phones=list(phones.phones), samples=samples
     )
+    result = results["per"]
     if result.reference_phones == 0:
         raise ValueError(f"no test utterance with a transcript in {test_split_uri}")
     figures: Dict[str, object] = {
@@ -54,10 +59,8 @@ def transcriber_per(
         "edits": int(result.edits),
         "samples": shown,
     }
-    lm_decoder = load_lm_decoder(saved_model_dir, list(phones.phones), phones.blank_id)
-    if lm_decoder is not None:
-        with_lm, _ = records_per(forward, test_split_uri, phones.blank_id, batch_size, lm_decoder=lm_decoder)
-        figures["per_lm"] = float(with_lm.per)
+    if "per_lm" in results:
+        figures["per_lm"] = float(results["per_lm"].per)
     return figures
 
 

@@ -226,11 +226,7 @@ def training_transcripts(files: Sequence[str]) -> Iterator[List[int]]:
     """The phone ids of every training record with a transcript, streamed. Only the ids are
     parsed (not the spectrograms), in one read of the split."""
     spec = {records.PHONE_IDS: tf.io.VarLenFeature(tf.int64)}
-    compressed = {records.compression_of(f) for f in files}
-    if len(compressed) != 1:
-        raise ValueError(f"mixed compressed and uncompressed shards: {list(files)[:3]}...")
-    ids = tf.data.TFRecordDataset(list(files), compression_type=compressed.pop(), num_parallel_reads=tf.data.AUTOTUNE)
-    ids = ids.map(
+    ids = shared.serialized_records(files).map(
         lambda r: tf.io.parse_single_example(r, spec)[records.PHONE_IDS].values, num_parallel_calls=tf.data.AUTOTUNE
     )
     return (row.tolist() for row in ids.as_numpy_iterator() if row.size)

@@ -80,14 +80,18 @@ def parse_example(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
     }
 
 
-def record_dataset(patterns: Union[str, Sequence[str]]) -> tf.data.Dataset:
-    """Parsed examples from every matching shard (compression by file name, as TFX decides)."""
+def serialized_records(patterns: Union[str, Sequence[str]]) -> tf.data.Dataset:
+    """The serialized examples of every matching shard (compression by file name, as TFX decides)."""
     files = expand_files(patterns)
     compressed = {records.compression_of(f) for f in files}
     if len(compressed) != 1:
         raise ValueError(f"mixed compressed and uncompressed shards: {files}")
-    dataset = tf.data.TFRecordDataset(files, compression_type=compressed.pop(), num_parallel_reads=tf.data.AUTOTUNE)
-    return dataset.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
+    return tf.data.TFRecordDataset(files, compression_type=compressed.pop(), num_parallel_reads=tf.data.AUTOTUNE)
+
+
+def record_dataset(patterns: Union[str, Sequence[str]]) -> tf.data.Dataset:
+    """Parsed examples from every matching shard."""
+    return serialized_records(patterns).map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def distribution_strategy() -> tf.distribute.Strategy:

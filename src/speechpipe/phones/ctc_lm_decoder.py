@@ -47,7 +47,8 @@ class LMBeamDecoder:
             raise ValueError(f"beam_width={beam_width}: need >= 1")
         if lm_weight < 0:
             raise ValueError(f"lm_weight={lm_weight}: need >= 0")
-        outside = [p for p in phones if p not in set(lm.vocabulary)]
+        known = set(lm.vocabulary)
+        outside = [p for p in phones if p not in known]
         if outside:
             raise ValueError(f"the phone LM does not know the recogniser's phones {outside[:10]}")
         self.lm, self.phones, self.blank_id = lm, list(phones), blank_id

@@ -46,6 +46,50 @@ def transcribed_batches(files: Union[str, Sequence[str], tf.data.Dataset], batch
     )
 
 
+# (logits [batch, steps, classes], lengths [batch]) -> phone ids of each utterance
+Decoder = Callable[[tf.Tensor, tf.Tensor], List[List[int]]]
+
+
+def decoding(blank_id: int, beam_width: int = 0, lm_decoder: Optional[LMBeamDecoder] = None) -> Decoder:
+    """Greedy (beam_width 0), beam-search or, with `lm_decoder`, LM-scored beam-search decoding."""
+    if lm_decoder is not None:
+        return lambda logits, lengths: lm_decoder.decode_batch(log_softmax(logits), lengths)
+    if beam_width:
+        return lambda logits, lengths: beam_decode(logits, lengths, blank_id, beam_width)
+    return lambda logits, lengths: greedy_decode(logits, lengths, blank_id)
+
+
+def records_pers(
+    forward: Forward,
+    files: Union[str, Sequence[str], tf.data.Dataset],
+    decoders: Dict[str, Decoder],
+    batch_size: int = 16,
+    phones: Optional[Sequence[str]] = None,
+    samples: int = 0,
+) -> Tuple[Dict[str, PERResult], List[Dict[str, str]]]:
+    """Corpus and per-utterance PER of each named decoding, all from one read of the records and
+    one forward pass, and the first `samples` reference / hypothesis pairs of the first decoding,
+    spelt with `phones`."""
+    results = {name: PERResult() for name in decoders}
+    shown: List[Dict[str, str]] = []
+    for batch in transcribed_batches(files, batch_size):
+        logits, lengths = forward(batch["features"], batch["num_frames"])
+        references = [[int(k) for k in row if k >= 0] for row in batch["phone_ids"].numpy()]
+        utterances = [u.decode() for u in batch["utterance"].numpy()]
+        for index, (name, decode) in enumerate(decoders.items()):
+            for utterance, ref, hypothesis in zip(utterances, references, decode(logits, lengths)):
+                results[name].add(utterance, ref, hypothesis)
+                if index == 0 and phones is not None and len(shown) < samples:
+                    shown.append(
+                        {
+                            "utterance": utterance,
+                            "reference": " ".join(phones[k] for k in ref),
+                            "hypothesis": " ".join(phones[k] for k in hypothesis),
+                        }
+                    )
+    return results, shown
+
+
 def records_per(
     forward: Forward,
     files: Union[str, Sequence[str], tf.data.Dataset],
@@ -56,28 +100,9 @@ def records_per(
     samples: int = 0,
     lm_decoder: Optional[LMBeamDecoder] = None,
 ) -> Tuple[PERResult, List[Dict[str, str]]]:
-    """Corpus and per-utterance PER of greedy (beam_width 0), beam-search or, with `lm_decoder`,
-    LM-scored beam-search decoding, and the first `samples` reference / hypothesis pairs spelt
-    with `phones`."""
-    result = PERResult()
-    shown: List[Dict[str, str]] = []
-    for batch in transcribed_batches(files, batch_size):
-        logits, lengths = forward(batch["features"], batch["num_frames"])
-        if lm_decoder is not None:
-            decoded = lm_decoder.decode_batch(log_softmax(logits), lengths)
-        elif beam_width:
-            decoded = beam_decode(logits, lengths, blank_id, beam_width)
-        else:
-            decoded = greedy_decode(logits, lengths, blank_id)
-        for utterance, reference, hypothesis in zip(batch["utterance"].numpy(), batch["phone_ids"].numpy(), decoded):
-            ref = [int(k) for k in reference if k >= 0]
-            result.add(utterance.decode(), ref, hypothesis)
-            if phones is not None and len(shown) < samples:
-                shown.append(
-                    {
-                        "utterance": utterance.decode(),
-                        "reference": " ".join(phones[k] for k in ref),
-                        "hypothesis": " ".join(phones[k] for k in hypothesis),
-                    }
-                )
-    return result, shown
+    """Corpus and per-utterance PER of one decoding (`decoding`), and the first `samples`
+    reference / hypothesis pairs spelt with `phones`."""
+    results, shown = records_pers(
+        forward, files, {"per": decoding(blank_id, beam_width, lm_decoder)}, batch_size, phones, samples
+    )
+    return results["per"], shown
